@@ -103,7 +103,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields))
-        raise UserError(f"{where}: unknown key {prefix}{unknown[0]!r}; known keys here: {known}")
+        raise UserError(f"{where}: unknown key {prefix + unknown[0]!r}; known keys here: {known}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, where, f"{prefix}{name}")
@@ -159,6 +159,11 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
             raise UserError(f"{where}: key {key!r} = {value!r} should be a mapping")
         return dict(value)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: key {key!r} = {value!r} should be a number (float)")
         return float(value)
