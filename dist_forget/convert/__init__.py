@@ -1,0 +1,1 @@
+"""Checkpoint conversion: ZeRO -> HF, reshard, Megatron <-> HF."""

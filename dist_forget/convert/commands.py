@@ -1,0 +1,60 @@
+"""`dist-forget convert ...`: thin CLI wrappers over the converters in this package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def hf_to_megatron(hf: Path, out: Path, tp: int, pp: int = 1, optimizer: bool = False,
+                   overwrite: bool = False) -> int:
+    """Split a Hugging Face Llama folder into a tensor-parallel Megatron folder (--tp ways).
+
+    With --optimizer, the folder's optimizer.pt (Adam moments, anchor) is sharded too.
+    """
+    from dist_forget.convert.megatron_hf import hf_to_megatron as convert
+
+    path = convert(hf, out, tp=tp, pp=pp, optimizer=optimizer, overwrite=overwrite)
+    print(f"wrote {path} (tp={tp}, pp={pp}{', with optimizer state' if optimizer else ''})")
+    return 0
+
+
+def megatron_to_hf(megatron: Path, out: Path, optimizer: bool = False, overwrite: bool = False) -> int:
+    """Merge a Megatron folder (from hf-to-megatron or an engine=megatron checkpoint) into an HF folder.
+
+    With --optimizer, the merged optimizer state is written beside the weights as optimizer.pt.
+    """
+    from dist_forget.convert.megatron_hf import megatron_to_hf as convert
+
+    path = convert(megatron, out, optimizer=optimizer, overwrite=overwrite)
+    print(f"wrote {path}{' with optimizer.pt' if optimizer else ''}")
+    return 0
+
+
+def zero_to_hf(checkpoint: Path, out: Path, hf_config: Path | None = None, tokenizer: Path | None = None,
+               with_optimizer: bool = False, overwrite: bool = False) -> int:
+    """Consolidate a DeepSpeed ZeRO checkpoint (stage 1/2/3, any world size) into a Hugging Face folder.
+
+    --hf-config: a transformers config.json (or folder); found next to the checkpoint when omitted.
+    --with-optimizer also writes optimizer.pt: the whole anchor θ₀, Adam moments and step per parameter.
+    """
+    from dist_forget.convert.zero_to_hf import zero_to_hf_folder
+
+    summary = zero_to_hf_folder(checkpoint, out, hf_config=hf_config, tokenizer=tokenizer,
+                                with_optimizer=with_optimizer, overwrite=overwrite)
+    extra = f", optimizer state {summary['optimizer_keys']}" if with_optimizer else ""
+    print(f"wrote {out}: ZeRO-{summary['stage']} x {summary['world_size']} ranks -> "
+          f"{summary['parameters']:,} parameters{extra}")
+    return 0
+
+
+def reshard(checkpoint: Path, out: Path, world_size: int, overwrite: bool = False) -> int:
+    """Rewrite a ZeRO checkpoint for another data-parallel world size (anchor, moments, step, data state kept).
+
+    The source folder is only read; the new one appears complete or not at all.
+    """
+    from dist_forget.convert.reshard import reshard_checkpoint
+
+    s = reshard_checkpoint(checkpoint, out, world_size, overwrite=overwrite)
+    print(f"wrote {out}: ZeRO-{s['stage']} {s['from_world_size']} -> {s['to_world_size']} ranks, "
+          f"state {s['state_keys']}")
+    return 0

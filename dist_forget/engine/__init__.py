@@ -1,0 +1,1 @@
+"""The training engine: config, backends (single / deepspeed / megatron), checkpoints, the trainer loop."""

@@ -1,0 +1,183 @@
+"""The backend interface: how the trainer loop drives one way of running a model on N processes.
+
+The trainer (engine/trainer.py) knows nothing about DeepSpeed or Megatron. It asks a `Backend` to
+
+1. `init_distributed()` — join the process group (or not); sets `rank`, `world_size`, `dp_rank`,
+   `dp_size`, `device`. The data stream is built for (dp_rank, dp_size): ranks of one tensor-parallel
+   group read the same sequences.
+2. `build(model_factory, optimizer_factory, micro_batch, grad_accum)` — make the model on each rank
+   (`model_factory()` returns a `transformers` causal LM on CPU, fp32, HF parameter names) and the
+   optimizer (`optimizer_factory(model)`, which makes the param groups; AnchoredAdamW in practice),
+   then wrap them.
+3. `train_step(micro_batches, lr) -> StepResult` — one optimizer step over `grad_accum` micro-batches
+   of token ids `[micro_batch, T]` on this rank; the returned loss is the **global** mean next-token loss
+   (nats/token) over all micro-batches of all data-parallel ranks, identical on every rank.
+4. `eval_loss(batches) -> float` — global token-weighted mean loss over the batches of all ranks (a rank
+   may have fewer batches than another; the backend keeps collectives in step).
+5. `save(root, tag, client_state)` / `load(root, tag) -> client_state` — collective; write/read the
+   directory `root/tag/` in the backend's native layout. `client_state` is plain data and tensors
+   (torch.load(weights_only=True)-safe). The checkpoint manager (engine/checkpoint.py) chooses the tags,
+   renames temp tags and owns the `latest` pointer; a backend never writes outside `root/tag/`.
+6. `full_state_dict() -> dict[str, Tensor]` — collective; the full fp32 weights with Hugging Face
+   names on rank 0 (empty dict on other ranks), for exporting an HF folder.
+7. `all_reduce_sum(values)`, `barrier()`, `close()`.
+
+Backends: `single` (plain PyTorch, one process), `deepspeed` (ZeRO stage 0-3 from `parallel.zero_stage`),
+`megatron` (tensor parallel; dist_forget/engine/megatron_backend.py). `make_backend(name, cfg)` picks one;
+the registry below is the one place to add another.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from dist_forget.errors import UserError
+
+BACKENDS: dict[str, str] = {
+    "single": "dist_forget.engine.single:SingleBackend",
+    "deepspeed": "dist_forget.engine.deepspeed_backend:DeepSpeedBackend",
+    "megatron": "dist_forget.engine.megatron_backend:MegatronBackend",
+}
+
+
+@dataclass
+class ParallelConfig:
+    """How the run is split over processes (the `parallel:` section)."""
+
+    zero_stage: int = 0  # deepspeed: 0 = plain data parallel, 1/2/3 shard optimizer/gradients/weights
+    tp: int = 1  # megatron: tensor-parallel size
+    pp: int = 1  # megatron: pipeline-parallel size
+
+    def validate(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise UserError(f"parallel.zero_stage = {self.zero_stage} must be 0, 1, 2 or 3")
+        if self.tp < 1 or self.pp < 1:
+            raise UserError(f"parallel.tp = {self.tp}, parallel.pp = {self.pp} must both be >= 1")
+
+
+@dataclass
+class BackendConfig:
+    """What a backend needs from the run config (the trainer fills it)."""
+
+    parallel: ParallelConfig
+    precision: Literal["fp32", "bf16"]
+    grad_clip: float  # max global grad norm; 0 disables clipping
+    seed: int
+
+
+@dataclass
+class StepResult:
+    loss: float  # global mean next-token loss of the step, nats/token
+    grad_norm: float  # global grad norm before clipping (nan if the backend cannot tell)
+
+
+ModelFactory = Callable[[], nn.Module]
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+
+
+class Backend(ABC):
+    """One way of running the model on this process's share of the world (see module docstring)."""
+
+    name: str = "?"
+
+    def __init__(self, cfg: BackendConfig):
+        self.cfg = cfg
+        self.rank = 0
+        self.world_size = 1
+        self.local_rank = 0
+        self.dp_rank = 0
+        self.dp_size = 1
+        self.device = torch.device("cpu")
+
+    @abstractmethod
+    def init_distributed(self) -> None: ...
+
+    @abstractmethod
+    def build(self, model_factory: ModelFactory, optimizer_factory: OptimizerFactory, micro_batch: int,
+              grad_accum: int) -> None: ...
+
+    @abstractmethod
+    def train_step(self, micro_batches: Sequence[Tensor], lr: float) -> StepResult: ...
+
+    @abstractmethod
+    def eval_loss(self, batches: Iterable[Tensor]) -> float: ...
+
+    @abstractmethod
+    def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def load(self, root: Path, tag: str) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def full_state_dict(self) -> dict[str, Tensor]: ...
+
+    def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
+        """Sum `values` over all ranks (fp64, so counts stay exact)."""
+        if self.world_size == 1:
+            return [float(v) for v in values]
+        t = torch.tensor(list(values), dtype=torch.float64, device=self._comm_device())
+        torch.distributed.all_reduce(t)
+        return [float(v) for v in t.tolist()]
+
+    def dp_all_reduce_sum(self, values: Sequence[float]) -> list[float]:
+        """Sum over data-parallel ranks only; backends with model parallelism override this."""
+        return self.all_reduce_sum(values)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    def _comm_device(self) -> torch.device:
+        # gloo reduces CPU tensors, NCCL CUDA tensors
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+
+def make_backend(name: str, cfg: BackendConfig) -> Backend:
+    if name not in BACKENDS:
+        raise UserError(f"engine = {name!r} is not a backend; choose one of: {', '.join(BACKENDS)}")
+    module, _, cls = BACKENDS[name].partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            raise UserError(f"engine = {name!r} is not available in this install ({module} missing)") from None
+        raise
+    return getattr(mod, cls)(cfg)
+
+
+def causal_lm_loss_sum(model: nn.Module, input_ids: Tensor) -> tuple[Tensor, int]:
+    """(sum of next-token losses over the batch, number of predicted tokens) for an HF causal LM."""
+    logits = model(input_ids=input_ids).logits[:, :-1, :]
+    targets = input_ids[:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="sum"
+    )
+    return loss, targets.numel()
+
+
+def env_world() -> tuple[int, int, int, int]:
+    """(rank, world_size, local_rank, local_world_size) from the launcher's environment (1 process if unset)."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    return rank, world, local_rank, local_world
+
+
+def set_cpu_threads(local_world: int) -> None:
+    """One share of the cores per rank: oversubscribed ranks run several times slower (platform-facts)."""
+    if "OMP_NUM_THREADS" not in os.environ and local_world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))

@@ -1,0 +1,30 @@
+"""`dist-forget pretrain` and `dist-forget finetune`: read the config, run the trainer."""
+
+from __future__ import annotations
+
+from dist_forget.config import load_config
+
+
+def _run(mode: str, config: str, overrides: list[str], resume: str) -> int:
+    from dist_forget.engine.config import RunConfig
+    from dist_forget.engine.trainer import train
+
+    cfg = load_config(RunConfig, config, overrides)
+    train(cfg, mode, resume)  # type: ignore[arg-type]
+    return 0
+
+
+def pretrain(config: str, overrides: list[str], resume: str = "none") -> int:
+    """Pretrain a ladder-size model from scratch on the pretraining shards (data.target, no injection).
+
+    --resume auto continues from the latest checkpoint in out_dir; a path resumes from that checkpoint.
+    """
+    return _run("pretrain", config, overrides, resume)
+
+
+def finetune(config: str, overrides: list[str], resume: str = "none") -> int:
+    """Finetune model.init_from on data.target with pretraining injection data.inject_fraction.
+
+    --resume auto continues from the latest checkpoint in out_dir; a path resumes from that checkpoint.
+    """
+    return _run("finetune", config, overrides, resume)

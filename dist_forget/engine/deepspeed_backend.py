@@ -1,0 +1,152 @@
+"""`deepspeed`: data parallel over N ranks with ZeRO stage 0-3 (`parallel.zero_stage`), gloo on CPU, NCCL on GPU.
+
+We hand DeepSpeed our own optimizer object (a config optimizer would compile cpu_adam for minutes on
+CPU) and allow it as "untested" (ZeRO checks the exact class). Checkpoints are DeepSpeed's own files
+in `root/tag/`, written with `save_latest=False`: the `latest` pointer is ours (engine/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dist_forget.engine.backend import (
+    Backend,
+    ModelFactory,
+    OptimizerFactory,
+    StepResult,
+    causal_lm_loss_sum,
+    env_world,
+    set_cpu_threads,
+)
+from dist_forget.errors import UserError
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DeepSpeedBackend(Backend):
+    name = "deepspeed"
+
+    def init_distributed(self) -> None:
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+        if "RANK" not in os.environ:  # plain `dist-forget finetune` without a launcher: a world of one
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        import deepspeed
+        import deepspeed.ops
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        deepspeed.utils.logger.setLevel(logging.WARNING)
+        rank, world, local_rank, local_world = env_world()
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+            backend = "nccl"
+        else:
+            # the shm comm op compiles for ~75 s on first use; ZeRO works without it (platform-facts)
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+            set_cpu_threads(local_world)
+            backend = "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+        self.rank, self.world_size, self.local_rank = rank, world, local_rank
+        self.dp_rank, self.dp_size = rank, world
+
+    def build(self, model_factory: ModelFactory, optimizer_factory: OptimizerFactory, micro_batch: int,
+              grad_accum: int) -> None:
+        import deepspeed
+
+        model = model_factory()
+        optimizer = optimizer_factory(model)
+        ds_config: dict[str, Any] = {
+            "train_micro_batch_size_per_gpu": micro_batch,
+            "gradient_accumulation_steps": grad_accum,
+            "train_batch_size": micro_batch * grad_accum * self.world_size,
+            "zero_optimization": {"stage": self.cfg.parallel.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "gradient_clipping": self.cfg.grad_clip,
+            "bf16": {"enabled": self.cfg.precision == "bf16"},
+            "steps_per_print": 2**31 - 1,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                                 config=ds_config)
+        self.engine.train()
+        self.grad_accum = grad_accum
+
+    def train_step(self, micro_batches: Sequence[Tensor], lr: float) -> StepResult:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        local = 0.0
+        for ids in micro_batches:
+            loss_sum, n = causal_lm_loss_sum(self.engine, ids.to(self.device))
+            loss = loss_sum / n
+            self.engine.backward(loss)  # DeepSpeed divides by gradient_accumulation_steps itself
+            self.engine.step()  # applies the update only at the accumulation boundary
+            local += loss.item()
+        (total,) = self.all_reduce_sum([local])
+        norm = self.engine.get_global_grad_norm()
+        grad_norm = float(norm) if norm is not None else math.nan
+        return StepResult(loss=total / (len(micro_batches) * self.world_size), grad_norm=grad_norm)
+
+    @torch.no_grad()
+    def eval_loss(self, batches: Iterable[Tensor]) -> float:
+        mine = [b for b in batches]
+        # ZeRO-3 gathers weights inside forward, a collective: every rank must run as many forwards
+        (most,) = self.all_reduce_sum([len(mine)])
+        self.engine.eval()
+        loss_sum, count = 0.0, 0
+        try:
+            for i in range(int(most)):
+                if i < len(mine):
+                    s, n = causal_lm_loss_sum(self.engine, mine[i].to(self.device))
+                    loss_sum, count = loss_sum + float(s), count + n
+                elif self.cfg.parallel.zero_stage == 3:
+                    dummy = mine[0] if mine else torch.zeros(1, 2, dtype=torch.long)
+                    causal_lm_loss_sum(self.engine, dummy.to(self.device))
+        finally:
+            self.engine.train()
+        total, n_total = self.all_reduce_sum([loss_sum, count])
+        return total / n_total if n_total else math.nan
+
+    def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None:
+        self.engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+
+    def load(self, root: Path, tag: str) -> dict[str, Any]:
+        path, client_state = self.engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
+                                                         load_lr_scheduler_states=False)
+        if path is None:
+            raise UserError(f"checkpoint {Path(root) / tag} could not be loaded by DeepSpeed; "
+                            "check that it was written by engine=deepspeed with the same parallel.zero_stage")
+        return dict(client_state or {})
+
+    def full_state_dict(self) -> dict[str, Tensor]:
+        import deepspeed
+
+        module = self.engine.module
+        params = list(module.parameters())
+        gather = (deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+                  if self.cfg.parallel.zero_stage == 3 else _Null())
+        with gather:
+            if self.rank != 0:
+                return {}
+            return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

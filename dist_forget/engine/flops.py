@@ -1,0 +1,37 @@
+"""Model FLOPs per token and the machine's measured peak, for MFU.
+
+MFU = achieved model FLOP/s ÷ peak FLOP/s. The peak is not a datasheet number: it is a large matmul
+timed on this process (fp32 on CPU, bf16 on GPU), so the ratio says how close the loop gets to what this
+machine can really do.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def flops_per_token(non_embedding: int, vocab: int, hidden: int, layers: int, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3 × forward): 6 per matmul weight (the output head
+    included) plus attention scores and values, 12·L·h·T (PaLM appendix B)."""
+    return 6.0 * (non_embedding + vocab * hidden) + 12.0 * layers * hidden * seq_len
+
+
+def measure_peak(device: torch.device, size: int = 1024, repeats: int = 10) -> float:
+    """FLOP/s of a square matmul on `device` with this process's threads (fp32 CPU, bf16 GPU)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        size = 8192
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * size**3 / best

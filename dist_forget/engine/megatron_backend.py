@@ -1,0 +1,256 @@
+"""`megatron`: tensor parallel (megatron-core layers) x data parallel, gloo on CPU, NCCL on GPU.
+
+`parallel.tp` ranks hold one model between them (each a TP shard of every matrix, see
+models/megatron.py); the world is split into world/tp data-parallel replicas. megatron-core's
+`parallel_state` makes the groups; ranks of one TP group share a data-parallel rank, so the trainer feeds
+them the same sequences (dp_rank, dp_size) and the TP collectives inside forward stay in step.
+
+The optimizer (AnchoredAdamW in practice) is built over the *shard* parameters, so its per-parameter
+state — Adam moments and the anchor θ₀, captured lazily from the shard before its first update — is
+sharded exactly like the weights it belongs to. Gradients are averaged over the data-parallel group by
+hand (one flat all-reduce); the global grad norm counts sharded tensors over the TP group and replicated
+ones (norm gains) once.
+
+Checkpoint layout in `root/tag/`: `megatron.json` (tp, pp, the HF config) and one
+`mp_rank_XX/model_optim.pt` per TP rank holding the shard in HF names, the optimizer state with the
+parameter names of its indices, and the client state. The same layout is what `convert hf-to-megatron`
+writes, so `convert megatron-to-hf` reads either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from dist_forget.convert.megatron_hf import FORMAT, META_FILE, rank_file
+from dist_forget.engine.backend import (
+    Backend,
+    BackendConfig,
+    ModelFactory,
+    OptimizerFactory,
+    StepResult,
+    env_world,
+    set_cpu_threads,
+)
+from dist_forget.errors import UserError
+from dist_forget.io import write_json_atomic
+from dist_forget.models import megatron as M
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MegatronBackend(Backend):
+    name = "megatron"
+
+    def __init__(self, cfg: BackendConfig):
+        super().__init__(cfg)
+        M.check_pp(cfg.parallel.pp)
+        self.tp = cfg.parallel.tp
+        self.tp_rank = 0
+
+    def init_distributed(self) -> None:
+        if "RANK" not in os.environ:  # plain `dist-forget finetune` without a launcher: a world of one
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        rank, world, local_rank, local_world = env_world()
+        if world % self.tp:
+            raise UserError(f"parallel.tp={self.tp} does not divide the number of processes {world}; "
+                            f"launch a multiple of {self.tp} ranks")
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+            backend = "nccl"
+        else:
+            set_cpu_threads(local_world)
+            backend = "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend, rank=rank, world_size=world)
+        M.init_model_parallel(self.tp, self.cfg.parallel.pp)
+        self.rank, self.world_size, self.local_rank = rank, world, local_rank
+        self.tp_rank, _ = M.tp_rank_size()
+        self.dp_rank, self.dp_size = M.dp_rank_size()
+
+    # -- model ---------------------------------------------------------------------------------------
+
+    def build(self, model_factory: ModelFactory, optimizer_factory: OptimizerFactory, micro_batch: int,
+              grad_accum: int) -> None:
+        # Every rank builds the full HF model (same seed or same pretrained folder => same weights) and
+        # keeps only its slice: TP init then equals the 1-rank init exactly.
+        hf = model_factory()
+        self.hf_config = hf.config
+        dims = M.LlamaDims.from_hf(hf.config)
+        dims.check_tp(self.tp)
+        dtype = torch.float32  # master weights; bf16 runs under autocast like the single backend
+        self.model = M.MegatronLlama(hf.config, dtype=dtype, device=str(self.device))
+        self.model.load_full({k: v.to(self.device) for k, v in hf.state_dict().items()}, where="model")
+        del hf
+        self.model.train()
+        self.optimizer = optimizer_factory(self.model)
+        self.param_names = {id(p): n for n, p in self.model.named_parameters()}
+        self.grad_accum = grad_accum
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _dp_group(self):
+        from megatron.core import parallel_state
+
+        return parallel_state.get_data_parallel_group()
+
+    def _tp_group(self):
+        from megatron.core import parallel_state
+
+        return parallel_state.get_tensor_model_parallel_group()
+
+    def train_step(self, micro_batches: Sequence[Tensor], lr: float) -> StepResult:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        local = 0.0
+        for ids in micro_batches:
+            with self._autocast():
+                loss_sum, n = self.model.loss_sum(ids.to(self.device))
+            loss = loss_sum / n
+            (loss / len(micro_batches)).backward()
+            local += loss.item()
+        self._average_grads_over_dp()
+        grad_norm = self._clip_grads()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        (total,) = self.dp_all_reduce_sum([local])
+        return StepResult(loss=total / (len(micro_batches) * self.dp_size), grad_norm=grad_norm)
+
+    def _average_grads_over_dp(self) -> None:
+        if self.dp_size == 1:
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])  # one collective instead of one per tensor
+        dist.all_reduce(flat, group=self._dp_group())
+        flat /= self.dp_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _clip_grads(self) -> float:
+        """Global L2 norm of the full (unsharded) gradient; clip like torch.nn.utils.clip_grad_norm_."""
+        sharded = torch.zeros((), dtype=torch.float64, device=self.device)
+        replicated = torch.zeros((), dtype=torch.float64, device=self.device)
+        grads = []
+        for name, p in self.model.named_parameters():
+            if p.grad is None:
+                continue
+            grads.append(p.grad)
+            sq = p.grad.detach().double().pow(2).sum()
+            if M.shard_dim(name) is None:
+                replicated += sq
+            else:
+                sharded += sq
+        if self.tp > 1:
+            dist.all_reduce(sharded, group=self._tp_group())
+        norm = float((sharded + replicated).sqrt())
+        if self.cfg.grad_clip > 0 and grads:
+            coef = min(1.0, self.cfg.grad_clip / (norm + 1e-6))
+            if coef < 1.0:
+                torch._foreach_mul_(grads, coef)
+        return norm
+
+    @torch.no_grad()
+    def eval_loss(self, batches: Iterable[Tensor]) -> float:
+        # TP ranks of one group hold the same batches (same dp_rank), so their forwards pair up; data-
+        # parallel replicas run no collective until the final sum, so their batch counts may differ.
+        self.model.eval()
+        loss_sum, count = 0.0, 0
+        try:
+            for ids in batches:
+                with self._autocast():
+                    s, n = self.model.loss_sum(ids.to(self.device))
+                loss_sum, count = loss_sum + float(s), count + n
+        finally:
+            self.model.train()
+        total, n_total = self.dp_all_reduce_sum([loss_sum, count])
+        return total / n_total if n_total else math.nan
+
+    def dp_all_reduce_sum(self, values: Sequence[float]) -> list[float]:
+        if self.dp_size == 1:
+            return [float(v) for v in values]
+        t = torch.tensor(list(values), dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(t, group=self._dp_group())
+        return [float(v) for v in t.tolist()]
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, Any]:
+        return {"format": FORMAT, "tp": self.tp, "pp": self.cfg.parallel.pp,
+                "hf_config": self.hf_config.to_dict()}
+
+    def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None:
+        d = Path(root) / tag
+        if self.dp_rank == 0:  # data-parallel replicas hold identical shards: one copy per TP rank
+            path = rank_file(d, self.tp_rank)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            state = {"model": self.model.shard_state_dict(), "optimizer": self._named_optimizer_state(),
+                     "tp": self.tp, "tp_rank": self.tp_rank, "client_state": client_state}
+            torch.save(state, path)
+            if self.tp_rank == 0:
+                write_json_atomic(d / META_FILE, self.meta())
+
+    def _named_optimizer_state(self) -> dict[str, Any]:
+        sd = self.optimizer.state_dict()
+        ordered = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # indices in the optimizer state_dict follow param_groups order: record whose index is whose
+        sd["param_names"] = [self.param_names[id(p)] for p in ordered]
+        return sd
+
+    def load(self, root: Path, tag: str) -> dict[str, Any]:
+        d = Path(root) / tag
+        state = load_rank_state(d, self.tp_rank, self.tp, device=self.device)
+        self.model.load_shard(state["model"], where=str(rank_file(d, self.tp_rank)))
+        opt = state["optimizer"]
+        names = opt.pop("param_names", None)
+        ordered = [self.param_names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
+        if names is not None and names != ordered:
+            raise UserError(f"{rank_file(d, self.tp_rank)}: optimizer state is for parameters "
+                            f"{names[:2]}..., this model has {ordered[:2]}...; resume with the same model")
+        self.optimizer.load_state_dict(opt)
+        return dict(state.get("client_state") or {})
+
+    def full_state_dict(self) -> dict[str, Tensor]:
+        full = self.model.gather_full()  # collective over the TP group
+        if self.rank != 0:
+            return {}
+        # the tied lm_head is left out, as in HF's own state_dict()
+        return {k: v.detach().float().cpu() for k, v in full.items()}
+
+
+def load_rank_state(d: Path, tp_rank: int, tp: int, device: Any = "cpu") -> dict[str, Any]:
+    """Read one TP rank's file of a Megatron checkpoint, refusing one made for another TP size."""
+    import json
+
+    meta_path = Path(d) / META_FILE
+    if not meta_path.is_file():
+        raise UserError(f"{d} is not a Megatron checkpoint of ours (no {META_FILE}); pass a folder written "
+                        "by engine=megatron or `dist-forget convert hf-to-megatron`")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("tp") != tp:
+        raise UserError(f"{d} was converted/saved for tp={meta.get('tp')}, this run uses parallel.tp={tp}; "
+                        f"run `dist-forget convert megatron-to-hf` then `hf-to-megatron --tp {tp}`, "
+                        f"or set parallel.tp={meta.get('tp')}")
+    path = rank_file(d, tp_rank)
+    if not path.is_file():
+        raise UserError(f"{path} is missing; the checkpoint {d} is incomplete for tp={tp}")
+    return torch.load(path, map_location=device, weights_only=True)

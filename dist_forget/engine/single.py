@@ -1,0 +1,101 @@
+"""`single`: one process, plain PyTorch (the laptop path and the speed baseline for the others).
+
+Checkpoint layout mirrors a DeepSpeed stage-0 checkpoint (`<tag>/mp_rank_00_model_states.pt` holding
+`module`, `optimizer` and the client state at top level), so converters read both the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dist_forget.engine.backend import (
+    Backend,
+    ModelFactory,
+    OptimizerFactory,
+    StepResult,
+    causal_lm_loss_sum,
+    env_world,
+)
+from dist_forget.errors import UserError
+
+MODEL_FILE = "mp_rank_00_model_states.pt"
+
+
+class SingleBackend(Backend):
+    name = "single"
+
+    def init_distributed(self) -> None:
+        _, world, _, _ = env_world()
+        if world > 1:
+            raise UserError(f"engine = single runs one process but WORLD_SIZE = {world}; "
+                            "set engine=deepspeed to train on several ranks")
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def build(self, model_factory: ModelFactory, optimizer_factory: OptimizerFactory, micro_batch: int,
+              grad_accum: int) -> None:
+        self.model = model_factory().to(self.device)
+        self.model.train()
+        self.optimizer = optimizer_factory(self.model)
+        self.grad_accum = grad_accum
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, micro_batches: Sequence[Tensor], lr: float) -> StepResult:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for ids in micro_batches:
+            with self._autocast():
+                loss_sum, n = causal_lm_loss_sum(self.model, ids.to(self.device))
+            loss = loss_sum / n
+            # equal-length micro-batches: the mean of the micro means is the global token mean
+            (loss / len(micro_batches)).backward()
+            total += loss.item()
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss=total / len(micro_batches), grad_norm=grad_norm)
+
+    @torch.no_grad()
+    def eval_loss(self, batches: Iterable[Tensor]) -> float:
+        self.model.eval()
+        loss_sum, count = 0.0, 0
+        try:
+            for ids in batches:
+                with self._autocast():
+                    s, n = causal_lm_loss_sum(self.model, ids.to(self.device))
+                loss_sum += float(s)
+                count += n
+        finally:
+            self.model.train()
+        return loss_sum / count if count else math.nan
+
+    def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None:
+        d = Path(root) / tag
+        d.mkdir(parents=True, exist_ok=True)
+        state = {"module": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **client_state}
+        torch.save(state, d / MODEL_FILE)
+
+    def load(self, root: Path, tag: str) -> dict[str, Any]:
+        path = Path(root) / tag / MODEL_FILE
+        if not path.is_file():
+            raise UserError(f"checkpoint {path.parent} has no {MODEL_FILE}; was it written by engine=single? "
+                            "resume with the engine that wrote it")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state.pop("module"))
+        self.optimizer.load_state_dict(state.pop("optimizer"))
+        return state
+
+    def full_state_dict(self) -> dict[str, Tensor]:
+        return {k: v.detach().float().cpu().clone() for k, v in self.model.state_dict().items()}

@@ -1,0 +1,391 @@
+"""The training loop, top to bottom: pretrain and finetune are the same run with different data and init.
+
+stream → model → optimizer → backend → (resume | evaluate the starting model) → steps: train, log,
+evaluate both validation splits every `eval_every` steps, keep the best-target-loss checkpoint (bottom of
+the U-curve), early stop on patience → final evaluation, checkpoint, HF export, summary.json.
+
+Outputs in `out_dir`: checkpoints/ (see engine/checkpoint.py), metrics.jsonl (one line per step and per
+evaluation; what a resume rewrites up to its step), summary.json (exactly the runs-table columns),
+report.json (everything else about the run), run_config.json (the resolved config), model/ and best/
+(HF folders), loss_curves.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from dist_forget.config import flatten, to_dict
+from dist_forget.data.mixture import MixedStream, validation_batches
+from dist_forget.engine.backend import Backend, BackendConfig, make_backend
+from dist_forget.engine.checkpoint import CheckpointManager, check_compatible, read_meta, resolve_resume
+from dist_forget.engine.config import RunConfig
+from dist_forget.engine.flops import flops_per_token, measure_peak
+from dist_forget.engine.schedule import lr_at
+from dist_forget.errors import UserError
+from dist_forget.io import write_json_atomic, write_text_atomic
+from dist_forget.models import hf
+
+SUMMARY_KEYS = ("domain", "model_params", "target_tokens", "inject_fraction", "anchor_decay", "ft_loss",
+                "pt_loss", "pt_loss_base", "steps", "run_id")
+
+
+@dataclass
+class TrainState:
+    """Everything about the loop's progress that a resume needs (plain data: goes in the checkpoint)."""
+
+    step: int = 0
+    best_ft: float = math.inf
+    best_pt: float = math.nan
+    best_step: int = 0
+    pt_loss_base: float = math.nan
+    ft_loss_base: float = math.nan
+    bad_evals: int = 0
+    sequences: int = 0
+    pretrain_sequences: int = 0
+    mlflow_run_id: str | None = None
+
+
+@dataclass
+class _Timer:
+    """Step times of the recent past, for tokens/s and ETA that ignore evaluation and checkpoint pauses."""
+
+    times: list[float] = field(default_factory=list)
+
+    def add(self, dt: float) -> None:
+        self.times = (self.times + [dt])[-20:]
+
+    def mean(self) -> float:
+        return sum(self.times) / len(self.times) if self.times else math.nan
+
+
+class _NullTracker:
+    run_id: str | None = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifact(self, path: str | Path) -> None: ...
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+def _tracker(cfg: RunConfig, rank: int, run_name: str, out: Path) -> Any:
+    if not cfg.tracking.enabled:
+        return _NullTracker()
+    try:
+        from dist_forget.tracking import Tracker
+    except ImportError:  # tracking not installed in this tree: train anyway
+        return _NullTracker()
+    return Tracker.create(cfg.tracking, rank=rank, run_name=run_name, params=flatten(to_dict(cfg)), out_dir=out)
+
+
+def _precision(cfg: RunConfig) -> Literal["fp32", "bf16"]:
+    if cfg.train.precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return cfg.train.precision
+
+
+def _model_factory(cfg: RunConfig, mode: str, stream: MixedStream) -> Any:
+    m = cfg.model
+    if mode == "pretrain":
+        if m.init_from or not m.size:
+            raise UserError("pretrain starts from scratch: set model.size (e.g. cpu-1m) and leave model.init_from empty")
+        return hf.build(m.size, stream.vocab_size, stream.seq_len, cfg.train.seed)
+    if not m.init_from:
+        raise UserError("finetune needs model.init_from: a pretrain run folder, an HF folder, or smollm2")
+    model = hf.load_folder(hf.resolve_init(m.init_from, m.cache_dir))
+    if m.size:
+        from dist_forget.models.ladder import shape_of
+
+        want, have = shape_of(m.size), model.config
+        if (want.hidden, want.layers, want.ffn) != (have.hidden_size, have.num_hidden_layers, have.intermediate_size):
+            raise UserError(f"model.init_from = {m.init_from} is not size {m.size} (hidden {have.hidden_size}, "
+                            f"layers {have.num_hidden_layers}); drop model.size or pick the matching one")
+    return model
+
+
+def _check_fits(model: Any, stream: MixedStream, where: str) -> None:
+    if stream.vocab_size > model.config.vocab_size:
+        raise UserError(f"data.target shards use a {stream.vocab_size}-token vocabulary but {where} has "
+                        f"{model.config.vocab_size}: build the shards with the model's tokenizer")
+    if stream.seq_len > getattr(model.config, "max_position_embeddings", stream.seq_len):
+        raise UserError(f"sequence length {stream.seq_len} exceeds {where}'s max_position_embeddings "
+                        f"{model.config.max_position_embeddings}")
+
+
+def _make_optimizer(cfg: RunConfig) -> Any:
+    from dist_forget.optim import AnchoredAdamW, param_groups
+
+    o = cfg.optim
+
+    def factory(model: torch.nn.Module) -> torch.optim.Optimizer:
+        groups = param_groups(model, weight_decay=o.weight_decay, anchor_decay=o.anchor_decay)
+        return AnchoredAdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+                             anchor_decay=o.anchor_decay)
+
+    return factory
+
+
+class _Log:
+    """metrics.jsonl on rank 0: one JSON object per step or evaluation."""
+
+    def __init__(self, path: Path, rank: int, keep_until: int | None):
+        self.path, self.rank = path, rank
+        if rank != 0:
+            return
+        lines: list[str] = []
+        if keep_until is not None and path.is_file():
+            # a resumed run drops what the interrupted run logged after its checkpoint
+            lines = [ln for ln in path.read_text().splitlines()
+                     if ln.strip() and json.loads(ln)["step"] <= keep_until]
+        write_text_atomic(path, "".join(ln + "\n" for ln in lines))
+        self.fh = open(path, "a")  # noqa: SIM115 - open for the whole run
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            self.fh.write(json.dumps(record) + "\n")
+            self.fh.flush()
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+
+    def close(self) -> None:
+        if self.rank == 0:
+            self.fh.close()
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def train(cfg: RunConfig, mode: Literal["pretrain", "finetune"], resume: str = "none") -> dict[str, Any]:
+    """Run `cfg` to the end (or early stop); returns the summary row (on every rank)."""
+    precision = _precision(cfg)
+    backend = make_backend(cfg.engine, BackendConfig(cfg.parallel, precision, cfg.optim.grad_clip, cfg.train.seed))
+    backend.init_distributed()
+    try:
+        return _run(cfg, mode, resume, backend)
+    finally:
+        backend.close()
+
+
+def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend) -> dict[str, Any]:
+    rank0 = backend.rank == 0
+    out = Path(cfg.out_dir)
+    ckpt_root = out / "checkpoints"
+    say = print if rank0 else (lambda *a, **k: None)
+
+    resume_path = resolve_resume(resume, ckpt_root)
+    if resume_path is None and resume == "none" and (ckpt_root / "latest").is_file():
+        raise UserError(f"out_dir {out} already holds checkpoints; pass --resume auto to continue it "
+                        "or choose another out_dir")
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
+    backend.barrier()
+
+    t, s = cfg.train, cfg.schedule
+    stream = MixedStream(cfg.data, rank=backend.dp_rank, world_size=backend.dp_size)
+    per_step_micro = t.micro_batch * backend.dp_size
+    if t.batch_size % per_step_micro:
+        raise UserError(f"train.batch_size = {t.batch_size} is not a multiple of train.micro_batch "
+                        f"({t.micro_batch}) × {backend.dp_size} data-parallel ranks; change either")
+    grad_accum = t.batch_size // per_step_micro
+
+    model = _model_factory(cfg, mode, stream)
+    _check_fits(model, stream, cfg.model.init_from or cfg.model.size or "the model")
+    sig = hf.signature(model, cfg.model.size)
+    hf_config = model.config
+    n_params = sig["non_embedding_params"]
+    fpt = flops_per_token(n_params, hf_config.vocab_size, hf_config.hidden_size, hf_config.num_hidden_layers,
+                          stream.seq_len)
+    backend.build(lambda: model, _make_optimizer(cfg), t.micro_batch, grad_accum)
+    del model  # the backend owns it now (and may have wrapped or sharded it)
+
+    ckpt = CheckpointManager(ckpt_root, backend, cfg.checkpoint.keep)
+    state = TrainState()
+    if resume_path is not None:
+        meta = read_meta(resume_path)
+        check_compatible(meta, resume_path, model=sig, fingerprint=stream.fingerprint,
+                         world_size=backend.world_size, engine=cfg.engine, zero_stage=cfg.parallel.zero_stage)
+        client = backend.load(resume_path.parent, resume_path.name)
+        stream.load_state_dict(client["data"])
+        state = TrainState(**json.loads(client["train"]))
+        if cfg.tracking.run_id is None and state.mlflow_run_id:
+            cfg.tracking.run_id = state.mlflow_run_id  # resume into the same MLflow run
+        say(f"resumed from {resume_path} at step {state.step}")
+
+    run_name = cfg.name or out.resolve().name
+    tracker = _tracker(cfg, backend.rank, run_name, out)
+    state.mlflow_run_id = tracker.run_id or state.mlflow_run_id
+    log = _Log(out / "metrics.jsonl", backend.rank, state.step if resume_path is not None else None)
+    if rank0:
+        write_json_atomic(out / "run_config.json", to_dict(cfg))
+        tracker.log_artifact(out / "run_config.json")
+
+    target_val = cfg.data.target
+    pretrain_val = cfg.data.pretrain or cfg.data.target
+
+    def evaluate() -> tuple[float, float]:
+        kw = dict(micro_batch_size=t.micro_batch, max_sequences=t.eval_sequences, rank=backend.dp_rank,
+                  world_size=backend.dp_size)
+        ft = backend.eval_loss(validation_batches(target_val, **kw))
+        pt = ft if pretrain_val == target_val else backend.eval_loss(validation_batches(pretrain_val, **kw))
+        return ft, pt
+
+    def client_state() -> dict[str, Any]:
+        # train state as a JSON string: weights_only loading accepts it, and inf/nan survive
+        return {"data": stream.state_dict(), "train": json.dumps(asdict(state)), "config": json.dumps(to_dict(cfg))}
+
+    def meta() -> dict[str, Any]:
+        return {"model": sig, "hf_config": hf_config.to_dict(), "data_fingerprint": stream.fingerprint,
+                "world_size": backend.world_size, "engine": cfg.engine, "zero_stage": cfg.parallel.zero_stage,
+                "config": to_dict(cfg), "mode": mode}
+
+    def export(folder: str) -> None:
+        sd = backend.full_state_dict()  # collective
+        if rank0:
+            hf.save_folder(sd, hf_config, out / folder, Path(cfg.data.target))
+
+    def on_eval(step: int) -> bool:
+        """Evaluate, log, keep the best; returns whether this is a new best."""
+        ft, pt = evaluate()
+        best = ft < state.best_ft
+        if best:
+            state.best_ft, state.best_pt, state.best_step, state.bad_evals = ft, pt, step, 0
+        else:
+            state.bad_evals += 1
+        log.write({"kind": "eval", "step": step, "ft_loss": ft, "pt_loss": pt})
+        tracker.log_metrics({"val/ft_loss": ft, "val/pt_loss": pt, "val/best_ft_loss": state.best_ft}, step)
+        say(f"eval step {step}: ft_loss {ft:.4f}  pt_loss {pt:.4f}  (best ft {state.best_ft:.4f} at step "
+            f"{state.best_step}{', new best' if best else ''})", flush=True)
+        return best
+
+    if resume_path is None:
+        state.ft_loss_base, state.pt_loss_base = evaluate()
+        say(f"{mode}: {cfg.engine} x{backend.world_size} ({backend.cfg.precision}), N = {n_params:,} non-embedding params "
+            f"({sig['total_params']:,} total), {s.steps} steps x {t.batch_size} seq x {stream.seq_len} tokens, "
+            f"grad_accum {grad_accum}; start: ft_loss {state.ft_loss_base:.4f} pt_loss {state.pt_loss_base:.4f}",
+            flush=True)
+        on_eval(0)
+        tracker.log_metrics({"model_params": float(n_params), "pt_loss_base": state.pt_loss_base}, 0)
+
+    peak = t.peak_flops or measure_peak(backend.device) * backend.world_size
+    timer = _Timer()
+    tokens_per_step = t.batch_size * stream.seq_len
+    stopped_early = False
+    last_saved = state.step if resume_path is not None else -1
+    wall0 = time.perf_counter()
+    while state.step < s.steps:
+        step_index = state.step
+        lr = lr_at(step_index, cfg.optim.lr, s)
+        t0 = time.perf_counter()
+        batches = [stream.next_batch(t.micro_batch) for _ in range(grad_accum)]
+        result = backend.train_step([b.input_ids for b in batches], lr)
+        n_pre = float(sum(int(b.is_pretrain.sum()) for b in batches))
+        n_pre, n_seq = backend.dp_all_reduce_sum([n_pre, float(t.micro_batch * grad_accum)])
+        dt = time.perf_counter() - t0
+        if not math.isfinite(result.loss):
+            last = ckpt.read_pointer("latest")
+            tracker.finish("FAILED")
+            raise UserError(f"training loss became {result.loss} at step {step_index + 1}; the last good "
+                            f"checkpoint is {ckpt_root / last if last else 'none'}; lower optim.lr or raise "
+                            "schedule.warmup, then --resume auto")
+        state.step += 1
+        state.sequences += int(n_seq)
+        state.pretrain_sequences += int(n_pre)
+        timer.add(dt)
+        tok_s = tokens_per_step / timer.mean()
+        metrics = {"loss": result.loss, "lr": lr, "grad_norm": result.grad_norm, "tokens_per_s": tok_s,
+                   "mfu": fpt * tok_s / peak, "inject_fraction": n_pre / n_seq,
+                   "inject_fraction_cum": state.pretrain_sequences / state.sequences}
+        log.write({"kind": "train", "step": state.step, **metrics})
+        tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, state.step)
+        eta = timer.mean() * (s.steps - state.step)
+        say(f"step {state.step}/{s.steps} | loss {result.loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
+            f"MFU {metrics['mfu']:.1%} | inject {metrics['inject_fraction_cum']:.4f} | ETA {_fmt_time(eta)}",
+            flush=True)
+
+        final = state.step == s.steps
+        is_eval = final or (t.eval_every and state.step % t.eval_every == 0)
+        best = on_eval(state.step) if is_eval else False
+        if t.patience and state.bad_evals >= t.patience:
+            say(f"early stop: {state.bad_evals} evaluations without a better target loss", flush=True)
+            stopped_early = True
+        every = cfg.checkpoint.every and state.step % cfg.checkpoint.every == 0
+        if best or every or final or stopped_early:
+            ckpt.save(state.step, client_state(), meta(), is_best=best)
+            last_saved = state.step
+        if best:
+            export("best")
+        if stopped_early:
+            break
+
+    if last_saved != state.step:  # resumed at the end already: nothing ran, the checkpoint is current
+        ckpt.save(state.step, client_state(), meta(), is_best=False)
+    export("model")
+
+    summary = {
+        "domain": cfg.domain or Path(cfg.data.target).name,
+        "model_params": n_params,
+        "target_tokens": stream.unique_target_tokens,
+        "inject_fraction": cfg.data.inject_fraction,
+        "anchor_decay": cfg.optim.anchor_decay,
+        "ft_loss": state.best_ft,
+        "pt_loss": state.best_pt,
+        "pt_loss_base": state.pt_loss_base,
+        "steps": state.best_step,
+        "run_id": state.mlflow_run_id or f"local:{out.resolve()}",
+    }
+    if rank0:
+        write_json_atomic(out / "summary.json", summary)
+        report = {**asdict(state), "mode": mode, "steps_trained": state.step, "stopped_early": stopped_early,
+                  "total_params": sig["total_params"], "world_size": backend.world_size, "engine": cfg.engine,
+                  "tokens_per_s": tokens_per_step / timer.mean() if timer.times else None,
+                  "wall_s": time.perf_counter() - wall0,
+                  "inject_fraction_observed": (state.pretrain_sequences / state.sequences
+                                               if state.sequences else None)}
+        write_json_atomic(out / "report.json", report)
+        plot = _plot(log.records(), out / "loss_curves.png")
+        for path in (out / "summary.json", out / "report.json", plot):
+            if path is not None:
+                tracker.log_artifact(path)
+        say(f"done: {state.step} steps; best target loss {state.best_ft:.4f} at step {state.best_step} "
+            f"(pretraining loss there {state.best_pt:.4f}, base {state.pt_loss_base:.4f}, forgetting "
+            f"{state.best_pt - state.pt_loss_base:+.4f} nats/token); summary {out / 'summary.json'}", flush=True)
+    log.close()
+    tracker.finish("FINISHED")
+    return summary
+
+
+def _plot(records: list[dict[str, Any]], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    train_pts = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train_pts:
+        ax.plot(*zip(*train_pts), lw=0.8, alpha=0.6, label="train loss")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["ft_loss"] for r in evals], "o-", label="target validation")
+        ax.plot([r["step"] for r in evals], [r["pt_loss"] for r in evals], "s-", label="pretraining validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

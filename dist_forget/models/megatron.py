@@ -1,0 +1,458 @@
+"""A Llama model built from megatron-core tensor-parallel layers, named exactly like Hugging Face's.
+
+Why not the stock `megatron.core.models.gpt.GPTModel`: its attention allocates on
+`torch.cuda.current_device()`, so it cannot run on a CPU-only machine (platform-facts.md). This model
+uses only `ColumnParallelLinear`, `RowParallelLinear`, `VocabParallelEmbedding` and
+`vocab_parallel_cross_entropy`, which run on gloo/CPU and on NCCL/GPU alike. Where CUDA exists the
+stock GPTModel can be built instead (`build_stock_gpt`, exercised by tests/gpu/).
+
+Every parameter has the same name and, once gathered, the same tensor as in
+`transformers.LlamaForCausalLM` built from `ladder.hf_config(...)`. q/k/v and gate/up are kept as
+separate column-parallel layers (not fused) so that the HF <-> Megatron mapping is a pure slice per
+tensor: `SHARD_DIM` says along which dimension each tensor is split over the TP ranks.
+
+Layout: activations stay [batch, seq, hidden]; megatron's linear layers only touch the last dim.
+The output head is tied to the vocab-parallel embedding, so logits stay vocab-sharded and the loss is
+megatron's vocab-parallel cross entropy (the full [tokens, vocab] logits never exist on one rank).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dist_forget.errors import UserError
+
+# HF parameter name pattern -> the dim split over TP ranks (None: replicated on every TP rank).
+SHARD_DIM: list[tuple[str, int | None]] = [
+    (r"model\.embed_tokens\.weight", 0),  # vocab rows
+    (r"model\.layers\.\d+\.self_attn\.[qkv]_proj\.weight", 0),  # heads (output rows)
+    (r"model\.layers\.\d+\.self_attn\.o_proj\.weight", 1),  # heads (input columns)
+    (r"model\.layers\.\d+\.mlp\.(gate|up)_proj\.weight", 0),  # ffn rows
+    (r"model\.layers\.\d+\.mlp\.down_proj\.weight", 1),  # ffn columns
+    (r"model\.layers\.\d+\.(input|post_attention)_layernorm\.weight", None),
+    (r"model\.norm\.weight", None),
+]
+
+
+def shard_dim(name: str) -> int | None:
+    """The dimension along which HF tensor `name` is split across TP ranks (None = replicated)."""
+    for pattern, dim in SHARD_DIM:
+        if re.fullmatch(pattern, name):
+            return dim
+    raise UserError(
+        f"parameter {name!r} is not part of the Llama architecture this Megatron path supports; "
+        "convert a transformers LlamaForCausalLM (ladder.hf_config) checkpoint"
+    )
+
+
+@dataclass(frozen=True)
+class LlamaDims:
+    """The shape facts the TP split depends on, read from a `LlamaConfig` (or its dict)."""
+
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    head_dim: int
+    rms_eps: float
+    rope_theta: float
+    tied: bool
+
+    @classmethod
+    def from_hf(cls, cfg: Any) -> LlamaDims:
+        d = cfg if isinstance(cfg, dict) else cfg.to_dict()
+        rope = d.get("rope_parameters") or {"rope_type": "default", "rope_theta": d.get("rope_theta", 1e4)}
+        if rope.get("rope_type", "default") != "default":
+            raise UserError(
+                f"model config rope_parameters.rope_type={rope.get('rope_type')!r} is not supported by the "
+                "Megatron path; use the default rotary embedding (ladder.hf_config)"
+            )
+        for key, want in (("attention_bias", False), ("mlp_bias", False), ("hidden_act", "silu")):
+            if d.get(key, want) != want:
+                raise UserError(f"model config {key}={d.get(key)!r} is not supported by the Megatron path; "
+                                f"it needs {key}={want!r} (ladder.hf_config)")
+        heads = int(d["num_attention_heads"])
+        return cls(
+            vocab=int(d["vocab_size"]),
+            hidden=int(d["hidden_size"]),
+            layers=int(d["num_hidden_layers"]),
+            heads=heads,
+            kv_heads=int(d.get("num_key_value_heads") or heads),
+            ffn=int(d["intermediate_size"]),
+            head_dim=int(d.get("head_dim") or d["hidden_size"] // heads),
+            rms_eps=float(d["rms_norm_eps"]),
+            rope_theta=float(rope.get("rope_theta", 1e4)),
+            tied=bool(d.get("tie_word_embeddings", True)),
+        )
+
+    def check_tp(self, tp: int, where: str = "parallel.tp") -> None:
+        """Every split dimension must divide by tp; the error names the first that does not."""
+        if tp < 1:
+            raise UserError(f"{where}={tp}: must be >= 1")
+        if not self.tied:
+            raise UserError("model config tie_word_embeddings=False is not supported by the Megatron path; "
+                            "use tied embeddings (ladder.hf_config)")
+        for dim, value in (("num_attention_heads", self.heads), ("num_key_value_heads", self.kv_heads),
+                           ("hidden_size", self.hidden), ("intermediate_size (ffn)", self.ffn),
+                           ("vocab_size", self.vocab)):
+            if value % tp:
+                raise UserError(
+                    f"{where}={tp} does not divide the model's {dim}={value}; choose a tp that divides "
+                    f"it (or pad {dim} to a multiple of {tp})"
+                )
+
+
+def check_pp(pp: int, where: str = "parallel.pp") -> None:
+    if pp != 1:
+        raise UserError(f"{where}={pp}: pipeline parallelism (pp>1) is not supported yet; use {where}=1 "
+                        "and scale with parallel.tp and data parallelism")
+
+
+# ---------------------------------------------------------------------------------------------------
+# process groups
+
+
+def init_model_parallel(tp: int, pp: int = 1) -> None:
+    """megatron-core's TP/DP groups over the already-initialised default process group."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    check_pp(pp)
+    world = dist.get_world_size()
+    if world % tp:
+        raise UserError(f"parallel.tp={tp} does not divide the number of processes {world}; "
+                        f"launch a multiple of {tp} ranks")
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    # Gloo groups for the distributed optimizer are not needed and cost start-up time.
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                             create_gloo_process_groups=False)
+
+
+def tp_rank_size() -> tuple[int, int]:
+    from megatron.core import parallel_state
+
+    return (parallel_state.get_tensor_model_parallel_rank(),
+            parallel_state.get_tensor_model_parallel_world_size())
+
+
+def dp_rank_size() -> tuple[int, int]:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the model
+
+
+class RMSNorm(nn.Module):
+    """Same arithmetic as transformers' LlamaRMSNorm (fp32 statistics), so logits match bit for bit-ish."""
+
+    def __init__(self, hidden: int, eps: float, dtype: torch.dtype):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden, dtype=dtype))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class Rotary(nn.Module):
+    """HF's default rotary embedding: cos/sin of position * inv_freq, duplicated across both halves."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def forward(self, seq: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.arange(seq, device=device, dtype=torch.float32)
+        freqs = torch.outer(pos, self.inv_freq.to(device))
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def _mp_config(tp: int, dtype: torch.dtype, on_gpu: bool):
+    from megatron.core import ModelParallelConfig
+
+    # perform_initialization=False: weights come from an HF model (same seed => same init as 1 rank).
+    return ModelParallelConfig(tensor_model_parallel_size=tp, use_cpu_initialization=not on_gpu,
+                               perform_initialization=False, params_dtype=dtype)
+
+
+def _col(cfg, inp: int, out: int):
+    from megatron.core.tensor_parallel import ColumnParallelLinear
+
+    return ColumnParallelLinear(inp, out, config=cfg, init_method=nn.init.zeros_, bias=False,
+                                gather_output=False)
+
+
+def _row(cfg, inp: int, out: int):
+    from megatron.core.tensor_parallel import RowParallelLinear
+
+    return RowParallelLinear(inp, out, config=cfg, init_method=nn.init.zeros_, bias=False,
+                             input_is_parallel=True, skip_bias_add=False)
+
+
+class Attention(nn.Module):
+    def __init__(self, dims: LlamaDims, tp: int, cfg):
+        super().__init__()
+        self.heads, self.kv_heads, self.hd = dims.heads // tp, dims.kv_heads // tp, dims.head_dim
+        self.q_proj = _col(cfg, dims.hidden, dims.heads * dims.head_dim)
+        self.k_proj = _col(cfg, dims.hidden, dims.kv_heads * dims.head_dim)
+        self.v_proj = _col(cfg, dims.hidden, dims.kv_heads * dims.head_dim)
+        self.o_proj = _row(cfg, dims.heads * dims.head_dim, dims.hidden)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.q_proj(x)[0].view(b, s, self.heads, self.hd).transpose(1, 2)
+        k = self.k_proj(x)[0].view(b, s, self.kv_heads, self.hd).transpose(1, 2)
+        v = self.v_proj(x)[0].view(b, s, self.kv_heads, self.hd).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        if self.kv_heads != self.heads:
+            rep = self.heads // self.kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(y.transpose(1, 2).reshape(b, s, self.heads * self.hd))[0]
+
+
+class MLP(nn.Module):
+    def __init__(self, dims: LlamaDims, cfg):
+        super().__init__()
+        self.gate_proj = _col(cfg, dims.hidden, dims.ffn)
+        self.up_proj = _col(cfg, dims.hidden, dims.ffn)
+        self.down_proj = _row(cfg, dims.ffn, dims.hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)[0]) * self.up_proj(x)[0])[0]
+
+
+class Block(nn.Module):
+    def __init__(self, dims: LlamaDims, tp: int, cfg, dtype: torch.dtype):
+        super().__init__()
+        # Registration order = HF's, so parameters() (and optimizer state indices) line up with HF's.
+        self.self_attn = Attention(dims, tp, cfg)
+        self.mlp = MLP(dims, cfg)
+        self.input_layernorm = RMSNorm(dims.hidden, dims.rms_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(dims.hidden, dims.rms_eps, dtype)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Trunk(nn.Module):
+    """Named `model` inside MegatronLlama so parameter names read `model.layers.0...` as in HF."""
+
+    def __init__(self, dims: LlamaDims, tp: int, cfg, dtype: torch.dtype):
+        super().__init__()
+        from megatron.core.tensor_parallel import VocabParallelEmbedding
+
+        self.embed_tokens = VocabParallelEmbedding(dims.vocab, dims.hidden, init_method=nn.init.zeros_,
+                                                   config=cfg)
+        self.layers = nn.ModuleList(Block(dims, tp, cfg, dtype) for _ in range(dims.layers))
+        self.norm = RMSNorm(dims.hidden, dims.rms_eps, dtype)
+        self.rotary = Rotary(dims.head_dim, dims.rope_theta)
+
+
+class MegatronLlama(nn.Module):
+    """Tensor-parallel Llama; call after `init_model_parallel`. Holds this TP rank's shard only."""
+
+    def __init__(self, hf_cfg: Any, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+        super().__init__()
+        self.dims = LlamaDims.from_hf(hf_cfg)
+        self.tp_rank, self.tp = tp_rank_size()
+        self.dims.check_tp(self.tp)
+        cfg = _mp_config(self.tp, dtype, on_gpu=device != "cpu")
+        self.model = Trunk(self.dims, self.tp, cfg, dtype)
+        self.to(device)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[batch, seq] token ids -> [batch, seq, vocab/tp] logits (this rank's vocab slice)."""
+        from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+
+        cos, sin = self.model.rotary(input_ids.shape[1], input_ids.device)
+        x = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin)
+        x = self.model.norm(x)
+        # Tied head: identity forward, all-reduce of the input gradient backward (the Column pattern).
+        return F.linear(copy_to_tensor_model_parallel_region(x), self.model.embed_tokens.weight)
+
+    def loss_sum(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(sum of next-token losses in nats, number of predicted tokens), like
+        `engine.backend.causal_lm_loss_sum`: the forward sees all T tokens and the last logit is dropped,
+        so the arithmetic matches the HF path."""
+        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+        logits = self(input_ids)[:, :-1, :].float().contiguous()
+        targets = input_ids[:, 1:].contiguous()
+        return vocab_parallel_cross_entropy(logits, targets).sum(), targets.numel()
+
+    def full_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[batch, seq, vocab] logits gathered over the TP ranks (no gradient; for checks and evaluation).
+
+        megatron's own gather allocates on `torch.cuda.current_device()`, so it is done here with a
+        plain all_gather, which works on gloo and NCCL.
+        """
+        import torch.distributed as dist
+        from megatron.core import parallel_state
+
+        with torch.no_grad():
+            local = self(input_ids).contiguous()
+            if self.tp == 1:
+                return local
+            parts = [torch.empty_like(local) for _ in range(self.tp)]
+            dist.all_gather(parts, local, group=parallel_state.get_tensor_model_parallel_group())
+            return torch.cat(parts, dim=-1)
+
+    # -- weights in HF naming ------------------------------------------------------------------------
+
+    def shard_state_dict(self) -> dict[str, torch.Tensor]:
+        """This rank's shard, HF names, without megatron's `_extra_state` placeholders."""
+        return {k: v for k, v in self.state_dict().items() if not k.endswith("_extra_state")}
+
+    def load_shard(self, shard: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
+        own = self.shard_state_dict()
+        missing, extra = sorted(set(own) - set(shard)), sorted(set(shard) - set(own))
+        if missing or extra:
+            what = f"lacks {missing[0]!r}" if missing else f"has unexpected {extra[0]!r}"
+            raise UserError(f"{where}: shard {what}; it was made for another architecture, convert from "
+                            "the matching HF model")
+        for name, tensor in shard.items():
+            if tuple(tensor.shape) != tuple(own[name].shape):
+                raise UserError(f"{where}: {name} has shape {tuple(tensor.shape)} but this model's TP={self.tp} "
+                                f"shard needs {tuple(own[name].shape)}; convert it for tp={self.tp}")
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                param.copy_(shard[name])
+
+    def load_full(self, full: dict[str, torch.Tensor], where: str = "HF state") -> None:
+        """Take this rank's slice of an unsharded HF state dict."""
+        self.load_shard(shard_state(full, self.tp, self.tp_rank, where=where), where=where)
+
+    def gather_full(self) -> dict[str, torch.Tensor]:
+        """The unsharded HF state dict (a collective over the TP group; every TP rank gets it)."""
+        return self._gather({k: v.detach() for k, v in self.shard_state_dict().items()})
+
+    def gather_grads(self) -> dict[str, torch.Tensor]:
+        """The unsharded gradients in HF names (collective over the TP group; for checks)."""
+        return self._gather({n: p.grad.detach() for n, p in self.named_parameters() if p.grad is not None})
+
+    def _gather(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        import torch.distributed as dist
+        from megatron.core import parallel_state
+
+        group = parallel_state.get_tensor_model_parallel_group() if self.tp > 1 else None
+        out: dict[str, torch.Tensor] = {}
+        for name, t in tensors.items():
+            dim = shard_dim(name)
+            if dim is None or self.tp == 1:
+                out[name] = t.clone()
+                continue
+            parts = [torch.empty_like(t) for _ in range(self.tp)]
+            dist.all_gather(parts, t.contiguous(), group=group)
+            out[name] = torch.cat(parts, dim=dim)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# pure slicing (no process group needed: conversion uses these)
+
+
+def shard_tensor(name: str, t: torch.Tensor, tp: int, rank: int) -> torch.Tensor:
+    dim = shard_dim(name)
+    if dim is None or tp == 1:
+        return t.clone()
+    if t.shape[dim] % tp:
+        raise UserError(f"{name}: dimension {dim} of size {t.shape[dim]} does not divide by tp={tp}; "
+                        "choose a tp that divides it")
+    return t.chunk(tp, dim=dim)[rank].clone()
+
+
+def shard_state(full: dict[str, Any], tp: int, rank: int, where: str = "HF state") -> dict[str, Any]:
+    """Rank `rank`'s TP slice of every tensor keyed by an HF parameter name (tied lm_head dropped)."""
+    return {n: shard_tensor(n, t, tp, rank) for n, t in full.items() if n != "lm_head.weight"}
+
+
+def merge_shards(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Inverse of `shard_state`: concatenate split tensors; replicated ones must agree across ranks."""
+    out: dict[str, torch.Tensor] = {}
+    for name in shards[0]:
+        parts = [s[name] for s in shards]
+        dim = shard_dim(name)
+        out[name] = parts[0].clone() if dim is None or len(parts) == 1 else torch.cat(parts, dim=dim)
+    return out
+
+
+def build_stock_gpt(hf_cfg: Any, dtype: torch.dtype = torch.bfloat16):
+    """megatron-core's own GPTModel with Llama options (needs CUDA: its attention allocates there)."""
+    if not torch.cuda.is_available():
+        raise UserError("model.impl=stock needs CUDA (megatron-core's GPTModel allocates on the GPU); "
+                        "use model.impl=local on CPU")
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer import TransformerConfig
+
+    d = LlamaDims.from_hf(hf_cfg)
+    _, tp = tp_rank_size()
+    d.check_tp(tp)
+    cfg = TransformerConfig(
+        num_layers=d.layers, hidden_size=d.hidden, num_attention_heads=d.heads,
+        num_query_groups=d.kv_heads, ffn_hidden_size=d.ffn, kv_channels=d.head_dim,
+        normalization="RMSNorm", layernorm_epsilon=d.rms_eps, gated_linear_unit=True,
+        activation_func=F.silu, add_bias_linear=False, hidden_dropout=0.0, attention_dropout=0.0,
+        tensor_model_parallel_size=tp, params_dtype=dtype, bf16=dtype == torch.bfloat16,
+        apply_rope_fusion=False, bias_activation_fusion=False, masked_softmax_fusion=False,
+        persist_layer_norm=False, bias_dropout_fusion=False, gradient_accumulation_fusion=False,
+    )
+    return GPTModel(config=cfg, transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+                    vocab_size=d.vocab, max_sequence_length=4096, position_embedding_type="rope",
+                    rotary_base=int(d.rope_theta), share_embeddings_and_output_weights=True,
+                    pre_process=True, post_process=True)
+
+
+def hf_to_stock_shard(full: dict[str, torch.Tensor], hf_cfg: Any, tp: int, rank: int) -> dict[str, torch.Tensor]:
+    """HF tensors -> the stock GPTModel's names for TP rank `rank` (fused QKV by query group, fc1 = [gate; up])."""
+    d = LlamaDims.from_hf(hf_cfg)
+    out: dict[str, torch.Tensor] = {}
+    out["embedding.word_embeddings.weight"] = shard_tensor("model.embed_tokens.weight",
+                                                           full["model.embed_tokens.weight"], tp, rank)
+    out["decoder.final_layernorm.weight"] = full["model.norm.weight"].clone()
+    groups, per = d.kv_heads // tp, d.heads // d.kv_heads
+    for i in range(d.layers):
+        p, q = f"model.layers.{i}.", f"decoder.layers.{i}."
+        qw = shard_tensor(p + "self_attn.q_proj.weight", full[p + "self_attn.q_proj.weight"], tp, rank)
+        kw = shard_tensor(p + "self_attn.k_proj.weight", full[p + "self_attn.k_proj.weight"], tp, rank)
+        vw = shard_tensor(p + "self_attn.v_proj.weight", full[p + "self_attn.v_proj.weight"], tp, rank)
+        qg = qw.view(groups, per * d.head_dim, d.hidden)
+        kg, vg = kw.view(groups, d.head_dim, d.hidden), vw.view(groups, d.head_dim, d.hidden)
+        out[q + "self_attention.linear_qkv.weight"] = torch.cat([qg, kg, vg], dim=1).reshape(-1, d.hidden)
+        out[q + "self_attention.linear_proj.weight"] = shard_tensor(
+            p + "self_attn.o_proj.weight", full[p + "self_attn.o_proj.weight"], tp, rank)
+        gate = shard_tensor(p + "mlp.gate_proj.weight", full[p + "mlp.gate_proj.weight"], tp, rank)
+        up = shard_tensor(p + "mlp.up_proj.weight", full[p + "mlp.up_proj.weight"], tp, rank)
+        out[q + "mlp.linear_fc1.weight"] = torch.cat([gate, up], dim=0)
+        out[q + "mlp.linear_fc2.weight"] = shard_tensor(p + "mlp.down_proj.weight",
+                                                        full[p + "mlp.down_proj.weight"], tp, rank)
+        out[q + "input_layernorm.weight"] = full[p + "input_layernorm.weight"].clone()
+        out[q + "pre_mlp_layernorm.weight"] = full[p + "post_attention_layernorm.weight"].clone()
+    return out

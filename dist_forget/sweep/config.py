@@ -1,0 +1,134 @@
+"""The sweep YAML (configs/sweep/*.yaml): stages, grid, where runs go, how they are launched.
+
+A sweep never knows what a run *is*: each point becomes `COMMAND STAGE CONFIG --resume auto key=value...`
+where the overrides come from the stage's `set:` templates filled with the point's values, e.g.
+`data.inject_fraction: "{inject_fraction}"`. The defaults of `set:` match the engine's RunConfig keys.
+Placeholders: {size} {domain} {domain_dir} {target_tokens} {inject_fraction} {anchor_decay} {seed}
+{pretrain_dir} (finetune) and {size} {steps} {seed} (pretrain); `out_dir` and `name` are always set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dist_forget.errors import UserError
+from dist_forget.tracking.config import TrackingConfig
+
+
+def _pretrain_set() -> dict[str, str]:
+    return {"model.size": "{size}", "schedule.steps": "{steps}", "train.seed": "{seed}"}
+
+
+def _finetune_set() -> dict[str, str]:
+    return {
+        "model.init_from": "{pretrain_dir}",
+        "data.target": "{domain_dir}",
+        "domain": "{domain}",
+        "data.target_tokens": "{target_tokens}",
+        "data.inject_fraction": "{inject_fraction}",
+        "optim.anchor_decay": "{anchor_decay}",
+        "train.seed": "{seed}",
+        "data.seed": "{seed}",
+    }
+
+
+@dataclass
+class PretrainStage:
+    """One model per ladder size, trained for tokens_per_param · N tokens (N = non-embedding params)."""
+
+    config: str = ""
+    sizes: list[str] = field(default_factory=list)
+    tokens_per_param: float = 20.0  # Chinchilla-like; tokens = tokens_per_param · N_non_embedding
+    seq_len: int = 0  # tokens per sequence; 0 = read from the manifest.json of the config's data.target
+    batch_size: int = 0  # sequences per step; 0 = the config's train.batch_size
+    seed: int = 0
+    overrides: list[str] = field(default_factory=list)
+    set: dict[str, str] = field(default_factory=_pretrain_set)
+
+    def validate(self) -> None:
+        if not self.config or not self.sizes:
+            raise UserError(
+                "sweep pretrain: set pretrain.config (a YAML in configs/pretrain/) and pretrain.sizes"
+            )
+        if self.tokens_per_param <= 0:
+            raise UserError(f"sweep pretrain.tokens_per_param = {self.tokens_per_param} must be > 0; try 20")
+
+
+@dataclass
+class FinetuneStage:
+    config: str = ""
+    domains: dict[str, str] = field(default_factory=dict)  # domain name → its shard dir ({domain_dir})
+    overrides: list[str] = field(default_factory=list)
+    set: dict[str, str] = field(default_factory=_finetune_set)
+
+    def validate(self) -> None:
+        if not self.config or not self.domains:
+            raise UserError(
+                "sweep finetune: set finetune.config (a YAML in configs/finetune/) and "
+                "finetune.domains (name: shard dir)"
+            )
+
+
+@dataclass
+class Grid:
+    """The cross product of these lists is the set of finetune points."""
+
+    sizes: list[str] = field(default_factory=list)  # default: pretrain.sizes
+    domains: list[str] = field(default_factory=list)  # default: every finetune.domains key
+    target_tokens: list[int] = field(default_factory=list)
+    inject_fraction: list[float] = field(default_factory=lambda: [0.0])
+    anchor_decay: list[float] = field(default_factory=lambda: [0.0])
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class FitStage:
+    enabled: bool = True
+    # Arguments of `dist-forget fit` after the grid; {runs_csv} and {sweep_dir} are filled in.
+    args: list[str] = field(default_factory=lambda: ["--runs", "{runs_csv}", "--out", "{sweep_dir}/fit"])
+
+
+@dataclass
+class SlurmConfig:
+    """For `--backend slurm`: each point is one task of an `sbatch --array` job."""
+
+    partition: str = ""
+    time: str = "04:00:00"
+    cpus_per_task: int = 1
+    mem: str = ""  # e.g. 8G; empty = the cluster default
+    sbatch: list[str] = field(default_factory=list)  # extra #SBATCH options, e.g. --gpus-per-task=1
+    setup: list[str] = field(default_factory=list)  # shell lines run first, e.g. source .venv/bin/activate
+
+
+@dataclass
+class SweepConfig:
+    name: str = ""
+    out_dir: str = ""  # default work/sweeps/<name>
+    command: list[str] = field(default_factory=list)  # default: this Python's `-m dist_forget.cli`
+    resume_args: list[str] = field(default_factory=lambda: ["--resume", "auto"])
+    max_parallel: int = 0  # runs at once; 0 = CPU cores // threads_per_run
+    threads_per_run: int = 1  # OMP_NUM_THREADS of each run
+    pretrain: PretrainStage | None = None
+    finetune: FinetuneStage = field(default_factory=FinetuneStage)
+    grid: Grid = field(default_factory=Grid)
+    extra_grids: list[dict[str, Any]] = field(default_factory=list)  # partial grids over `grid`
+    fit: FitStage = field(default_factory=FitStage)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+    def validate(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise UserError(f"sweep name = {self.name!r}: set `name:` to letters, digits, - _ . (e.g. micro)")
+        if self.max_parallel < 0 or self.threads_per_run < 1:
+            raise UserError(
+                f"sweep max_parallel = {self.max_parallel} must be >= 0 and "
+                f"threads_per_run = {self.threads_per_run} >= 1"
+            )
+        known = set(Grid.__dataclass_fields__)
+        for i, extra in enumerate(self.extra_grids):
+            unknown = sorted(set(extra) - known)
+            if unknown:
+                raise UserError(
+                    f"sweep extra_grids[{i}]: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}"
+                )

@@ -1,0 +1,98 @@
+"""A throwaway `mlflow server` on loopback: for integration tests, benchmarks and local studies.
+
+The server runs in its own process group and the whole group is ended on exit, because SIGTERM to the
+parent alone can leave gunicorn/uvicorn workers behind (platform-facts). Job execution is switched off
+for the same reason.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from dist_forget.errors import UserError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalServer:
+    """`with LocalServer(tmp_dir) as server:` → `server.uri` is a live http://127.0.0.1:PORT."""
+
+    def __init__(self, root: str | Path, port: int | None = None, start_timeout_s: float = 120.0):
+        self.root = Path(root).resolve()
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.start_timeout_s = start_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LocalServer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        mlflow_bin = Path(sys.executable).with_name("mlflow")
+        cmd = [
+            str(mlflow_bin) if mlflow_bin.exists() else "mlflow",
+            "server",
+            "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+            "--artifacts-destination", str(self.root / "artifacts"),
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--workers", "1",
+        ]  # fmt: skip
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise UserError(
+                    f"mlflow server exited with {self.proc.returncode}; see {self.root}/server.log"
+                )
+            if self.healthy():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise UserError(
+            f"mlflow server on port {self.port} not healthy in {self.start_timeout_s:.0f} s; "
+            f"see {self.root}/server.log"
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.uri + "/health", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

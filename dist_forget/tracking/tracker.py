@@ -1,0 +1,322 @@
+"""`Tracker`: what the training loop calls to log to MLflow, without ever waiting on MLflow.
+
+Only rank 0 gets a live tracker; every other rank (and `tracking.enabled: false`) gets a no-op with the
+same methods, because ranks racing MLflow land their runs in the wrong experiment (platform-facts).
+
+`log_metrics` only puts a dict on a queue (microseconds); a background thread sends everything queued
+every `flush_every_s` as one `log_batch` (one HTTP request instead of ~60 ms per metric). Order is kept:
+tags and artifacts go through the same queue.
+
+If MLflow cannot be reached (at start or at any later send), the tracker warns once and from then on
+appends everything to `<out_dir>/mlflow_fallback.jsonl`; training never notices.
+`dist-forget track sync --path <out_dir>` uploads that file later.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import queue
+import threading
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any
+
+from dist_forget.errors import UserError
+from dist_forget.tracking.config import ResolvedTracking, TrackingConfig, resolve
+from dist_forget.tracking.fallback import FALLBACK_NAME, FallbackWriter
+
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAMS_PER_BATCH = 100  # MLflow's limits on one log_batch request
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_VALUE = 6000
+
+# MLflow's HTTP client retries for minutes by default; the sender thread should give up sooner and
+# fall back to the JSONL. A user's own settings win.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+class MlflowUnavailable(Exception):
+    """MLflow did not answer (or refused); the caller falls back to the JSONL."""
+
+
+def params_to_strings(params: dict[str, Any]) -> dict[str, str]:
+    return {str(k)[:250]: str(v)[:MAX_PARAM_VALUE] for k, v in params.items()}
+
+
+def probe(uri: str, timeout_s: float = 3.0) -> None:
+    """Fail fast on an HTTP server that is down, instead of waiting out MLflow's retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+            if resp.status != 200:
+                raise MlflowUnavailable(f"{uri}/health answered HTTP {resp.status}")
+    except OSError as exc:
+        raise MlflowUnavailable(f"{uri} is unreachable ({exc})") from None
+
+
+def experiment_id(client: Any, name: str, uri: str) -> str:
+    """The id of experiment `name`, creating it (artifacts beside a sqlite store) when missing."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = Path(uri[len("sqlite:///") :]).parent.joinpath("mlartifacts").as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # another process created it between our two calls
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        raise UserError(
+            f"MLflow experiment {name!r} at {uri} is deleted; restore it "
+            f"(`mlflow experiments restore`) or set tracking.experiment to another name"
+        )
+    return exp.experiment_id
+
+
+def open_run(
+    client: Any, rt: ResolvedTracking, run_name: str, params: dict[str, str], tags: dict[str, str]
+) -> str:
+    """Create the run (or resume `rt.run_id`), log its params; return the run id."""
+    from mlflow.entities import Param, RunStatus
+    from mlflow.exceptions import MlflowException
+
+    if rt.run_id:
+        try:
+            run = client.get_run(rt.run_id)
+        except MlflowException:
+            raise UserError(
+                f"MLflow run id {rt.run_id!r} (tracking.run_id or $MLFLOW_RUN_ID) does not exist at "
+                f"{rt.uri}; unset it to start a new run"
+            ) from None
+        run_id = run.info.run_id
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        old = run.data.params
+        changed = sorted(k for k, v in params.items() if k in old and old[k] != v)
+        if changed:
+            warnings.warn(
+                f"resuming MLflow run {run_id}: params {changed[:5]} differ from the logged ones; "
+                "MLflow keeps the first values (the new config is in the checkpoint)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        params = {k: v for k, v in params.items() if k not in old}
+    else:
+        exp_id = experiment_id(client, rt.experiment, rt.uri)
+        run_tags = dict(tags)
+        if rt.parent_run_id:
+            run_tags[PARENT_TAG] = rt.parent_run_id
+        run_id = client.create_run(exp_id, run_name=run_name, tags=run_tags).info.run_id
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
+    return run_id
+
+
+class Tracker:
+    """Rank 0's link to MLflow; a no-op on other ranks or when tracking is disabled."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.uri: str | None = None
+        self.fallback_path: Path | None = None
+        self._queue: queue.Queue[tuple[Any, ...]] | None = None
+        self._thread: threading.Thread | None = None
+        self._finished = False
+
+    @classmethod
+    def create(
+        cls, cfg: TrackingConfig, rank: int, run_name: str, params: dict[str, Any], out_dir: Path
+    ) -> Tracker:
+        """A live tracker on rank 0 when enabled, else a no-op; `params` = the flattened resolved config."""
+        tracker = cls()
+        if not cfg.enabled or rank != 0:
+            return tracker
+        rt = resolve(cfg, out_dir)
+        for key, value in _HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        str_params = params_to_strings(params)
+        tags = {"dist_forget.out_dir": str(Path(out_dir).resolve())}
+        tracker.uri = rt.uri
+        tracker.fallback_path = Path(out_dir) / FALLBACK_NAME
+        header = {
+            "uri": rt.uri,
+            "experiment": rt.experiment,
+            "run_id": rt.run_id,
+            "run_name": run_name,
+            "parent_run_id": rt.parent_run_id,
+            "params": str_params,
+            "tags": tags,
+        }
+        fallback = FallbackWriter(tracker.fallback_path, header)
+        client = None
+        try:
+            probe(rt.uri)
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=rt.uri)
+            tracker.run_id = open_run(client, rt, run_name, str_params, tags)
+            fallback.set_header(run_id=tracker.run_id)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any MLflow failure means "offline", never a crash
+            client = None
+            _warn_offline(rt.uri, exc, tracker.fallback_path)
+        tracker._queue = queue.Queue()
+        sender = _Sender(client, tracker.run_id, rt, fallback, tracker._queue)
+        tracker._thread = threading.Thread(target=sender.loop, name="mlflow-sender", daemon=True)
+        tracker._thread.start()
+        atexit.register(tracker.finish, "FAILED")  # a crash that skips finish() still closes the run
+        return tracker
+
+    @property
+    def active(self) -> bool:
+        return self._queue is not None and not self._finished
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.active:
+            stamp = int(time.time() * 1000)
+            self._queue.put(("metrics", step, stamp, {k: float(v) for k, v in metrics.items()}))
+
+    def log_artifact(self, path: str | Path) -> None:
+        if self.active:
+            self._queue.put(("artifact", str(Path(path).resolve())))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.active:
+            self._queue.put(("tags", {str(k): str(v) for k, v in tags.items()}))
+
+    def flush(self) -> None:
+        """Block until everything queued so far was sent (or written to the fallback JSONL)."""
+        if self.active:
+            done = threading.Event()
+            self._queue.put(("flush", done))
+            done.wait()
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Send what is queued, mark the run `status` (FINISHED, FAILED, KILLED) and stop the sender."""
+        if not self.active:
+            return
+        self._finished = True
+        self._queue.put(("end", status))
+        self._thread.join()
+        atexit.unregister(self.finish)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.finish(
+            "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+        )
+
+
+def _warn_offline(uri: str, exc: BaseException, path: Path) -> None:
+    reason = " ".join(str(exc).split())[:200]
+    warnings.warn(
+        f"MLflow at {uri} is unavailable ({type(exc).__name__}: {reason}); training goes on and "
+        f"metrics go to {path}; upload them later with `dist-forget track sync --path {path.parent}`",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+class _Sender:
+    """The background thread's work: batch the queue into log_batch calls, or into the JSONL."""
+
+    def __init__(
+        self,
+        client: Any,
+        run_id: str | None,
+        rt: ResolvedTracking,
+        fallback: FallbackWriter,
+        q: queue.Queue[tuple[Any, ...]],
+    ):
+        self.client = client
+        self.run_id = run_id
+        self.rt = rt
+        self.fallback = fallback
+        self.queue = q
+
+    def loop(self) -> None:
+        pending: list[tuple[int, int, dict[str, float]]] = []
+        deadline = time.monotonic() + self.rt.flush_every_s
+        while True:
+            try:
+                op = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self._send_metrics(pending)
+                pending = []
+                deadline = time.monotonic() + self.rt.flush_every_s
+                continue
+            if op[0] == "metrics":
+                pending.append(op[1:])
+                if sum(len(m) for _, _, m in pending) >= MAX_METRICS_PER_BATCH:
+                    self._send_metrics(pending)
+                    pending = []
+                continue
+            self._send_metrics(pending)
+            pending = []
+            if op[0] == "flush":
+                op[1].set()
+                continue
+            kind, value = op
+            record = (
+                {"status": value} if kind == "end" else {"tags": value} if kind == "tags" else {"path": value}
+            )
+            self._call(kind, record)
+            if kind == "end":
+                return
+
+    def _send_metrics(self, pending: list[tuple[int, int, dict[str, float]]]) -> None:
+        if not pending:
+            return
+        if self.client is None:
+            for step, stamp, metrics in pending:
+                self.fallback.append(
+                    {"type": "metrics", "step": step, "timestamp_ms": stamp, "metrics": metrics}
+                )
+            return
+        from mlflow.entities import Metric
+
+        batch = [Metric(k, v, stamp, step) for step, stamp, metrics in pending for k, v in metrics.items()]
+        try:
+            for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=batch[i : i + MAX_METRICS_PER_BATCH])
+        except Exception as exc:  # noqa: BLE001 - offline from now on; the batch goes to the JSONL
+            self._go_offline(exc)
+            self._send_metrics(pending)
+
+    def _call(self, kind: str, record: dict[str, Any]) -> None:
+        if self.client is not None:
+            try:
+                self._send(kind, record)
+                return
+            except Exception as exc:  # noqa: BLE001 - offline from now on; the record goes to the JSONL
+                self._go_offline(exc)
+        self.fallback.append({"type": kind, **record})
+
+    def _send(self, kind: str, record: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        if kind == "end":
+            self.client.set_terminated(self.run_id, record["status"])
+        elif kind == "tags":
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in record["tags"].items()])
+        elif kind == "artifact":
+            self.client.log_artifact(self.run_id, record["path"])
+
+    def _go_offline(self, exc: BaseException) -> None:
+        self.client = None
+        _warn_offline(self.rt.uri, exc, self.fallback.path)

@@ -1,0 +1,17 @@
+# Sourced by the launchers: environment defaults and the command each rank runs. No logic of its own.
+#   TARGET: a dist-forget subcommand (`finetune CONFIG key=value...`) or a Python script (`x.py args`).
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Use the project's virtualenv when there is one (a cluster may provide its own environment instead).
+if [[ -x "$root/.venv/bin/python" ]]; then export PATH="$root/.venv/bin:$PATH"; fi
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+  # CPU: DeepSpeed's CPU accelerator (gloo) and one thread per rank; ranks sharing cores with several
+  # threads each run about 4x slower (platform-facts).
+  export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+fi
+export TOKENIZERS_PARALLELISM=false MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+if [[ $# -eq 0 ]]; then
+  echo "usage: $0 COMMAND [ARGS...]   (COMMAND: a dist-forget subcommand such as 'finetune', or a .py script)" >&2
+  exit 2
+fi
+if [[ "$1" == *.py ]]; then is_script=1; else is_script=0; fi

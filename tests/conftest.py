@@ -1,0 +1,44 @@
+"""Shared fixtures. `tiny_data`: a real tokenizer and real shards built from the text in tests/data/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+@dataclass(frozen=True)
+class TinyData:
+    tokenizer_dir: Path  # holds tokenizer.json (HF fast tokenizer)
+    english: Path  # shard dir (manifest.json) of the English sample: the "pretraining" domain
+    code: Path  # shard dir of the Python-code sample: the "target" domain
+    seq_len: int
+    vocab_size: int
+
+
+def build_tiny_data(root: Path, seq_len: int = 64, vocab_size: int = 512) -> TinyData:
+    """Tokenizer (BPE, 512) + shards of both samples; small members and shards so that every code path
+    (several members per shard, several shards per split, a short last member) is exercised."""
+    from dist_forget.data.documents import read_documents
+    from dist_forget.data.shards import ShardConfig, write_shards
+    from dist_forget.data.tokenizer import TokenizerConfig, train_tokenizer
+
+    english, code = DATA / "english.jsonl", DATA / "code.jsonl"
+    texts = list(read_documents(english)) + list(read_documents(code))
+    tok_file = train_tokenizer(texts, root / "tokenizer", TokenizerConfig(vocab_size=vocab_size, max_chars=None))
+    cfg = ShardConfig(seq_len=seq_len, val_fraction=0.1, rows_per_member=16, sequences_per_shard=256)
+    shards = {}
+    for name, corpus in (("english", english), ("code", code)):
+        manifest = write_shards(read_documents(corpus), tok_file.parent, root / "shards" / name, name, cfg,
+                                source={"domain": name, "file": corpus.name})
+        shards[name] = manifest
+    return TinyData(tokenizer_dir=tok_file.parent, english=root / "shards" / "english", code=root / "shards" / "code",
+                    seq_len=seq_len, vocab_size=shards["english"].vocab_size)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
+    return build_tiny_data(tmp_path_factory.mktemp("tiny_data"))

@@ -1,0 +1,79 @@
+"""Helpers that start real multi-process launches through launchers/*.sh on 127.0.0.1.
+
+For other tests too (the engine's 2-node vs 2-rank finetune comparison): each returns the finished
+processes, with stdout/stderr, after checking they all exited 0.
+
+    from tests.integration.launching import two_node_deepspeed, torchrun
+    two_node_deepspeed(["finetune", str(cfg), "engine.zero_stage=2"], tmp_path)
+    torchrun(["finetune", str(cfg)], nproc=2)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from dist_forget.tracking.server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCHERS = ROOT / "launchers"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **extra}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _check(procs: list[subprocess.Popen[str]], timeout_s: float) -> list[subprocess.CompletedProcess[str]]:
+    done = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout_s)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+    for res in done:
+        if res.returncode != 0:
+            raise AssertionError(
+                f"{res.args} exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+            )
+    return done
+
+
+def two_node_deepspeed(
+    args: list[str], work_dir: Path, timeout_s: float = 600
+) -> list[subprocess.CompletedProcess[str]]:
+    """Two `deepspeed --hostfile H --no_ssh --node_rank {0,1}` invocations on loopback, one rank each."""
+    hostfile = work_dir / "hostfile"
+    hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")  # two names, both loopback
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [str(LAUNCHERS / "deepspeed.sh"), *args],
+            env=_env(HOSTFILE=str(hostfile), NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        for rank in (0, 1)
+    ]  # fmt: skip
+    return _check(procs, timeout_s)
+
+
+def torchrun(
+    args: list[str], nproc: int = 2, nnodes: int = 1, timeout_s: float = 600
+) -> list[subprocess.CompletedProcess[str]]:
+    """`nnodes` torchrun invocations (c10d rendezvous on loopback), `nproc` ranks each."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = _env(NPROC=str(nproc), NNODES=str(nnodes), RDZV_ENDPOINT=endpoint, RDZV_ID=f"test-{os.getpid()}")
+    procs = [
+        subprocess.Popen(
+            [str(LAUNCHERS / "torchrun.sh"), *args],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        for _ in range(nnodes)
+    ]  # fmt: skip
+    return _check(procs, timeout_s)

@@ -1,0 +1,130 @@
+"""The trainer loop in one process (engine=single): real tiny model, real shards, real checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dist_forget import cli
+from dist_forget.config import load_config
+from dist_forget.engine.config import RunConfig
+from dist_forget.engine.schedule import lr_at
+from dist_forget.engine.trainer import SUMMARY_KEYS, train
+from dist_forget.errors import UserError
+from dist_forget.models import hf
+
+CONFIG = Path(__file__).parents[2] / "configs" / "finetune" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def base_model(tiny_data, tmp_path_factory) -> Path:
+    """A tiny HF folder to finetune from (random init: the loop, not the science, is under test)."""
+    folder = tmp_path_factory.mktemp("base") / "model"
+    hf.build("cpu-0.03m", tiny_data.vocab_size, tiny_data.seq_len, seed=0).save_pretrained(folder)
+    return folder
+
+
+def _overrides(tiny_data, base_model: Path, out: Path, *extra: str) -> list[str]:
+    return [f"out_dir={out}", f"model.init_from={base_model}", f"data.target={tiny_data.code}",
+            f"data.pretrain={tiny_data.english}", "data.target_tokens=null", "tracking.enabled=false",
+            "train.batch_size=4", "train.micro_batch=2", "train.eval_sequences=8", "train.eval_every=2",
+            "schedule.steps=4", "schedule.warmup=1", "checkpoint.every=2", *extra]
+
+
+def _cfg(tiny_data, base_model, out, *extra) -> RunConfig:
+    return load_config(RunConfig, CONFIG, _overrides(tiny_data, base_model, out, *extra))
+
+
+def _losses(out: Path) -> dict[int, float]:
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in lines if r["kind"] == "train"}
+
+
+def test_finetune_writes_summary_with_the_runs_table_columns(tiny_data, base_model, tmp_path):
+    summary = train(_cfg(tiny_data, base_model, tmp_path / "run"), "finetune")
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert tuple(on_disk) == SUMMARY_KEYS and on_disk == summary
+    assert summary["domain"] == "code" and summary["inject_fraction"] == 0.01
+    assert summary["model_params"] == hf.non_embedding_params(hf.load_folder(base_model))
+    # the best target loss is the minimum over evaluations, and pt_loss is measured at that step
+    evals = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["kind"] == "eval"]
+    best = min(evals, key=lambda r: r["ft_loss"])
+    assert (summary["ft_loss"], summary["pt_loss"], summary["steps"]) == (best["ft_loss"], best["pt_loss"], best["step"])
+    assert summary["pt_loss_base"] == evals[0]["pt_loss"]
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step-00000004"
+    assert (ckpts / (ckpts / "best").read_text().strip()).is_dir()
+    # the exported final model loads as a plain HF model
+    assert hf.load_folder(tmp_path / "run" / "model").config.hidden_size == 32
+
+
+def test_injection_fraction_is_exact(tiny_data, base_model, tmp_path):
+    """p = 0.01 with 100 sequences per step: every step holds exactly one pretraining sequence."""
+    out = tmp_path / "p"
+    train(_cfg(tiny_data, base_model, out, "train.batch_size=100", "train.micro_batch=50", "schedule.steps=2",
+               "train.eval_every=0", "checkpoint.every=0"), "finetune")
+    steps = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    fractions = [r["inject_fraction"] for r in steps if r["kind"] == "train"]
+    assert fractions == [0.01, 0.01]
+    assert json.loads((out / "report.json").read_text())["inject_fraction_observed"] == 0.01
+
+
+def test_resume_gives_identical_losses(tiny_data, base_model, tmp_path):
+    full = tmp_path / "full"
+    train(_cfg(tiny_data, base_model, full), "finetune")
+    part = tmp_path / "part"
+    train(_cfg(tiny_data, base_model, part, "schedule.steps=4"), "finetune")
+    # rewind to the step-2 checkpoint, as if the process had died after it
+    (part / "checkpoints" / "latest").write_text("step-00000002\n")
+    train(_cfg(tiny_data, base_model, part), "finetune", resume="auto")
+    assert _losses(part) == _losses(full)
+
+
+def test_resume_refuses_another_model_size_and_changed_data(tiny_data, base_model, tmp_path):
+    out = tmp_path / "r"
+    train(_cfg(tiny_data, base_model, out, "schedule.steps=2"), "finetune")
+    other = tmp_path / "other"
+    hf.build("cpu-0.1m", tiny_data.vocab_size, tiny_data.seq_len, seed=0).save_pretrained(other)
+    with pytest.raises(UserError, match="holds another model"):
+        train(_cfg(tiny_data, other, out, "schedule.steps=4"), "finetune", resume="auto")
+    with pytest.raises(UserError, match="data stream"):
+        train(_cfg(tiny_data, base_model, out, "schedule.steps=4", "data.seed=7"), "finetune", resume="auto")
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        train(_cfg(tiny_data, base_model, out, "schedule.steps=4"), "finetune")
+
+
+def test_nan_loss_stops_naming_the_step(tiny_data, base_model, tmp_path):
+    broken = tmp_path / "broken"
+    model = hf.load_folder(base_model)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    with pytest.raises(UserError, match=r"became nan at step 1;"):
+        train(_cfg(tiny_data, broken, tmp_path / "n"), "finetune")
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("optim.lrr=1", "lrr"),
+    ("optim.lr=fast", "optim.lr"),
+    ("train.batch_size=5", "train.batch_size"),
+    ("engine=horovod", "engine"),
+])
+def test_config_errors_are_one_line(tiny_data, base_model, tmp_path, capsys, override, needle):
+    argv = ["finetune", "--config", str(CONFIG), *_overrides(tiny_data, base_model, tmp_path / "c"), override]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and err.startswith("error: ")
+
+
+def test_schedule_warmup_then_cosine_to_floor():
+    from dist_forget.engine.config import ScheduleConfig
+
+    s = ScheduleConfig(steps=10, warmup=2, kind="cosine", min_lr_ratio=0.1)
+    lrs = [lr_at(i, 1.0, s) for i in range(10)]
+    assert lrs[:3] == [0.5, 1.0, 1.0]
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] > 0.1
+    assert lr_at(10, 1.0, s) == pytest.approx(0.1)
