@@ -12,6 +12,8 @@ from typing import Any
 
 from dist_forget.errors import UserError
 
+CAP_RULE = "even-spread"  # how --max-target-chars picks documents (see ShardConfig.max_chars)
+
 
 def _use_all_cores() -> None:
     # The Makefile exports TOKENIZERS_PARALLELISM=false for training processes that fork DataLoader
@@ -149,6 +151,7 @@ def prepare(out: Path, domains: list[str] | None = None, vocab_size: int = 8192,
     from dist_forget.data.manifest import read_manifest
     from dist_forget.data.shards import ShardConfig, write_shards
     from dist_forget.data.tokenizer import TokenizerConfig, file_sha256, train_tokenizer
+    from dist_forget.io import write_json_atomic
 
     _use_all_cores()
     started = time.perf_counter()
@@ -171,7 +174,7 @@ def prepare(out: Path, domains: list[str] | None = None, vocab_size: int = 8192,
         t0 = time.perf_counter()
         train_tokenizer(_sampled(tok_corpora, tokenizer_chars), tok_dir,
                         TokenizerConfig(vocab_size=vocab_size, max_chars=tokenizer_chars))
-        (tok_dir / "trained_on.json").write_text(_json.dumps(stamp))
+        write_json_atomic(stamp_file, stamp)
         print(f"  trained in {time.perf_counter() - t0:.1f} s")
     tok_sha = file_sha256(tok_dir / "tokenizer.json")
     print(f"[3/3] shards (seq_len {seq_len}) -> {out / 'shards'}")
@@ -184,14 +187,14 @@ def prepare(out: Path, domains: list[str] | None = None, vocab_size: int = 8192,
             manifest = read_manifest(shard_dir)
             fresh = (manifest.tokenizer_sha256 == tok_sha and manifest.seq_len == seq_len
                      and manifest.source.get("sha256") == sources[spec.name]["sha256"]
-                     and manifest.source.get("max_chars") == cap)
+                     and manifest.source.get("max_chars") == cap and manifest.source.get("cap_rule") == CAP_RULE)
         except UserError:
             fresh = False
         if fresh:
             print(f"  {spec.name}: cached")
         else:
             manifest = write_shards(read_documents(out / "corpora" / spec.name), tok_dir, shard_dir, spec.name, cfg,
-                                    source={**sources[spec.name], "max_chars": cap}, progress=_progress)
+                                    source={**sources[spec.name], "max_chars": cap, "cap_rule": CAP_RULE}, progress=_progress)
             print(file=sys.stderr)
         row = _shard_row(manifest)
         rows.append({**row, "role": spec.role, "tokens": f"{row['tokens'] / 1e6:.2f}M"})

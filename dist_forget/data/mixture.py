@@ -103,6 +103,8 @@ class _EpochPermutations:
 
     def lookup(self, ordinals: np.ndarray) -> np.ndarray:
         epochs, pos = np.divmod(ordinals, self.n)
+        if len(ordinals) and epochs[0] == epochs[-1]:  # ordinals ascend, so this is the common one-epoch batch
+            return self(int(epochs[0]))[pos]
         out = np.empty_like(ordinals)
         for e in np.unique(epochs):
             sel = epochs == e
@@ -127,6 +129,9 @@ class MixedStream:
         self.seq_len = self.target_manifest.seq_len
         self.vocab_size = self.target_manifest.vocab_size
         self.frac = exact_fraction(cfg.inject_fraction)
+        if cfg.inject_fraction > 0 and self.frac == 0:
+            raise UserError(f"data.inject_fraction = {cfg.inject_fraction} is below 1e-6, the finest fraction the exact "
+                            "stream represents; use 0 or at least 1e-6")
         self.target = ShardSet(self.target_manifest, "train")
         n_train = len(self.target)
         available = n_train * self.seq_len

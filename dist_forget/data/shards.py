@@ -38,7 +38,7 @@ class ShardConfig:
     seed: int = 0  # picks the validation documents
     rows_per_member: int = 0  # 0 = auto: about 32 KiB per tar member
     sequences_per_shard: int = 0  # 0 = auto: about 8 MiB per shard
-    max_chars: int | None = None  # stop after this many characters of text (caps big corpora)
+    max_chars: int | None = None  # cap big corpora: keep an even spread of documents up to ~this many characters
 
     def validate(self) -> None:
         if self.seq_len < 2:
@@ -140,13 +140,14 @@ def write_shards(documents: Iterable[str], tokenizer: str | Path, out_dir: str |
     dtype = np.dtype(np.uint16 if vocab <= 65536 else np.uint32)
     eos = tok.token_to_id(EOS)
     rows, per_shard = cfg.resolved(dtype.itemsize)
-    docs: list[str] = []
-    chars = 0
-    for text in documents:
-        if cfg.max_chars is not None and chars >= cfg.max_chars:
-            break
-        docs.append(text)
-        chars += len(text)
+    docs = list(documents)
+    chars = sum(len(d) for d in docs)
+    if cfg.max_chars is not None and chars > cfg.max_chars:
+        # an even spread of documents (the same floor rule as the injected stream), not a prefix, so a
+        # capped corpus still covers all of its sources (e.g. every ICD-10 chapter)
+        keep = cfg.max_chars / chars
+        docs = [d for i, d in enumerate(docs) if int((i + 1) * keep) > int(i * keep)]
+        chars = sum(len(d) for d in docs)
     if not docs:
         raise UserError(f"corpus for domain {domain!r} is empty (no non-empty documents); check the corpus file")
     is_val = _pick_val(len(docs), cfg)
@@ -155,7 +156,7 @@ def write_shards(documents: Iterable[str], tokenizer: str | Path, out_dir: str |
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         writers = {name: _SplitWriter(tmp, name, cfg.seq_len, dtype, rows, per_shard) for name in ("train", "val")}
         batch = 256
-        n_tokens = 0
+        n_tokens = chars_done = 0
         for start in range(0, len(docs), batch):
             chunk = docs[start:start + batch]
             for k, enc in enumerate(tok.encode_batch(chunk, add_special_tokens=False)):
@@ -164,12 +165,12 @@ def write_shards(documents: Iterable[str], tokenizer: str | Path, out_dir: str |
                 split = "val" if is_val[start + k] else "train"
                 writers[split].add(ids)
                 writers[split].info.documents += 1
+            chars_done += sum(len(d) for d in chunk)
             if progress:
-                done = min(start + batch, len(docs))
                 elapsed = time.perf_counter() - started
-                progress({"domain": domain, "documents": done, "of": len(docs), "tokens": n_tokens,
-                          "tokens_per_s": n_tokens / max(elapsed, 1e-9),
-                          "eta_s": elapsed / done * (len(docs) - done)})
+                progress({"domain": domain, "documents": min(start + batch, len(docs)), "of": len(docs),
+                          "tokens": n_tokens, "tokens_per_s": n_tokens / max(elapsed, 1e-9),
+                          "eta_s": elapsed / chars_done * (chars - chars_done)})
         splits = {name: w.finish() for name, w in writers.items()}
         if splits["train"].sequences == 0:
             raise UserError(f"corpus for domain {domain!r} has {n_tokens} tokens, fewer than one training "
@@ -239,7 +240,8 @@ class _OpenShard:
         if len(self.starts) != info.sequences:
             raise UserError(f"shard {path} holds {len(self.starts)} sequences, its manifest says {info.sequences}; "
                             "re-run `dist-forget data shard`")
-        self.data = np.memmap(path, dtype=dtype, mode="r")
+        # a plain ndarray over the mapping: np.memmap's own __getitem__ costs more than the gather itself
+        self.data = np.memmap(path, dtype=dtype, mode="r").view(np.ndarray)
         self.offsets = np.arange(seq_len, dtype=np.int64)
 
     def rows(self, local: np.ndarray) -> np.ndarray:
@@ -282,6 +284,9 @@ class ShardSet:
         if indices.min() < 0 or indices.max() >= self.num_sequences:
             raise IndexError(f"sequence index out of range [0, {self.num_sequences})")
         which = np.searchsorted(self.bounds, indices, side="right") - 1
+        if which[0] == which[-1] and (which == which[0]).all():
+            k = int(which[0])
+            return self.shard(k).rows(indices - self.bounds[k])
         for k in np.unique(which):
             sel = which == k
             out[sel] = self.shard(int(k)).rows(indices[sel] - self.bounds[k])

@@ -62,13 +62,13 @@ class MegatronBackend(Backend):
         self.tp_rank = 0
 
     def init_distributed(self) -> None:
-        if "RANK" not in os.environ:  # plain `dist-forget finetune` without a launcher: a world of one
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
         rank, world, local_rank, local_world = env_world()
         if world % self.tp:
             raise UserError(f"parallel.tp={self.tp} does not divide the number of processes {world}; "
-                            f"launch a multiple of {self.tp} ranks")
+                            f"launch a multiple of {self.tp} ranks (torchrun --nproc_per_node {self.tp})")
+        if "RANK" not in os.environ:  # plain `dist-forget finetune` without a launcher: a world of one
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
         if torch.cuda.is_available():
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)
@@ -233,8 +233,9 @@ class MegatronBackend(Backend):
         full = self.model.gather_full()  # collective over the TP group
         if self.rank != 0:
             return {}
-        # the tied lm_head is left out, as in HF's own state_dict()
-        return {k: v.detach().float().cpu() for k, v in full.items()}
+        out = {k: v.detach().float().cpu() for k, v in full.items()}
+        out["lm_head.weight"] = out["model.embed_tokens.weight"]  # tied; the single backend lists it too
+        return out
 
 
 def load_rank_state(d: Path, tp_rank: int, tp: int, device: Any = "cpu") -> dict[str, Any]:

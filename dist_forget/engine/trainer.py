@@ -205,8 +205,9 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend) -> dict[str, 
     n_params = sig["non_embedding_params"]
     fpt = flops_per_token(n_params, hf_config.vocab_size, hf_config.hidden_size, hf_config.num_hidden_layers,
                           stream.seq_len)
-    backend.build(lambda: model, _make_optimizer(cfg), t.micro_batch, grad_accum)
-    del model  # the backend owns it now (and may have wrapped or sharded it)
+    handover = [model]
+    del model  # the backend owns it from here (and may wrap or shard it): keep no second reference
+    backend.build(handover.pop, _make_optimizer(cfg), t.micro_batch, grad_accum)
 
     ckpt = CheckpointManager(ckpt_root, backend, cfg.checkpoint.keep)
     state = TrainState()

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dist_forget.laws._blas import single_threaded_blas
-from dist_forget.laws.fit import FitConfig, Objective, lbfgs
-from dist_forget.laws.forms import Cols, LawForm, get_form
+from dist_forget.laws.fit import FitConfig, solve_batch
+from dist_forget.laws.forms import Cols, get_form
 
 CHUNK = 125  # resamples per task: large enough to vectorise well, small enough to balance two cores
 
@@ -44,62 +44,6 @@ class BootstrapJob:
 def resample_weights(n: int, count: int, seed: Sequence[int]) -> np.ndarray:
     rng = np.random.default_rng(list(seed))
     return rng.multinomial(n, np.full(n, 1.0 / n), size=count).astype(float)
-
-
-def solve_batch(form: LawForm, cols: Cols, observed: np.ndarray, weights: np.ndarray, theta0: np.ndarray,
-                cfg: FitConfig, max_iter: int = 300, rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
-    """Minimise the weighted objective for each row of `weights` from `theta0`: (thetas (B, k), values (B,))."""
-    obj = Objective(form, cols, observed, cfg)
-    log_obs = obj.log_obs
-    lo, hi = (np.array(b) for b in zip(*form.bounds()))
-    count, k = weights.shape[0], len(form.params)
-    theta = np.broadcast_to(np.asarray(theta0, dtype=float), (count, k)).copy()
-
-    def evaluate(th: np.ndarray, w: np.ndarray, curvature: bool):
-        log_pred, grad = form.evaluate(th.T[:, :, None], cols)
-        r = log_pred - log_obs
-        value, psi = obj.rho(r)
-        f = (w * value).sum(axis=1)
-        if not curvature:
-            return f, None, None
-        g = np.einsum("bn,bnk->bk", w * psi, grad)
-        # IRLS weights psi(r)/r: the Huber loss's quadratic majoriser, so Gauss-Newton steps stay safe.
-        c = w * np.where(np.abs(r) > 0, psi / np.where(r == 0, 1.0, r), 1.0)
-        hess = np.einsum("bn,bnk,bnl->bkl", c, grad, grad)
-        return f, g, hess
-
-    damping = np.full(count, 1e-4)
-    done = np.zeros(count, dtype=bool)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        f, g, hess = evaluate(theta, weights, True)
-        for _ in range(max_iter):
-            act = np.flatnonzero(~done)
-            if act.size == 0:
-                break
-            h = hess[act]
-            diag = np.einsum("bkk->bk", h)
-            system = h + (damping[act, None] * (diag + 1e-12))[:, :, None] * np.eye(k)
-            try:
-                step = -np.linalg.solve(system, g[act][:, :, None])[:, :, 0]
-            except np.linalg.LinAlgError:
-                step = -g[act] / (diag + 1e-12)
-            cand = np.clip(theta[act] + step, lo, hi)
-            f_new, _, _ = evaluate(cand, weights[act], False)
-            better = np.isfinite(f_new) & (f_new < f[act])
-            gain = np.where(better, (f[act] - f_new) / np.maximum(np.abs(f[act]), 1e-300), 0.0)
-            acc = act[better]
-            theta[acc] = cand[better]
-            damping[acc] = np.maximum(damping[acc] / 3.0, 1e-12)
-            damping[act[~better]] *= 4.0
-            if acc.size:
-                f[acc], g[acc], hess[acc] = evaluate(theta[acc], weights[acc], True)
-            # Finished: a tiny accepted gain, or no descent left even for a gradient-like step.
-            done[act[better & (gain < rtol)]] = True
-            done[act[~better & (damping[act] > 1e8)]] = True
-    stuck = np.flatnonzero(~done)
-    for i in stuck:  # rare (e.g. a parameter pinned at a bound): fall back to L-BFGS-B
-        theta[i], f[i], _ = lbfgs(Objective(form, cols, observed, cfg, weights[i]), theta[i], cfg)
-    return theta, f
 
 
 def _run_chunk(job: BootstrapJob, cfg: FitConfig, seed: tuple[int, ...], count: int) -> np.ndarray:

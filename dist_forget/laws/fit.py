@@ -6,8 +6,16 @@ not averaged: averaging shrinks the gradient by 1/n and makes L-BFGS-B stop earl
 Chinchilla's too-narrow intervals to this). Bootstrap resamples are integer weights `w_i`, which is the
 same objective as duplicating rows.
 
-Every point of the start grid is evaluated first (cheap: one objective each), and L-BFGS-B runs from the
-`top_k` best of them; `top_k = 0` runs it from every grid point, like Epoch AI's refit.
+Every point of the start grid is evaluated first (one vectorised pass), the `top_k` best are refined
+together by `solve_batch` (a vectorised Levenberg-Marquardt, below), and L-BFGS-B finishes from the best
+`lbfgs_starts` of those; the lowest objective wins. `top_k = 0` refines every grid point, like Epoch
+AI's refit (which ran L-BFGS from all 4,500 Chinchilla starts in minutes; this takes seconds).
+
+`solve_batch` minimises the same objective for many starts or many bootstrap weight vectors at once:
+Gauss-Newton steps with the Huber loss's own curvature (1 inside delta, 0 outside), damped
+Levenberg-Marquardt style and accepted only when the objective drops. Once the set of small residuals
+settles this is a Newton step on a quadratic, so it converges in ~20 steps where L-BFGS-B needs ~50,
+and each step is one numpy pass for the whole batch instead of a Python round trip per problem.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from dist_forget.laws.table import Runs
 class FitConfig:
     delta: float = 1e-3  # Huber threshold on log-loss residuals (paper and Chinchilla: 1e-3)
     loss: Literal["huber", "squared"] = "huber"
-    top_k: int = 16  # L-BFGS-B starts taken from the best grid points; 0 = every grid point
+    top_k: int = 16  # starts taken from the best grid points; 0 = every grid point
+    lbfgs_starts: int = 2  # L-BFGS-B runs, from the best refined starts
     maxiter: int = 2000
     bootstrap: int = 1000
     seed: int = 0
@@ -74,9 +83,11 @@ class Objective:
         value, psi = self.rho(log_pred - self.log_obs)
         return float(self.weights @ value), (self.weights * psi) @ grad_log_pred
 
-    def value(self, th: np.ndarray) -> float:
-        r = self.form.log_predict(th, self.cols) - self.log_obs
-        return float(self.weights @ self.rho(r)[0])
+    def values(self, thetas: np.ndarray) -> np.ndarray:
+        """Objective at each row of `thetas` (S, k), in one vectorised pass."""
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            r = self.form.log_predict(thetas.T[:, :, None], self.cols) - self.log_obs
+            return (self.rho(r)[0] * self.weights).sum(axis=1)
 
     def rho(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Loss per residual and its derivative."""
@@ -97,12 +108,71 @@ def lbfgs(obj: Objective, start: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray
 
 
 def best_starts(obj: Objective, grid: np.ndarray, top_k: int) -> np.ndarray:
+    """The `top_k` grid points with the lowest objective (all of them if top_k is 0), best first."""
     if top_k == 0 or top_k >= len(grid):
         return grid
-    with np.errstate(over="ignore", invalid="ignore"):
-        values = np.array([obj.value(g) for g in grid])
+    values = np.concatenate([obj.values(grid[i:i + 512]) for i in range(0, len(grid), 512)])
     values[~np.isfinite(values)] = np.inf
     return grid[np.argsort(values, kind="stable")[:top_k]]
+
+
+def solve_batch(form: LawForm, cols: Cols, observed: np.ndarray, weights: np.ndarray, theta0: np.ndarray,
+                cfg: FitConfig, max_iter: int = 100, rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise the weighted objective for each row of `weights` from `theta0`: (thetas (B, k), values (B,))."""
+    obj = Objective(form, cols, observed, cfg)
+    log_obs = obj.log_obs
+    weights = np.broadcast_to(weights, (len(theta0) if np.ndim(theta0) == 2 else len(weights), len(observed)))
+    lo, hi = (np.array(b) for b in zip(*form.bounds()))
+    count, k = weights.shape[0], len(form.params)
+    theta = np.broadcast_to(np.asarray(theta0, dtype=float), (count, k)).copy()
+
+    def evaluate(th: np.ndarray, w: np.ndarray, curvature: bool):
+        log_pred, grad = form.evaluate(th.T[:, :, None], cols)
+        r = log_pred - log_obs
+        value, psi = obj.rho(r)
+        f = (w * value).sum(axis=1)
+        if not curvature:
+            return f, None, None
+        g = np.einsum("bn,bnk->bk", w * psi, grad)
+        # Curvature of the Huber loss itself (1 inside delta, 0 outside): a semismooth Newton step that
+        # lands on the optimum once the set of small residuals settles (~20 steps). The damping scales
+        # with the IRLS curvature psi(r)/r, which is never zero, so a damped step is a scaled gradient.
+        small = np.abs(r) <= cfg.delta if cfg.loss == "huber" else np.ones_like(r, dtype=bool)
+        hess = np.einsum("bn,bnk,bnl->bkl", w * small, grad, grad)
+        irls = w * np.where(small, 1.0, psi / np.where(small, 1.0, r))
+        scale = np.einsum("bn,bnk->bk", irls, grad * grad) + 1e-12
+        return f, g, (hess, scale)
+
+    damping = np.full(count, 1e-4)
+    done = np.zeros(count, dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        f, g, (hess, scale) = evaluate(theta, weights, True)
+        for _ in range(max_iter):
+            act = np.flatnonzero(~done)
+            if act.size == 0:
+                break
+            system = hess[act] + (damping[act, None] * scale[act])[:, :, None] * np.eye(k)
+            try:
+                step = -np.linalg.solve(system, g[act][:, :, None])[:, :, 0]
+            except np.linalg.LinAlgError:
+                step = -g[act] / (damping[act, None] * scale[act])
+            cand = np.clip(theta[act] + step, lo, hi)
+            f_new, _, _ = evaluate(cand, weights[act], False)
+            better = np.isfinite(f_new) & (f_new < f[act])
+            gain = np.where(better, (f[act] - f_new) / np.maximum(np.abs(f[act]), 1e-300), 0.0)
+            acc = act[better]
+            theta[acc] = cand[better]
+            damping[acc] = np.maximum(damping[acc] / 3.0, 1e-12)
+            damping[act[~better]] *= 4.0
+            if acc.size:
+                f[acc], g[acc], (hess[acc], scale[acc]) = evaluate(theta[acc], weights[acc], True)
+            # Finished: a tiny accepted gain, or no descent left even for a gradient-like step.
+            done[act[better & (gain < rtol)]] = True
+            done[act[~better & (damping[act] > 1e8)]] = True
+    stuck = np.flatnonzero(~done)
+    for i in stuck:  # rare (e.g. a parameter pinned at a bound): fall back to L-BFGS-B
+        theta[i], f[i], _ = lbfgs(Objective(form, cols, observed, cfg, weights[i]), theta[i], cfg)
+    return theta, f
 
 
 def check_identifiable(form: LawForm, runs: Runs, what: str) -> None:
@@ -126,7 +196,11 @@ def fit_form(form: LawForm, runs: Runs, cfg: FitConfig, weights: np.ndarray | No
     with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         if starts is None:
             starts = best_starts(obj, form.grid(), cfg.top_k)
-        for start in np.atleast_2d(starts):
+        starts = np.atleast_2d(starts)
+        # Refine all starts at once, then let L-BFGS-B finish from the best few (see module docstring).
+        refined, values = solve_batch(form, runs.values, observed, obj.weights, starts, cfg)
+        values[~np.isfinite(values)] = np.inf
+        for start in refined[np.argsort(values, kind="stable")[: max(1, cfg.lbfgs_starts)]]:
             theta, value, ok = lbfgs(obj, start, cfg)
             if np.isfinite(value) and (best is None or value < best[1]):
                 best = (theta, value, ok)

@@ -19,6 +19,7 @@ megatron's vocab-parallel cross entropy (the full [tokens, vocab] logits never e
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_forget.errors import UserError
+
+# megatron-core warns at import that the optional CUDA kernel packages are absent, and on every forward
+# about a CUDA env var; neither applies to these layers, and the noise buries the training log.
+warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS")
 
 # HF parameter name pattern -> the dim split over TP ranks (None: replicated on every TP rank).
 SHARD_DIM: list[tuple[str, int | None]] = [

@@ -31,12 +31,12 @@ def probe_tokens() -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", type=int, required=True)
+    ap.add_argument("--stages", type=int, nargs="+", required=True, help="run each in turn (one start-up)")
     ap.add_argument("--steps", type=int, required=True, help="train until this global step")
-    ap.add_argument("--ckpt", type=Path, required=True, help="checkpoint root")
+    ap.add_argument("--ckpt", type=Path, required=True, help="checkpoint root; stage s uses <ckpt>/stage<s>")
     ap.add_argument("--save-at", type=int, default=-1)
     ap.add_argument("--resume-tag", default="")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="results; stage s uses <out>/stage<s>")
     ap.add_argument("--anchor-decay", type=float, default=0.5)
     ap.add_argument("--check-resume", action="store_true", help="then load save-at into a new engine and rerun")
     args = ap.parse_args()
@@ -53,76 +53,86 @@ def main() -> None:
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
 
-    def build(seed: int):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(hf_config("cpu-0.03m", vocab_size=VOCAB, max_seq_len=SEQ))
-        opt = AnchoredAdamW(param_groups(model, weight_decay=0.01, anchor_decay=args.anchor_decay), lr=3e-3)
-        config = {
-            "train_batch_size": GLOBAL_BATCH,
-            "train_micro_batch_size_per_gpu": GLOBAL_BATCH // world,
-            "gradient_accumulation_steps": 1,
-            "zero_optimization": {"stage": args.stage},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 10**9,
-        }
-        engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
-        return model, engine
+    def run_stage(stage: int) -> None:
+        ckpt, out = args.ckpt / f"stage{stage}", args.out / f"stage{stage}"
+        def build(seed: int):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(hf_config("cpu-0.03m", vocab_size=VOCAB, max_seq_len=SEQ))
+            opt = AnchoredAdamW(param_groups(model, weight_decay=0.01, anchor_decay=args.anchor_decay), lr=3e-3)
+            config = {
+                "train_batch_size": GLOBAL_BATCH,
+                "train_micro_batch_size_per_gpu": GLOBAL_BATCH // world,
+                "gradient_accumulation_steps": 1,
+                "zero_optimization": {"stage": stage},
+                "zero_allow_untested_optimizer": True,
+                "steps_per_print": 10**9,
+            }
+            # θ₀ before DeepSpeed sees the model (ZeRO-3 replaces parameters by empty placeholders).
+            theta0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
+            return theta0, engine
 
-    def train(engine, first: int) -> dict[int, float]:
-        losses = {}
-        for step in range(first, args.steps + 1):
-            tokens = batch(step, rank, world)
-            loss = engine(input_ids=tokens, labels=tokens).loss
-            engine.backward(loss)
-            engine.step()
-            mean = loss.detach().clone()
-            dist.all_reduce(mean)
-            losses[step] = float(mean) / world
-            if step == args.save_at:
-                data = {"world_size": world, "consumed": step * GLOBAL_BATCH,
-                        "fingerprint_parts": {"world_size": world, "seed": 0}, "fingerprint": ""}
-                engine.save_checkpoint(str(args.ckpt), tag=f"step-{step:08d}",
-                                       client_state={"step": step, "data": data}, save_latest=False)
-                # Every rank joins the probe forward (ZeRO-3 gathers weights collectively).
-                with torch.no_grad():
-                    logits = engine(input_ids=probe_tokens()).logits
-                if rank == 0:
-                    torch.save(logits, args.out / f"logits-step-{step:08d}.pt")
-        return losses
+        def train(engine, first: int) -> dict[int, float]:
+            losses = {}
+            for step in range(first, args.steps + 1):
+                tokens = batch(step, rank, world)
+                loss = engine(input_ids=tokens, labels=tokens).loss
+                engine.backward(loss)
+                engine.step()
+                mean = loss.detach().clone()
+                dist.all_reduce(mean)
+                losses[step] = float(mean) / world
+                if step == args.save_at:
+                    data = {"world_size": world, "consumed": step * GLOBAL_BATCH,
+                            "fingerprint_parts": {"world_size": world, "seed": 0}, "fingerprint": ""}
+                    engine.save_checkpoint(str(ckpt), tag=f"step-{step:08d}",
+                                           client_state={"step": step, "data": data}, save_latest=False)
+                    # Every rank joins the probe forward (ZeRO-3 gathers weights collectively).
+                    with torch.no_grad():
+                        logits = engine(input_ids=probe_tokens()).logits
+                    if rank == 0:
+                        torch.save(logits, out / f"logits-step-{step:08d}.pt")
+            return losses
 
-    def resume(tag: str):
-        # A different init seed: everything that matters must come from the checkpoint.
-        _, engine = build(seed=123)
-        _, client = engine.load_checkpoint(str(args.ckpt), tag=tag)
-        return engine, client
+        def resume(tag: str):
+            # A different init seed: everything that matters must come from the checkpoint.
+            _, engine = build(seed=123)
+            _, client = engine.load_checkpoint(str(ckpt), tag=tag)
+            return engine, client
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    data_state, resumed = None, {}
-    if args.resume_tag:
-        engine, client = resume(args.resume_tag)
-        data_state = client.get("data")
-        losses = train(engine, int(client["step"]) + 1)
-    else:
-        model, engine = build(seed=0)
-        if rank == 0:
-            torch.save({k: v.clone() for k, v in model.state_dict().items()}, args.out / "theta0.pt")
-        losses = train(engine, 1)
-        if args.check_resume:
-            engine2, client = resume(f"step-{args.save_at:08d}")
-            resumed = train(engine2, int(client["step"]) + 1)
+        out.mkdir(parents=True, exist_ok=True)
+        data_state, resumed = None, {}
+        if args.resume_tag:
+            engine, client = resume(args.resume_tag)
+            data_state = client.get("data")
+            losses = train(engine, int(client["step"]) + 1)
+        else:
+            theta0, engine = build(seed=0)
+            if rank == 0:
+                torch.save(theta0, out / "theta0.pt")
+            losses = train(engine, 1)
+            if args.check_resume:
+                engine2, client = resume(f"step-{args.save_at:08d}")
+                resumed = train(engine2, int(client["step"]) + 1)
 
-    base = engine.optimizer.optimizer  # our AnchoredAdamW, holding this rank's flat partitions
-    state_numel = {key: sum(s[key].numel() for s in base.state.values() if key in s)
-                   for key in ("anchor", "exp_avg", "exp_avg_sq")}
-    partition_numel = sum(p.numel() for g in base.param_groups for p in g["params"])
-    result = {"rank": rank, "world": world, "losses": losses, "resumed_losses": resumed, "state_numel": state_numel,
-              "anchor_bytes": sum(s["anchor"].numel() * s["anchor"].element_size()
-                                  for s in base.state.values() if "anchor" in s),
-              "partition_numel": partition_numel,
-              "model_numel": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
-                                 for p in engine.module.parameters()),
-              "data_state": data_state}
-    (args.out / f"rank{rank}.json").write_text(json.dumps(result))
+        base = engine.optimizer.optimizer  # our AnchoredAdamW, holding this rank's flat partitions
+        state_numel = {key: sum(s[key].numel() for s in base.state.values() if key in s)
+                       for key in ("anchor", "exp_avg", "exp_avg_sq")}
+        flat = getattr(engine.optimizer, "single_partition_of_fp32_groups", None)
+        if flat is None:  # ZeRO-3 names its fp32 partitions differently
+            flat = engine.optimizer.fp32_partitioned_groups_flat
+        partition_numel = sum(p.numel() for p in flat)
+        result = {"rank": rank, "world": world, "losses": losses, "resumed_losses": resumed, "state_numel": state_numel,
+                  "anchor_bytes": sum(s["anchor"].numel() * s["anchor"].element_size()
+                                      for s in base.state.values() if "anchor" in s),
+                  "partition_numel": partition_numel,
+                  "model_numel": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+                                     for p in engine.module.parameters()),
+                  "data_state": data_state}
+        (out / f"rank{rank}.json").write_text(json.dumps(result))
+
+    for stage in args.stages:
+        run_stage(stage)
     dist.barrier()
     dist.destroy_process_group()
 

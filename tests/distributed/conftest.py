@@ -62,17 +62,17 @@ ZERO_STEPS, ZERO_SAVE_AT = 4, 2
 
 @pytest.fixture(scope="session")
 def zero_run(tmp_path_factory):
-    """stage -> folder of a 2-rank ZeRO run of _zero_worker.py (4 steps, checkpoint at step 2, then an
-    in-process resume from it); each stage runs once per session and is shared by the tests using it."""
-    cache: dict[int, Path] = {}
+    """stage -> (checkpoint root, results folder) of a 2-rank run of _zero_worker.py: ZeRO 1, 2 and 3 in
+    turn in one start-up, 4 steps each, a checkpoint at step 2, then an in-process resume from it."""
+    root = tmp_path_factory.mktemp("zero")
+    state: dict[str, bool] = {}
 
-    def get(stage: int) -> Path:
-        if stage not in cache:
-            root = tmp_path_factory.mktemp(f"zero{stage}")
-            run_ranks(ZERO_WORKER, ["--stage", str(stage), "--steps", str(ZERO_STEPS), "--save-at",
+    def get(stage: int) -> tuple[Path, Path]:
+        if not state:
+            run_ranks(ZERO_WORKER, ["--stages", "1", "2", "3", "--steps", str(ZERO_STEPS), "--save-at",
                                     str(ZERO_SAVE_AT), "--ckpt", str(root / "ckpt"), "--out", str(root / "out"),
                                     "--check-resume"], world=2)
-            cache[stage] = root
-        return cache[stage]
+            state["done"] = True
+        return root / "ckpt" / f"stage{stage}", root / "out" / f"stage{stage}"
 
     return get

@@ -22,7 +22,7 @@ LOGITS_ATOL, LOSS_ATOL = 1e-5, 1e-5
 
 def batches(step: int) -> list[torch.Tensor]:
     """The micro-batches of optimizer step `step` (identical for every rank and run)."""
-    gen = torch.Generator().manual_seed(1000 + step)
+    gen = torch.Generator().manual_seed(1000 + step % 2)  # two batches in turn: learnable
     return [torch.randint(0, VOCAB, (MICRO, SEQ), generator=gen) for _ in range(ACCUM)]
 
 
@@ -48,54 +48,62 @@ def backend_config(tp: int):
 # ---- the rank script ---------------------------------------------------------------------------------
 
 
-def rank_main(mode: str, work: Path) -> None:
-    from dist_forget.engine.megatron_backend import MegatronBackend
+def rank_main(work: Path) -> None:
+    """One launch does it all (each launch costs ~20 s of imports on this machine): the logits check,
+    the 6-step tp=2 run with a checkpoint at step 3, a fresh model + optimizer loaded from that
+    checkpoint running steps 4-6 again, then the same run as tp=1 x dp=2."""
+    from dist_forget.convert.megatron_hf import read_megatron
+    from dist_forget.engine.megatron_backend import MegatronBackend, load_rank_state
     from dist_forget.models import hf, megatron
 
     backend = MegatronBackend(backend_config(tp=2))
     backend.init_distributed()
     assert backend.dp_size == 1 and backend.world_size == 2
     out: dict[str, object] = {}
-    try:
-        if mode == "logits":
-            from dist_forget.convert.megatron_hf import read_megatron
 
-            cfg, full, _ = read_megatron(work / "meg")
-            model = megatron.MegatronLlama(cfg)
-            from dist_forget.engine.megatron_backend import load_rank_state
+    cfg, _, _ = read_megatron(work / "meg")
+    model = megatron.MegatronLlama(cfg)
+    model.load_shard(load_rank_state(work / "meg", backend.tp_rank, 2)["model"])
+    ids = torch.load(work / "ids.pt", weights_only=True)
+    out["logits"] = model.full_logits(ids)
+    s, n = model.loss_sum(ids)
+    (s / n).backward()
+    out["loss"] = float(s / n)
+    out["grads"] = model.gather_grads()
 
-            model.load_shard(load_rank_state(work / "meg", backend.tp_rank, 2)["model"])
-            ids = torch.load(work / "ids.pt", weights_only=True)
-            out["logits"] = model.full_logits(ids)
-            s, n = model.loss_sum(ids)
-            (s / n).backward()
-            out["loss"] = float(s / n)
-            out["grads"] = model.gather_grads()
-        else:
-            base = hf.build(SIZE, VOCAB, SEQ, seed=7)
-            backend.build(lambda: base, optimizer_factory, MICRO, ACCUM)
-            losses, norms = [], []
-            start = 0
-            if mode == "resume":
-                client = backend.load(work / "ckpt", "step-3")
-                start = client["step"]
-            for step in range(start, STEPS):
-                r = backend.train_step(batches(step), lr_at(step))
-                losses.append(r.loss)
-                norms.append(r.grad_norm)
-                if mode == "full" and step + 1 == SPLIT:
-                    backend.save(work / "ckpt", "step-3", {"step": SPLIT})
-                    backend.barrier()
-            out.update(losses=losses, norms=norms, state=backend.full_state_dict(),
-                       eval=backend.eval_loss(batches(99)))
-        if backend.rank == 0:
-            torch.save(out, work / f"{mode}.pt")
-    finally:
-        backend.close()
+    backend.build(lambda: hf.build(SIZE, VOCAB, SEQ, seed=7), optimizer_factory, MICRO, ACCUM)
+    results = []
+    for step in range(STEPS):
+        results.append(backend.train_step(batches(step), lr_at(step)))
+        if step + 1 == SPLIT:
+            backend.save(work / "ckpt", "step-3", {"step": SPLIT})
+            backend.barrier()
+    out.update(losses=[r.loss for r in results], norms=[r.grad_norm for r in results],
+               state=backend.full_state_dict(), eval=backend.eval_loss(batches(0)))
+
+    # resume: new backend objects (fresh weights from another seed, fresh optimizer) + the checkpoint
+    again = MegatronBackend(backend_config(tp=2))
+    again.init_distributed()  # the process group exists: only megatron's groups are rebuilt
+    again.build(lambda: hf.build(SIZE, VOCAB, SEQ, seed=123), optimizer_factory, MICRO, ACCUM)
+    client = again.load(work / "ckpt", "step-3")
+    out["resumed_losses"] = [again.train_step(batches(step), lr_at(step)).loss
+                             for step in range(client["step"], STEPS)]
+    out["resumed_state"] = again.full_state_dict()
+
+    # tp=1 x dp=2 on the same two processes: each rank takes one of the step's two micro-batches
+    dp = MegatronBackend(backend_config(tp=1))
+    dp.init_distributed()
+    assert (dp.dp_rank, dp.dp_size) == (dp.rank, 2)
+    dp.build(lambda: hf.build(SIZE, VOCAB, SEQ, seed=7), optimizer_factory, MICRO, 1)
+    out["dp_losses"] = [dp.train_step([batches(step)[dp.dp_rank]], lr_at(step)).loss for step in range(STEPS)]
+    out["dp_state"] = dp.full_state_dict()
+    if backend.rank == 0:
+        torch.save(out, work / "out.pt")
+    backend.close()
 
 
 if __name__ == "__main__":
-    rank_main(sys.argv[1], Path(sys.argv[2]))
+    rank_main(Path(sys.argv[1]))
     sys.exit(0)
 
 
@@ -117,21 +125,27 @@ def reference() -> dict[str, object]:
     backend.build(lambda: hf.build(SIZE, VOCAB, SEQ, seed=7), optimizer_factory, MICRO, ACCUM)
     results = [backend.train_step(batches(step), lr_at(step)) for step in range(STEPS)]
     return {"losses": [r.loss for r in results], "norms": [r.grad_norm for r in results],
-            "state": backend.full_state_dict(), "eval": backend.eval_loss(batches(99))}
+            "state": backend.full_state_dict(), "eval": backend.eval_loss(batches(0))}
 
 
-def test_tp2_logits_and_grads_equal_hf_after_conversion(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object], torch.nn.Module]:
+    """An HF model converted with hf-to-megatron --tp 2, then the rank script on 2 gloo ranks."""
     from dist_forget.convert.megatron_hf import hf_to_megatron
     from dist_forget.models import hf
 
+    work = tmp_path_factory.mktemp("tp2")
     model = hf.build(SIZE, VOCAB, SEQ, seed=11)
-    hf.save_folder(model.state_dict(), model.config, tmp_path / "hf")
-    hf_to_megatron(tmp_path / "hf", tmp_path / "meg", tp=2)
-    ids = torch.randint(0, VOCAB, (3, SEQ), generator=torch.Generator().manual_seed(5))
-    torch.save(ids, tmp_path / "ids.pt")
-    run_ranks(__file__, ["logits", str(tmp_path)], world=2)
-    got = torch.load(tmp_path / "logits.pt", weights_only=True)
+    hf.save_folder(model.state_dict(), model.config, work / "hf")
+    hf_to_megatron(work / "hf", work / "meg", tp=2)
+    torch.save(torch.randint(0, VOCAB, (3, SEQ), generator=torch.Generator().manual_seed(5)), work / "ids.pt")
+    run_ranks(__file__, [str(work)], world=2)
+    return work, torch.load(work / "out.pt", weights_only=True), model
 
+
+def test_tp2_logits_and_grads_equal_hf_after_conversion(launched) -> None:
+    work, got, model = launched
+    ids = torch.load(work / "ids.pt", weights_only=True)
     ref = model(input_ids=ids).logits
     assert got["logits"].shape == ref.shape == (3, SEQ, VOCAB)
     assert torch.allclose(got["logits"], ref, atol=LOGITS_ATOL, rtol=0), (got["logits"] - ref).abs().max()
@@ -142,30 +156,41 @@ def test_tp2_logits_and_grads_equal_hf_after_conversion(tmp_path: Path) -> None:
         assert torch.allclose(got["grads"][name], p.grad, atol=1e-6, rtol=0), name
 
 
-def test_tp2_finetune_matches_single_rank_and_resume_is_exact(tmp_path: Path, reference) -> None:
-    run_ranks(__file__, ["full", str(tmp_path)], world=2)
-    full = torch.load(tmp_path / "full.pt", weights_only=True)
-    ref_losses = torch.tensor(reference["losses"])
-    got_losses = torch.tensor(full["losses"])
+def test_tp2_finetune_takes_the_single_rank_loss_steps(launched, reference) -> None:
+    _, got, _ = launched
+    ref_losses, got_losses = torch.tensor(reference["losses"]), torch.tensor(got["losses"])
     assert torch.allclose(got_losses, ref_losses, atol=LOSS_ATOL, rtol=0), (got_losses - ref_losses)
-    assert torch.allclose(torch.tensor(full["norms"]), torch.tensor(reference["norms"]), rtol=1e-5)
-    assert got_losses[-1] < got_losses[0]  # it learns
-    assert abs(full["eval"] - reference["eval"]) < LOSS_ATOL
+    assert torch.allclose(torch.tensor(got["norms"]), torch.tensor(reference["norms"]), rtol=1e-5)
+    assert got_losses[-1] < got_losses[0] - 0.1  # it learns (the batches repeat, so it can)
+    assert abs(got["eval"] - reference["eval"]) < LOSS_ATOL
     for name, w in reference["state"].items():
-        assert torch.allclose(full["state"][name], w, atol=1e-5, rtol=0), name
+        assert torch.allclose(got["state"][name], w, atol=1e-5, rtol=0), name
 
-    # the checkpoint: one file per TP rank, optimizer state (anchor included) sharded like the weights
-    ckpt = tmp_path / "ckpt" / "step-3"
+
+def test_data_parallel_megatron_matches_single_rank(launched, reference) -> None:
+    _, got, _ = launched
+    ref_losses, dp_losses = torch.tensor(reference["losses"]), torch.tensor(got["dp_losses"])
+    assert torch.allclose(dp_losses, ref_losses, atol=LOSS_ATOL, rtol=0), (dp_losses - ref_losses)
+    for name, w in reference["state"].items():
+        assert torch.allclose(got["dp_state"][name], w, atol=1e-5, rtol=0), name
+
+
+def test_checkpoint_shards_optimizer_state_like_the_weights(launched) -> None:
+    work, _, _ = launched
+    ckpt = work / "ckpt" / "step-3"
     assert json.loads((ckpt / "megatron.json").read_text())["tp"] == 2
-    shard = torch.load(ckpt / "mp_rank_01" / "model_optim.pt", weights_only=True)
-    names = shard["optimizer"]["param_names"]
-    for i, st in shard["optimizer"]["state"].items():
-        assert st["anchor"].shape == shard["model"][names[i]].shape
+    for rank in range(2):
+        shard = torch.load(ckpt / f"mp_rank_{rank:02d}" / "model_optim.pt", weights_only=True)
+        names = shard["optimizer"]["param_names"]
+        assert shard["model"]["model.embed_tokens.weight"].shape == (VOCAB // 2, 32)
+        for i, st in shard["optimizer"]["state"].items():
+            assert st["anchor"].shape == st["exp_avg"].shape == shard["model"][names[i]].shape
 
-    run_ranks(__file__, ["resume", str(tmp_path)], world=2)
-    resumed = torch.load(tmp_path / "resume.pt", weights_only=True)
-    assert resumed["losses"] == full["losses"][SPLIT:]  # bit-exact
-    assert all(torch.equal(resumed["state"][k], v) for k, v in full["state"].items())
+
+def test_resume_equals_uninterrupted(launched) -> None:
+    _, got, _ = launched
+    assert got["resumed_losses"] == got["losses"][SPLIT:]  # bit-exact
+    assert all(torch.equal(got["resumed_state"][k], v) for k, v in got["state"].items())
 
 
 def test_checkpoint_for_another_tp_size_is_refused(tmp_path: Path) -> None:

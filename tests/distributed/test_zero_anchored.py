@@ -21,14 +21,14 @@ pytestmark = pytest.mark.slow
 TAG = f"step-{ZERO_SAVE_AT:08d}"
 
 
-def _ranks(root: Path) -> list[dict]:
-    return [json.loads((root / "out" / f"rank{r}.json").read_text()) for r in range(2)]
+def _ranks(out: Path) -> list[dict]:
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_anchor_is_sharded_equals_theta0_and_resume_is_exact(zero_run, stage):
-    root = zero_run(stage)
-    ranks = _ranks(root)
+    ckpt_root, out = zero_run(stage)
+    ranks = _ranks(out)
     numel = ranks[0]["model_numel"]  # 30,880 (embedding tied to the head)
     per_rank = [r["state_numel"]["anchor"] for r in ranks]
     # Each rank holds one half of θ₀, exactly as much as of each Adam moment and of the fp32 weights.
@@ -40,10 +40,10 @@ def test_anchor_is_sharded_equals_theta0_and_resume_is_exact(zero_run, stage):
     assert sum(r["anchor_bytes"] for r in ranks) / 4 / numel == pytest.approx(1.0, abs=1e-2)
 
     # Consolidating the checkpoint's anchor shards gives back the pretrained weights bit for bit.
-    ckpt = ZeroCheckpoint.load(root / "ckpt" / TAG)
+    ckpt = ZeroCheckpoint.load(ckpt_root / TAG)
     assert ckpt.world == 2 and ckpt.stage == stage
     assert ckpt.state_keys() == ["exp_avg", "exp_avg_sq", "anchor"]
-    theta0 = torch.load(root / "out" / "theta0.pt", weights_only=True)
+    theta0 = torch.load(out / "theta0.pt", weights_only=True)
     anchor = ckpt.consolidate("anchor")
     assert set(anchor) == set(theta0) - {"lm_head.weight"}
     for name, t in anchor.items():
@@ -60,8 +60,8 @@ def test_anchor_is_sharded_equals_theta0_and_resume_is_exact(zero_run, stage):
 def test_zero_to_hf_loads_in_transformers_with_the_engine_logits(zero_run, stage, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
-    root = zero_run(stage)
-    ckpt = root / "ckpt" / TAG
+    ckpt_root, out_dir = zero_run(stage)
+    ckpt = ckpt_root / TAG
     cfg = tmp_path / "cfg" / "config.json"
     cfg.parent.mkdir()
     from dist_forget.models.ladder import hf_config
@@ -77,11 +77,11 @@ def test_zero_to_hf_loads_in_transformers_with_the_engine_logits(zero_run, stage
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         logits = model(input_ids=probe_tokens()).logits
-    expected = torch.load(root / "out" / f"logits-{TAG}.pt", weights_only=True)
+    expected = torch.load(out_dir / f"logits-{TAG}.pt", weights_only=True)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
 
     optim = torch.load(out / "optimizer.pt", weights_only=True)
-    theta0 = torch.load(root / "out" / "theta0.pt", weights_only=True)
+    theta0 = torch.load(out_dir / "theta0.pt", weights_only=True)
     assert optim["format"] == "dist-forget-named-optim-v1"
     state = optim["state"]["model.layers.0.mlp.up_proj.weight"]
     assert torch.equal(state["anchor"], theta0["model.layers.0.mlp.up_proj.weight"])
@@ -95,11 +95,11 @@ def test_zero_to_hf_loads_in_transformers_with_the_engine_logits(zero_run, stage
 
 
 def test_zero_to_hf_bad_input_is_one_line(zero_run, tmp_path, capsys):
-    root = zero_run(1)
+    ckpt_root, _ = zero_run(1)
     assert cli_main(["convert", "zero-to-hf", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "no *_optim_states.pt" in capsys.readouterr().err
     # No transformers config next to a raw DeepSpeed checkpoint: say how to pass one.
-    assert cli_main(["convert", "zero-to-hf", "--checkpoint", str(root / "ckpt" / TAG),
+    assert cli_main(["convert", "zero-to-hf", "--checkpoint", str(ckpt_root / TAG),
                      "--out", str(tmp_path / "o")]) == 2
     assert "--hf-config" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -223,3 +223,15 @@ def test_validation_batches_are_deterministic_and_partitioned(tiny_data):
              for r in range(2)]
     assert len(parts[0]) + len(parts[1]) == 51
     assert torch.equal(parts[0], a[0:51:2]) and torch.equal(parts[1], a[1:51:2])
+
+
+def test_mixture_config_loads_as_a_yaml_section(tiny_data):
+    from dist_forget.config import load_config
+
+    cfg = load_config(MixtureConfig, None, [f"target={tiny_data.code}", "inject_fraction=0.01",
+                                            f"pretrain={tiny_data.english}", "target_tokens=6400"])
+    assert cfg.inject_fraction == 0.01 and cfg.target_tokens == 6400
+    with pytest.raises(UserError, match=r"inject_fraction = 2.0 must be in \[0, 1\)"):
+        load_config(MixtureConfig, None, ["inject_fraction=2.0"])
+    with pytest.raises(UserError, match="below 1e-6"):
+        MixedStream(_cfg(tiny_data, 1e-9))

@@ -16,6 +16,7 @@ from dist_forget.data.documents import read_documents, write_documents
 from dist_forget.data.manifest import read_manifest
 from dist_forget.data.mixture import MixedStream, MixtureConfig
 from dist_forget.data.shards import ShardConfig, ShardSet, write_shards
+from dist_forget.data.tokenizer import EOS
 from dist_forget.errors import UserError
 
 DATA = Path(__file__).parents[1] / "data"
@@ -51,13 +52,20 @@ def test_random_access_matches_a_plain_webdataset_read(tiny_data):
 
 
 def test_token_stream_is_documents_with_eos(tiny_data):
+    from dist_forget.data.shards import _pick_val
+
     m = read_manifest(tiny_data.code)
     tok = Tokenizer.from_file(str(tiny_data.tokenizer_dir / "tokenizer.json"))
-    stream = ShardSet(tiny_data.code).gather(np.arange(len(ShardSet(tiny_data.code)))).reshape(-1)
-    docs = tok.decode(stream.tolist(), skip_special_tokens=False).split("<|endoftext|>")
+    train = ShardSet(tiny_data.code)
+    pieces = tok.decode(train.gather(np.arange(len(train))).reshape(-1).tolist(), skip_special_tokens=False).split(EOS)
     originals = list(read_documents(DATA / "code.jsonl"))
-    assert docs[0] == originals[0] or docs[0] in originals  # the first train document, whole
-    assert sum(d in originals for d in docs[:-1]) == m.splits["train"].documents - 1 + (docs[-1] in originals)
+    is_val = _pick_val(len(originals), ShardConfig(val_fraction=m.val_fraction, seed=m.split_seed))
+    train_docs = [d for d, v in zip(originals, is_val) if not v]
+    assert len(train_docs) == m.splits["train"].documents
+    # whole documents, in order, each followed by EOS; only the tail shorter than seq_len is dropped
+    assert pieces[:-1] == train_docs[: len(pieces) - 1]
+    assert len(pieces) - 1 in (len(train_docs), len(train_docs) - 1)
+    assert (train_docs + [""])[len(pieces) - 1].startswith(pieces[-1])
 
 
 def test_validation_is_held_out_by_document(tiny_data):

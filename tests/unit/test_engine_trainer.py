@@ -19,6 +19,17 @@ from dist_forget.models import hf
 CONFIG = Path(__file__).parents[2] / "configs" / "finetune" / "tiny.yaml"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Micro models on a shared 2-core box: extra threads only add contention (5x slower measured)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def base_model(tiny_data, tmp_path_factory) -> Path:
     """A tiny HF folder to finetune from (random init: the loop, not the science, is under test)."""

@@ -1,0 +1,69 @@
+"""CLI: `dist-forget fit` and `dist-forget plan` (flags come from these signatures)."""
+
+from __future__ import annotations
+
+import json as _json
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+from dist_forget.errors import UserError
+from dist_forget.laws.fit import FitConfig
+from dist_forget.laws.forms import DEFAULT_FORMS, FORMS
+from dist_forget.laws.pipeline import fit_runs
+from dist_forget.laws.plan import format_plan, load_fits
+from dist_forget.laws.plan import plan as plan_p
+from dist_forget.laws.report import write_outputs
+from dist_forget.laws.table import read_mlflow, read_runs
+
+
+def fit(out: Path, runs: str | None = None, mlflow: str | None = None, forms: tuple[str, ...] = DEFAULT_FORMS,
+        holdout: Literal["none", "largest", "leave-one-size-out"] = "none", bootstrap: int = 1000,
+        delta: float = 1e-3, loss: Literal["huber", "squared"] = "huber", domains: tuple[str, ...] = (),
+        workers: int = 0, seed: int = 0, top_k: int = 16, plots: bool = True) -> int:
+    """Fit forgetting and finetuning laws per domain to a runs table; write fit.json, REPORT.md and plots.
+
+    --runs is a CSV/Parquet table or a directory of summary.json files; --mlflow EXPERIMENT reads an
+    MLflow experiment instead (MLFLOW_TRACKING_URI is honoured). --forms picks among:
+    """
+    if (runs is None) == (mlflow is None):
+        raise UserError("give exactly one of --runs PATH (CSV, Parquet or a directory of summary.json) or "
+                        "--mlflow EXPERIMENT")
+    start = time.monotonic()
+    table = read_runs(runs) if runs is not None else read_mlflow(str(mlflow))
+    source = str(runs) if runs is not None else f"mlflow:{mlflow}@{os.environ.get('MLFLOW_TRACKING_URI', 'default')}"
+    cfg = FitConfig(delta=delta, loss=loss, top_k=top_k, bootstrap=bootstrap, seed=seed, workers=workers)
+    print(f"read {len(table)} runs from {source}: domains {', '.join(table.domains())}", flush=True)
+    records = fit_runs(table, forms, cfg, holdout, domains=domains or None)
+    meta = {"source": source, "n_runs": len(table), "delta": delta, "loss": loss, "bootstrap": bootstrap,
+            "holdout": holdout, "seed": seed, "forms": list(forms)}
+    written = write_outputs(out, records, table, meta, plots=plots)
+    print(f"done in {time.monotonic() - start:.1f} s: {len(records)} fits")
+    for rec in records:
+        held = rec["holdout"]
+        held_txt = f"  held-out MRE {100 * held['mre']:.2f} %" if held else ""
+        params = " ".join(f"{k}={v:.4g}" for k, v in rec["params"].items())
+        print(f"  {rec['domain']:<16} {rec['form']:<20} MRE {100 * rec['mre']:.2f} %{held_txt}  {params}")
+    print(f"wrote {written[0]}, {written[1]} and {len(written) - 2} plots")
+    return 0
+
+
+fit.__doc__ = (fit.__doc__ or "") + " " + ", ".join(FORMS) + "."
+
+
+def plan(fit: Path, domain: str, model_params: float, target_tokens: float, max_forgetting: float | None = None,
+         inject_fraction: float | None = None, anchor_decay: float = 0.0, ft_form: str = "finetune",
+         pt_form: str = "forgetting", json: bool = False) -> int:
+    """Smallest injection fraction p keeping predicted forgetting <= --max-forgetting, with its 95 % interval.
+
+    Or, with --inject-fraction P, the predicted forgetting and finetune loss at that p.
+    """
+    result = plan_p(load_fits(fit), domain, model_params, target_tokens, max_forgetting, inject_fraction,
+                    anchor_decay, ft_form, pt_form, where=str(fit))
+    if json:
+        keys = ("inject_fraction", "ci95", "predicted_forgetting", "predicted_ft_loss", "extrapolated")
+        print(_json.dumps({k: result[k] for k in keys} | {k: v for k, v in result.items() if k not in keys}))
+    else:
+        print(format_plan(result))
+    return 0

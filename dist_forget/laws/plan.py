@@ -1,0 +1,145 @@
+"""The planner: the smallest injection fraction p that keeps predicted forgetting under a budget.
+
+With the paper's forgetting law F(p) = A * D^beta / ((1 + B*p) * N)^alpha, F <= eps has the closed form
+p = ((A * D^beta / eps)^(1/alpha) / N - 1) / B, clipped at 0. The same formula applied to every bootstrap
+sample in fit.json gives p's 95 % interval. Predictions outside the fitted range of N or D are allowed
+(that is the point) but flagged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dist_forget.errors import UserError
+from dist_forget.laws.forms import Forgetting, get_form
+
+
+def load_fits(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such fit file; run `dist-forget fit --out DIR` and pass DIR/fit.json")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}); rerun `dist-forget fit`") from None
+    if not isinstance(data, dict) or not isinstance(data.get("fits"), list):
+        raise UserError(f"{path}: expected an object with a 'fits' list, as written by `dist-forget fit`")
+    return data["fits"]
+
+
+def select(fits: list[dict[str, Any]], domain: str, form: str, where: str = "fit.json") -> dict[str, Any]:
+    domains = sorted({f.get("domain") for f in fits})
+    if domain not in domains:
+        raise UserError(f"{where}: domain {domain!r} is not in the fit; fitted domains: {', '.join(domains)}")
+    for rec in fits:
+        if rec.get("domain") == domain and rec.get("form") == form:
+            return rec
+    forms = sorted({f.get("form") for f in fits if f.get("domain") == domain})
+    raise UserError(f"{where}: no {form!r} fit for domain {domain!r}; fitted forms there: {', '.join(forms)}")
+
+
+def _samples(rec: dict[str, Any]) -> list[dict[str, float]]:
+    samples = rec.get("bootstrap", {}).get("samples", {})
+    names = list(rec["params"])
+    count = min((len(samples.get(n, [])) for n in names), default=0)
+    return [{n: float(samples[n][i]) for n in names} for i in range(count)]
+
+
+def _cols(n: float, d: float, p: float, anchor_decay: float) -> dict[str, np.ndarray]:
+    return {"model_params": np.array([n]), "target_tokens": np.array([d]), "inject_fraction": np.array([p]),
+            "anchor_decay": np.array([anchor_decay]), "pt_loss_base": np.array([1.0])}
+
+
+def _forgetting(form: Forgetting, values: dict[str, float], cols: dict[str, np.ndarray]) -> float:
+    return float(form.forgetting(form.to_internal(values), cols)[0])
+
+
+def _ft_loss(rec: dict[str, Any], values: dict[str, float], cols: dict[str, np.ndarray]) -> float:
+    form = get_form(rec["form"])
+    return float(form.predict(form.to_internal(values), cols)[0])
+
+
+def _interval(xs: list[float]) -> list[float] | None:
+    finite = [x for x in xs if np.isfinite(x)]
+    if not finite:
+        return None
+    lo, hi = np.percentile(finite, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def plan(fits: list[dict[str, Any]], domain: str, model_params: float, target_tokens: float,
+         max_forgetting: float | None = None, inject_fraction: float | None = None, anchor_decay: float = 0.0,
+         ft_form: str = "finetune", pt_form: str = "forgetting", where: str = "fit.json") -> dict[str, Any]:
+    """Smallest p with forgetting <= max_forgetting (or predictions at a given inject_fraction)."""
+    if (max_forgetting is None) == (inject_fraction is None):
+        raise UserError("give exactly one of --max-forgetting EPS (to find p) or --inject-fraction P (to predict)")
+    if max_forgetting is not None and not max_forgetting > 0:
+        raise UserError(f"--max-forgetting {max_forgetting} must be > 0 (nats/token of pt_loss - pt_loss_base)")
+    if inject_fraction is not None and not 0 <= inject_fraction <= 1:
+        raise UserError(f"--inject-fraction {inject_fraction} must be a fraction in [0, 1] (0.01 = 1 %)")
+    for flag, value in (("--model-params", model_params), ("--target-tokens", target_tokens)):
+        if not value > 0:
+            raise UserError(f"{flag} {value} must be > 0")
+    pt_rec, ft_rec = select(fits, domain, pt_form, where), select(fits, domain, ft_form, where)
+    form = get_form(pt_rec["form"])
+    if not isinstance(form, Forgetting):
+        raise UserError(f"--pt-form {pt_form!r} is not a forgetting law; use forgetting or forgetting-anchored")
+    n, d = float(model_params), float(target_tokens)
+
+    def p_for(values: dict[str, float]) -> float:
+        if inject_fraction is not None:
+            return float(inject_fraction)
+        return form.solve_p(values, n, d, float(max_forgetting), anchor_decay)
+
+    p = p_for(pt_rec["params"])
+    samples_pt, samples_ft = _samples(pt_rec), _samples(ft_rec)
+    p_samples = [p_for(s) for s in samples_pt]
+    forget = _forgetting(form, pt_rec["params"], _cols(n, d, p, anchor_decay)) if np.isfinite(p) else float("nan")
+    ft = _ft_loss(ft_rec, ft_rec["params"], _cols(n, d, p if np.isfinite(p) else 0.0, anchor_decay))
+    reasons = []
+    for rec in (pt_rec, ft_rec):
+        for col, value in (("model_params", n), ("target_tokens", d)):
+            lo, hi = rec.get("range", {}).get(col, [value, value])
+            if not lo <= value <= hi and col not in [r.split()[0] for r in reasons]:
+                reasons.append(f"{col} {value:.4g} outside fitted [{lo:.4g}, {hi:.4g}]")
+    out: dict[str, Any] = {
+        "inject_fraction": p,
+        "ci95": _interval(p_samples) if inject_fraction is None else [p, p],
+        "predicted_forgetting": forget,
+        "predicted_ft_loss": ft,
+        "extrapolated": bool(reasons),
+        "extrapolation": reasons,
+        "forgetting_ci95": _interval([_forgetting(form, s, _cols(n, d, p, anchor_decay)) for s in samples_pt]
+                                     if np.isfinite(p) else []),
+        "ft_loss_ci95": _interval([_ft_loss(ft_rec, s, _cols(n, d, p if np.isfinite(p) else 0.0, anchor_decay))
+                                   for s in samples_ft]),
+        "domain": domain, "model_params": n, "target_tokens": d, "max_forgetting": max_forgetting,
+        "pt_form": pt_rec["form"], "ft_form": ft_rec["form"],
+    }
+    return out
+
+
+def format_plan(result: dict[str, Any]) -> str:
+    def ci(v: list[float] | None, fmt: str) -> str:
+        return f"[{v[0]:{fmt}}, {v[1]:{fmt}}]" if v else "n/a"
+
+    lines = [f"domain {result['domain']}: N = {result['model_params']:.4g}, D = {result['target_tokens']:.4g}"]
+    if result["max_forgetting"] is not None:
+        p = result["inject_fraction"]
+        p_txt = "impossible (forgetting does not fall below the budget at any p)" if not np.isfinite(p) \
+            else f"{p:.6g} ({100 * p:.4g} %)"
+        lines.append(f"smallest p with forgetting <= {result['max_forgetting']:g} nats/token: {p_txt}, "
+                     f"95 % CI {ci(result['ci95'], '.4g')}")
+    else:
+        lines.append(f"at p = {result['inject_fraction']:.6g}:")
+    lines.append(f"predicted forgetting (pt_loss - pt_loss_base): {result['predicted_forgetting']:.5g} nats/token, "
+                 f"95 % CI {ci(result['forgetting_ci95'], '.5g')}")
+    lines.append(f"predicted finetune loss: {result['predicted_ft_loss']:.5g} nats/token, "
+                 f"95 % CI {ci(result['ft_loss_ci95'], '.5g')}")
+    if result["extrapolated"]:
+        lines.append("EXTRAPOLATED: " + "; ".join(result["extrapolation"]))
+    return "\n".join(lines)

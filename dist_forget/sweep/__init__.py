@@ -1,0 +1,1 @@
+"""Sweeps: grid expansion, a resumable local pool, SLURM job arrays, then runs.csv and the law fit."""

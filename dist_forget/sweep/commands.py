@@ -1,0 +1,151 @@
+"""`dist-forget sweep`: expand a sweep YAML, run its points (locally or as SLURM arrays), then fit."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+from dist_forget.config import load_config
+from dist_forget.errors import UserError
+from dist_forget.io import write_json_atomic
+from dist_forget.sweep.collect import run_fit, sync_fallbacks, write_runs_table
+from dist_forget.sweep.config import SweepConfig
+from dist_forget.sweep.grid import Point, expand, sweep_dir
+from dist_forget.sweep.pool import LocalPool, Outcome
+from dist_forget.tracking import Tracker, TrackingConfig
+from dist_forget.tracking.config import PARENT_ENV, resolve
+
+
+def sweep(
+    config: str,
+    overrides: list[str],
+    backend: Literal["local", "slurm"] = "local",
+    max_parallel: int = 0,
+    dry_run: bool = False,
+    collect_only: bool = False,
+) -> int:
+    """Run a sweep: pretrain the ladder, finetune the grid, collect runs.csv, fit the laws.
+
+    Resumable: a run with a summary.json is never redone and a killed sweep continues where it stopped
+    (runs resume from their checkpoints). --backend slurm writes sbatch array scripts instead of running;
+    --dry-run lists the runs; --collect-only only gathers runs.csv and fits. Overrides (key=value) apply
+    to the sweep YAML, e.g. max_parallel=2 grid.seeds=[0,1].
+    """
+    cfg = load_config(SweepConfig, config, overrides)
+    if max_parallel:
+        cfg.max_parallel = max_parallel
+    points = expand(cfg)
+    root = sweep_dir(cfg)
+    if dry_run:
+        for p in points:
+            state = "done" if p.done() else "todo"
+            print(f"{state} {p.name}: {' '.join(p.argv)}")
+        print(f"{len(points)} runs ({sum(p.done() for p in points)} finished) under {root}")
+        return 0
+    root.mkdir(parents=True, exist_ok=True)
+    parent = _parent_tracker(cfg, root, config, points)
+    env = _child_env(cfg, parent)
+    try:
+        if backend == "slurm":
+            from dist_forget.sweep.slurm import write_slurm
+
+            submit = write_slurm(cfg, Path(config), points, root, {k: env[k] for k in _EXPORTED if k in env})
+            print(
+                f"wrote SLURM array scripts for {len(points)} runs; submit on the cluster with: bash {submit}"
+            )
+            parent.finish("SCHEDULED")  # collect.sbatch (--collect-only) resumes and finishes it
+            return 0
+        outcome = Outcome(already=[p.name for p in points if p.done()])
+        if not collect_only:
+            parallel = cfg.max_parallel or max(1, (os.cpu_count() or 1) // cfg.threads_per_run)
+            pool = LocalPool(points, parallel, env, on_event=lambda o, running: _progress(parent, o, running))
+            outcome = pool.run()
+        ok = _collect(cfg, points, root, parent, outcome)
+    except KeyboardInterrupt:
+        parent.finish("KILLED")
+        raise
+    except BaseException:
+        parent.finish("FAILED")
+        raise
+    parent.finish("FINISHED" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+_EXPORTED = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    PARENT_ENV,
+)
+
+
+def _parent_tracker(cfg: SweepConfig, root: Path, config: str, points: list[Point]) -> Tracker:
+    """The sweep's MLflow parent run, reused by a rerun (its id is kept in sweep_state.json)."""
+    state_path = root / "sweep_state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    tcfg = TrackingConfig(**{**cfg.tracking.__dict__})
+    tcfg.uri = tcfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    tcfg.run_id = state.get("parent_run_id")
+    tcfg.parent_run_id = None
+    params = {"sweep.config": str(Path(config).resolve()), "sweep.runs": len(points), "sweep.dir": str(root)}
+    # $MLFLOW_RUN_ID names one run; it is neither the sweep's parent nor any of its runs.
+    leaked = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        parent = Tracker.create(tcfg, 0, f"sweep-{cfg.name}", params, root)
+    except UserError:  # the remembered parent run is gone (e.g. a new store): start a new one
+        tcfg.run_id = None
+        parent = Tracker.create(tcfg, 0, f"sweep-{cfg.name}", params, root)
+    finally:
+        if leaked is not None:
+            os.environ["MLFLOW_RUN_ID"] = leaked
+    if parent.run_id:
+        parent.set_tags({"dist_forget.kind": "sweep"})
+        write_json_atomic(state_path, {**state, "parent_run_id": parent.run_id, "tracking_uri": tcfg.uri})
+    return parent
+
+
+def _child_env(cfg: SweepConfig, parent: Tracker) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}  # each run is its own MLflow run
+    threads = str(cfg.threads_per_run)
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false")
+    if cfg.tracking.enabled and parent.uri:
+        rt = resolve(cfg.tracking, Path("."))
+        env["MLFLOW_TRACKING_URI"] = parent.uri
+        env["MLFLOW_EXPERIMENT_NAME"] = rt.experiment
+    if parent.run_id:
+        env[PARENT_ENV] = parent.run_id
+    # The sweep's own command is importable from the working directory it was started in.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
+    return env
+
+
+def _progress(parent: Tracker, outcome: Outcome, running: int) -> None:
+    done = len(outcome.finished) + len(outcome.already)
+    parent.log_metrics({"sweep/finished": done, "sweep/failed": len(outcome.failed), "sweep/running": running},
+                       step=done + len(outcome.failed))  # fmt: skip
+
+
+def _collect(cfg: SweepConfig, points: list[Point], root: Path, parent: Tracker, outcome: Outcome) -> bool:
+    if cfg.tracking.enabled:
+        sync_fallbacks(points)
+    for name, why in outcome.failed.items():
+        print(f"failed: {name}: {why}", file=sys.stderr)
+    runs_csv = root / "runs.csv"
+    n = write_runs_table(points, runs_csv)
+    finetunes = sum(p.stage == "finetune" for p in points)
+    print(f"runs table: {n} of {finetunes} finetune runs in {runs_csv}")
+    fitted: bool | None = None
+    if n:
+        parent.log_artifact(runs_csv)
+        if cfg.fit.enabled:
+            fitted = run_fit(cfg.fit.args, runs_csv, root)
+            fit_json = root / "fit" / "fit.json"
+            if fit_json.is_file():
+                parent.log_artifact(fit_json)
+    print(f"sweep {cfg.name}: {len(outcome.finished)} runs finished now, {len(outcome.already)} before, "
+          f"{len(outcome.failed)} failed; results under {root}")  # fmt: skip
+    return outcome.ok and fitted is not False

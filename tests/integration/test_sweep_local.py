@@ -1,0 +1,179 @@
+"""Sweeps with a stand-in command (tests/integration/fake_run.py): real subprocesses, locks, kills, SLURM
+scripts and MLflow nesting; the runner is command-agnostic, so this is the machinery the engine uses."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from dist_forget.cli import main as cli_main
+from dist_forget.tracking.server import LocalServer
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+FAKE = str(Path(__file__).with_name("fake_run.py"))
+
+
+def write_sweep(tmp: Path, seeds: list[int] | None = None, **changes: object) -> Path:
+    (tmp / "cfg.yaml").write_text("train:\n  batch_size: 4\n")
+    doc = {
+        "name": "t",
+        "out_dir": str(tmp / "sweep"),
+        "command": [sys.executable, FAKE],
+        "max_parallel": 2,
+        "pretrain": {"config": str(tmp / "cfg.yaml"), "sizes": ["cpu-0.03m", "cpu-0.1m"], "seq_len": 32},
+        "finetune": {"config": str(tmp / "cfg.yaml"), "domains": {"code": "shards/code"}},
+        "grid": {"target_tokens": [1000, 100000], "inject_fraction": [0.0, 0.01], "seeds": seeds or [0]},
+        "fit": {"enabled": False},
+        "tracking": {"enabled": False},
+        **changes,
+    }
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def attempts(tmp: Path) -> dict[str, int]:
+    return {p.parent.name: len(p.read_text().splitlines()) for p in (tmp / "sweep").glob("*/*/attempts.txt")}
+
+
+def summaries(tmp: Path) -> int:
+    return len(list((tmp / "sweep").glob("*/*/summary.json")))
+
+
+def test_sweep_runs_everything_once_and_writes_runs_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    config = str(write_sweep(tmp_path))
+    assert cli_main(["sweep", "--config", config]) == 0
+    assert set(attempts(tmp_path).values()) == {1} and len(attempts(tmp_path)) == 2 + 8
+    first = (tmp_path / "sweep" / "finetune" / "cpu-0.1m_code_D1000_p0_a0_s0" / "attempts.txt").read_text()
+    assert first.endswith("OMP_NUM_THREADS=1\n")
+    with open(tmp_path / "sweep" / "runs.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8 and {r["inject_fraction"] for r in rows} == {"0.0", "0.01"}
+    assert {r["name"] for r in rows} >= {"cpu-0.03m_code_D100000_p0.01_a0_s0"}
+
+    assert cli_main(["sweep", "--config", config]) == 0  # everything finished: nothing runs again
+    assert set(attempts(tmp_path).values()) == {1}
+
+
+def test_failed_pretrain_skips_its_finetunes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("FAKE_FAIL", "pretrain-cpu-0.03m")
+    assert cli_main(["sweep", "--config", str(write_sweep(tmp_path))]) == 1
+    ran = attempts(tmp_path)
+    assert (
+        ran["cpu-0.03m"] == 1
+    )  # pretrain folders are named by size and not any(n.startswith("cpu-0.03m_") for n in ran)
+    assert sum(n.startswith("cpu-0.1m_") for n in ran) == 4  # the other size went on
+
+
+def _start_sweep(config: Path, seconds: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "FAKE_RUN_SECONDS": seconds, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "dist_forget.cli", "sweep", "--config", str(config)],
+        cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def _wait_for(predicate: object, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "sweep made no progress"
+        time.sleep(0.1)
+
+
+def test_killed_sweep_continues_without_redoing(tmp_path: Path) -> None:
+    config = write_sweep(tmp_path)
+    proc = _start_sweep(config, "1.0")
+    _wait_for(lambda: summaries(tmp_path) >= 4)
+    os.killpg(proc.pid, signal.SIGKILL)  # the machine went away: the sweep and its runs die
+    proc.wait()
+    finished_before = {p.parent.name for p in (tmp_path / "sweep").glob("*/*/summary.json")}
+    assert 4 <= len(finished_before) < 10
+
+    rerun = _start_sweep(config, "0.1")
+    out = rerun.communicate(timeout=300)[0].decode()
+    assert rerun.returncode == 0, out
+    assert summaries(tmp_path) == 10
+    counts = attempts(tmp_path)
+    assert all(counts[name] == 1 for name in finished_before)  # finished runs were not redone
+    assert f"{len(finished_before)} already finished" in out
+
+
+def test_orphaned_run_is_waited_for_not_duplicated(tmp_path: Path) -> None:
+    config = write_sweep(tmp_path, max_parallel=1)
+    proc = _start_sweep(config, "3.0")
+    pre = tmp_path / "sweep" / "pretrain" / "cpu-0.03m"
+    _wait_for(lambda: (pre / "attempts.txt").is_file())
+    proc.kill()  # only the sweep dies; its running child is orphaned and keeps the folder's lock
+    proc.wait()
+    rerun = _start_sweep(config, "0.1")
+    out = rerun.communicate(timeout=300)[0].decode()
+    assert rerun.returncode == 0, out
+    assert "pretrain-cpu-0.03m: still running from an earlier sweep; waiting for it" in out
+    assert attempts(tmp_path)["cpu-0.03m"] == 1 and summaries(tmp_path) == 10
+
+
+def test_slurm_backend_writes_array_scripts_that_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    config = write_sweep(tmp_path)
+    assert cli_main(["sweep", "--config", str(config), "--backend", "slurm"]) == 0
+    slurm = tmp_path / "sweep" / "slurm"
+    finetune = (slurm / "finetune.sbatch").read_text()
+    assert "#SBATCH --array=0-7%2" in finetune and "export OMP_NUM_THREADS=1" in finetune
+    assert len(json.loads((slurm / "finetune.json").read_text())) == 8
+    submit = (slurm / "submit.sh").read_text()
+    assert (
+        "--dependency" in submit and subprocess.run(["bash", "-n", str(slurm / "submit.sh")]).returncode == 0
+    )
+    assert attempts(tmp_path) == {}  # nothing ran: SLURM runs it
+    # An array task is the script itself with SLURM_ARRAY_TASK_ID set (#SBATCH lines are comments).
+    for stage, index in (("pretrain", 1), ("finetune", 7), ("finetune", 7)):
+        env = {**os.environ, "SLURM_ARRAY_TASK_ID": str(index)}
+        res = subprocess.run(
+            ["bash", str(slurm / f"{stage}.sbatch")], env=env, capture_output=True, text=True
+        )
+        assert res.returncode == 0, res.stderr
+    assert "already finished" in res.stdout
+    assert attempts(tmp_path) == {"cpu-0.1m": 1, "cpu-0.1m_code_D100000_p0.01_a0_s0": 1}
+
+
+def test_runs_nest_under_one_mlflow_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_server: LocalServer
+) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("FAKE_TRACK", "1")
+    monkeypatch.setenv("MLFLOW_RUN_ID", "must-not-leak-into-runs")
+    pretrain = {"config": str(tmp_path / "cfg.yaml"), "sizes": ["cpu-0.03m"], "seq_len": 32}
+    tracking = {"experiment": "sweep-it", "uri": mlflow_server.uri}
+    config = write_sweep(tmp_path, tracking=tracking, pretrain=pretrain)
+    assert (
+        cli_main(["sweep", "--config", str(config), "grid.target_tokens=[1000]", "grid.inject_fraction=[0]"])
+        == 0
+    )
+    state = json.loads((tmp_path / "sweep" / "sweep_state.json").read_text())
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("sweep-it")
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if r.info.run_id != state["parent_run_id"]]
+    assert sorted(r.info.run_name for r in children) == [
+        "cpu-0.03m_code_D1000_p0_a0_s0",
+        "pretrain-cpu-0.03m",
+    ]
+    assert {r.data.tags.get("mlflow.parentRunId") for r in children} == {state["parent_run_id"]}
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/finished"] == 2
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["runs.csv"]
