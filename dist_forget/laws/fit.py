@@ -117,7 +117,8 @@ def best_starts(obj: Objective, grid: np.ndarray, top_k: int) -> np.ndarray:
 
 
 def solve_batch(form: LawForm, cols: Cols, observed: np.ndarray, weights: np.ndarray, theta0: np.ndarray,
-                cfg: FitConfig, max_iter: int = 100, rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+                cfg: FitConfig, max_iter: int = 100, rtol: float = 1e-12,
+                finish_stuck: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Minimise the weighted objective for each row of `weights` from `theta0`: (thetas (B, k), values (B,))."""
     obj = Objective(form, cols, observed, cfg)
     log_obs = obj.log_obs
@@ -169,7 +170,7 @@ def solve_batch(form: LawForm, cols: Cols, observed: np.ndarray, weights: np.nda
             # Finished: a tiny accepted gain, or no descent left even for a gradient-like step.
             done[act[better & (gain < rtol)]] = True
             done[act[~better & (damping[act] > 1e8)]] = True
-    stuck = np.flatnonzero(~done)
+    stuck = np.flatnonzero(~done) if finish_stuck else []
     for i in stuck:  # rare (e.g. a parameter pinned at a bound): fall back to L-BFGS-B
         theta[i], f[i], _ = lbfgs(Objective(form, cols, observed, cfg, weights[i]), theta[i], cfg)
     return theta, f
@@ -198,7 +199,8 @@ def fit_form(form: LawForm, runs: Runs, cfg: FitConfig, weights: np.ndarray | No
             starts = best_starts(obj, form.grid(), cfg.top_k)
         starts = np.atleast_2d(starts)
         # Refine all starts at once, then let L-BFGS-B finish from the best few (see module docstring).
-        refined, values = solve_batch(form, runs.values, observed, obj.weights, starts, cfg)
+        refined, values = solve_batch(form, runs.values, observed, obj.weights, starts, cfg,
+                                      finish_stuck=False)
         values[~np.isfinite(values)] = np.inf
         for start in refined[np.argsort(values, kind="stable")[: max(1, cfg.lbfgs_starts)]]:
             theta, value, ok = lbfgs(obj, start, cfg)

@@ -409,11 +409,12 @@ def merge_shards(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return out
 
 
-def build_stock_gpt(hf_cfg: Any, dtype: torch.dtype = torch.bfloat16):
-    """megatron-core's own GPTModel with Llama options (needs CUDA: its attention allocates there)."""
-    if not torch.cuda.is_available():
-        raise UserError("model.impl=stock needs CUDA (megatron-core's GPTModel allocates on the GPU); "
-                        "use model.impl=local on CPU")
+def build_stock_gpt(hf_cfg: Any, dtype: torch.dtype = torch.float32):
+    """megatron-core's own GPTModel with the Llama options of `hf_cfg` (local spec: no Transformer Engine).
+
+    It is built on the CPU with uninitialised weights (fill them with `hf_to_stock_shard`, then move it
+    to the GPU); it can be built anywhere, but its forward needs CUDA (`require_cuda_for_stock`).
+    """
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer import TransformerConfig
@@ -429,11 +430,18 @@ def build_stock_gpt(hf_cfg: Any, dtype: torch.dtype = torch.bfloat16):
         tensor_model_parallel_size=tp, params_dtype=dtype, bf16=dtype == torch.bfloat16,
         apply_rope_fusion=False, bias_activation_fusion=False, masked_softmax_fusion=False,
         persist_layer_norm=False, bias_dropout_fusion=False, gradient_accumulation_fusion=False,
+        use_cpu_initialization=True, perform_initialization=False,
     )
     return GPTModel(config=cfg, transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
                     vocab_size=d.vocab, max_sequence_length=4096, position_embedding_type="rope",
                     rotary_base=int(d.rope_theta), share_embeddings_and_output_weights=True,
                     pre_process=True, post_process=True)
+
+
+def require_cuda_for_stock() -> None:
+    if not torch.cuda.is_available():
+        raise UserError("the stock megatron-core GPTModel needs CUDA (its attention allocates on the GPU); "
+                        "on CPU use MegatronLlama (engine=megatron does)")
 
 
 def hf_to_stock_shard(full: dict[str, torch.Tensor], hf_cfg: Any, tp: int, rank: int) -> dict[str, torch.Tensor]:

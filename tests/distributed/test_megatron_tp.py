@@ -61,7 +61,7 @@ def rank_main(work: Path) -> None:
     assert backend.dp_size == 1 and backend.world_size == 2
     out: dict[str, object] = {}
 
-    cfg, _, _ = read_megatron(work / "meg")
+    cfg, full, _ = read_megatron(work / "meg")
     model = megatron.MegatronLlama(cfg)
     model.load_shard(load_rank_state(work / "meg", backend.tp_rank, 2)["model"])
     ids = torch.load(work / "ids.pt", weights_only=True)
@@ -70,6 +70,13 @@ def rank_main(work: Path) -> None:
     (s / n).backward()
     out["loss"] = float(s / n)
     out["grads"] = model.gather_grads()
+
+    # the stock GPTModel (forward needs CUDA, construction does not): the HF -> stock mapping gives
+    # exactly its parameter names and TP=2 shard shapes (its logits are checked in tests/gpu/)
+    stock = megatron.build_stock_gpt(cfg)
+    names = {k: tuple(v.shape) for k, v in stock.state_dict().items() if not k.endswith("_extra_state")}
+    mapped = megatron.hf_to_stock_shard(full, cfg, 2, backend.tp_rank)
+    out["stock_mapping_ok"] = names == {k: tuple(v.shape) for k, v in mapped.items()}
 
     backend.build(lambda: hf.build(SIZE, VOCAB, SEQ, seed=7), optimizer_factory, MICRO, ACCUM)
     results = []
@@ -154,6 +161,10 @@ def test_tp2_logits_and_grads_equal_hf_after_conversion(launched) -> None:
     assert abs(got["loss"] - loss.item()) < LOSS_ATOL
     for name, p in model.named_parameters():
         assert torch.allclose(got["grads"][name], p.grad, atol=1e-6, rtol=0), name
+
+
+def test_hf_to_stock_gptmodel_mapping_fits_megatron_core(launched) -> None:
+    assert launched[1]["stock_mapping_ok"]
 
 
 def test_tp2_finetune_takes_the_single_rank_loss_steps(launched, reference) -> None:
