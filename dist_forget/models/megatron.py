@@ -31,7 +31,7 @@ from dist_forget.errors import UserError
 
 # megatron-core warns at import that the optional CUDA kernel packages are absent, and on every forward
 # about a CUDA env var; neither applies to these layers, and the noise buries the training log.
-warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+warnings.filterwarnings("ignore", message="(Transformer Engine and )?Apex (is|are) not installed")
 warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS")
 
 # HF parameter name pattern -> the dim split over TP ranks (None: replicated on every TP rank).

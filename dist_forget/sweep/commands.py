@@ -88,7 +88,7 @@ def _parent_tracker(cfg: SweepConfig, root: Path, config: str, points: list[Poin
     state_path = root / "sweep_state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     tcfg = TrackingConfig(**{**cfg.tracking.__dict__})
-    tcfg.uri = tcfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    tcfg.uri = _sweep_uri(cfg, root)
     tcfg.run_id = state.get("parent_run_id")
     tcfg.parent_run_id = None
     params = {"sweep.config": str(Path(config).resolve()), "sweep.runs": len(points), "sweep.dir": str(root)}
@@ -108,14 +108,17 @@ def _parent_tracker(cfg: SweepConfig, root: Path, config: str, points: list[Poin
     return parent
 
 
+def _sweep_uri(cfg: SweepConfig, root: Path) -> str:
+    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
 def _child_env(cfg: SweepConfig, parent: Tracker) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}  # each run is its own MLflow run
     threads = str(cfg.threads_per_run)
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false")
-    if cfg.tracking.enabled and parent.uri:
-        rt = resolve(cfg.tracking, Path("."))
-        env["MLFLOW_TRACKING_URI"] = parent.uri
-        env["MLFLOW_EXPERIMENT_NAME"] = rt.experiment
+    # One store and experiment for the whole sweep (else each run's default store is beside its folder).
+    env["MLFLOW_TRACKING_URI"] = _sweep_uri(cfg, sweep_dir(cfg))
+    env["MLFLOW_EXPERIMENT_NAME"] = resolve(cfg.tracking, Path(".")).experiment
     if parent.run_id:
         env[PARENT_ENV] = parent.run_id
     # The sweep's own command is importable from the working directory it was started in.

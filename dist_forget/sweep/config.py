@@ -1,6 +1,7 @@
 """The sweep YAML (configs/sweep/*.yaml): stages, grid, where runs go, how they are launched.
 
-A sweep never knows what a run *is*: each point becomes `COMMAND STAGE CONFIG --resume auto key=value...`
+A sweep never knows what a run *is*: each point becomes
+`COMMAND STAGE --config CONFIG --resume auto key=value...`
 where the overrides come from the stage's `set:` templates filled with the point's values, e.g.
 `data.inject_fraction: "{inject_fraction}"`. The defaults of `set:` match the engine's RunConfig keys.
 Placeholders: {size} {domain} {domain_dir} {target_tokens} {inject_fraction} {anchor_decay} {seed}

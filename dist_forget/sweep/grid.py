@@ -101,7 +101,7 @@ def expand(cfg: SweepConfig) -> list[Point]:
             steps, tokens = _pretrain_steps(cfg, size)
             name, out = f"pretrain-{size}", str(root / "pretrain" / size)
             values = {"size": size, "steps": steps, "seed": stage.seed, "tokens": tokens}
-            argv = [*command, "pretrain", stage.config, *cfg.resume_args, *stage.overrides,
+            argv = [*command, "pretrain", "--config", stage.config, *cfg.resume_args, *stage.overrides,
                     *_fill(stage.set, values, "pretrain"), f"out_dir={out}", f"name={name}"]  # fmt: skip
             points.append(Point(name, "pretrain", out, argv, None, values))
             pretrain_dirs[size] = out
@@ -131,7 +131,7 @@ def expand(cfg: SweepConfig) -> list[Point]:
                       "inject_fraction": p, "anchor_decay": a, "seed": seed}  # fmt: skip
             if size in pretrain_dirs:
                 values["pretrain_dir"] = pretrain_dirs[size]
-            argv = [*command, "finetune", ft.config, *cfg.resume_args, *ft.overrides,
+            argv = [*command, "finetune", "--config", ft.config, *cfg.resume_args, *ft.overrides,
                     *_fill(ft.set, values, "finetune"), f"out_dir={out}", f"name={name}"]  # fmt: skip
             needs = f"pretrain-{size}" if size in pretrain_dirs else None
             points.append(Point(name, "finetune", out, argv, needs, values))

