@@ -1,0 +1,1 @@
+"""End-to-end jobs built from the library: `make demo` and the micro-scale study."""
