@@ -192,6 +192,13 @@ class MegatronBackend(Backend):
         dist.all_reduce(t, group=self._dp_group())
         return [float(v) for v in t.tolist()]
 
+    def close(self) -> None:
+        from megatron.core import parallel_state
+
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+        super().close()
+
     # -- checkpoints -----------------------------------------------------------------------------------
 
     def meta(self) -> dict[str, Any]:

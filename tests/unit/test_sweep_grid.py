@@ -85,3 +85,13 @@ def test_dry_run_lists_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "todo pretrain-cpu-0.03m: fake pretrain --config" in out and "cpu-0.1m_code_D1000_p0_a0_s1" in out
     assert out.strip().endswith(f"50 runs (0 finished) under {tmp_path / 'sweep'}")
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].glob("configs/sweep/*.yaml")))
+def test_shipped_sweep_configs_expand(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(path.parents[2])
+    points = expand(load_config(SweepConfig, path, ["pretrain.seq_len=128"]))
+    finetunes = [p for p in points if p.stage == "finetune"]
+    assert len({p.name for p in points}) == len(points) and finetunes
+    assert {p.values["inject_fraction"] for p in finetunes} >= {0.0, 0.01}
+    assert any(p.values["anchor_decay"] > 0 and p.values["inject_fraction"] == 0 for p in finetunes)
