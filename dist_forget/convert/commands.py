@@ -7,7 +7,7 @@ from pathlib import Path
 
 def hf_to_megatron(hf: Path, out: Path, tp: int, pp: int = 1, optimizer: bool = False,
                    overwrite: bool = False) -> int:
-    """Split a Hugging Face Llama folder into a tensor-parallel Megatron folder (--tp ways).
+    """Split a Hugging Face Llama folder into a Megatron folder: --tp ways per matrix, --pp pipeline stages.
 
     With --optimizer, the folder's optimizer.pt (Adam moments, anchor) is sharded too.
     """

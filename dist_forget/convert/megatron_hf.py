@@ -4,8 +4,10 @@ A Megatron folder (what `engine=megatron` saves per checkpoint tag, and what `hf
 
     megatron.json                  {"format", "tp", "pp", "hf_config"}
     mp_rank_XX/model_optim.pt      {"model": TP shard in HF names, "optimizer": (optional) state_dict
-                                    + "param_names", "tp", "tp_rank", "client_state"}
+                                    + "param_names", "tp", "tp_rank", "pp", "pp_rank", "client_state"}
 
+With pipeline parallelism (pp > 1) the files are mp_rank_XX_YYY (TP rank XX, stage YYY); a stage holds
+its layers under their global names, the tied embedding sits on the first and the last stage.
 Weights are pure slices (models/megatron.SHARD_DIM), so both directions are bit-exact. Optimizer state
 (Adam moments and the Anchored-AdamW anchor θ₀) is optional; per-parameter tensors are sliced like their
 parameter, scalars (`step`) are copied. On the HF side it lives beside the weights as `optimizer.pt`:
@@ -28,7 +30,7 @@ import torch
 
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir
-from dist_forget.models.megatron import LlamaDims, check_pp, merge_shards, shard_dim, shard_tensor
+from dist_forget.models.megatron import LlamaDims, check_pp, merge_shards, shard_dim, shard_tensor, stages_of
 
 META_FILE = "megatron.json"
 FORMAT = "dist-forget-megatron-v1"
@@ -36,8 +38,10 @@ OPTIM_FILE = "optimizer.pt"
 OPTIM_FORMAT = "dist-forget-named-optim-v1"
 
 
-def rank_file(root: Path, tp_rank: int) -> Path:
-    return Path(root) / f"mp_rank_{tp_rank:02d}" / "model_optim.pt"
+def rank_file(root: Path, tp_rank: int, pp_rank: int = 0, pp: int = 1) -> Path:
+    """Megatron's naming: mp_rank_XX without pipeline parallelism, mp_rank_XX_YYY with it."""
+    name = f"mp_rank_{tp_rank:02d}" if pp == 1 else f"mp_rank_{tp_rank:02d}_{pp_rank:03d}"
+    return Path(root) / name / "model_optim.pt"
 
 
 def expected_shapes(dims: LlamaDims) -> dict[str, tuple[int, ...]]:
@@ -180,6 +184,34 @@ def _merge_named_optims(parts: list[dict[str, Any]], shapes: dict[str, tuple[int
     return {**parts[0], "state": state}
 
 
+def _stage_optim(named: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """The part of a named optimizer state that one pipeline stage's parameters own."""
+    groups = [{**g, "params": [n for n in g["params"] if n in names]} for g in named["param_groups"]]
+    return {**named, "state": {n: st for n, st in named["state"].items() if n in names}, "param_groups": groups}
+
+
+def _union_groups(stage_groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Param groups of the stages -> one list: same hyper-parameters, names united in layer order."""
+    out: list[dict[str, Any]] = []
+    for groups in stage_groups:
+        for i, g in enumerate(groups):
+            if i == len(out):
+                out.append({**g, "params": []})
+            out[i]["params"] += [n for n in g["params"] if n not in out[i]["params"]]
+    for g in out:
+        g["params"].sort(key=_hf_order)
+    return out
+
+
+def _hf_order(name: str) -> tuple[int, int, str]:
+    """HF's parameter order: embedding, layers by index, final norm (order within a layer kept by name)."""
+    if name.startswith("model.embed_tokens"):
+        return (0, 0, "")
+    if name.startswith("model.layers."):
+        return (1, int(name.split(".")[2]), "")
+    return (2, 0, name)
+
+
 # ---------------------------------------------------------------------------------------------------
 # the two directions
 
@@ -188,10 +220,10 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
                    overwrite: bool = False) -> Path:
     """Split an HF Llama folder into a tp-way Megatron folder (optionally with its optimizer.pt)."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
-    check_pp(pp, where="--pp")
     cfg = read_hf_config(hf_dir)
     dims = LlamaDims.from_hf(cfg)
     dims.check_tp(tp, where="--tp")
+    check_pp(pp, where="--pp", layers=dims.layers)
     if out_dir.exists() and not overwrite:
         raise UserError(f"{out_dir} already exists; pass --overwrite or choose another --out")
     state = read_hf_weights(hf_dir)
@@ -207,14 +239,17 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
             raise UserError(f"{opt_path}: format {named.get('format')!r} is not {OPTIM_FORMAT!r}")
     shapes = expected_shapes(dims)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        for rank in range(tp):
-            entry: dict[str, Any] = {"model": {n: shard_tensor(n, t, tp, rank) for n, t in state.items()},
-                                     "tp": tp, "tp_rank": rank, "client_state": {}}
-            if named is not None:
-                entry["optimizer"] = indexed_optimizer_state(_shard_named_optim(named, shapes, tp, rank))
-            path = rank_file(tmp, rank)
-            path.parent.mkdir(parents=True)
-            torch.save(entry, path)
+        for stage in range(pp):
+            mine = {n for n in state if stage in stages_of(n, dims.layers, pp)}
+            for rank in range(tp):
+                entry: dict[str, Any] = {"model": {n: shard_tensor(n, state[n], tp, rank) for n in state if n in mine},
+                                         "tp": tp, "tp_rank": rank, "pp": pp, "pp_rank": stage, "client_state": {}}
+                if named is not None:
+                    entry["optimizer"] = indexed_optimizer_state(
+                        _shard_named_optim(_stage_optim(named, mine), shapes, tp, rank))
+                path = rank_file(tmp, rank, stage, pp)
+                path.parent.mkdir(parents=True)
+                torch.save(entry, path)
         (tmp / META_FILE).write_text(json.dumps({"format": FORMAT, "tp": tp, "pp": pp, "hf_config": cfg},
                                                 indent=2) + "\n")
     return out_dir
@@ -231,19 +266,36 @@ def read_megatron(meg_dir: str | Path, optimizer: bool = False
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         raise UserError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
-    tp, cfg = int(meta["tp"]), meta["hf_config"]
-    check_pp(int(meta.get("pp", 1)), where=f"{meta_path} pp")
+    tp, pp, cfg = int(meta["tp"]), int(meta.get("pp", 1)), meta["hf_config"]
     dims = LlamaDims.from_hf(cfg)
+    check_pp(pp, where=f"{meta_path} pp", layers=dims.layers)
     found = sorted(p.parent.name for p in meg_dir.glob("mp_rank_*/model_optim.pt"))
-    want = [rank_file(meg_dir, r).parent.name for r in range(tp)]
+    want = sorted(rank_file(meg_dir, r, s, pp).parent.name for r in range(tp) for s in range(pp))
     if found != want:
-        raise UserError(f"{meg_dir}: {META_FILE} says tp={tp} (needs {', '.join(want)}) but holds "
-                        f"{', '.join(found) or 'no rank files'}; the folder is incomplete or mixes TP sizes")
-    ranks = [torch.load(rank_file(meg_dir, r), map_location="cpu", weights_only=True) for r in range(tp)]
-    for r, entry in enumerate(ranks):
-        if entry.get("tp") != tp or entry.get("tp_rank") != r:
-            raise UserError(f"{rank_file(meg_dir, r)} was written for tp={entry.get('tp')} rank "
-                            f"{entry.get('tp_rank')}, not tp={tp} rank {r}; it comes from another conversion")
+        raise UserError(f"{meg_dir}: {META_FILE} says tp={tp} pp={pp} (needs {', '.join(want)}) but holds "
+                        f"{', '.join(found) or 'no rank files'}; the folder is incomplete or mixes TP/PP sizes")
+    ranks: list[dict[str, Any]] = []  # one per TP rank, its stages' tensors united
+    for r in range(tp):
+        stages = [torch.load(rank_file(meg_dir, r, st, pp), map_location="cpu", weights_only=True)
+                  for st in range(pp)]
+        for st, entry in enumerate(stages):
+            if (entry.get("tp"), entry.get("tp_rank"), entry.get("pp", 1), entry.get("pp_rank", 0)) != (tp, r, pp, st):
+                raise UserError(f"{rank_file(meg_dir, r, st, pp)} was written for tp={entry.get('tp')} rank "
+                                f"{entry.get('tp_rank')} pp={entry.get('pp', 1)} stage {entry.get('pp_rank', 0)}, "
+                                f"not tp={tp} rank {r} pp={pp} stage {st}; it comes from another conversion")
+        model: dict[str, torch.Tensor] = {}
+        for entry in stages:
+            for name, t in entry["model"].items():
+                if name in model and not torch.equal(model[name], t):
+                    raise UserError(f"{meg_dir}: the pipeline stages' copies of {name} differ; the rank files "
+                                    "come from different checkpoints")
+                model.setdefault(name, t)
+        united: dict[str, Any] = {"model": model}
+        if all("optimizer" in e for e in stages):
+            parts = [named_optimizer_state(e["optimizer"]) for e in stages]
+            united["optimizer"] = {**parts[0], "state": {k: v for p in reversed(parts) for k, v in p["state"].items()},
+                                   "param_groups": _union_groups([p["param_groups"] for p in parts])}
+        ranks.append(united)
     shards = [entry["model"] for entry in ranks]
     for name in shards[0]:
         if shard_dim(name) is None and not all(torch.equal(s[name], shards[0][name]) for s in shards):
@@ -255,8 +307,7 @@ def read_megatron(meg_dir: str | Path, optimizer: bool = False
     if optimizer:
         if any("optimizer" not in e for e in ranks):
             raise UserError(f"--optimizer: {meg_dir} holds no optimizer state; convert without --optimizer")
-        parts = [named_optimizer_state(e["optimizer"]) for e in ranks]
-        named = _merge_named_optims(parts, expected_shapes(dims))
+        named = _merge_named_optims([e["optimizer"] for e in ranks], expected_shapes(dims))
     return cfg, full, named
 
 

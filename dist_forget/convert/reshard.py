@@ -5,13 +5,17 @@ route keeps only weights and Adam moments (the AnchoredAdamW anchor is lost). He
 consolidated per parameter (`ZeroCheckpoint`), then cut again with DeepSpeed's own rules for the new
 world size and written as if that many ranks had saved it: the master weights, every per-parameter
 state tensor (moments, anchor), the step, and the data-stream state in the client state (re-keyed by
-`dist_forget.data.mixture.reshard_state_dict` when present). The source folder is only read.
+`dist_forget.data.mixture.reshard_state_dict` when present). An engine checkpoint's `meta.json` gets the
+new world size and the re-keyed stream's fingerprint, so `dist-forget finetune --resume DIR` on the new
+world size accepts it; `hf_config.json` is copied. The source folder is only read.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -142,11 +146,36 @@ def reshard_checkpoint(src: Path, dst: Path, world_size: int, overwrite: bool = 
             files[f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"] = base
             files[f"zero_pp_rank_{r}_mp_rank_00_model_states.pt"] = model_states
 
+    meta = _engine_meta(src, ckpt.model_states[0].get("data"), model_states.get("data"), w)
     with atomic_dir(dst, overwrite=overwrite) as tmp:
         for name, obj in files.items():
             torch.save(obj, tmp / name)
+        if meta is not None:
+            from dist_forget.engine.checkpoint import HF_CONFIG, META
+
+            if (src / HF_CONFIG).is_file():
+                shutil.copy2(src / HF_CONFIG, tmp / HF_CONFIG)
+            (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
     return {"source": str(src), "out": str(dst), "stage": ckpt.stage, "from_world_size": ckpt.world,
             "to_world_size": w, "state_keys": ckpt.state_keys(), "files": sorted(files)}
+
+
+def _engine_meta(src: Path, old_data: Any, new_data: Any, world: int) -> dict[str, Any] | None:
+    """The engine's meta.json for the resharded copy (None when `src` is a bare DeepSpeed checkpoint)."""
+    from dist_forget.engine.checkpoint import META
+
+    if not (src / META).is_file():
+        return None
+    meta = json.loads((src / META).read_text())
+    if meta.get("data_fingerprint") is not None:
+        # the stream fingerprint includes the world size: take the data layer's re-keyed one
+        if not isinstance(old_data, dict) or old_data.get("fingerprint") != meta["data_fingerprint"]:
+            raise UserError(f"{src / META}: data_fingerprint does not match the data-stream state saved beside "
+                            "it (the checkpoint was edited or mixed up); reshard an untouched checkpoint")
+        meta["data_fingerprint"] = new_data["fingerprint"]
+    meta["resharded_from"] = {"path": str(src.resolve()), "world_size": meta.get("world_size")}
+    meta["world_size"] = world
+    return meta
 
 
 def _slice_mappings(offsets: list[tuple[str, int, int]], lo: int, hi: int) -> OrderedDict[str, Any]:

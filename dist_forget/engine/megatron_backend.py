@@ -1,9 +1,15 @@
-"""`megatron`: tensor parallel (megatron-core layers) x data parallel, gloo on CPU, NCCL on GPU.
+"""`megatron`: tensor x pipeline x data parallel (megatron-core layers), gloo on CPU, NCCL on GPU.
 
-`parallel.tp` ranks hold one model between them (each a TP shard of every matrix, see
-models/megatron.py); the world is split into world/tp data-parallel replicas. megatron-core's
-`parallel_state` makes the groups; ranks of one TP group share a data-parallel rank, so the trainer feeds
-them the same sequences (dp_rank, dp_size) and the TP collectives inside forward stay in step.
+`parallel.tp` x `parallel.pp` ranks hold one model between them: each a TP shard of every matrix of its
+pipeline stage's layers (models/megatron.py); the world is split into world/(tp·pp) data-parallel
+replicas. megatron-core's `parallel_state` makes the groups; the ranks of one model replica share a
+data-parallel rank, so the trainer feeds them the same sequences (dp_rank, dp_size), the TP collectives
+inside forward stay in step, and the last pipeline stage has the labels it needs.
+
+Pipeline schedule: one micro-batch at a time, forward down the stages and backward up them with
+point-to-point send/recv of the [batch, seq, hidden] activations and their gradients (simple and exact,
+not fast: a stage idles while the others work). The tied embedding lives on the first and the last
+stage; their gradients are summed over megatron's embedding group, so the two copies stay equal.
 
 The optimizer (AnchoredAdamW in practice) is built over the *shard* parameters, so its per-parameter
 state — Adam moments and the anchor θ₀, captured lazily from the shard before its first update — is
@@ -12,7 +18,7 @@ hand (one flat all-reduce); the global grad norm counts sharded tensors over the
 ones (norm gains) once.
 
 Checkpoint layout in `root/tag/`: `megatron.json` (tp, pp, the HF config) and one
-`mp_rank_XX/model_optim.pt` per TP rank holding the shard in HF names, the optimizer state with the
+`mp_rank_XX/model_optim.pt` per TP rank (`mp_rank_XX_YYY` per TP rank and stage when pp > 1) holding the shard in HF names, the optimizer state with the
 parameter names of its indices, and the client state. The same layout is what `convert hf-to-megatron`
 writes, so `convert megatron-to-hf` reads either.
 """
@@ -58,14 +64,15 @@ class MegatronBackend(Backend):
     def __init__(self, cfg: BackendConfig):
         super().__init__(cfg)
         M.check_pp(cfg.parallel.pp)
-        self.tp = cfg.parallel.tp
-        self.tp_rank = 0
+        self.tp, self.pp = cfg.parallel.tp, cfg.parallel.pp
+        self.tp_rank, self.pp_rank = 0, 0
 
     def init_distributed(self) -> None:
         rank, world, local_rank, local_world = env_world()
-        if world % self.tp:
-            raise UserError(f"parallel.tp={self.tp} does not divide the number of processes {world}; "
-                            f"launch a multiple of {self.tp} ranks (torchrun --nproc_per_node {self.tp})")
+        mp = self.tp * self.pp
+        if world % mp:
+            raise UserError(f"parallel.tp={self.tp} x parallel.pp={self.pp} does not divide the number of "
+                            f"processes {world}; launch a multiple of {mp} ranks (torchrun --nproc_per_node {mp})")
         if "RANK" not in os.environ:  # plain `dist-forget finetune` without a launcher: a world of one
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
@@ -81,6 +88,7 @@ class MegatronBackend(Backend):
         M.init_model_parallel(self.tp, self.cfg.parallel.pp)
         self.rank, self.world_size, self.local_rank = rank, world, local_rank
         self.tp_rank, _ = M.tp_rank_size()
+        self.pp_rank, _ = M.pp_rank_size()
         self.dp_rank, self.dp_size = M.dp_rank_size()
 
     # -- model ---------------------------------------------------------------------------------------
@@ -93,6 +101,7 @@ class MegatronBackend(Backend):
         self.hf_config = hf.config
         dims = M.LlamaDims.from_hf(hf.config)
         dims.check_tp(self.tp)
+        M.check_pp(self.pp, layers=dims.layers)
         dtype = torch.float32  # master weights; bf16 runs under autocast like the single backend
         self.model = M.MegatronLlama(hf.config, dtype=dtype, device=str(self.device))
         self.model.load_full({k: v.to(self.device) for k, v in hf.state_dict().items()}, where="model")
@@ -122,17 +131,77 @@ class MegatronBackend(Backend):
             group["lr"] = lr
         local = 0.0
         for ids in micro_batches:
-            with self._autocast():
-                loss_sum, n = self.model.loss_sum(ids.to(self.device))
-            loss = loss_sum / n
-            (loss / len(micro_batches)).backward()
-            local += loss.item()
+            local += self._forward_backward(ids.to(self.device), scale=1.0 / len(micro_batches))[0]
+        self._sum_tied_embedding_grads()
         self._average_grads_over_dp()
         grad_norm = self._clip_grads()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        (total,) = self.dp_all_reduce_sum([local])
+        (total,) = self.dp_all_reduce_sum(self._from_last_stage([local]))
         return StepResult(loss=total / (len(micro_batches) * self.dp_size), grad_norm=grad_norm)
+
+    def _forward_backward(self, ids: Tensor, scale: float, backward: bool = True) -> tuple[float, float]:
+        """One micro-batch through this rank's stage; returns (mean loss, summed loss) in nats/token on
+        the last stage, zeros elsewhere.
+
+        Pipeline schedule: the simplest correct one, one micro-batch at a time (forward down the stages,
+        backward up), so a stage idles while others work. It exists to fit models too big for one
+        device's memory, not to be fast; 1F1B interleaving would be the next step.
+        """
+        if self.pp == 1:
+            with self._autocast():
+                loss_sum, n = self.model.loss_sum(ids)
+            loss = loss_sum / n
+            if backward:
+                (loss * scale).backward()
+            return loss.item(), float(loss_sum)
+        from megatron.core import parallel_state as ps
+
+        b, t = ids.shape
+        hidden_shape = (b, t, self.model.dims.hidden)
+        x: Tensor = ids
+        if not self.model.first:
+            x = torch.empty(hidden_shape, dtype=torch.float32, device=self.device)
+            dist.recv(x, src=ps.get_pipeline_model_parallel_prev_rank())
+            x.requires_grad_(backward)
+        with self._autocast():
+            y = self.model(x)
+        value = (0.0, 0.0)
+        if self.model.last:
+            loss_sum, n = self.model.loss_from_logits(y, ids)
+            loss = loss_sum / n
+            if backward:
+                (loss * scale).backward()
+            value = (loss.item(), float(loss_sum))
+        else:
+            dist.send(y.detach().float().contiguous(), dst=ps.get_pipeline_model_parallel_next_rank())
+            if backward:
+                grad = torch.empty(hidden_shape, dtype=torch.float32, device=self.device)
+                dist.recv(grad, src=ps.get_pipeline_model_parallel_next_rank())
+                y.backward(grad.to(y.dtype))
+        if backward and not self.model.first:
+            dist.send(x.grad.contiguous(), dst=ps.get_pipeline_model_parallel_prev_rank())
+        return value
+
+    def _from_last_stage(self, values: list[float]) -> list[float]:
+        """Values the last pipeline stage computed (losses), on every stage of the pipeline."""
+        if self.pp == 1:
+            return values
+        from megatron.core import parallel_state as ps
+
+        t = torch.tensor(values if self.model.last else [0.0] * len(values), dtype=torch.float64,
+                         device=self._comm_device())
+        dist.all_reduce(t, group=ps.get_pipeline_model_parallel_group())
+        return [float(v) for v in t.tolist()]
+
+    def _sum_tied_embedding_grads(self) -> None:
+        """The first stage's embedding and the last stage's head are one tied tensor: sum their grads."""
+        if self.pp == 1 or not (self.model.first or self.model.last):
+            return
+        from megatron.core import parallel_state as ps
+
+        grad = self.model.model.embed_tokens.weight.grad
+        dist.all_reduce(grad, group=ps.get_embedding_group())
 
     def _average_grads_over_dp(self) -> None:
         if self.dp_size == 1:
@@ -155,6 +224,8 @@ class MegatronBackend(Backend):
             if p.grad is None:
                 continue
             grads.append(p.grad)
+            if self.pp > 1 and self.model.last and not self.model.first and "embed_tokens" in name:
+                continue  # the tied copy: counted once, on the first stage
             sq = p.grad.detach().double().pow(2).sum()
             if M.shard_dim(name) is None:
                 replicated += sq
@@ -162,7 +233,12 @@ class MegatronBackend(Backend):
                 sharded += sq
         if self.tp > 1:
             dist.all_reduce(sharded, group=self._tp_group())
-        norm = float((sharded + replicated).sqrt())
+        total = sharded + replicated
+        if self.pp > 1:
+            from megatron.core import parallel_state as ps
+
+            dist.all_reduce(total, group=ps.get_pipeline_model_parallel_group())
+        norm = float(total.sqrt())
         if self.cfg.grad_clip > 0 and grads:
             coef = min(1.0, self.cfg.grad_clip / (norm + 1e-6))
             if coef < 1.0:
@@ -177,12 +253,12 @@ class MegatronBackend(Backend):
         loss_sum, count = 0.0, 0
         try:
             for ids in batches:
-                with self._autocast():
-                    s, n = self.model.loss_sum(ids.to(self.device))
-                loss_sum, count = loss_sum + float(s), count + n
+                n = ids.shape[0] * (ids.shape[1] - 1)
+                loss_sum += self._forward_backward(ids.to(self.device), 1.0, backward=False)[1]
+                count += n
         finally:
             self.model.train()
-        total, n_total = self.dp_all_reduce_sum([loss_sum, count])
+        total, n_total = self.dp_all_reduce_sum(self._from_last_stage([loss_sum, count]))
         return total / n_total if n_total else math.nan
 
     def dp_all_reduce_sum(self, values: Sequence[float]) -> list[float]:
@@ -207,13 +283,14 @@ class MegatronBackend(Backend):
 
     def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None:
         d = Path(root) / tag
-        if self.dp_rank == 0:  # data-parallel replicas hold identical shards: one copy per TP rank
-            path = rank_file(d, self.tp_rank)
+        if self.dp_rank == 0:  # data-parallel replicas hold identical shards: one copy per (TP, PP) rank
+            path = rank_file(d, self.tp_rank, self.pp_rank, self.pp)
             path.parent.mkdir(parents=True, exist_ok=True)
             state = {"model": self.model.shard_state_dict(), "optimizer": self._named_optimizer_state(),
-                     "tp": self.tp, "tp_rank": self.tp_rank, "client_state": client_state}
+                     "tp": self.tp, "tp_rank": self.tp_rank, "pp": self.pp, "pp_rank": self.pp_rank,
+                     "client_state": client_state}
             torch.save(state, path)
-            if self.tp_rank == 0:
+            if self.rank == 0:
                 write_json_atomic(d / META_FILE, self.meta())
 
     def _named_optimizer_state(self) -> dict[str, Any]:
@@ -225,19 +302,27 @@ class MegatronBackend(Backend):
 
     def load(self, root: Path, tag: str) -> dict[str, Any]:
         d = Path(root) / tag
-        state = load_rank_state(d, self.tp_rank, self.tp, device=self.device)
-        self.model.load_shard(state["model"], where=str(rank_file(d, self.tp_rank)))
+        state = load_rank_state(d, self.tp_rank, self.tp, self.pp_rank, self.pp, device=self.device)
+        where = str(rank_file(d, self.tp_rank, self.pp_rank, self.pp))
+        self.model.load_shard(state["model"], where=where)
         opt = state["optimizer"]
         names = opt.pop("param_names", None)
         ordered = [self.param_names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
         if names is not None and names != ordered:
-            raise UserError(f"{rank_file(d, self.tp_rank)}: optimizer state is for parameters "
+            raise UserError(f"{where}: optimizer state is for parameters "
                             f"{names[:2]}..., this model has {ordered[:2]}...; resume with the same model")
         self.optimizer.load_state_dict(opt)
         return dict(state.get("client_state") or {})
 
     def full_state_dict(self) -> dict[str, Tensor]:
         full = self.model.gather_full()  # collective over the TP group
+        if self.pp > 1:  # then over the stages (each holds its layers; the tied embedding twice)
+            from megatron.core import parallel_state as ps
+
+            stages: list[Any] = [None] * self.pp
+            dist.all_gather_object(stages, {k: v.cpu() for k, v in full.items()},
+                                   group=ps.get_pipeline_model_parallel_group())
+            full = {k: v for stage in stages for k, v in stage.items()}
         if self.rank != 0:
             return {}
         out = {k: v.detach().float().cpu() for k, v in full.items()}
@@ -245,8 +330,9 @@ class MegatronBackend(Backend):
         return out
 
 
-def load_rank_state(d: Path, tp_rank: int, tp: int, device: Any = "cpu") -> dict[str, Any]:
-    """Read one TP rank's file of a Megatron checkpoint, refusing one made for another TP size."""
+def load_rank_state(d: Path, tp_rank: int, tp: int, pp_rank: int = 0, pp: int = 1,
+                    device: Any = "cpu") -> dict[str, Any]:
+    """Read one (TP, PP) rank's file of a Megatron checkpoint, refusing one made for another TP/PP size."""
     import json
 
     meta_path = Path(d) / META_FILE
@@ -258,7 +344,11 @@ def load_rank_state(d: Path, tp_rank: int, tp: int, device: Any = "cpu") -> dict
         raise UserError(f"{d} was converted/saved for tp={meta.get('tp')}, this run uses parallel.tp={tp}; "
                         f"run `dist-forget convert megatron-to-hf` then `hf-to-megatron --tp {tp}`, "
                         f"or set parallel.tp={meta.get('tp')}")
-    path = rank_file(d, tp_rank)
+    if meta.get("pp", 1) != pp:
+        raise UserError(f"{d} was converted/saved for pp={meta.get('pp', 1)}, this run uses parallel.pp={pp}; "
+                        f"run `dist-forget convert megatron-to-hf` then `hf-to-megatron --pp {pp}`, "
+                        f"or set parallel.pp={meta.get('pp', 1)}")
+    path = rank_file(d, tp_rank, pp_rank, pp)
     if not path.is_file():
-        raise UserError(f"{path} is missing; the checkpoint {d} is incomplete for tp={tp}")
+        raise UserError(f"{path} is missing; the checkpoint {d} is incomplete for tp={tp} pp={pp}")
     return torch.load(path, map_location=device, weights_only=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -171,12 +172,17 @@ def train(cfg: RunConfig, mode: Literal["pretrain", "finetune"], resume: str = "
     backend = make_backend(cfg.engine, BackendConfig(cfg.parallel, precision, cfg.optim.grad_clip, cfg.train.seed))
     backend.init_distributed()
     try:
-        return _run(cfg, mode, resume, backend)
+        with ExitStack() as cleanup:
+            return _run(cfg, mode, resume, backend, cleanup)
     finally:
         backend.close()
 
 
-def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend) -> dict[str, Any]:
+def _end_status(exc_type: type[BaseException] | None) -> str:
+    return "FINISHED" if exc_type is None else "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+
+
+def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: ExitStack) -> dict[str, Any]:
     rank0 = backend.rank == 0
     out = Path(cfg.out_dir)
     ckpt_root = out / "checkpoints"
@@ -205,6 +211,9 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend) -> dict[str, 
     n_params = sig["non_embedding_params"]
     fpt = flops_per_token(n_params, hf_config.vocab_size, hf_config.hidden_size, hf_config.num_hidden_layers,
                           stream.seq_len)
+    if resume_path is not None:  # refuse a mismatch before the backend builds (and shards) anything
+        check_compatible(read_meta(resume_path), resume_path, model=sig, fingerprint=stream.fingerprint,
+                         world_size=backend.world_size, engine=cfg.engine, zero_stage=cfg.parallel.zero_stage)
     handover = [model]
     del model  # the backend owns it from here (and may wrap or shard it): keep no second reference
     backend.build(handover.pop, _make_optimizer(cfg), t.micro_batch, grad_accum)
@@ -212,9 +221,6 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend) -> dict[str, 
     ckpt = CheckpointManager(ckpt_root, backend, cfg.checkpoint.keep)
     state = TrainState()
     if resume_path is not None:
-        meta = read_meta(resume_path)
-        check_compatible(meta, resume_path, model=sig, fingerprint=stream.fingerprint,
-                         world_size=backend.world_size, engine=cfg.engine, zero_stage=cfg.parallel.zero_stage)
         client = backend.load(resume_path.parent, resume_path.name)
         stream.load_state_dict(client["data"])
         state = TrainState(**json.loads(client["train"]))
@@ -224,8 +230,11 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend) -> dict[str, 
 
     run_name = cfg.name or out.resolve().name
     tracker = _tracker(cfg, backend.rank, run_name, out)
+    # an error or Ctrl-C still sends what is queued and closes the MLflow run as FAILED / KILLED
+    cleanup.push(lambda exc_type, *_: tracker.finish(_end_status(exc_type)))
     state.mlflow_run_id = tracker.run_id or state.mlflow_run_id
     log = _Log(out / "metrics.jsonl", backend.rank, state.step if resume_path is not None else None)
+    cleanup.callback(log.close)
     if rank0:
         write_json_atomic(out / "run_config.json", to_dict(cfg))
         tracker.log_artifact(out / "run_config.json")
@@ -245,7 +254,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend) -> dict[str, 
         return {"data": stream.state_dict(), "train": json.dumps(asdict(state)), "config": json.dumps(to_dict(cfg))}
 
     def meta() -> dict[str, Any]:
-        return {"model": sig, "hf_config": hf_config.to_dict(), "data_fingerprint": stream.fingerprint,
+        return {"model": sig, "data_fingerprint": stream.fingerprint,
                 "world_size": backend.world_size, "engine": cfg.engine, "zero_stage": cfg.parallel.zero_stage,
                 "config": to_dict(cfg), "mode": mode}
 
@@ -321,7 +330,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend) -> dict[str, 
             stopped_early = True
         every = cfg.checkpoint.every and state.step % cfg.checkpoint.every == 0
         if best or every or final or stopped_early:
-            ckpt.save(state.step, client_state(), meta(), is_best=best)
+            ckpt.save(state.step, client_state(), meta(), is_best=best, hf_config=hf_config.to_dict())
             last_saved = state.step
         if best:
             export("best")
@@ -329,7 +338,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend) -> dict[str, 
             break
 
     if last_saved != state.step:  # resumed at the end already: nothing ran, the checkpoint is current
-        ckpt.save(state.step, client_state(), meta(), is_best=False)
+        ckpt.save(state.step, client_state(), meta(), is_best=False, hf_config=hf_config.to_dict())
     export("model")
 
     summary = {

@@ -11,6 +11,10 @@ Every parameter has the same name and, once gathered, the same tensor as in
 separate column-parallel layers (not fused) so that the HF <-> Megatron mapping is a pure slice per
 tensor: `SHARD_DIM` says along which dimension each tensor is split over the TP ranks.
 
+Pipeline parallelism: a stage holds a contiguous block of layers under their global names (`Trunk`),
+the first stage the embedding, the last the final norm and the tied head (a second copy of the
+embedding); the schedule lives in engine/megatron_backend.py.
+
 Layout: activations stay [batch, seq, hidden]; megatron's linear layers only touch the last dim.
 The output head is tied to the vocab-parallel embedding, so logits stay vocab-sharded and the loss is
 megatron's vocab-parallel cross entropy (the full [tokens, vocab] logits never exist on one rank).
@@ -116,10 +120,32 @@ class LlamaDims:
                 )
 
 
-def check_pp(pp: int, where: str = "parallel.pp") -> None:
-    if pp != 1:
-        raise UserError(f"{where}={pp}: pipeline parallelism (pp>1) is not supported yet; use {where}=1 "
-                        "and scale with parallel.tp and data parallelism")
+def check_pp(pp: int, where: str = "parallel.pp", layers: int | None = None) -> None:
+    if pp < 1:
+        raise UserError(f"{where}={pp}: must be >= 1")
+    if layers is not None and layers % pp:
+        raise UserError(f"{where}={pp} does not divide the model's num_hidden_layers={layers}; choose a pp "
+                        "that divides it (each pipeline stage holds the same number of layers)")
+
+
+def stage_layers(layers: int, pp: int, pp_rank: int) -> range:
+    """The (global) layer indices pipeline stage `pp_rank` holds: an equal contiguous block."""
+    per = layers // pp
+    return range(pp_rank * per, (pp_rank + 1) * per)
+
+
+def stages_of(name: str, layers: int, pp: int) -> list[int]:
+    """The pipeline stages that hold HF tensor `name`. The tied embedding lives on the first stage (input)
+    and on the last (output head): two copies kept equal by summing their gradients."""
+    if name == "model.embed_tokens.weight":
+        return sorted({0, pp - 1})
+    if name == "model.norm.weight":
+        return [pp - 1]
+    match = re.match(r"model\.layers\.(\d+)\.", name)
+    if not match:
+        shard_dim(name)  # raises the architecture error
+        return []
+    return [int(match.group(1)) // (layers // pp)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,20 +153,27 @@ def check_pp(pp: int, where: str = "parallel.pp") -> None:
 
 
 def init_model_parallel(tp: int, pp: int = 1) -> None:
-    """megatron-core's TP/DP groups over the already-initialised default process group."""
+    """megatron-core's TP/PP/DP groups over the already-initialised default process group."""
     import torch.distributed as dist
     from megatron.core import parallel_state
 
     check_pp(pp)
     world = dist.get_world_size()
-    if world % tp:
-        raise UserError(f"parallel.tp={tp} does not divide the number of processes {world}; "
-                        f"launch a multiple of {tp} ranks")
+    if world % (tp * pp):
+        raise UserError(f"parallel.tp={tp} x parallel.pp={pp} does not divide the number of processes {world}; "
+                        f"launch a multiple of {tp * pp} ranks")
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     # Gloo groups for the distributed optimizer are not needed and cost start-up time.
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                              create_gloo_process_groups=False)
+
+
+def pp_rank_size() -> tuple[int, int]:
+    from megatron.core import parallel_state
+
+    return (parallel_state.get_pipeline_model_parallel_rank(),
+            parallel_state.get_pipeline_model_parallel_world_size())
 
 
 def tp_rank_size() -> tuple[int, int]:
@@ -266,52 +299,73 @@ class Block(nn.Module):
 
 
 class Trunk(nn.Module):
-    """Named `model` inside MegatronLlama so parameter names read `model.layers.0...` as in HF."""
+    """Named `model` inside MegatronLlama so parameter names read `model.layers.0...` as in HF.
 
-    def __init__(self, dims: LlamaDims, tp: int, cfg, dtype: torch.dtype):
+    Under pipeline parallelism a stage holds only its layers, keyed by their global index (so names stay
+    HF's), the embedding if it is the first or the last stage (tied head), the final norm if the last.
+    """
+
+    def __init__(self, dims: LlamaDims, tp: int, cfg, dtype: torch.dtype, pp: int = 1, pp_rank: int = 0):
         super().__init__()
         from megatron.core.tensor_parallel import VocabParallelEmbedding
 
-        self.embed_tokens = VocabParallelEmbedding(dims.vocab, dims.hidden, init_method=nn.init.zeros_,
-                                                   config=cfg)
-        self.layers = nn.ModuleList(Block(dims, tp, cfg, dtype) for _ in range(dims.layers))
-        self.norm = RMSNorm(dims.hidden, dims.rms_eps, dtype)
+        first, last = pp_rank == 0, pp_rank == pp - 1
+        if first or last:
+            self.embed_tokens = VocabParallelEmbedding(dims.vocab, dims.hidden, init_method=nn.init.zeros_,
+                                                       config=cfg)
+        self.layers = nn.ModuleDict({str(i): Block(dims, tp, cfg, dtype)
+                                     for i in stage_layers(dims.layers, pp, pp_rank)})
+        if last:
+            self.norm = RMSNorm(dims.hidden, dims.rms_eps, dtype)
         self.rotary = Rotary(dims.head_dim, dims.rope_theta)
 
 
 class MegatronLlama(nn.Module):
-    """Tensor-parallel Llama; call after `init_model_parallel`. Holds this TP rank's shard only."""
+    """Tensor- (and pipeline-) parallel Llama; call after `init_model_parallel`. Holds this rank's shard
+    of this stage only."""
 
     def __init__(self, hf_cfg: Any, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         super().__init__()
         self.dims = LlamaDims.from_hf(hf_cfg)
         self.tp_rank, self.tp = tp_rank_size()
+        self.pp_rank, self.pp = pp_rank_size()
         self.dims.check_tp(self.tp)
+        check_pp(self.pp, layers=self.dims.layers)
+        self.first, self.last = self.pp_rank == 0, self.pp_rank == self.pp - 1
         cfg = _mp_config(self.tp, dtype, on_gpu=device != "cpu")
-        self.model = Trunk(self.dims, self.tp, cfg, dtype)
+        self.model = Trunk(self.dims, self.tp, cfg, dtype, self.pp, self.pp_rank)
         self.to(device)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """[batch, seq] token ids -> [batch, seq, vocab/tp] logits (this rank's vocab slice)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """This stage: token ids [batch, seq] (first stage) or hidden states [batch, seq, hidden] (later
+        stages) -> hidden states, or on the last stage [batch, seq, vocab/tp] logits (this rank's slice)."""
         from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 
-        cos, sin = self.model.rotary(input_ids.shape[1], input_ids.device)
-        x = self.model.embed_tokens(input_ids)
-        for layer in self.model.layers:
+        cos, sin = self.model.rotary(x.shape[1], x.device)
+        if self.first:
+            x = self.model.embed_tokens(x)
+        for layer in self.model.layers.values():
             x = layer(x, cos, sin)
+        if not self.last:
+            return x
         x = self.model.norm(x)
         # Tied head: identity forward, all-reduce of the input gradient backward (the Column pattern).
         return F.linear(copy_to_tensor_model_parallel_region(x), self.model.embed_tokens.weight)
 
+    @staticmethod
+    def loss_from_logits(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(sum of next-token losses in nats, predicted tokens) from vocab-parallel logits."""
+        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+        targets = input_ids[:, 1:].contiguous()
+        return vocab_parallel_cross_entropy(logits[:, :-1, :].float().contiguous(), targets).sum(), targets.numel()
+
     def loss_sum(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(sum of next-token losses in nats, number of predicted tokens), like
         `engine.backend.causal_lm_loss_sum`: the forward sees all T tokens and the last logit is dropped,
-        so the arithmetic matches the HF path."""
-        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-
-        logits = self(input_ids)[:, :-1, :].float().contiguous()
-        targets = input_ids[:, 1:].contiguous()
-        return vocab_parallel_cross_entropy(logits, targets).sum(), targets.numel()
+        so the arithmetic matches the HF path. Whole model only (pp=1); pipelines go through the backend."""
+        assert self.pp == 1, "loss_sum needs the whole model on this rank (pp=1)"
+        return self.loss_from_logits(self(input_ids), input_ids)
 
     def full_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[batch, seq, vocab] logits gathered over the TP ranks (no gradient; for checks and evaluation).
@@ -322,6 +376,7 @@ class MegatronLlama(nn.Module):
         import torch.distributed as dist
         from megatron.core import parallel_state
 
+        assert self.pp == 1, "full_logits needs the whole model on this rank (pp=1)"
         with torch.no_grad():
             local = self(input_ids).contiguous()
             if self.tp == 1:
@@ -352,8 +407,10 @@ class MegatronLlama(nn.Module):
                 param.copy_(shard[name])
 
     def load_full(self, full: dict[str, torch.Tensor], where: str = "HF state") -> None:
-        """Take this rank's slice of an unsharded HF state dict."""
-        self.load_shard(shard_state(full, self.tp, self.tp_rank, where=where), where=where)
+        """Take this rank's slice (of this stage) of an unsharded HF state dict."""
+        own = self.shard_state_dict()
+        self.load_shard(shard_state({k: v for k, v in full.items() if k in own}, self.tp, self.tp_rank,
+                                    where=where), where=where)
 
     def gather_full(self) -> dict[str, torch.Tensor]:
         """The unsharded HF state dict (a collective over the TP group; every TP rank gets it)."""

@@ -19,6 +19,7 @@ import os
 import queue
 import threading
 import time
+import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
@@ -55,9 +56,12 @@ def probe(uri: str, timeout_s: float = 3.0) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
-            if resp.status != 200:
-                raise MlflowUnavailable(f"{uri}/health answered HTTP {resp.status}")
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code < 500:  # something answers (e.g. an auth proxy guarding /health): let MLflow try
+            return
+        raise MlflowUnavailable(f"{uri}/health answered HTTP {exc.code}") from None
     except OSError as exc:
         raise MlflowUnavailable(f"{uri} is unreachable ({exc})") from None
 

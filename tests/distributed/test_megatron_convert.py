@@ -125,9 +125,28 @@ def test_each_split_dimension_is_named() -> None:
     LlamaDims(**base).check_tp(4)
 
 
-def test_pp_above_one_is_refused_clearly(hf_dir: Path, tmp_path: Path) -> None:
-    assert "not supported yet" in _one_line_error(C.hf_to_megatron, hf_dir, tmp_path / "m", tp=2, pp=2)
+def test_pp_not_dividing_layers_names_the_dimension(hf_dir: Path, tmp_path: Path) -> None:
+    msg = _one_line_error(C.hf_to_megatron, hf_dir, tmp_path / "m", tp=1, pp=3)
+    assert "num_hidden_layers=2" in msg and "--pp=3" in msg
     assert not (tmp_path / "m").exists()
+
+
+def test_pipeline_split_round_trip_is_exact(hf_dir: Path, tmp_path: Path) -> None:
+    meg = C.hf_to_megatron(hf_dir, tmp_path / "meg", tp=2, pp=2, optimizer=True)
+    assert sorted(p.name for p in meg.glob("mp_rank_*")) == [
+        "mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
+    first = torch.load(C.rank_file(meg, 1, 0, 2), weights_only=True)["model"]
+    last = torch.load(C.rank_file(meg, 1, 1, 2), weights_only=True)["model"]
+    assert {"model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight"} <= set(first)
+    assert "model.layers.1.mlp.up_proj.weight" not in first and "model.norm.weight" not in first
+    assert {"model.layers.1.mlp.up_proj.weight", "model.embed_tokens.weight", "model.norm.weight"} <= set(last)
+    back = C.megatron_to_hf(meg, tmp_path / "hf2", optimizer=True)
+    a, b = C.read_hf_weights(hf_dir), C.read_hf_weights(back)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    oa = torch.load(hf_dir / C.OPTIM_FILE, weights_only=True)
+    ob = torch.load(back / C.OPTIM_FILE, weights_only=True)
+    assert oa["param_groups"] == ob["param_groups"]
+    assert all(torch.equal(v, ob["state"][n][k]) for n, st in oa["state"].items() for k, v in st.items())
 
 
 def test_weights_of_another_architecture_are_refused(hf_dir: Path, tmp_path: Path) -> None:

@@ -74,13 +74,13 @@ def test_tp2_finetune_via_cli_matches_single_process(tiny_data, tmp_path: Path) 
     assert best.config.hidden_size == 32
 
 
-def test_tp_not_dividing_heads_fails_before_training(tiny_data, tmp_path: Path) -> None:
+def test_tp_pp_not_dividing_the_world_fails_before_training(tiny_data, tmp_path: Path) -> None:
     from dist_forget.engine.backend import BackendConfig, ParallelConfig
     from dist_forget.engine.megatron_backend import MegatronBackend
     from dist_forget.errors import UserError
 
-    with pytest.raises(UserError, match="pipeline parallelism"):
-        MegatronBackend(BackendConfig(ParallelConfig(tp=1, pp=2), "fp32", 1.0, 0))
-    backend = MegatronBackend(BackendConfig(ParallelConfig(tp=3), "fp32", 1.0, 0))
-    with pytest.raises(UserError, match="parallel.tp=3 does not divide the number of processes 1"):
-        backend.init_distributed()
+    for tp, pp in ((3, 1), (1, 2)):
+        backend = MegatronBackend(BackendConfig(ParallelConfig(tp=tp, pp=pp), "fp32", 1.0, 0))
+        with pytest.raises(UserError, match=f"parallel.tp={tp} x parallel.pp={pp} does not divide the number "
+                                            "of processes 1"):
+            backend.init_distributed()

@@ -1,5 +1,6 @@
 """TP=2 on two real gloo ranks: logits equal HF's after hf-to-megatron, a finetune takes the same loss
-steps as the 1-rank engine=single run, and resume equals the uninterrupted run.
+steps as the 1-rank engine=single run, and resume equals the uninterrupted run; the same run as
+data parallel (tp=1 x dp=2) and as a 2-stage pipeline (pp=2) takes the same steps too.
 
 This file is also the rank script (`__main__` below): the tests start it on 2 ranks with run_ranks.
 Tolerances: logits atol 1e-5 (seen ~2e-7: TP sums the o_proj/down_proj partial products in another
@@ -38,11 +39,11 @@ def optimizer_factory(model: torch.nn.Module) -> torch.optim.Optimizer:
                          anchor_decay=0.5)
 
 
-def backend_config(tp: int):
+def backend_config(tp: int, pp: int = 1):
     from dist_forget.engine.backend import BackendConfig, ParallelConfig
 
     # grad_clip 0.5 is below the first steps' norms, so the TP global-norm clipping is exercised
-    return BackendConfig(parallel=ParallelConfig(tp=tp), precision="fp32", grad_clip=0.5, seed=0)
+    return BackendConfig(parallel=ParallelConfig(tp=tp, pp=pp), precision="fp32", grad_clip=0.5, seed=0)
 
 
 # ---- the rank script ---------------------------------------------------------------------------------
@@ -51,7 +52,7 @@ def backend_config(tp: int):
 def rank_main(work: Path) -> None:
     """One launch does it all (each launch costs ~20 s of imports on this machine): the logits check,
     the 6-step tp=2 run with a checkpoint at step 3, a fresh model + optimizer loaded from that
-    checkpoint running steps 4-6 again, then the same run as tp=1 x dp=2."""
+    checkpoint running steps 4-6 again, then the same run as tp=1 x dp=2 and as tp=1 x pp=2."""
     from dist_forget.convert.megatron_hf import read_megatron
     from dist_forget.engine.megatron_backend import MegatronBackend, load_rank_state
     from dist_forget.models import hf, megatron
@@ -104,6 +105,17 @@ def rank_main(work: Path) -> None:
     dp.build(lambda: hf.build(SIZE, VOCAB, SEQ, seed=7), optimizer_factory, MICRO, 1)
     out["dp_losses"] = [dp.train_step([batches(step)[dp.dp_rank]], lr_at(step)).loss for step in range(STEPS)]
     out["dp_state"] = dp.full_state_dict()
+
+    # tp=1 x pp=2: layer 0 (+ embedding) on rank 0, layer 1 (+ norm, tied head) on rank 1
+    pipe = MegatronBackend(backend_config(tp=1, pp=2))
+    pipe.init_distributed()
+    assert (pipe.pp_rank, pipe.dp_size) == (pipe.rank, 1)
+    pipe.build(lambda: hf.build(SIZE, VOCAB, SEQ, seed=7), optimizer_factory, MICRO, ACCUM)
+    out["pp_losses"] = [pipe.train_step(batches(step), lr_at(step)).loss for step in range(STEPS)]
+    out["pp_eval"] = pipe.eval_loss(batches(0))
+    out["pp_state"] = pipe.full_state_dict()
+    pipe.save(work / "ckpt", "pp2", {})
+    pipe.barrier()
     if backend.rank == 0:
         torch.save(out, work / "out.pt")
     backend.close()
@@ -184,6 +196,22 @@ def test_data_parallel_megatron_matches_single_rank(launched, reference) -> None
     assert torch.allclose(dp_losses, ref_losses, atol=LOSS_ATOL, rtol=0), (dp_losses - ref_losses)
     for name, w in reference["state"].items():
         assert torch.allclose(got["dp_state"][name], w, atol=1e-5, rtol=0), name
+
+
+def test_pipeline_parallel_matches_single_rank(launched, reference) -> None:
+    from dist_forget.convert.megatron_hf import read_megatron
+
+    work, got, _ = launched
+    ref_losses, pp_losses = torch.tensor(reference["losses"]), torch.tensor(got["pp_losses"])
+    assert torch.allclose(pp_losses, ref_losses, atol=LOSS_ATOL, rtol=0), (pp_losses - ref_losses)
+    assert abs(got["pp_eval"] - reference["eval"]) < LOSS_ATOL
+    for name, w in reference["state"].items():
+        assert torch.allclose(got["pp_state"][name], w, atol=1e-5, rtol=0), name
+    # its checkpoint: one file per stage, mergeable to the same weights and the full optimizer state
+    assert sorted(p.name for p in (work / "ckpt" / "pp2").glob("mp_rank_*")) == ["mp_rank_00_000", "mp_rank_00_001"]
+    _, full, named = read_megatron(work / "ckpt" / "pp2", optimizer=True)
+    assert all(torch.equal(full[k], got["pp_state"][k]) for k in full)
+    assert set(named["state"]) == set(full)
 
 
 def test_checkpoint_shards_optimizer_state_like_the_weights(launched) -> None:

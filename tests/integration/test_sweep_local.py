@@ -50,19 +50,27 @@ def summaries(tmp: Path) -> int:
     return len(list((tmp / "sweep").glob("*/*/summary.json")))
 
 
-def test_sweep_runs_everything_once_and_writes_runs_table(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sweep_runs_everything_once_then_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
-    config = str(write_sweep(tmp_path))
+    monkeypatch.setenv("FAKE_RUN_SECONDS", "0")
+    sizes = ["cpu-0.03m", "cpu-0.1m", "cpu-0.3m"]
+    config = str(write_sweep(
+        tmp_path,
+        pretrain={"config": str(tmp_path / "cfg.yaml"), "sizes": sizes, "seq_len": 32},
+        grid={"target_tokens": [1000, 100000], "inject_fraction": [0.0, 0.001, 0.01]},
+        fit={"args": ["--runs", "{runs_csv}", "--out", "{sweep_dir}/fit", "--holdout", "largest",
+                      "--bootstrap", "10", "--no-plots"]},
+    ))  # fmt: skip
     assert cli_main(["sweep", "--config", config]) == 0
-    assert set(attempts(tmp_path).values()) == {1} and len(attempts(tmp_path)) == 2 + 8
+    assert set(attempts(tmp_path).values()) == {1} and len(attempts(tmp_path)) == 3 + 18
     first = (tmp_path / "sweep" / "finetune" / "cpu-0.1m_code_D1000_p0_a0_s0" / "attempts.txt").read_text()
     assert first.endswith("OMP_NUM_THREADS=1\n")
     with open(tmp_path / "sweep" / "runs.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 8 and {r["inject_fraction"] for r in rows} == {"0.0", "0.01"}
+    assert len(rows) == 18 and {float(r["inject_fraction"]) for r in rows} == {0.0, 0.001, 0.01}
     assert {r["name"] for r in rows} >= {"cpu-0.03m_code_D100000_p0.01_a0_s0"}
+    fit = json.loads((tmp_path / "sweep" / "fit" / "fit.json").read_text())
+    assert fit  # the law fitter ran on the table (its content is the laws' tests' business)
 
     assert cli_main(["sweep", "--config", config]) == 0  # everything finished: nothing runs again
     assert set(attempts(tmp_path).values()) == {1}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -120,26 +122,32 @@ def test_server_down_then_sync(mlflow_server: LocalServer, tmp_path: Path) -> No
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml"]
 
 
-def test_server_lost_midway_then_sync_resumes_same_run(tmp_path: Path) -> None:
-    """The server dies mid-run: earlier metrics are on the server, later ones in the JSONL, then merged."""
-    root, port = tmp_path / "srv", free_port()
+def test_server_hangs_midway_then_sync_resumes_same_run(
+    mlflow_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stops answering mid-run: earlier metrics are on it, later ones in the JSONL; sync merges."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     out = tmp_path / "run"
-    with LocalServer(root, port=port) as server:
-        tracker = Tracker.create(
-            TrackingConfig(uri=server.uri, experiment="it-midway", flush_every_s=0.1), 0, "midway", {}, out
-        )
-        for step in range(5):
-            tracker.log_metrics({"loss": float(step)}, step=step)
-        tracker.flush()
-    with pytest.warns(RuntimeWarning, match="unavailable"):
-        for step in range(5, 8):
-            tracker.log_metrics({"loss": float(step)}, step=step)
-        tracker.flush()
-    tracker.finish()
+    cfg = TrackingConfig(uri=mlflow_server.uri, experiment="it-midway", flush_every_s=0.1)
+    tracker = Tracker.create(cfg, 0, "midway", {}, out)
+    for step in range(5):
+        tracker.log_metrics({"loss": float(step)}, step=step)
+    tracker.flush()
+    os.killpg(mlflow_server.proc.pid, signal.SIGSTOP)  # frozen: connections open, nothing answers
+    try:
+        with pytest.warns(RuntimeWarning, match="unavailable"):
+            for step in range(5, 8):
+                tracker.log_metrics({"loss": float(step)}, step=step)
+            tracker.flush()
+        tracker.finish()
+    finally:
+        os.killpg(mlflow_server.proc.pid, signal.SIGCONT)
     assert json.loads((out / FALLBACK_NAME).read_text().splitlines()[0])["run_id"] == tracker.run_id
 
-    with LocalServer(root, port=port) as server:
-        assert cli_main(["track", "sync", "--path", str(out)]) == 0  # the URI recorded in the JSONL
-        client = MlflowClient(server.uri)
-        assert _steps(client, tracker.run_id, "loss") == list(range(8))
-        assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    assert cli_main(["track", "sync", "--path", str(out)]) == 0  # to the URI recorded in the JSONL
+    client = MlflowClient(mlflow_server.uri)
+    assert _steps(client, tracker.run_id, "loss") == list(
+        range(8)
+    )  # once each, though a batch may land twice
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
