@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from dist_forget.errors import UserError
 from dist_forget.laws.fit import FitConfig
 from dist_forget.laws.forms import DEFAULT_FORMS, FORMS
@@ -21,17 +23,20 @@ from dist_forget.laws.table import read_mlflow, read_runs
 def fit(out: Path, runs: str | None = None, mlflow: str | None = None, forms: tuple[str, ...] = DEFAULT_FORMS,
         holdout: Literal["none", "largest", "leave-one-size-out"] = "none", bootstrap: int = 1000,
         delta: float = 1e-3, loss: Literal["huber", "squared"] = "huber", domains: tuple[str, ...] = (),
-        workers: int = 0, seed: int = 0, top_k: int = 16, plots: bool = True) -> int:
+        pooled: bool = False, workers: int = 0, seed: int = 0, top_k: int = 16, plots: bool = True) -> int:
     """Fit forgetting and finetuning laws per domain to a runs table; write fit.json, REPORT.md and plots.
 
     --runs is a CSV/Parquet table or a directory of summary.json files; --mlflow EXPERIMENT reads an
-    MLflow experiment instead (MLFLOW_TRACKING_URI is honoured). --forms picks among:
+    MLflow experiment instead (MLFLOW_TRACKING_URI is honoured). Laws are fitted per domain unless
+    --pooled (all runs as one domain "all"). --forms picks among:
     """
     if (runs is None) == (mlflow is None):
         raise UserError("give exactly one of --runs PATH (CSV, Parquet or a directory of summary.json) or "
                         "--mlflow EXPERIMENT")
     start = time.monotonic()
     table = read_runs(runs) if runs is not None else read_mlflow(str(mlflow))
+    if pooled:
+        table.domain = np.full(len(table), "all", dtype=object)
     source = str(runs) if runs is not None else f"mlflow:{mlflow}@{os.environ.get('MLFLOW_TRACKING_URI', 'default')}"
     cfg = FitConfig(delta=delta, loss=loss, top_k=top_k, bootstrap=bootstrap, seed=seed, workers=workers)
     print(f"read {len(table)} runs from {source}: domains {', '.join(table.domains())}", flush=True)

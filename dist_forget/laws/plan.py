@@ -46,7 +46,9 @@ def _samples(rec: dict[str, Any]) -> list[dict[str, float]]:
     samples = rec.get("bootstrap", {}).get("samples", {})
     names = list(rec["params"])
     count = min((len(samples.get(n, [])) for n in names), default=0)
-    return [{n: float(samples[n][i]) for n in names} for i in range(count)]
+    rows = [{n: samples[n][i] for n in names} for i in range(count)]
+    # fit.json stores a non-finite sample as null; such a resample has no usable law.
+    return [{n: float(v) for n, v in r.items()} for r in rows if all(v is not None for v in r.values())]
 
 
 def _cols(n: float, d: float, p: float, anchor_decay: float) -> dict[str, np.ndarray]:

@@ -23,10 +23,21 @@ def write_outputs(out: str | Path, records: list[dict[str, Any]], runs: Runs, me
                   plots: bool = True) -> list[Path]:
     """Write fit.json, REPORT.md and plots into `out` (replaced as a whole, never half-written)."""
     with atomic_dir(out, overwrite=True) as tmp:
-        write_json_atomic(tmp / "fit.json", {"meta": meta, "fits": records})
+        write_json_atomic(tmp / "fit.json", _finite({"meta": meta, "fits": records}))
         pngs = plot_all(tmp, records, runs) if plots else []
         write_text_atomic(tmp / "REPORT.md", report_markdown(records, meta, [p.name for p in pngs]))
     return [Path(out) / "fit.json", Path(out) / "REPORT.md"] + [Path(out) / p.name for p in pngs]
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf -> null: strict JSON readers (the study, jq, browsers) reject NaN."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _pct(x: float | None) -> str:

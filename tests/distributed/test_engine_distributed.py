@@ -1,7 +1,13 @@
-"""The engine across real processes: 2-rank ZeRO-2 == 1 process, 2 "nodes" == 2 ranks, SIGKILL + resume.
+"""The engine across real processes: 2-rank ZeRO-2 == 1 process, 2 "nodes" == 2 ranks, SIGKILL + resume,
+and a 2-rank checkpoint resharded to 1 rank resumes with the 2-rank losses (refused without reshard);
+zero-to-hf turns the engine's ZeRO checkpoint into the same model as the engine's own export.
 
 Tolerance: per-step training losses agree to 2e-5 nats/token (fp32; only the order of the gradient
-all-reduce differs between 1 and 2 ranks, which moves the 5th-6th significant digit after a few steps).
+reduction differs between 1 and 2 ranks, which moves the 5th-6th significant digit after a few steps).
+
+Cost: every process start imports torch + transformers (+ deepspeed), which dwarfs 4 steps of the
+0.03M model, so the runs are shared: one 2-rank run (no launcher process: `run_ranks`) feeds the
+comparison with 1 process, the 2-node launch, the reshard and zero-to-hf; the resumes run in-process.
 """
 
 from __future__ import annotations
@@ -9,42 +15,35 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from dist_forget import cli
 from dist_forget.config import load_config
+from dist_forget.engine.checkpoint import read_meta
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.trainer import train
 from dist_forget.models import hf
 
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import REPO, free_port, run_ranks  # noqa: E402
+
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "finetune" / "tiny.yaml"
 BIN = Path(sys.executable).parent
 TOL = 2e-5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+STEPS, CKPT_AT = 4, 2  # a checkpoint at step 2 (and 4): resumes replay steps 3-4
+TWO_RANK = ("engine=deepspeed", "parallel.zero_stage=2", "train.micro_batch=1")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Micro models on a shared 2-core box: extra threads only add contention (5x slower measured)."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -59,10 +58,16 @@ def base_model(tiny_data, tmp_path_factory) -> Path:
 
 
 def _overrides(tiny_data, base_model: Path, out: Path, *extra: str) -> list[str]:
+    # peak_flops fixed: no matmul timing per process (MFU is not under test here)
     return [f"out_dir={out}", f"model.init_from={base_model}", f"data.target={tiny_data.code}",
             f"data.pretrain={tiny_data.english}", "data.target_tokens=null", "data.inject_fraction=0.25",
             "tracking.enabled=false", "train.batch_size=4", "train.micro_batch=2", "train.eval_sequences=8",
-            "train.eval_every=3", "schedule.steps=6", "schedule.warmup=1", "optim.anchor_decay=0.1", *extra]
+            "train.eval_every=2", f"schedule.steps={STEPS}", "schedule.warmup=1", "optim.anchor_decay=0.1",
+            f"checkpoint.every={CKPT_AT}", "train.peak_flops=1e11", *extra]
+
+
+def _argv(tiny_data, base_model: Path, out: Path, *extra: str) -> list[str]:
+    return ["finetune", "--config", str(CONFIG), *_overrides(tiny_data, base_model, out, *extra)]
 
 
 def _losses(out: Path) -> dict[int, float]:
@@ -76,17 +81,11 @@ def _close(a: dict[int, float], b: dict[int, float]) -> None:
     assert worst < TOL, (worst, a, b)
 
 
-def _run(cmds: list[list[str]], timeout: float = 300) -> None:
-    procs = [subprocess.Popen(c, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True) for c in cmds]
-    try:
-        outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
+def _one_rank_env(monkeypatch) -> None:
+    """engine=deepspeed in this process as a world of one; the env is restored after the test."""
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}.items():
+        monkeypatch.setenv(key, value)
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +98,7 @@ def single_run(tiny_data, base_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def zero2_run(tiny_data, base_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zero2") / "run"
-    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "dist_forget.cli", "finetune", "--config", str(CONFIG),
-           *_overrides(tiny_data, base_model, out, "engine=deepspeed", "parallel.zero_stage=2", "train.micro_batch=1")]
-    _run([cmd])
+    run_ranks("-m", ["dist_forget.cli", *_argv(tiny_data, base_model, out, *TWO_RANK)], world=2)
     return out
 
 
@@ -117,36 +113,89 @@ def test_two_rank_zero2_matches_single_process(single_run, zero2_run):
 
 
 def test_two_node_launch_matches_two_ranks(tiny_data, base_model, zero2_run, tmp_path):
-    """Two `deepspeed --no_ssh --node_rank i` invocations on loopback, one rank each (per-node mode)."""
+    """Two torchrun invocations, one per "node" (static rendezvous on loopback), one rank each."""
     out = tmp_path / "nodes"
-    hostfile = tmp_path / "hostfile"
-    hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")
-    port = str(_free_port())
-    args = ["finetune", "--config", str(CONFIG),
-            *_overrides(tiny_data, base_model, out, "engine=deepspeed", "parallel.zero_stage=2", "train.micro_batch=1")]
-    cmds = [[str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(r),
-             "--master_addr", "127.0.0.1", "--master_port", port, "--no_local_rank", "--module", "dist_forget.cli",
-             *args] for r in (0, 1)]
-    _run(cmds)
+    port = str(free_port())
+    cmds = [[str(BIN / "torchrun"), "--nnodes", "2", "--node-rank", str(r), "--nproc-per-node", "1",
+             "--master-addr", "127.0.0.1", "--master-port", port, "-m", "dist_forget.cli",
+             *_argv(tiny_data, base_model, out, *TWO_RANK)] for r in (0, 1)]
+    env = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen(c, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True) for c in cmds]
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
     _close(_losses(out), _losses(zero2_run))
+    assert json.loads((out / "report.json").read_text())["world_size"] == 2
 
 
 def test_sigkill_then_resume_auto_equals_uninterrupted(tiny_data, base_model, single_run, tmp_path):
     out = tmp_path / "killed"
-    args = ["finetune", "--config", str(CONFIG), *_overrides(tiny_data, base_model, out, "checkpoint.every=2",
-                                                             "checkpoint.keep=1")]
-    proc = subprocess.Popen([sys.executable, "-m", "dist_forget.cli", *args], cwd=REPO, env=_env(),
+    argv = _argv(tiny_data, base_model, out)
+    proc = subprocess.Popen([sys.executable, "-m", "dist_forget.cli", *argv], cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    # kill right after step 3 is logged: one step past the step-2 checkpoint, mid-way to the next
+    # kill right after step 3 is logged: one step past the step-2 checkpoint, before the last one
     while time.monotonic() < deadline and proc.poll() is None:
-        metrics = out / "metrics.jsonl"
-        if metrics.is_file() and 3 in _losses(out):
+        if (out / "metrics.jsonl").is_file() and 3 in _losses(out):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (out / "summary.json").exists()
-    _run([[sys.executable, "-m", "dist_forget.cli", *args, "--resume", "auto"]])
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{CKPT_AT:08d}"
+    assert cli.main([*argv, "--resume", "auto"]) == 0  # the resume itself needs no fresh process
     assert _losses(out) == _losses(single_run)  # bit-identical: same process count, fp32, CPU
+
+
+def test_other_world_size_needs_reshard_then_resumes_like_two_ranks(tiny_data, base_model, zero2_run, tmp_path,
+                                                                     monkeypatch, capsys):
+    """2-rank ZeRO-2 stopped at step 2 → `convert reshard --world-size 1` → `finetune --resume DIR` on 1 process
+    continues with the uninterrupted 2-rank losses. (The step-2 checkpoint of the uninterrupted run is
+    byte-for-byte what a run stopped after step 2 leaves.)"""
+    _one_rank_env(monkeypatch)
+    src = zero2_run / "checkpoints" / f"step-{CKPT_AT:08d}"
+    out = tmp_path / "one_rank"
+    argv = _argv(tiny_data, base_model, out, *TWO_RANK)
+    assert cli.main([*argv, "--resume", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "written by 2 ranks, this run has 1" in err
+    assert "dist-forget convert reshard" in err and "--world-size 1" in err
+
+    resharded = tmp_path / "w1"
+    assert cli.main(["convert", "reshard", "--checkpoint", str(src), "--out", str(resharded), "--world-size", "1"]) == 0
+    meta, old = read_meta(resharded), read_meta(src)
+    assert (meta["world_size"], old["world_size"]) == (1, 2)  # the source is only read
+    assert meta["data_fingerprint"] != old["data_fingerprint"] and meta["model"] == old["model"]
+    assert (resharded / "hf_config.json").is_file()
+
+    assert cli.main([*argv, "--resume", str(resharded)]) == 0
+    full = _losses(zero2_run)
+    _close(_losses(out), {k: v for k, v in full.items() if k > CKPT_AT})
+    one, two = (json.loads((d / "summary.json").read_text()) for d in (out, zero2_run))
+    assert one["steps"] == two["steps"] and abs(one["ft_loss"] - two["ft_loss"]) < TOL
+    report = json.loads((out / "report.json").read_text())
+    assert report["world_size"] == 1 and report["inject_fraction_observed"] == 0.25
+    # and the 1-rank run's own checkpoints now resume on 1 rank without further ado
+    assert read_meta(out / "checkpoints" / f"step-{STEPS:08d}")["world_size"] == 1
+
+
+def test_zero_to_hf_finds_the_engine_config_and_matches_the_export(zero2_run, tmp_path):
+    """Engine ZeRO-2 checkpoint → `convert zero-to-hf` (no --hf-config) → transformers loads it → same logits
+    as the engine's own `model/` export of the same step."""
+    from transformers import AutoModelForCausalLM
+
+    ckpt = zero2_run / "checkpoints" / f"step-{STEPS:08d}"
+    assert cli.main(["convert", "zero-to-hf", "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")]) == 0
+    converted = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    exported = hf.load_folder(zero2_run / "model").eval()
+    ids = torch.randint(0, exported.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(converted(input_ids=ids).logits, exported(input_ids=ids).logits)
