@@ -28,8 +28,20 @@ from dist_forget.laws.pipeline import fit_runs
 from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
 from dist_forget.laws.table import Runs, from_rows
 
-DOMAINS = ("arxiv", "github", "dm_math", "wikipedia", "pubmed", "freelaw", "stackexchange", "uspto",
-           "hackernews", "enron", "europarl", "philpapers")
+DOMAINS = (
+    "arxiv",
+    "github",
+    "dm_math",
+    "wikipedia",
+    "pubmed",
+    "freelaw",
+    "stackexchange",
+    "uspto",
+    "hackernews",
+    "enron",
+    "europarl",
+    "philpapers",
+)
 
 
 N0, D0 = 41e6, 3e5  # the smallest model and target set
@@ -43,17 +55,34 @@ def paper_table(seed: int = 0) -> tuple[Runs, dict[str, dict[str, dict[str, floa
         # are 0.3-2 and 0.1-1 nats/token: realistic, and the exponents are then identifiable.
         ft = {"E": rng.uniform(1.2, 2.5), "alpha": rng.uniform(0.2, 0.45), "beta": rng.uniform(0.1, 0.35)}
         ft["A"] = rng.uniform(0.3, 2.0) * N0 ** ft["alpha"] * D0 ** ft["beta"]
-        pt = {"alpha": rng.uniform(0.25, 0.6), "beta": rng.uniform(0.15, 0.45), "B": 10 ** rng.uniform(2.5, 4)}
+        pt = {
+            "alpha": rng.uniform(0.25, 0.6),
+            "beta": rng.uniform(0.15, 0.45),
+            "B": 10 ** rng.uniform(2.5, 4),
+        }
         pt["A"] = rng.uniform(0.1, 1.0) * N0 ** pt["alpha"] / D0 ** pt["beta"]
         truth[domain] = {"finetune": ft, "forgetting": pt}
-        parts.append(synthetic_runs(SyntheticConfig(
-            finetune=ft, forgetting=pt, sizes=(41e6, 109e6, 334e6, 665e6, 1.27e9),
-            tokens=(3e5, 1e6, 3e6, 1e7, 3e7), fractions=(0.0, 0.001, 0.005, 0.01, 0.05), domains=(domain,),
-            noise=0.003, outliers=0.05, seed=seed * 100 + i)))
-    runs = Runs(domain=np.concatenate([p.domain for p in parts]),
-                values={k: np.concatenate([p.values[k] for p in parts]) for k in parts[0].values},
-                run_id=[f"{p.domain[0]}-{r}" for p in parts for r in p.run_id],
-                source=[s for p in parts for s in p.source])
+        parts.append(
+            synthetic_runs(
+                SyntheticConfig(
+                    finetune=ft,
+                    forgetting=pt,
+                    sizes=(41e6, 109e6, 334e6, 665e6, 1.27e9),
+                    tokens=(3e5, 1e6, 3e6, 1e7, 3e7),
+                    fractions=(0.0, 0.001, 0.005, 0.01, 0.05),
+                    domains=(domain,),
+                    noise=0.003,
+                    outliers=0.05,
+                    seed=seed * 100 + i,
+                )
+            )
+        )
+    runs = Runs(
+        domain=np.concatenate([p.domain for p in parts]),
+        values={k: np.concatenate([p.values[k] for p in parts]) for k in parts[0].values},
+        run_id=[f"{p.domain[0]}-{r}" for p in parts for r in p.run_id],
+        source=[s for p in parts for s in p.source],
+    )
     return runs, truth
 
 
@@ -73,8 +102,13 @@ def curve_fit_baseline(runs: Runs, domain: str) -> dict[str, dict[str, float] | 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            p, _ = curve_fit(_ft, (sub["model_params"], sub["target_tokens"]), sub["ft_loss"],
-                             p0=[1.0, 100.0, 0.5, 0.5], maxfev=20000)
+            p, _ = curve_fit(
+                _ft,
+                (sub["model_params"], sub["target_tokens"]),
+                sub["ft_loss"],
+                p0=[1.0, 100.0, 0.5, 0.5],
+                maxfev=20000,
+            )
             out["finetune"] = dict(zip(("E", "A", "alpha", "beta"), p))
         except RuntimeError:
             out["finetune"] = None
@@ -99,14 +133,20 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     runs, truth = paper_table()
-    print(f"table: {len(runs)} runs, {len(DOMAINS)} domains; bootstrap {args.bootstrap}, workers {args.workers}, "
-          f"cpus {os.cpu_count()}")
+    print(
+        f"table: {len(runs)} runs, {len(DOMAINS)} domains; bootstrap {args.bootstrap}, workers {args.workers}, "
+        f"cpus {os.cpu_count()}"
+    )
     start = time.perf_counter()
     fit_runs(runs, ["finetune", "forgetting"], FitConfig(bootstrap=0), progress=False)
     print(f"point fits alone (no bootstrap): {time.perf_counter() - start:.1f} s")
     start = time.perf_counter()
-    records = fit_runs(runs, ["finetune", "forgetting"], FitConfig(bootstrap=args.bootstrap, workers=args.workers),
-                       progress=False)
+    records = fit_runs(
+        runs,
+        ["finetune", "forgetting"],
+        FitConfig(bootstrap=args.bootstrap, workers=args.workers),
+        progress=False,
+    )
     wall = time.perf_counter() - start
     print(f"dist-forget fit: {len(records)} fits x {args.bootstrap} resamples in {wall:.1f} s")
     start = time.perf_counter()
@@ -124,8 +164,10 @@ def main() -> None:
     print(f"curve_fit (one start, no bootstrap): 24 fits in {wall_cf:.1f} s, {failed} failed to converge")
     for law in ("finetune", "forgetting"):
         a, b = np.nanmean(ours[law]), np.nanmean(theirs[law])
-        print(f"{law:<10} exponent rel. error: ours {100 * a:.2f} %  curve_fit {100 * b:.2f} %  "
-              f"ratio curve_fit/ours {b / a:.1f}x")
+        print(
+            f"{law:<10} exponent rel. error: ours {100 * a:.2f} %  curve_fit {100 * b:.2f} %  "
+            f"ratio curve_fit/ours {b / a:.1f}x"
+        )
     print(f"95 % intervals covering the true exponents: {100 * np.mean(covered):.0f} % of {len(covered)}")
     # Baseline for the bootstrap: one L-BFGS-B call per resample (same objective, same start), timed on
     # 100 resamples of one fit and scaled to the whole job on the same number of processes.
@@ -142,24 +184,45 @@ def main() -> None:
     start = time.perf_counter()
     solve_batch(form, sub.values, sub.values[form.target], weights, theta0, cfg)
     per_batch = (time.perf_counter() - start) / len(weights)
-    print(f"bootstrap refit per resample: L-BFGS-B {1e3 * per:.2f} ms, batched {1e3 * per_batch:.2f} ms "
-          f"({per / per_batch:.1f}x); whole job with per-resample L-BFGS-B would take about "
-          f"{per * len(records) * args.bootstrap / args.workers:.0f} s on {args.workers} processes")
+    print(
+        f"bootstrap refit per resample: L-BFGS-B {1e3 * per:.2f} ms, batched {1e3 * per_batch:.2f} ms "
+        f"({per / per_batch:.1f}x); whole job with per-resample L-BFGS-B would take about "
+        f"{per * len(records) * args.bootstrap / args.workers:.0f} s on {args.workers} processes"
+    )
     chin = chinchilla_runs()
     start = time.perf_counter()
     fit = fit_form(get_form("chinchilla"), chin, FitConfig())
-    print(f"Chinchilla refit (240 runs, default grid prescreen): {time.perf_counter() - start:.2f} s, "
-          + ", ".join(f"{k}={v:.5g}" for k, v in fit.params.items()))
+    print(
+        f"Chinchilla refit (240 runs, default grid prescreen): {time.perf_counter() - start:.2f} s, "
+        + ", ".join(f"{k}={v:.5g}" for k, v in fit.params.items())
+    )
 
 
 def chinchilla_runs() -> Runs:
-    path = Path(__file__).resolve().parents[1] / "dist_forget" / "laws" / "data" / "chinchilla_epoch_svg_extracted.csv"
+    path = (
+        Path(__file__).resolve().parents[1]
+        / "dist_forget"
+        / "laws"
+        / "data"
+        / "chinchilla_epoch_svg_extracted.csv"
+    )
     with open(path, newline="") as fh:
         rows = sorted(csv.DictReader(fh), key=lambda r: float(r["loss"]))[:-5]  # drop the 5 highest losses
-    table = [{"domain": "chinchilla", "model_params": r["Model Size"], "ft_loss": r["loss"],
-              "target_tokens": float(r["Training FLOP"]) / (6 * float(r["Model Size"]))} for r in rows]
-    return from_rows(table, [f"row {i}" for i in range(len(table))], str(path),
-                     required=("domain", "model_params", "target_tokens", "ft_loss"))
+    table = [
+        {
+            "domain": "chinchilla",
+            "model_params": r["Model Size"],
+            "ft_loss": r["loss"],
+            "target_tokens": float(r["Training FLOP"]) / (6 * float(r["Model Size"])),
+        }
+        for r in rows
+    ]
+    return from_rows(
+        table,
+        [f"row {i}" for i in range(len(table))],
+        str(path),
+        required=("domain", "model_params", "target_tokens", "ft_loss"),
+    )
 
 
 if __name__ == "__main__":

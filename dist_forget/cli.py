@@ -40,6 +40,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("convert", "reshard"): "dist_forget.convert.commands:reshard",
     ("convert", "hf-to-megatron"): "dist_forget.convert.commands:hf_to_megatron",
     ("convert", "megatron-to-hf"): "dist_forget.convert.commands:megatron_to_hf",
+    ("convert", "reshard-megatron"): "dist_forget.convert.commands:reshard_megatron",
     ("track", "sync"): "dist_forget.tracking.commands:sync",
     ("sweep",): "dist_forget.sweep.commands:sweep",
     ("demo",): "dist_forget.study.demo:demo",

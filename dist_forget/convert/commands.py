@@ -30,6 +30,22 @@ def megatron_to_hf(megatron: Path, out: Path, optimizer: bool = False, overwrite
     return 0
 
 
+def reshard_megatron(checkpoint: Path, out: Path, tp: int, pp: int = 1, world_size: int | None = None,
+                     overwrite: bool = False) -> int:
+    """Rewrite an engine=megatron training checkpoint for another --tp/--pp so `finetune --resume OUT` continues.
+
+    Weights, Adam moments, the anchor and the data-stream state are kept exactly. --world-size defaults to
+    the same number of data-parallel replicas; another one re-keys the stream state for it.
+    """
+    from dist_forget.convert.megatron_hf import reshard_megatron as convert
+
+    s = convert(checkpoint, out, tp=tp, pp=pp, world_size=world_size, overwrite=overwrite)
+    a, b = s["from"], s["to"]
+    print(f"wrote {out}: tp={a['tp']} pp={a['pp']} dp={a['dp']} -> tp={b['tp']} pp={b['pp']} dp={b['dp']} "
+          f"({b['world_size']} ranks), optimizer state {s['optimizer_keys']}")
+    return 0
+
+
 def zero_to_hf(checkpoint: Path, out: Path, hf_config: Path | None = None, tokenizer: Path | None = None,
                with_optimizer: bool = False, overwrite: bool = False) -> int:
     """Consolidate a DeepSpeed ZeRO checkpoint (stage 1/2/3, any world size) into a Hugging Face folder.

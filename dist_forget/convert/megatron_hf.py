@@ -18,10 +18,16 @@ parameter, scalars (`step`) are copied. On the HF side it lives beside the weigh
 
 Everything is checked before anything is written (config vs tensors, TP divisibility, rank files vs
 `tp`), and outputs appear atomically (dist_forget.io.atomic_dir): a failure leaves nothing half-written.
+
+Also here: `reshard_megatron` (a training checkpoint -> another tp/pp, optimizer and data-stream state
+kept, so `finetune --resume` continues), `hf_folder_for_init` (a Megatron folder as `model.init_from`),
+and the optimizer-state mapping of the stock GPTModel's fused tensors (`stock_optimizer_to_hf` / `_from_hf`).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -30,7 +36,17 @@ import torch
 
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir
-from dist_forget.models.megatron import LlamaDims, check_pp, merge_shards, shard_dim, shard_tensor, stages_of
+from dist_forget.models.megatron import (
+    LlamaDims,
+    check_pp,
+    fuse_stock,
+    merge_shards,
+    shard_dim,
+    shard_tensor,
+    split_stock,
+    stages_of,
+    stock_parts,
+)
 
 META_FILE = "megatron.json"
 FORMAT = "dist-forget-megatron-v1"
@@ -237,27 +253,42 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
         named = torch.load(opt_path, map_location="cpu", weights_only=True)
         if named.get("format") != OPTIM_FORMAT:
             raise UserError(f"{opt_path}: format {named.get('format')!r} is not {OPTIM_FORMAT!r}")
-    shapes = expected_shapes(dims)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        for stage in range(pp):
-            mine = {n for n in state if stage in stages_of(n, dims.layers, pp)}
-            for rank in range(tp):
-                entry: dict[str, Any] = {"model": {n: shard_tensor(n, state[n], tp, rank) for n in state if n in mine},
-                                         "tp": tp, "tp_rank": rank, "pp": pp, "pp_rank": stage, "client_state": {}}
-                if named is not None:
-                    entry["optimizer"] = indexed_optimizer_state(
-                        _shard_named_optim(_stage_optim(named, mine), shapes, tp, rank))
-                path = rank_file(tmp, rank, stage, pp)
-                path.parent.mkdir(parents=True)
-                torch.save(entry, path)
-        (tmp / META_FILE).write_text(json.dumps({"format": FORMAT, "tp": tp, "pp": pp, "hf_config": cfg},
-                                                indent=2) + "\n")
+        _write_megatron(tmp, cfg, state, named, tp, pp, client_state={})
     return out_dir
+
+
+def _write_megatron(tmp: Path, cfg: dict[str, Any], state: dict[str, torch.Tensor], named: dict[str, Any] | None,
+                    tp: int, pp: int, client_state: dict[str, Any]) -> None:
+    """Write whole HF tensors (and a named optimizer state) as a tp x pp Megatron folder into `tmp`."""
+    dims = LlamaDims.from_hf(cfg)
+    shapes = expected_shapes(dims)
+    for stage in range(pp):
+        mine = {n for n in state if stage in stages_of(n, dims.layers, pp)}
+        for rank in range(tp):
+            entry: dict[str, Any] = {"model": {n: shard_tensor(n, state[n], tp, rank) for n in state if n in mine},
+                                     "tp": tp, "tp_rank": rank, "pp": pp, "pp_rank": stage,
+                                     "client_state": client_state}
+            if named is not None:
+                entry["optimizer"] = indexed_optimizer_state(
+                    _shard_named_optim(_stage_optim(named, mine), shapes, tp, rank))
+            path = rank_file(tmp, rank, stage, pp)
+            path.parent.mkdir(parents=True)
+            torch.save(entry, path)
+    (tmp / META_FILE).write_text(json.dumps({"format": FORMAT, "tp": tp, "pp": pp, "hf_config": cfg},
+                                            indent=2) + "\n")
 
 
 def read_megatron(meg_dir: str | Path, optimizer: bool = False
                   ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
     """(hf_config, full HF state dict, named optimizer state or None) of a Megatron folder."""
+    cfg, full, named, _ = _read_megatron(meg_dir, optimizer)
+    return cfg, full, named
+
+
+def _read_megatron(meg_dir: str | Path, optimizer: bool
+                   ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any]]:
+    """`read_megatron` plus the client state saved with the first rank file (the trainer's, or {})."""
     meg_dir = Path(meg_dir)
     meta_path = meg_dir / META_FILE
     if not meta_path.is_file():
@@ -275,9 +306,12 @@ def read_megatron(meg_dir: str | Path, optimizer: bool = False
         raise UserError(f"{meg_dir}: {META_FILE} says tp={tp} pp={pp} (needs {', '.join(want)}) but holds "
                         f"{', '.join(found) or 'no rank files'}; the folder is incomplete or mixes TP/PP sizes")
     ranks: list[dict[str, Any]] = []  # one per TP rank, its stages' tensors united
+    client: dict[str, Any] = {}
     for r in range(tp):
         stages = [torch.load(rank_file(meg_dir, r, st, pp), map_location="cpu", weights_only=True)
                   for st in range(pp)]
+        if r == 0:  # every rank file of a training checkpoint holds the same client state
+            client = dict(stages[0].get("client_state") or {})
         for st, entry in enumerate(stages):
             if (entry.get("tp"), entry.get("tp_rank"), entry.get("pp", 1), entry.get("pp_rank", 0)) != (tp, r, pp, st):
                 raise UserError(f"{rank_file(meg_dir, r, st, pp)} was written for tp={entry.get('tp')} rank "
@@ -308,7 +342,7 @@ def read_megatron(meg_dir: str | Path, optimizer: bool = False
         if any("optimizer" not in e for e in ranks):
             raise UserError(f"--optimizer: {meg_dir} holds no optimizer state; convert without --optimizer")
         named = _merge_named_optims([e["optimizer"] for e in ranks], expected_shapes(dims))
-    return cfg, full, named
+    return cfg, full, named, client
 
 
 def megatron_to_hf(meg_dir: str | Path, out_dir: str | Path, optimizer: bool = False,
@@ -323,3 +357,154 @@ def megatron_to_hf(meg_dir: str | Path, out_dir: str | Path, optimizer: bool = F
         if named is not None:
             torch.save(named, tmp / OPTIM_FILE)
     return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------
+# a training checkpoint for another tp/pp (and data-parallel) size
+
+
+def reshard_megatron(checkpoint: str | Path, out: str | Path, tp: int, pp: int = 1, world_size: int | None = None,
+                     overwrite: bool = False) -> dict[str, Any]:
+    """Rewrite an engine=megatron checkpoint for `tp` x `pp` (x data-parallel) ranks; returns a summary.
+
+    Weights and every optimizer state (Adam moments, step, the Anchored-AdamW anchor θ₀) are merged to whole
+    tensors and cut again — pure slices, so bit-exact. The client state (data-stream position, train state)
+    is kept; `meta.json` gets the new world size. `world_size` defaults to the same number of data-parallel
+    replicas as before; when that number changes, the stream state is re-keyed by
+    `dist_forget.data.mixture.reshard_state_dict` and meta's data fingerprint with it.
+    """
+    from dist_forget.engine.checkpoint import HF_CONFIG, META
+
+    src, dst = Path(checkpoint), Path(out)
+    if not (src / META).is_file() or not (src / META_FILE).is_file():
+        raise UserError(f"--checkpoint {src}: not an engine=megatron training checkpoint (needs {META} and "
+                        f"{META_FILE}); pass a checkpoints/step-XXXXXXXX folder, or for a converted folder use "
+                        f"megatron-to-hf then hf-to-megatron --tp {tp}")
+    if dst.resolve() == src.resolve():
+        raise UserError(f"--out {dst} is the source checkpoint; write the resharded copy to another folder")
+    if dst.exists() and not overwrite:
+        raise UserError(f"{dst} already exists; pass --overwrite or choose another --out")
+    meta = json.loads((src / META).read_text())
+    old = json.loads((src / META_FILE).read_text())
+    old_tp, old_pp = int(old.get("tp", 1)), int(old.get("pp", 1))
+    old_world = int(meta.get("world_size") or old_tp * old_pp)
+    old_dp = old_world // (old_tp * old_pp)
+    dims = LlamaDims.from_hf(old["hf_config"])
+    dims.check_tp(tp, where="--tp")
+    check_pp(pp, where="--pp", layers=dims.layers)
+    world = world_size if world_size is not None else tp * pp * old_dp
+    if world < 1 or world % (tp * pp):
+        raise UserError(f"--world-size {world} is not a multiple of --tp {tp} x --pp {pp}; pass a multiple "
+                        f"of {tp * pp} (data-parallel replicas x model-parallel ranks)")
+    dp = world // (tp * pp)
+
+    cfg, full, named, client = _read_megatron(src, optimizer=True)
+    client = copy.deepcopy(client)
+    if dp != old_dp and client.get("data") is not None:
+        from dist_forget.data.mixture import reshard_state_dict
+
+        if client["data"].get("fingerprint") != meta.get("data_fingerprint"):
+            raise UserError(f"{src / META}: data_fingerprint does not match the data-stream state saved beside "
+                            "it (the checkpoint was edited or mixed up); reshard an untouched checkpoint")
+        client["data"] = reshard_state_dict(client["data"], dp)
+        meta["data_fingerprint"] = client["data"]["fingerprint"]
+    if isinstance(client.get("config"), str):  # the recorded run config: say what the new layout is
+        run_cfg = json.loads(client["config"])
+        run_cfg.setdefault("parallel", {}).update(tp=tp, pp=pp)
+        client["config"] = json.dumps(run_cfg)
+    if isinstance(meta.get("config"), dict):
+        meta["config"].setdefault("parallel", {}).update(tp=tp, pp=pp)
+    meta["resharded_from"] = {"path": str(src.resolve()), "world_size": old_world, "tp": old_tp, "pp": old_pp}
+    meta["world_size"] = world
+
+    with atomic_dir(dst, overwrite=overwrite) as tmp:
+        _write_megatron(tmp, cfg, full, named, tp, pp, client_state=client)
+        if (src / HF_CONFIG).is_file():
+            (tmp / HF_CONFIG).write_bytes((src / HF_CONFIG).read_bytes())
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+    return {"from": {"tp": old_tp, "pp": old_pp, "dp": old_dp, "world_size": old_world},
+            "to": {"tp": tp, "pp": pp, "dp": dp, "world_size": world},
+            "optimizer_keys": sorted({k for st in (named or {}).get("state", {}).values() for k in st})}
+
+
+# ---------------------------------------------------------------------------------------------------
+# a Megatron folder as model.init_from
+
+
+def hf_folder_for_init(meg_dir: str | Path, cache_dir: str | Path) -> Path:
+    """The HF folder of a Megatron folder (any tp/pp), converted once into `cache_dir` and reused.
+
+    The cache key covers megatron.json and every rank file's size and mtime, so a rewritten checkpoint is
+    converted again. Ranks of one launch may race here: the first complete folder wins, the others use it.
+    """
+    meg_dir = Path(meg_dir)
+    h = hashlib.sha256(str(meg_dir.resolve()).encode())
+    h.update((meg_dir / META_FILE).read_bytes())
+    for f in sorted(meg_dir.glob("mp_rank_*/model_optim.pt")):
+        st = f.stat()
+        h.update(f"{f.parent.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    folder = Path(cache_dir) / f"megatron-{meg_dir.resolve().name}-{h.hexdigest()[:12]}"
+    if (folder / "config.json").is_file():
+        return folder
+    cfg, full, _ = read_megatron(meg_dir)
+    try:
+        with atomic_dir(folder) as tmp:
+            write_hf_folder(tmp, full, cfg)
+    except OSError:  # FileExistsError / ENOTEMPTY: another rank of this launch finished first (same bytes)
+        if not (folder / "config.json").is_file():
+            raise
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------
+# the stock GPTModel's optimizer state <-> ours (HF names)
+
+
+def stock_optimizer_to_hf(sd: dict[str, Any], groups: list[list[str]], dims: LlamaDims, tp: int) -> dict[str, Any]:
+    """A torch optimizer state_dict over GPTModel parameters (`groups`: their names per param group) -> the
+    same state over HF-named TP shards, index-keyed with `param_names` (the layout our checkpoints hold)."""
+    parts = stock_parts(dims)
+    order = {n: i for i, n in enumerate(expected_shapes(dims))}
+    named = named_optimizer_state(sd, [n for g in groups for n in g])
+    state: dict[str, Any] = {}
+    for sname, st in named["state"].items():
+        # scalars (`step`) are cloned per part: torch.save keeps aliasing, and one shared step tensor
+        # would then be incremented once per part by the foreach update
+        pieces = {k: (split_stock(sname, v, dims, tp) if torch.is_tensor(v) and v.ndim > 0
+                      else [v.clone() if torch.is_tensor(v) else v for _ in parts[sname]]) for k, v in st.items()}
+        for j, hname in enumerate(parts[sname]):
+            state[hname] = {k: v[j] for k, v in pieces.items()}
+    hf_groups = [{**g, "params": sorted((h for s in g["params"] for h in parts[s]), key=order.__getitem__)}
+                 for g in named["param_groups"]]
+    return indexed_optimizer_state({"format": OPTIM_FORMAT, "state": state, "param_groups": hf_groups})
+
+
+def stock_optimizer_from_hf(opt: dict[str, Any], groups: list[list[str]], dims: LlamaDims, tp: int,
+                            where: str) -> dict[str, Any]:
+    """Inverse of `stock_optimizer_to_hf`, for an optimizer whose param groups hold GPTModel parameters
+    named `groups` (in order): a torch state_dict it can load."""
+    parts = stock_parts(dims)
+    named = named_optimizer_state(opt)
+    if len(named["param_groups"]) != len(groups):
+        raise UserError(f"{where}: optimizer state has {len(named['param_groups'])} param groups, this run "
+                        f"{len(groups)}; resume with the same optimizer settings")
+    index: dict[str, int] = {}
+    out_groups = []
+    for saved, names in zip(named["param_groups"], groups):
+        want = sorted(h for s in names for h in parts[s])
+        if sorted(saved["params"]) != want:
+            raise UserError(f"{where}: optimizer state is for parameters {sorted(saved['params'])[:2]}..., this "
+                            f"model has {want[:2]}...; resume with the same model")
+        ids = [index.setdefault(s, len(index)) for s in names]
+        out_groups.append({**{k: v for k, v in saved.items() if k != "params"}, "params": ids})
+    state = {}
+    for sname, i in index.items():
+        have = [named["state"].get(h) for h in parts[sname]]
+        if all(h is None for h in have):
+            continue  # never stepped: no state, as in a fresh optimizer
+        if any(h is None for h in have):
+            raise UserError(f"{where}: optimizer state covers only part of {sname}'s tensors; the checkpoint "
+                            "is incomplete")
+        state[i] = {k: (fuse_stock(sname, [h[k] for h in have], dims, tp)
+                        if torch.is_tensor(v) and v.ndim > 0 else v) for k, v in have[0].items()}
+    return {"state": state, "param_groups": out_groups}

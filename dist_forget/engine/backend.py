@@ -56,12 +56,15 @@ class ParallelConfig:
     zero_stage: int = 0  # deepspeed: 0 = plain data parallel, 1/2/3 shard optimizer/gradients/weights
     tp: int = 1  # megatron: tensor-parallel size
     pp: int = 1  # megatron: pipeline-parallel size
+    impl: Literal["local", "stock"] = "local"  # megatron: our TP layers (CPU+GPU) or megatron-core's GPTModel (GPU)
 
     def validate(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise UserError(f"parallel.zero_stage = {self.zero_stage} must be 0, 1, 2 or 3")
         if self.tp < 1 or self.pp < 1:
             raise UserError(f"parallel.tp = {self.tp}, parallel.pp = {self.pp} must both be >= 1")
+        if self.impl not in ("local", "stock"):
+            raise UserError(f"parallel.impl = {self.impl!r} must be 'local' or 'stock'")
 
 
 @dataclass

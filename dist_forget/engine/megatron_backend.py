@@ -11,6 +11,10 @@ point-to-point send/recv of the [batch, seq, hidden] activations and their gradi
 not fast: a stage idles while the others work). The tied embedding lives on the first and the last
 stage; their gradients are summed over megatron's embedding group, so the two copies stay equal.
 
+`parallel.impl=stock` (GPU only) runs megatron-core's own GPTModel instead of our layers
+(models/megatron.StockLlama): same interface, weights and optimizer state converted to HF-named shards at
+the checkpoint boundary, so both implementations write and read the same checkpoints.
+
 The optimizer (AnchoredAdamW in practice) is built over the *shard* parameters, so its per-parameter
 state — Adam moments and the anchor θ₀, captured lazily from the shard before its first update — is
 sharded exactly like the weights it belongs to. Gradients are averaged over the data-parallel group by
@@ -37,7 +41,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from dist_forget.convert.megatron_hf import FORMAT, META_FILE, rank_file
+from dist_forget.convert.megatron_hf import (
+    FORMAT,
+    META_FILE,
+    rank_file,
+    stock_optimizer_from_hf,
+    stock_optimizer_to_hf,
+)
 from dist_forget.engine.backend import (
     Backend,
     BackendConfig,
@@ -65,6 +75,12 @@ class MegatronBackend(Backend):
         super().__init__(cfg)
         M.check_pp(cfg.parallel.pp)
         self.tp, self.pp = cfg.parallel.tp, cfg.parallel.pp
+        self.stock = cfg.parallel.impl == "stock"
+        if self.stock:  # before any process group: a CPU machine gets the one-line reason at once
+            M.require_cuda_for_stock()
+            if self.pp != 1:
+                raise UserError(f"parallel.impl=stock supports parallel.pp=1 only (got {self.pp}); use "
+                                "parallel.impl=local for pipeline parallelism")
         self.tp_rank, self.pp_rank = 0, 0
 
     def init_distributed(self) -> None:
@@ -103,12 +119,16 @@ class MegatronBackend(Backend):
         dims.check_tp(self.tp)
         M.check_pp(self.pp, layers=dims.layers)
         dtype = torch.float32  # master weights; bf16 runs under autocast like the single backend
-        self.model = M.MegatronLlama(hf.config, dtype=dtype, device=str(self.device))
+        self.model: M.MegatronLlama | M.StockLlama
+        if self.stock:
+            self.model = M.StockLlama(hf.config, dtype=dtype, device=str(self.device), seed=self.cfg.seed)
+        else:
+            self.model = M.MegatronLlama(hf.config, dtype=dtype, device=str(self.device))
         self.model.load_full({k: v.to(self.device) for k, v in hf.state_dict().items()}, where="model")
         del hf
         self.model.train()
         self.optimizer = optimizer_factory(self.model)
-        self.param_names = {id(p): n for n, p in self.model.named_parameters()}
+        self.param_names = self.model.param_name_map()
         self.grad_accum = grad_accum
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -154,7 +174,7 @@ class MegatronBackend(Backend):
             loss = loss_sum / n
             if backward:
                 (loss * scale).backward()
-            return loss.item(), float(loss_sum)
+            return loss.item(), float(loss_sum.detach())
         from megatron.core import parallel_state as ps
 
         b, t = ids.shape
@@ -172,7 +192,7 @@ class MegatronBackend(Backend):
             loss = loss_sum / n
             if backward:
                 (loss * scale).backward()
-            value = (loss.item(), float(loss_sum))
+            value = (loss.item(), float(loss_sum.detach()))
         else:
             dist.send(y.detach().float().contiguous(), dst=ps.get_pipeline_model_parallel_next_rank())
             if backward:
@@ -220,17 +240,18 @@ class MegatronBackend(Backend):
         sharded = torch.zeros((), dtype=torch.float64, device=self.device)
         replicated = torch.zeros((), dtype=torch.float64, device=self.device)
         grads = []
-        for name, p in self.model.named_parameters():
+        for p in self.model.parameters():
             if p.grad is None:
                 continue
             grads.append(p.grad)
+            name = self.param_names[id(p)]
             if self.pp > 1 and self.model.last and not self.model.first and "embed_tokens" in name:
                 continue  # the tied copy: counted once, on the first stage
             sq = p.grad.detach().double().pow(2).sum()
-            if M.shard_dim(name) is None:
-                replicated += sq
-            else:
+            if self.model.is_sharded(name):
                 sharded += sq
+            else:
+                replicated += sq
         if self.tp > 1:
             dist.all_reduce(sharded, group=self._tp_group())
         total = sharded + replicated
@@ -293,11 +314,15 @@ class MegatronBackend(Backend):
             if self.rank == 0:
                 write_json_atomic(d / META_FILE, self.meta())
 
+    def _group_names(self) -> list[list[str]]:
+        return [[self.param_names[id(p)] for p in g["params"]] for g in self.optimizer.param_groups]
+
     def _named_optimizer_state(self) -> dict[str, Any]:
         sd = self.optimizer.state_dict()
-        ordered = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.stock:  # fused GPTModel tensors -> HF-named shards, so local and stock share checkpoints
+            return stock_optimizer_to_hf(sd, self._group_names(), self.model.dims, self.tp)
         # indices in the optimizer state_dict follow param_groups order: record whose index is whose
-        sd["param_names"] = [self.param_names[id(p)] for p in ordered]
+        sd["param_names"] = [n for g in self._group_names() for n in g]
         return sd
 
     def load(self, root: Path, tag: str) -> dict[str, Any]:
@@ -306,8 +331,12 @@ class MegatronBackend(Backend):
         where = str(rank_file(d, self.tp_rank, self.pp_rank, self.pp))
         self.model.load_shard(state["model"], where=where)
         opt = state["optimizer"]
+        if self.stock:
+            self.optimizer.load_state_dict(stock_optimizer_from_hf(opt, self._group_names(), self.model.dims,
+                                                                   self.tp, where))
+            return dict(state.get("client_state") or {})
         names = opt.pop("param_names", None)
-        ordered = [self.param_names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
+        ordered = [n for g in self._group_names() for n in g]
         if names is not None and names != ordered:
             raise UserError(f"{where}: optimizer state is for parameters "
                             f"{names[:2]}..., this model has {ordered[:2]}...; resume with the same model")
@@ -342,12 +371,12 @@ def load_rank_state(d: Path, tp_rank: int, tp: int, pp_rank: int = 0, pp: int = 
     meta = json.loads(meta_path.read_text())
     if meta.get("tp") != tp:
         raise UserError(f"{d} was converted/saved for tp={meta.get('tp')}, this run uses parallel.tp={tp}; "
-                        f"run `dist-forget convert megatron-to-hf` then `hf-to-megatron --tp {tp}`, "
-                        f"or set parallel.tp={meta.get('tp')}")
+                        f"run `dist-forget convert reshard-megatron --checkpoint {d} --out DIR --tp {tp} --pp {pp}` "
+                        f"and resume from DIR, or set parallel.tp={meta.get('tp')}")
     if meta.get("pp", 1) != pp:
         raise UserError(f"{d} was converted/saved for pp={meta.get('pp', 1)}, this run uses parallel.pp={pp}; "
-                        f"run `dist-forget convert megatron-to-hf` then `hf-to-megatron --pp {pp}`, "
-                        f"or set parallel.pp={meta.get('pp', 1)}")
+                        f"run `dist-forget convert reshard-megatron --checkpoint {d} --out DIR --tp {tp} --pp {pp}` "
+                        f"and resume from DIR, or set parallel.pp={meta.get('pp', 1)}")
     path = rank_file(d, tp_rank, pp_rank, pp)
     if not path.is_file():
         raise UserError(f"{path} is missing; the checkpoint {d} is incomplete for tp={tp} pp={pp}")

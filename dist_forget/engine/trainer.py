@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,14 +75,19 @@ class _NullTracker:
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
-def _tracker(cfg: RunConfig, rank: int, run_name: str, out: Path) -> Any:
+def _tracker(cfg: RunConfig, rank: int, run_name: str, out: Path, resumed_run_id: str | None) -> Any:
+    """Rank 0's MLflow tracker; a resume continues the run id its checkpoint recorded (unless the config or
+    $MLFLOW_RUN_ID names one). Params are the config as written, so a resume does not 'change' them."""
     if not cfg.tracking.enabled:
         return _NullTracker()
     try:
         from dist_forget.tracking import Tracker
     except ImportError:  # tracking not installed in this tree: train anyway
         return _NullTracker()
-    return Tracker.create(cfg.tracking, rank=rank, run_name=run_name, params=flatten(to_dict(cfg)), out_dir=out)
+    tracking = cfg.tracking
+    if resumed_run_id and not tracking.run_id and not os.environ.get("MLFLOW_RUN_ID"):
+        tracking = replace(tracking, run_id=resumed_run_id)
+    return Tracker.create(tracking, rank=rank, run_name=run_name, params=flatten(to_dict(cfg)), out_dir=out)
 
 
 def _precision(cfg: RunConfig) -> Literal["fp32", "bf16"]:
@@ -224,12 +230,10 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         client = backend.load(resume_path.parent, resume_path.name)
         stream.load_state_dict(client["data"])
         state = TrainState(**json.loads(client["train"]))
-        if cfg.tracking.run_id is None and state.mlflow_run_id:
-            cfg.tracking.run_id = state.mlflow_run_id  # resume into the same MLflow run
         say(f"resumed from {resume_path} at step {state.step}")
 
     run_name = cfg.name or out.resolve().name
-    tracker = _tracker(cfg, backend.rank, run_name, out)
+    tracker = _tracker(cfg, backend.rank, run_name, out, state.mlflow_run_id)
     # an error or Ctrl-C still sends what is queued and closes the MLflow run as FAILED / KILLED
     cleanup.push(lambda exc_type, *_: tracker.finish(_end_status(exc_type)))
     state.mlflow_run_id = tracker.run_id or state.mlflow_run_id

@@ -65,8 +65,11 @@ def bootstrap(jobs: list[BootstrapJob], cfg: FitConfig, progress: bool = True) -
     total = cfg.bootstrap * len(jobs)
     if total == 0:
         return [np.empty((0, len(get_form(j.form).params))) for j in jobs]
-    tasks = [(j, c, min(CHUNK, cfg.bootstrap - start))
-             for j in range(len(jobs)) for c, start in enumerate(range(0, cfg.bootstrap, CHUNK))]
+    tasks = [
+        (j, c, min(CHUNK, cfg.bootstrap - start))
+        for j in range(len(jobs))
+        for c, start in enumerate(range(0, cfg.bootstrap, CHUNK))
+    ]
     results: dict[tuple[int, int], np.ndarray] = {}
     bar = _Progress(total, enabled=progress)
     workers = cfg.workers or default_workers()
@@ -79,7 +82,8 @@ def bootstrap(jobs: list[BootstrapJob], cfg: FitConfig, progress: bool = True) -
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as pool:
             futures: dict[Future[np.ndarray], tuple[int, int, int]] = {
-                pool.submit(_run_chunk, jobs[j], cfg, (cfg.seed, j, c), count): (j, c, count) for j, c, count in tasks
+                pool.submit(_run_chunk, jobs[j], cfg, (cfg.seed, j, c), count): (j, c, count)
+                for j, c, count in tasks
             }
             for fut in _as_completed(futures):
                 j, c, count = futures[fut]
@@ -114,8 +118,10 @@ class _Progress:
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         frac = self.done / self.total
         filled = int(30 * frac)
-        line = (f"bootstrap [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} resamples "
-                f"{rate:,.0f}/s  elapsed {elapsed:.1f} s  ETA {eta:.1f} s")
+        line = (
+            f"bootstrap [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} resamples "
+            f"{rate:,.0f}/s  elapsed {elapsed:.1f} s  ETA {eta:.1f} s"
+        )
         if self.tty:
             print("\r" + line, end="", file=sys.stderr, flush=True)
         elif int(frac * 10) > self.last_decile:

@@ -16,14 +16,26 @@ from dist_forget.laws.forms import DEFAULT_FORMS, FORMS
 from dist_forget.laws.pipeline import fit_runs
 from dist_forget.laws.plan import format_plan, load_fits
 from dist_forget.laws.plan import plan as plan_p
-from dist_forget.laws.report import write_outputs
+from dist_forget.laws.report import _finite, write_outputs
 from dist_forget.laws.table import read_mlflow, read_runs
 
 
-def fit(out: Path, runs: str | None = None, mlflow: str | None = None, forms: tuple[str, ...] = DEFAULT_FORMS,
-        holdout: Literal["none", "largest", "leave-one-size-out"] = "none", bootstrap: int = 1000,
-        delta: float = 1e-3, loss: Literal["huber", "squared"] = "huber", domains: tuple[str, ...] = (),
-        pooled: bool = False, workers: int = 0, seed: int = 0, top_k: int = 16, plots: bool = True) -> int:
+def fit(
+    out: Path,
+    runs: str | None = None,
+    mlflow: str | None = None,
+    forms: tuple[str, ...] = DEFAULT_FORMS,
+    holdout: Literal["none", "largest", "leave-one-size-out"] = "none",
+    bootstrap: int = 1000,
+    delta: float = 1e-3,
+    loss: Literal["huber", "squared"] = "huber",
+    domains: tuple[str, ...] = (),
+    pooled: bool = False,
+    workers: int = 0,
+    seed: int = 0,
+    top_k: int = 16,
+    plots: bool = True,
+) -> int:
     """Fit forgetting and finetuning laws per domain to a runs table; write fit.json, REPORT.md and plots.
 
     --runs is a CSV/Parquet table or a directory of summary.json files; --mlflow EXPERIMENT reads an
@@ -31,18 +43,32 @@ def fit(out: Path, runs: str | None = None, mlflow: str | None = None, forms: tu
     --pooled (all runs as one domain "all"). --forms picks among:
     """
     if (runs is None) == (mlflow is None):
-        raise UserError("give exactly one of --runs PATH (CSV, Parquet or a directory of summary.json) or "
-                        "--mlflow EXPERIMENT")
+        raise UserError(
+            "give exactly one of --runs PATH (CSV, Parquet or a directory of summary.json) or "
+            "--mlflow EXPERIMENT"
+        )
     start = time.monotonic()
     table = read_runs(runs) if runs is not None else read_mlflow(str(mlflow))
     if pooled:
         table.domain = np.full(len(table), "all", dtype=object)
-    source = str(runs) if runs is not None else f"mlflow:{mlflow}@{os.environ.get('MLFLOW_TRACKING_URI', 'default')}"
+    source = (
+        str(runs)
+        if runs is not None
+        else f"mlflow:{mlflow}@{os.environ.get('MLFLOW_TRACKING_URI', 'default')}"
+    )
     cfg = FitConfig(delta=delta, loss=loss, top_k=top_k, bootstrap=bootstrap, seed=seed, workers=workers)
     print(f"read {len(table)} runs from {source}: domains {', '.join(table.domains())}", flush=True)
     records = fit_runs(table, forms, cfg, holdout, domains=domains or None)
-    meta = {"source": source, "n_runs": len(table), "delta": delta, "loss": loss, "bootstrap": bootstrap,
-            "holdout": holdout, "seed": seed, "forms": list(forms)}
+    meta = {
+        "source": source,
+        "n_runs": len(table),
+        "delta": delta,
+        "loss": loss,
+        "bootstrap": bootstrap,
+        "holdout": holdout,
+        "seed": seed,
+        "forms": list(forms),
+    }
     written = write_outputs(out, records, table, meta, plots=plots)
     print(f"done in {time.monotonic() - start:.1f} s: {len(records)} fits")
     for rec in records:
@@ -57,18 +83,40 @@ def fit(out: Path, runs: str | None = None, mlflow: str | None = None, forms: tu
 fit.__doc__ = (fit.__doc__ or "") + " " + ", ".join(FORMS) + "."
 
 
-def plan(fit: Path, domain: str, model_params: float, target_tokens: float, max_forgetting: float | None = None,
-         inject_fraction: float | None = None, anchor_decay: float = 0.0, ft_form: str = "finetune",
-         pt_form: str = "forgetting", json: bool = False) -> int:
+def plan(
+    fit: Path,
+    domain: str,
+    model_params: float,
+    target_tokens: float,
+    max_forgetting: float | None = None,
+    inject_fraction: float | None = None,
+    anchor_decay: float = 0.0,
+    ft_form: str = "finetune",
+    pt_form: str = "forgetting",
+    json: bool = False,
+) -> int:
     """Smallest injection fraction p keeping predicted forgetting <= --max-forgetting, with its 95 % interval.
 
-    Or, with --inject-fraction P, the predicted forgetting and finetune loss at that p.
+    Or, with --inject-fraction P, the predicted forgetting and finetune loss at that p. Exits 1 when no p
+    in [0, 1] meets the budget.
     """
-    result = plan_p(load_fits(fit), domain, model_params, target_tokens, max_forgetting, inject_fraction,
-                    anchor_decay, ft_form, pt_form, where=str(fit))
+    result = plan_p(
+        load_fits(fit),
+        domain,
+        model_params,
+        target_tokens,
+        max_forgetting,
+        inject_fraction,
+        anchor_decay,
+        ft_form,
+        pt_form,
+        where=str(fit),
+    )
     if json:
         keys = ("inject_fraction", "ci95", "predicted_forgetting", "predicted_ft_loss", "extrapolated")
-        print(_json.dumps({k: result[k] for k in keys} | {k: v for k, v in result.items() if k not in keys}))
+        ordered = {k: result[k] for k in keys} | {k: v for k, v in result.items() if k not in keys}
+        print(_json.dumps(_finite(ordered)))  # an unreachable budget prints p as null
     else:
         print(format_plan(result))
-    return 0
+    # Exit 1 when no p in [0, 1] meets the budget, so scripts can tell "plan found" from "impossible".
+    return 0 if result["reachable"] else 1

@@ -73,8 +73,14 @@ class PointFit:
 class Objective:
     """Weighted summed Huber (or squared) loss of log residuals and its exact gradient."""
 
-    def __init__(self, form: LawForm, cols: Cols, observed: np.ndarray, cfg: FitConfig,
-                 weights: np.ndarray | None = None):
+    def __init__(
+        self,
+        form: LawForm,
+        cols: Cols,
+        observed: np.ndarray,
+        cfg: FitConfig,
+        weights: np.ndarray | None = None,
+    ):
         self.form, self.cols, self.cfg = form, cols, cfg
         self.log_obs = np.log(observed)
         self.weights = np.ones_like(self.log_obs) if weights is None else np.asarray(weights, dtype=float)
@@ -104,8 +110,14 @@ def lbfgs(obj: Objective, start: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray
     # Tight tolerances: the Huber objective is nearly piecewise linear for delta = 1e-3, and the default
     # ftol stops L-BFGS-B on its flat stretches well before the optimum.
     with single_threaded_blas():
-        res = minimize(obj, start, jac=True, method="L-BFGS-B", bounds=obj.form.bounds(),
-                       options={"maxiter": cfg.maxiter, "ftol": 1e-15, "gtol": 1e-12, "maxcor": 20})
+        res = minimize(
+            obj,
+            start,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=obj.form.bounds(),
+            options={"maxiter": cfg.maxiter, "ftol": 1e-15, "gtol": 1e-12, "maxcor": 20},
+        )
     return res.x, float(res.fun), bool(res.success)
 
 
@@ -113,14 +125,22 @@ def best_starts(obj: Objective, grid: np.ndarray, top_k: int) -> np.ndarray:
     """The `top_k` grid points with the lowest objective (all of them if top_k is 0), best first."""
     if top_k == 0 or top_k >= len(grid):
         return grid
-    values = np.concatenate([obj.values(grid[i:i + 512]) for i in range(0, len(grid), 512)])
+    values = np.concatenate([obj.values(grid[i : i + 512]) for i in range(0, len(grid), 512)])
     values[~np.isfinite(values)] = np.inf
     return grid[np.argsort(values, kind="stable")[:top_k]]
 
 
-def solve_batch(form: LawForm, cols: Cols, observed: np.ndarray, weights: np.ndarray, theta0: np.ndarray,
-                cfg: FitConfig, max_iter: int = 100, rtol: float = 1e-12,
-                finish_stuck: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def solve_batch(
+    form: LawForm,
+    cols: Cols,
+    observed: np.ndarray,
+    weights: np.ndarray,
+    theta0: np.ndarray,
+    cfg: FitConfig,
+    max_iter: int = 100,
+    rtol: float = 1e-12,
+    finish_stuck: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Minimise the weighted objective for each row of `weights` from `theta0`: (thetas (B, k), values (B,))."""
     obj = Objective(form, cols, observed, cfg)
     log_obs = obj.log_obs
@@ -181,17 +201,25 @@ def solve_batch(form: LawForm, cols: Cols, observed: np.ndarray, weights: np.nda
 def check_identifiable(form: LawForm, runs: Runs, what: str) -> None:
     k = len(form.params)
     if len(runs) < k:
-        raise UserError(f"{what}: {len(runs)} runs for form {form.name!r} with {k} parameters; it needs at "
-                        f"least {k} runs")
+        raise UserError(
+            f"{what}: {len(runs)} runs for form {form.name!r} with {k} parameters; it needs at least {k} runs"
+        )
     for col in form.varies:
         distinct = np.unique(runs.values[col])
         if distinct.size < 2:
-            raise UserError(f"{what}: all {len(runs)} runs have {col} = {distinct[0]:g}; form {form.name!r} "
-                            f"needs {col} to vary (add runs at other values or choose another --forms)")
+            raise UserError(
+                f"{what}: all {len(runs)} runs have {col} = {distinct[0]:g}; form {form.name!r} "
+                f"needs {col} to vary (add runs at other values or choose another --forms)"
+            )
 
 
-def fit_form(form: LawForm, runs: Runs, cfg: FitConfig, weights: np.ndarray | None = None,
-             starts: np.ndarray | None = None) -> PointFit:
+def fit_form(
+    form: LawForm,
+    runs: Runs,
+    cfg: FitConfig,
+    weights: np.ndarray | None = None,
+    starts: np.ndarray | None = None,
+) -> PointFit:
     """Best L-BFGS-B fit of `form` to `runs` over the start grid (or the given `starts`)."""
     observed = runs.values[form.target]
     obj = Objective(form, runs.values, observed, cfg, weights)
@@ -202,8 +230,12 @@ def fit_form(form: LawForm, runs: Runs, cfg: FitConfig, weights: np.ndarray | No
         starts = np.atleast_2d(starts)
         # Refine all starts at once, then let L-BFGS-B finish from the best few (see module docstring).
         # Chunks of 256 keep the (starts, runs, params) arrays in cache for big grids.
-        parts = [solve_batch(form, runs.values, observed, obj.weights, starts[i:i + 256], cfg, finish_stuck=False)
-                 for i in range(0, len(starts), 256)]
+        parts = [
+            solve_batch(
+                form, runs.values, observed, obj.weights, starts[i : i + 256], cfg, finish_stuck=False
+            )
+            for i in range(0, len(starts), 256)
+        ]
         refined = np.concatenate([t for t, _ in parts])
         values = np.concatenate([v for _, v in parts])
         values[~np.isfinite(values)] = np.inf

@@ -128,8 +128,12 @@ class Finetune(LawForm):
     name = "finetune"
     law = "finetune"
     formula = "L_ft = E + A / (N^alpha * D^beta)"
-    params = (Param("E", True, (-1.0, -0.5, 0.0, 0.5, 1.0)), Param("A", True, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)),
-              _exponent("alpha"), _exponent("beta"))
+    params = (
+        Param("E", True, (-1.0, -0.5, 0.0, 0.5, 1.0)),
+        Param("A", True, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)),
+        _exponent("alpha"),
+        _exponent("beta"),
+    )
     varies = ("model_params", "target_tokens")
 
     def log_terms(self, th, cols):
@@ -144,15 +148,22 @@ class Chinchilla(LawForm):
     name = "chinchilla"
     law = "finetune"
     formula = "L_ft = E + A / N^alpha + B / D^beta"
-    params = (Param("E", True, (-1.0, -0.5, 0.0, 0.5, 1.0)), Param("A", True, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)),
-              _exponent("alpha"), Param("B", True, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)), _exponent("beta"))
+    params = (
+        Param("E", True, (-1.0, -0.5, 0.0, 0.5, 1.0)),
+        Param("A", True, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)),
+        _exponent("alpha"),
+        Param("B", True, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)),
+        _exponent("beta"),
+    )
     varies = ("model_params", "target_tokens")
 
     def log_terms(self, th, cols):
         e, a, alpha, b, beta = th
         ln_n, ln_d = _logs(cols)
-        return ([e, a - alpha * ln_n, b - beta * ln_d],
-                {(0, 0): 1.0, (1, 1): 1.0, (1, 2): -ln_n, (2, 3): 1.0, (2, 4): -ln_d})
+        return (
+            [e, a - alpha * ln_n, b - beta * ln_d],
+            {(0, 0): 1.0, (1, 1): 1.0, (1, 2): -ln_n, (2, 3): 1.0, (2, 4): -ln_d},
+        )
 
 
 class _FinetuneWithP(LawForm):
@@ -160,8 +171,13 @@ class _FinetuneWithP(LawForm):
 
     law = "finetune"
     scales: str = ""  # "data" or "params"
-    params = (Param("E", True, (-1.0, 0.0, 1.0)), Param("A", True, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)),
-              _exponent("alpha"), _exponent("beta"), Param("C", True, (0.0, 4.0, 8.0)))
+    params = (
+        Param("E", True, (-1.0, 0.0, 1.0)),
+        Param("A", True, (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)),
+        _exponent("alpha"),
+        _exponent("beta"),
+        Param("C", True, (0.0, 4.0, 8.0)),
+    )
     varies = ("model_params", "target_tokens", "inject_fraction")
 
     def log_terms(self, th, cols):
@@ -174,8 +190,10 @@ class _FinetuneWithP(LawForm):
         else:
             ln_n = ln_n + ln_boost
             expo = alpha
-        return ([e, a - alpha * ln_n - beta * ln_d],
-                {(0, 0): 1.0, (1, 1): 1.0, (1, 2): -ln_n, (1, 3): -ln_d, (1, 4): -expo * d_boost})
+        return (
+            [e, a - alpha * ln_n - beta * ln_d],
+            {(0, 0): 1.0, (1, 1): 1.0, (1, 2): -ln_n, (1, 3): -ln_d, (1, 4): -expo * d_boost},
+        )
 
 
 class FinetuneEffData(_FinetuneWithP):
@@ -196,8 +214,12 @@ class Forgetting(LawForm):
     name = "forgetting"
     law = "forgetting"
     formula = "L_pt = L_pt0 + A * D^beta / ((1 + B*p) * N)^alpha"
-    params = (Param("A", True, (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)), _exponent("alpha"), _exponent("beta"),
-              Param("B", True, (0.0, 3.0, 6.0, 9.0, 12.0)))
+    params = (
+        Param("A", True, (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)),
+        _exponent("alpha"),
+        _exponent("beta"),
+        Param("B", True, (0.0, 3.0, 6.0, 9.0, 12.0)),
+    )
     varies = ("model_params", "target_tokens", "inject_fraction")
     multipliers: tuple[str, ...] = ("inject_fraction",)  # column scaled by each fitted log-scale after beta
 
@@ -219,7 +241,9 @@ class Forgetting(LawForm):
         terms, _ = self.log_terms(th, cols)
         return np.exp(terms[1])
 
-    def solve_p(self, values: dict[str, float], n: float, d: float, eps: float, anchor_decay: float = 0.0) -> float:
+    def solve_p(
+        self, values: dict[str, float], n: float, d: float, eps: float, anchor_decay: float = 0.0
+    ) -> float:
         """Smallest p with forgetting <= eps: p = ((A*D^beta/eps)^(1/alpha)/N' - 1)/B, clipped at 0."""
         a, alpha, beta, b = values["A"], values["alpha"], values["beta"], values["B"]
         n_eff = n * (1.0 + values.get("K", 0.0) * anchor_decay)
@@ -239,8 +263,17 @@ class ForgettingAnchored(Forgetting):
     multipliers = ("inject_fraction", "anchor_decay")
 
 
-FORMS: dict[str, LawForm] = {f.name: f for f in (Finetune(), Forgetting(), Chinchilla(), FinetuneEffData(),
-                                                 FinetuneEffParams(), ForgettingAnchored())}
+FORMS: dict[str, LawForm] = {
+    f.name: f
+    for f in (
+        Finetune(),
+        Forgetting(),
+        Chinchilla(),
+        FinetuneEffData(),
+        FinetuneEffParams(),
+        ForgettingAnchored(),
+    )
+}
 DEFAULT_FORMS = ("finetune", "forgetting")
 
 

@@ -52,8 +52,13 @@ def _samples(rec: dict[str, Any]) -> list[dict[str, float]]:
 
 
 def _cols(n: float, d: float, p: float, anchor_decay: float) -> dict[str, np.ndarray]:
-    return {"model_params": np.array([n]), "target_tokens": np.array([d]), "inject_fraction": np.array([p]),
-            "anchor_decay": np.array([anchor_decay]), "pt_loss_base": np.array([1.0])}
+    return {
+        "model_params": np.array([n]),
+        "target_tokens": np.array([d]),
+        "inject_fraction": np.array([p]),
+        "anchor_decay": np.array([anchor_decay]),
+        "pt_loss_base": np.array([1.0]),
+    }
 
 
 def _forgetting(form: Forgetting, values: dict[str, float], cols: dict[str, np.ndarray]) -> float:
@@ -73,14 +78,27 @@ def _interval(xs: list[float]) -> list[float] | None:
     return [float(lo), float(hi)]
 
 
-def plan(fits: list[dict[str, Any]], domain: str, model_params: float, target_tokens: float,
-         max_forgetting: float | None = None, inject_fraction: float | None = None, anchor_decay: float = 0.0,
-         ft_form: str = "finetune", pt_form: str = "forgetting", where: str = "fit.json") -> dict[str, Any]:
+def plan(
+    fits: list[dict[str, Any]],
+    domain: str,
+    model_params: float,
+    target_tokens: float,
+    max_forgetting: float | None = None,
+    inject_fraction: float | None = None,
+    anchor_decay: float = 0.0,
+    ft_form: str = "finetune",
+    pt_form: str = "forgetting",
+    where: str = "fit.json",
+) -> dict[str, Any]:
     """Smallest p with forgetting <= max_forgetting (or predictions at a given inject_fraction)."""
     if (max_forgetting is None) == (inject_fraction is None):
-        raise UserError("give exactly one of --max-forgetting EPS (to find p) or --inject-fraction P (to predict)")
+        raise UserError(
+            "give exactly one of --max-forgetting EPS (to find p) or --inject-fraction P (to predict)"
+        )
     if max_forgetting is not None and not max_forgetting > 0:
-        raise UserError(f"--max-forgetting {max_forgetting} must be > 0 (nats/token of pt_loss - pt_loss_base)")
+        raise UserError(
+            f"--max-forgetting {max_forgetting} must be > 0 (nats/token of pt_loss - pt_loss_base)"
+        )
     if inject_fraction is not None and not 0 <= inject_fraction <= 1:
         raise UserError(f"--inject-fraction {inject_fraction} must be a fraction in [0, 1] (0.01 = 1 %)")
     for flag, value in (("--model-params", model_params), ("--target-tokens", target_tokens)):
@@ -89,7 +107,9 @@ def plan(fits: list[dict[str, Any]], domain: str, model_params: float, target_to
     pt_rec, ft_rec = select(fits, domain, pt_form, where), select(fits, domain, ft_form, where)
     form = get_form(pt_rec["form"])
     if not isinstance(form, Forgetting):
-        raise UserError(f"--pt-form {pt_form!r} is not a forgetting law; use forgetting or forgetting-anchored")
+        raise UserError(
+            f"--pt-form {pt_form!r} is not a forgetting law; use forgetting or forgetting-anchored"
+        )
     n, d = float(model_params), float(target_tokens)
 
     def p_for(values: dict[str, float]) -> float:
@@ -100,7 +120,9 @@ def plan(fits: list[dict[str, Any]], domain: str, model_params: float, target_to
     p = p_for(pt_rec["params"])
     samples_pt, samples_ft = _samples(pt_rec), _samples(ft_rec)
     p_samples = [p_for(s) for s in samples_pt]
-    forget = _forgetting(form, pt_rec["params"], _cols(n, d, p, anchor_decay)) if np.isfinite(p) else float("nan")
+    forget = (
+        _forgetting(form, pt_rec["params"], _cols(n, d, p, anchor_decay)) if np.isfinite(p) else float("nan")
+    )
     ft = _ft_loss(ft_rec, ft_rec["params"], _cols(n, d, p if np.isfinite(p) else 0.0, anchor_decay))
     reasons = []
     for rec in (pt_rec, ft_rec):
@@ -114,13 +136,20 @@ def plan(fits: list[dict[str, Any]], domain: str, model_params: float, target_to
         "predicted_forgetting": forget,
         "predicted_ft_loss": ft,
         "extrapolated": bool(reasons),
+        "reachable": bool(np.isfinite(p) and p <= 1.0),  # p > 1 would need more than all-pretraining data
         "extrapolation": reasons,
-        "forgetting_ci95": _interval([_forgetting(form, s, _cols(n, d, p, anchor_decay)) for s in samples_pt]
-                                     if np.isfinite(p) else []),
-        "ft_loss_ci95": _interval([_ft_loss(ft_rec, s, _cols(n, d, p if np.isfinite(p) else 0.0, anchor_decay))
-                                   for s in samples_ft]),
-        "domain": domain, "model_params": n, "target_tokens": d, "max_forgetting": max_forgetting,
-        "pt_form": pt_rec["form"], "ft_form": ft_rec["form"],
+        "forgetting_ci95": _interval(
+            [_forgetting(form, s, _cols(n, d, p, anchor_decay)) for s in samples_pt] if np.isfinite(p) else []
+        ),
+        "ft_loss_ci95": _interval(
+            [_ft_loss(ft_rec, s, _cols(n, d, p if np.isfinite(p) else 0.0, anchor_decay)) for s in samples_ft]
+        ),
+        "domain": domain,
+        "model_params": n,
+        "target_tokens": d,
+        "max_forgetting": max_forgetting,
+        "pt_form": pt_rec["form"],
+        "ft_form": ft_rec["form"],
     }
     return out
 
@@ -129,19 +158,30 @@ def format_plan(result: dict[str, Any]) -> str:
     def ci(v: list[float] | None, fmt: str) -> str:
         return f"[{v[0]:{fmt}}, {v[1]:{fmt}}]" if v else "n/a"
 
-    lines = [f"domain {result['domain']}: N = {result['model_params']:.4g}, D = {result['target_tokens']:.4g}"]
+    lines = [
+        f"domain {result['domain']}: N = {result['model_params']:.4g}, D = {result['target_tokens']:.4g}"
+    ]
     if result["max_forgetting"] is not None:
         p = result["inject_fraction"]
-        p_txt = "impossible (forgetting does not fall below the budget at any p)" if not np.isfinite(p) \
-            else f"{p:.6g} ({100 * p:.4g} %)"
-        lines.append(f"smallest p with forgetting <= {result['max_forgetting']:g} nats/token: {p_txt}, "
-                     f"95 % CI {ci(result['ci95'], '.4g')}")
+        p_txt = (
+            "impossible (forgetting does not fall below the budget at any p)"
+            if not np.isfinite(p)
+            else f"{p:.6g} ({100 * p:.4g} %)" + ("" if result["reachable"] else " - above 100 %: unreachable")
+        )
+        lines.append(
+            f"smallest p with forgetting <= {result['max_forgetting']:g} nats/token: {p_txt}, "
+            f"95 % CI {ci(result['ci95'], '.4g')}"
+        )
     else:
         lines.append(f"at p = {result['inject_fraction']:.6g}:")
-    lines.append(f"predicted forgetting (pt_loss - pt_loss_base): {result['predicted_forgetting']:.5g} nats/token, "
-                 f"95 % CI {ci(result['forgetting_ci95'], '.5g')}")
-    lines.append(f"predicted finetune loss: {result['predicted_ft_loss']:.5g} nats/token, "
-                 f"95 % CI {ci(result['ft_loss_ci95'], '.5g')}")
+    lines.append(
+        f"predicted forgetting (pt_loss - pt_loss_base): {result['predicted_forgetting']:.5g} nats/token, "
+        f"95 % CI {ci(result['forgetting_ci95'], '.5g')}"
+    )
+    lines.append(
+        f"predicted finetune loss: {result['predicted_ft_loss']:.5g} nats/token, "
+        f"95 % CI {ci(result['ft_loss_ci95'], '.5g')}"
+    )
     if result["extrapolated"]:
         lines.append("EXTRAPOLATED: " + "; ".join(result["extrapolation"]))
     return "\n".join(lines)

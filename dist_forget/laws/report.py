@@ -16,11 +16,13 @@ import numpy as np
 
 from dist_forget.io import atomic_dir, write_json_atomic, write_text_atomic
 from dist_forget.laws.forms import Forgetting, get_form
+from dist_forget.laws.pipeline import runs_for
 from dist_forget.laws.table import Runs
 
 
-def write_outputs(out: str | Path, records: list[dict[str, Any]], runs: Runs, meta: dict[str, Any],
-                  plots: bool = True) -> list[Path]:
+def write_outputs(
+    out: str | Path, records: list[dict[str, Any]], runs: Runs, meta: dict[str, Any], plots: bool = True
+) -> list[Path]:
     """Write fit.json, REPORT.md and plots into `out` (replaced as a whole, never half-written)."""
     with atomic_dir(out, overwrite=True) as tmp:
         write_json_atomic(tmp / "fit.json", _finite({"meta": meta, "fits": records}))
@@ -45,17 +47,26 @@ def _pct(x: float | None) -> str:
 
 
 def report_markdown(records: list[dict[str, Any]], meta: dict[str, Any], pngs: list[str]) -> str:
-    lines = ["# Law fit report", "",
-             f"Runs: {meta.get('source')} ({meta.get('n_runs')} runs). Huber delta {meta.get('delta')} on "
-             f"log-loss residuals, summed; {meta.get('bootstrap')} bootstrap resamples; holdout: "
-             f"{meta.get('holdout')}. Errors are relative errors of the loss (MRE = mean, max = largest).", ""]
-    lines += ["## In-sample and held-out error, every form side by side", "",
-              "| domain | law | form | runs | MRE | max RE | R² | held-out MRE | held-out max RE |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Law fit report",
+        "",
+        f"Runs: {meta.get('source')} ({meta.get('n_runs')} runs). Huber delta {meta.get('delta')} on "
+        f"log-loss residuals, summed; {meta.get('bootstrap')} bootstrap resamples; holdout: "
+        f"{meta.get('holdout')}. Errors are relative errors of the loss (MRE = mean, max = largest).",
+        "",
+    ]
+    lines += [
+        "## In-sample and held-out error, every form side by side",
+        "",
+        "| domain | law | form | runs | MRE | max RE | R² | held-out MRE | held-out max RE |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         h = r.get("holdout") or {}
-        lines.append(f"| {r['domain']} | {r['law']} | {r['form']} | {r['n_runs']} | {_pct(r['mre'])} | "
-                     f"{_pct(r['max_re'])} | {r['r2']:.4f} | {_pct(h.get('mre'))} | {_pct(h.get('max_re'))} |")
+        lines.append(
+            f"| {r['domain']} | {r['law']} | {r['form']} | {r['n_runs']} | {_pct(r['mre'])} | "
+            f"{_pct(r['max_re'])} | {r['r2']:.4f} | {_pct(h.get('mre'))} | {_pct(h.get('max_re'))} |"
+        )
     lines += ["", "## Best form per domain and law", ""]
     best: dict[tuple[str, str], dict[str, Any]] = {}
     key = "held-out MRE" if any(r.get("holdout") for r in records) else "in-sample MRE"
@@ -68,8 +79,9 @@ def report_markdown(records: list[dict[str, Any]], meta: dict[str, Any], pngs: l
         lines.append(f"- {domain} / {law}: **{r['form']}** ({key} {_pct(r['_score'])})")
     lines += ["", "## Parameters (95 % bootstrap intervals)", ""]
     for r in records:
-        params = ", ".join(f"{n} = {v:.5g} [{r['ci95'][n][0]:.4g}, {r['ci95'][n][1]:.4g}]"
-                           for n, v in r["params"].items())
+        params = ", ".join(
+            f"{n} = {v:.5g} [{r['ci95'][n][0]:.4g}, {r['ci95'][n][1]:.4g}]" for n, v in r["params"].items()
+        )
         lines.append(f"- {r['domain']} / {r['form']} (`{r['formula']}`): {params}")
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in pngs]
@@ -84,9 +96,13 @@ def _curve_cols(runs: Runs, n: float, d: np.ndarray, p: np.ndarray, lam: float) 
     size = max(d.size, p.size)
     at_n = runs.values["model_params"] == n
     base = float(runs.values["pt_loss_base"][at_n].mean()) if "pt_loss_base" in runs.values else 1.0
-    return {"model_params": np.full(size, n), "target_tokens": np.broadcast_to(d, size).astype(float),
-            "inject_fraction": np.broadcast_to(p, size).astype(float), "anchor_decay": np.full(size, lam),
-            "pt_loss_base": np.full(size, base)}
+    return {
+        "model_params": np.full(size, n),
+        "target_tokens": np.broadcast_to(d, size).astype(float),
+        "inject_fraction": np.broadcast_to(p, size).astype(float),
+        "anchor_decay": np.full(size, lam),
+        "pt_loss_base": np.full(size, base),
+    }
 
 
 def _band(form: Any, rec: dict[str, Any], cols: dict[str, np.ndarray], forgetting: bool):
@@ -96,7 +112,9 @@ def _band(form: Any, rec: dict[str, Any], cols: dict[str, np.ndarray], forgettin
     centre = fn(theta, cols)
     if not rec["bootstrap"]["n"]:
         return centre, None
-    th = np.array([form.to_internal({k: samples[k][i] for k in samples}) for i in range(rec["bootstrap"]["n"])])
+    th = np.array(
+        [form.to_internal({k: samples[k][i] for k in samples}) for i in range(rec["bootstrap"]["n"])]
+    )
     with np.errstate(over="ignore", invalid="ignore"):
         preds = fn(th.T[:, :, None], cols)
     return centre, np.percentile(preds, [2.5, 97.5], axis=0)
@@ -110,8 +128,8 @@ def plot_all(out: Path, records: list[dict[str, Any]], runs: Runs) -> list[Path]
 
     written = []
     for rec in records:
-        sub = runs.for_domain(rec["domain"])
         form = get_form(rec["form"])
+        sub = runs_for(form, runs.for_domain(rec["domain"]))
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         sizes = np.unique(sub.values["model_params"])
         colors = plt.cm.viridis(np.linspace(0, 0.9, len(sizes)))
@@ -119,7 +137,9 @@ def plot_all(out: Path, records: list[dict[str, Any]], runs: Runs) -> list[Path]
         if isinstance(form, Forgetting):
             d_fix = _mode(sub.values["target_tokens"])
             ps = np.unique(sub.values["inject_fraction"])
-            grid = np.concatenate([[0.0], np.geomspace(max(ps[ps > 0].min(initial=1e-4) / 2, 1e-6), ps.max() * 1.5, 60)])
+            grid = np.concatenate(
+                [[0.0], np.geomspace(max(ps[ps > 0].min(initial=1e-4) / 2, 1e-6), ps.max() * 1.5, 60)]
+            )
             for n, c in zip(sizes, colors):
                 mask = (sub.values["model_params"] == n) & (sub.values["target_tokens"] == d_fix)
                 obs = sub.values["pt_loss"][mask] - sub.values["pt_loss_base"][mask]

@@ -60,8 +60,12 @@ class Runs:
         return self.subset(self.domain == domain)
 
 
-def from_rows(rows: Iterable[dict[str, Any]], sources: Sequence[str], where: str,
-              required: Sequence[str] = REQUIRED_COLUMNS) -> Runs:
+def from_rows(
+    rows: Iterable[dict[str, Any]],
+    sources: Sequence[str],
+    where: str,
+    required: Sequence[str] = REQUIRED_COLUMNS,
+) -> Runs:
     """Validate raw rows (dicts of strings or numbers) into a `Runs`; the first bad value is a UserError."""
     rows = list(rows)
     if not rows:
@@ -69,8 +73,9 @@ def from_rows(rows: Iterable[dict[str, Any]], sources: Sequence[str], where: str
     present = set().union(*(r.keys() for r in rows))
     missing = [c for c in required if c not in present]
     if missing:
-        raise UserError(f"{where}: missing columns {', '.join(missing)}; a runs table needs "
-                        f"{', '.join(required)}")
+        raise UserError(
+            f"{where}: missing columns {', '.join(missing)}; a runs table needs {', '.join(required)}"
+        )
     numeric = [c for c in NUMERIC_COLUMNS if c in present] + (["steps"] if "steps" in present else [])
     values = {c: np.empty(len(rows)) for c in numeric}
     domain, run_ids = [], []
@@ -86,8 +91,13 @@ def from_rows(rows: Iterable[dict[str, Any]], sources: Sequence[str], where: str
             values[c][i] = _number(row.get(c), c, label)
     extra_names = sorted(present - set(numeric) - {"domain", "run_id"})
     extra = {c: [r.get(c) for r in rows] for c in extra_names}
-    return Runs(domain=np.array(domain, dtype=object), values=values, run_id=run_ids, source=list(sources),
-                extra=extra)
+    return Runs(
+        domain=np.array(domain, dtype=object),
+        values=values,
+        run_id=run_ids,
+        source=list(sources),
+        extra=extra,
+    )
 
 
 def _number(raw: Any, column: str, label: str) -> float:
@@ -109,7 +119,9 @@ def _number(raw: Any, column: str, label: str) -> float:
     if column == "anchor_decay" and value < 0:
         raise UserError(f"{label}: anchor_decay = {value:g} must be >= 0; {fix}")
     if column == "inject_fraction" and not 0 <= value <= 1:
-        raise UserError(f"{label}: inject_fraction = {value:g} must be a fraction in [0, 1] (0.01 = 1 %); {fix}")
+        raise UserError(
+            f"{label}: inject_fraction = {value:g} must be a fraction in [0, 1] (0.01 = 1 %); {fix}"
+        )
     return value
 
 
@@ -119,8 +131,10 @@ def read_runs(path: str | os.PathLike[str], required: Sequence[str] = REQUIRED_C
     if path.is_dir():
         files = sorted(path.rglob("summary.json"))
         if not files:
-            raise UserError(f"{path}: no summary.json found under this directory; point --runs at a sweep "
-                            f"output directory or a runs CSV")
+            raise UserError(
+                f"{path}: no summary.json found under this directory; point --runs at a sweep "
+                f"output directory or a runs CSV"
+            )
         rows = [_read_summary(f) for f in files]
         return from_rows(rows, [str(f) for f in files], str(path), required)
     if not path.is_file():
@@ -132,13 +146,19 @@ def read_runs(path: str | os.PathLike[str], required: Sequence[str] = REQUIRED_C
             if reader.fieldnames is None:
                 raise UserError(f"{path}: the runs table is empty; it needs a header row and one row per run")
             rows = [{(k or "").strip(): v for k, v in r.items()} for r in reader]
-        return from_rows(rows, [f"{path} line {reader_line}" for reader_line in range(2, len(rows) + 2)],
-                         str(path), required)
+        return from_rows(
+            rows,
+            [f"{path} line {reader_line}" for reader_line in range(2, len(rows) + 2)],
+            str(path),
+            required,
+        )
     if suffix in (".parquet", ".pq"):
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise UserError(f"{path}: reading Parquet needs pyarrow; pip install pyarrow or pass a CSV") from None
+            raise UserError(
+                f"{path}: reading Parquet needs pyarrow; pip install pyarrow or pass a CSV"
+            ) from None
         rows = pq.read_table(path).to_pylist()
         return from_rows(rows, [f"{path} row {i + 1}" for i in range(len(rows))], str(path), required)
     if suffix == ".json":
@@ -171,8 +191,9 @@ def read_mlflow(experiment: str, required: Sequence[str] = REQUIRED_COLUMNS) -> 
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         uri = mlflow.get_tracking_uri()
-        raise UserError(f"MLflow experiment {experiment!r} not found at {uri}; check the name or "
-                        f"MLFLOW_TRACKING_URI")
+        raise UserError(
+            f"MLflow experiment {experiment!r} not found at {uri}; check the name or MLFLOW_TRACKING_URI"
+        )
     rows, sources = [], []
     for run in _all_runs(client, exp.experiment_id):
         row: dict[str, Any] = {}
@@ -224,5 +245,8 @@ def write_runs_csv(runs: Runs, path: str | os.PathLike[str]) -> None:
         writer = csv.writer(fh)
         writer.writerow(header)
         for i in range(len(runs)):
-            writer.writerow([runs.run_id[i], runs.domain[i]] + [repr(float(runs.values[c][i])) for c in numeric]
-                            + [runs.extra[c][i] for c in runs.extra])
+            writer.writerow(
+                [runs.run_id[i], runs.domain[i]]
+                + [repr(float(runs.values[c][i])) for c in numeric]
+                + [runs.extra[c][i] for c in runs.extra]
+            )

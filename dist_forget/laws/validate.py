@@ -24,7 +24,9 @@ def _held_out_fit(form: LawForm, runs: Runs, size: float, cfg: FitConfig, what: 
     try:
         check_identifiable(form, train, f"{what} without N = {size:g}")
     except UserError as exc:
-        raise UserError(f"{exc} (holdout needs one more model size than the law; try --holdout none)") from None
+        raise UserError(
+            f"{exc} (holdout needs one more model size than the law; try --holdout none)"
+        ) from None
     point = fit_form(form, train, cfg)
     return form.predict(point.theta, test.values)
 
@@ -43,12 +45,24 @@ def holdout(form: LawForm, runs: Runs, cfg: FitConfig, mode: Holdout, what: str)
         mask = n == size
         predicted[mask] = _held_out_fit(form, runs, float(size), cfg, what)
         stats = error_stats(predicted[mask], observed[mask])
-        per_size.append({"model_params": float(size), "n_runs": int(mask.sum()), "mre": stats["mre"],
-                         "max_re": stats["max_re"]})
+        per_size.append(
+            {
+                "model_params": float(size),
+                "n_runs": int(mask.sum()),
+                "mre": stats["mre"],
+                "max_re": stats["max_re"],
+            }
+        )
     scored = ~np.isnan(predicted)
     stats = error_stats(predicted[scored], observed[scored])
-    out: dict[str, Any] = {"mode": mode, "n_test": int(scored.sum()), "mre": stats["mre"],
-                           "max_re": stats["max_re"], "r2": stats["r2"], "per_size": per_size}
+    out: dict[str, Any] = {
+        "mode": mode,
+        "n_test": int(scored.sum()),
+        "mre": stats["mre"],
+        "max_re": stats["max_re"],
+        "r2": stats["r2"],
+        "per_size": per_size,
+    }
     if mode == "largest":
         out["held_out_model_params"] = float(sizes[-1])
         out["n_train"] = int((~scored).sum())

@@ -121,13 +121,18 @@ def save_folder(state_dict: dict[str, torch.Tensor], config: Any, out: str | Pat
 
 
 def resolve_init(init_from: str, cache_dir: str | Path) -> Path:
-    """The HF folder `model.init_from` names: smollm2, an HF folder, or one of our run folders (its `model/`)."""
+    """The HF folder `model.init_from` names: smollm2, an HF folder, one of our run folders (its `model/`),
+    or a Megatron folder (converted once into `cache_dir`)."""
     if init_from == "smollm2":
         return smollm2_folder(cache_dir)
     path = Path(init_from)
     for candidate in (path / "model", path):
         if (candidate / "config.json").is_file():
             return candidate
+    if (path / "megatron.json").is_file():  # hf-to-megatron output or an engine=megatron checkpoint, any tp/pp
+        from dist_forget.convert.megatron_hf import hf_folder_for_init
+
+        return hf_folder_for_init(path, cache_dir)
     if (path / "meta.json").is_file():
         raise UserError(f"model.init_from = {init_from} is a training checkpoint; export it first with "
                         f"`dist-forget convert zero-to-hf`, or point at the run folder's model/ export")

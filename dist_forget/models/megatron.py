@@ -4,7 +4,8 @@ Why not the stock `megatron.core.models.gpt.GPTModel`: its attention allocates o
 `torch.cuda.current_device()`, so it cannot run on a CPU-only machine (platform-facts.md). This model
 uses only `ColumnParallelLinear`, `RowParallelLinear`, `VocabParallelEmbedding` and
 `vocab_parallel_cross_entropy`, which run on gloo/CPU and on NCCL/GPU alike. Where CUDA exists the
-stock GPTModel can be built instead (`build_stock_gpt`, exercised by tests/gpu/).
+stock GPTModel is selectable with `parallel.impl=stock` (`StockLlama`: the GPTModel behind the same
+interface, weights in and out as HF-named TP shards, so checkpoints and conversion are shared).
 
 Every parameter has the same name and, once gathered, the same tensor as in
 `transformers.LlamaForCausalLM` built from `ladder.hf_config(...)`. q/k/v and gate/up are kept as
@@ -354,11 +355,7 @@ class MegatronLlama(nn.Module):
 
     @staticmethod
     def loss_from_logits(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """(sum of next-token losses in nats, predicted tokens) from vocab-parallel logits."""
-        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-
-        targets = input_ids[:, 1:].contiguous()
-        return vocab_parallel_cross_entropy(logits[:, :-1, :].float().contiguous(), targets).sum(), targets.numel()
+        return vocab_parallel_loss(logits, input_ids)
 
     def loss_sum(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(sum of next-token losses in nats, number of predicted tokens), like
@@ -391,17 +388,16 @@ class MegatronLlama(nn.Module):
         """This rank's shard, HF names, without megatron's `_extra_state` placeholders."""
         return {k: v for k, v in self.state_dict().items() if not k.endswith("_extra_state")}
 
+    def param_name_map(self) -> dict[int, str]:
+        """id(parameter) -> its name, in the namespace `is_sharded` understands (here: HF's)."""
+        return {id(p): n for n, p in self.named_parameters()}
+
+    @staticmethod
+    def is_sharded(name: str) -> bool:
+        return shard_dim(name) is not None
+
     def load_shard(self, shard: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
-        own = self.shard_state_dict()
-        missing, extra = sorted(set(own) - set(shard)), sorted(set(shard) - set(own))
-        if missing or extra:
-            what = f"lacks {missing[0]!r}" if missing else f"has unexpected {extra[0]!r}"
-            raise UserError(f"{where}: shard {what}; it was made for another architecture, convert from "
-                            "the matching HF model")
-        for name, tensor in shard.items():
-            if tuple(tensor.shape) != tuple(own[name].shape):
-                raise UserError(f"{where}: {name} has shape {tuple(tensor.shape)} but this model's TP={self.tp} "
-                                f"shard needs {tuple(own[name].shape)}; convert it for tp={self.tp}")
+        check_shard(self.shard_state_dict(), shard, self.tp, where)
         with torch.no_grad():
             for name, param in self.named_parameters():
                 param.copy_(shard[name])
@@ -414,27 +410,53 @@ class MegatronLlama(nn.Module):
 
     def gather_full(self) -> dict[str, torch.Tensor]:
         """The unsharded HF state dict (a collective over the TP group; every TP rank gets it)."""
-        return self._gather({k: v.detach() for k, v in self.shard_state_dict().items()})
+        return gather_tp({k: v.detach() for k, v in self.shard_state_dict().items()}, self.tp)
 
     def gather_grads(self) -> dict[str, torch.Tensor]:
         """The unsharded gradients in HF names (collective over the TP group; for checks)."""
-        return self._gather({n: p.grad.detach() for n, p in self.named_parameters() if p.grad is not None})
+        return gather_tp({n: p.grad.detach() for n, p in self.named_parameters() if p.grad is not None}, self.tp)
 
-    def _gather(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        import torch.distributed as dist
-        from megatron.core import parallel_state
 
-        group = parallel_state.get_tensor_model_parallel_group() if self.tp > 1 else None
-        out: dict[str, torch.Tensor] = {}
-        for name, t in tensors.items():
-            dim = shard_dim(name)
-            if dim is None or self.tp == 1:
-                out[name] = t.clone()
-                continue
-            parts = [torch.empty_like(t) for _ in range(self.tp)]
-            dist.all_gather(parts, t.contiguous(), group=group)
-            out[name] = torch.cat(parts, dim=dim)
-        return out
+def vocab_parallel_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(sum of next-token losses in nats, predicted tokens) from vocab-parallel logits [b, s, vocab/tp]."""
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    targets = input_ids[:, 1:].contiguous()
+    return vocab_parallel_cross_entropy(logits[:, :-1, :].float().contiguous(), targets).sum(), targets.numel()
+
+
+def check_shard(own: dict[str, torch.Tensor], shard: dict[str, torch.Tensor], tp: int, where: str) -> None:
+    """A shard in HF names must hold exactly this rank's tensors, at this TP size's shapes."""
+    missing, extra = sorted(set(own) - set(shard)), sorted(set(shard) - set(own))
+    if missing or extra:
+        what = f"lacks {missing[0]!r}" if missing else f"has unexpected {extra[0]!r}"
+        raise UserError(f"{where}: shard {what}; it was made for another architecture, convert from "
+                        "the matching HF model")
+    for name, tensor in shard.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise UserError(f"{where}: {name} has shape {tuple(tensor.shape)} but this model's TP={tp} "
+                            f"shard needs {tuple(own[name].shape)}; convert it for tp={tp}")
+
+
+def gather_tp(tensors: dict[str, torch.Tensor], tp: int) -> dict[str, torch.Tensor]:
+    """HF-named TP shards -> whole tensors on every TP rank (a collective over the TP group).
+
+    megatron's own gather allocates on `torch.cuda.current_device()`; a plain all_gather works on gloo too.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    group = parallel_state.get_tensor_model_parallel_group() if tp > 1 else None
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        dim = shard_dim(name)
+        if dim is None or tp == 1:
+            out[name] = t.clone()
+            continue
+        parts = [torch.empty_like(t) for _ in range(tp)]
+        dist.all_gather(parts, t.contiguous(), group=group)
+        out[name] = torch.cat(parts, dim=dim)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -497,33 +519,130 @@ def build_stock_gpt(hf_cfg: Any, dtype: torch.dtype = torch.float32):
 
 def require_cuda_for_stock() -> None:
     if not torch.cuda.is_available():
-        raise UserError("the stock megatron-core GPTModel needs CUDA (its attention allocates on the GPU); "
-                        "on CPU use MegatronLlama (engine=megatron does)")
+        raise UserError("parallel.impl=stock (megatron-core's GPTModel) needs a GPU: its attention, rotary "
+                        "embedding and RNG tracker allocate on CUDA; on this machine use parallel.impl=local")
+
+
+# The stock GPTModel's tensors (TP-local) and the HF tensors each is made of, in fusion order: QKV is fused
+# per query group ([q heads of the group; k; v] rows), fc1 is [gate; up]; everything else is one to one.
+
+
+def stock_parts(dims: LlamaDims) -> dict[str, list[str]]:
+    """GPTModel parameter name -> the HF names it holds, for every parameter (HF layer order)."""
+    out = {"embedding.word_embeddings.weight": ["model.embed_tokens.weight"]}
+    for i in range(dims.layers):
+        p, q = f"model.layers.{i}.", f"decoder.layers.{i}."
+        out[q + "self_attention.linear_qkv.weight"] = [p + f"self_attn.{x}_proj.weight" for x in "qkv"]
+        out[q + "self_attention.linear_proj.weight"] = [p + "self_attn.o_proj.weight"]
+        out[q + "mlp.linear_fc1.weight"] = [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
+        out[q + "mlp.linear_fc2.weight"] = [p + "mlp.down_proj.weight"]
+        out[q + "input_layernorm.weight"] = [p + "input_layernorm.weight"]
+        out[q + "pre_mlp_layernorm.weight"] = [p + "post_attention_layernorm.weight"]
+    out["decoder.final_layernorm.weight"] = ["model.norm.weight"]
+    return out
+
+
+def _qkv_rows(dims: LlamaDims, tp: int) -> tuple[int, int, int]:
+    """(query groups on a TP rank, q rows per group, k = v rows per group)."""
+    return dims.kv_heads // tp, dims.heads // dims.kv_heads * dims.head_dim, dims.head_dim
+
+
+def fuse_stock(name: str, parts: list[torch.Tensor], dims: LlamaDims, tp: int) -> torch.Tensor:
+    """TP-local HF tensors (or optimizer state shaped like them) -> GPTModel tensor `name`."""
+    if name.endswith("linear_qkv.weight"):
+        groups, qr, kr = _qkv_rows(dims, tp)
+        q, k, v = (t.reshape(groups, rows, -1) for t, rows in zip(parts, (qr, kr, kr)))
+        return torch.cat([q, k, v], dim=1).reshape(groups * (qr + 2 * kr), -1)
+    if name.endswith("linear_fc1.weight"):
+        return torch.cat(parts, dim=0)
+    return parts[0].clone()
+
+
+def split_stock(name: str, t: torch.Tensor, dims: LlamaDims, tp: int) -> list[torch.Tensor]:
+    """Inverse of `fuse_stock`: GPTModel tensor -> its TP-local HF tensors, in `stock_parts` order."""
+    if name.endswith("linear_qkv.weight"):
+        groups, qr, kr = _qkv_rows(dims, tp)
+        q, k, v = t.reshape(groups, qr + 2 * kr, -1).split([qr, kr, kr], dim=1)
+        return [x.reshape(groups * x.shape[1], -1).clone() for x in (q, k, v)]
+    if name.endswith("linear_fc1.weight"):
+        return [x.clone() for x in t.chunk(2, dim=0)]
+    return [t.clone()]
+
+
+def hf_shard_to_stock(shard: dict[str, torch.Tensor], dims: LlamaDims, tp: int) -> dict[str, torch.Tensor]:
+    """One TP rank's HF-named shard -> the same rank's GPTModel state (exact: pure reshapes and concats)."""
+    return {s: fuse_stock(s, [shard[h] for h in hs], dims, tp) for s, hs in stock_parts(dims).items()}
+
+
+def stock_shard_to_hf(stock: dict[str, torch.Tensor], dims: LlamaDims, tp: int) -> dict[str, torch.Tensor]:
+    """Inverse of `hf_shard_to_stock` (extra keys such as `_extra_state` are ignored)."""
+    out: dict[str, torch.Tensor] = {}
+    for s, hs in stock_parts(dims).items():
+        out.update(zip(hs, split_stock(s, stock[s], dims, tp)))
+    return out
 
 
 def hf_to_stock_shard(full: dict[str, torch.Tensor], hf_cfg: Any, tp: int, rank: int) -> dict[str, torch.Tensor]:
-    """HF tensors -> the stock GPTModel's names for TP rank `rank` (fused QKV by query group, fc1 = [gate; up])."""
+    """Whole HF tensors -> the stock GPTModel's state for TP rank `rank`."""
     d = LlamaDims.from_hf(hf_cfg)
-    out: dict[str, torch.Tensor] = {}
-    out["embedding.word_embeddings.weight"] = shard_tensor("model.embed_tokens.weight",
-                                                           full["model.embed_tokens.weight"], tp, rank)
-    out["decoder.final_layernorm.weight"] = full["model.norm.weight"].clone()
-    groups, per = d.kv_heads // tp, d.heads // d.kv_heads
-    for i in range(d.layers):
-        p, q = f"model.layers.{i}.", f"decoder.layers.{i}."
-        qw = shard_tensor(p + "self_attn.q_proj.weight", full[p + "self_attn.q_proj.weight"], tp, rank)
-        kw = shard_tensor(p + "self_attn.k_proj.weight", full[p + "self_attn.k_proj.weight"], tp, rank)
-        vw = shard_tensor(p + "self_attn.v_proj.weight", full[p + "self_attn.v_proj.weight"], tp, rank)
-        qg = qw.view(groups, per * d.head_dim, d.hidden)
-        kg, vg = kw.view(groups, d.head_dim, d.hidden), vw.view(groups, d.head_dim, d.hidden)
-        out[q + "self_attention.linear_qkv.weight"] = torch.cat([qg, kg, vg], dim=1).reshape(-1, d.hidden)
-        out[q + "self_attention.linear_proj.weight"] = shard_tensor(
-            p + "self_attn.o_proj.weight", full[p + "self_attn.o_proj.weight"], tp, rank)
-        gate = shard_tensor(p + "mlp.gate_proj.weight", full[p + "mlp.gate_proj.weight"], tp, rank)
-        up = shard_tensor(p + "mlp.up_proj.weight", full[p + "mlp.up_proj.weight"], tp, rank)
-        out[q + "mlp.linear_fc1.weight"] = torch.cat([gate, up], dim=0)
-        out[q + "mlp.linear_fc2.weight"] = shard_tensor(p + "mlp.down_proj.weight",
-                                                        full[p + "mlp.down_proj.weight"], tp, rank)
-        out[q + "input_layernorm.weight"] = full[p + "input_layernorm.weight"].clone()
-        out[q + "pre_mlp_layernorm.weight"] = full[p + "post_attention_layernorm.weight"].clone()
-    return out
+    return hf_shard_to_stock(shard_state(full, tp, rank), d, tp)
+
+
+class StockLlama(nn.Module):
+    """megatron-core's own GPTModel behind MegatronLlama's interface (`parallel.impl=stock`, GPU only).
+
+    Weights go in and come out as HF-named TP shards (`stock_parts` maps names, `fuse_stock`/`split_stock`
+    the fused QKV and fc1 tensors), so checkpoints, `convert` and resume are the same for both
+    implementations. Forward returns vocab-parallel logits [b, s, vocab/tp] (GPTModel's parallel_output).
+    """
+
+    def __init__(self, hf_cfg: Any, dtype: torch.dtype = torch.float32, device: str = "cuda", seed: int = 0):
+        super().__init__()
+        require_cuda_for_stock()
+        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+        self.dims = LlamaDims.from_hf(hf_cfg)
+        self.tp_rank, self.tp = tp_rank_size()
+        self.pp_rank, self.pp = pp_rank_size()
+        if self.pp != 1:
+            raise UserError(f"parallel.impl=stock supports parallel.pp=1 only (got {self.pp}); use "
+                            "parallel.impl=local for pipeline parallelism")
+        self.first = self.last = True
+        # Its attention forks megatron's model-parallel CUDA RNG stream (for dropout, even at p = 0).
+        model_parallel_cuda_manual_seed(seed)
+        self.gpt = build_stock_gpt(hf_cfg, dtype)
+        self.to(device)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
+        return self.gpt(input_ids=input_ids, position_ids=pos, attention_mask=None)  # causal mask built inside
+
+    loss_from_logits = staticmethod(vocab_parallel_loss)
+
+    def loss_sum(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return vocab_parallel_loss(self(input_ids), input_ids)
+
+    def param_name_map(self) -> dict[int, str]:
+        return {id(p): n for n, p in self.gpt.named_parameters()}
+
+    @staticmethod
+    def is_sharded(name: str) -> bool:
+        return not name.endswith("layernorm.weight")
+
+    def shard_state_dict(self) -> dict[str, torch.Tensor]:
+        own = {k: v for k, v in self.gpt.state_dict().items() if not k.endswith("_extra_state")}
+        return stock_shard_to_hf(own, self.dims, self.tp)
+
+    def load_shard(self, shard: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
+        check_shard(self.shard_state_dict(), shard, self.tp, where)
+        stock = hf_shard_to_stock(shard, self.dims, self.tp)
+        with torch.no_grad():
+            for name, param in self.gpt.named_parameters():
+                param.copy_(stock[name])
+
+    def load_full(self, full: dict[str, torch.Tensor], where: str = "HF state") -> None:
+        self.load_shard(shard_state({k: v for k, v in full.items() if k != "lm_head.weight"}, self.tp,
+                                    self.tp_rank, where=where), where=where)
+
+    def gather_full(self) -> dict[str, torch.Tensor]:
+        return gather_tp({k: v.detach() for k, v in self.shard_state_dict().items()}, self.tp)

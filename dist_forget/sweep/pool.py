@@ -79,6 +79,7 @@ class LocalPool:
         say: Callable[[str], None] = print,
         on_event: Callable[[Outcome, int], None] | None = None,
         poll_s: float = 0.5,
+        heartbeat_s: float = 30.0,
     ):
         self.points = points
         self.max_parallel = max(1, max_parallel)
@@ -86,6 +87,7 @@ class LocalPool:
         self.say = say
         self.on_event = on_event or (lambda outcome, running: None)
         self.poll_s = poll_s
+        self.heartbeat_s = heartbeat_s
 
     def run(self) -> Outcome:
         outcome = Outcome()
@@ -104,6 +106,7 @@ class LocalPool:
         running: dict[str, tuple[subprocess.Popen[bytes], IO[str], float]] = {}
         waiting_on_lock: set[str] = set()
         durations: list[float] = []
+        last_beat = time.monotonic()
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             while pending or running:
@@ -132,6 +135,11 @@ class LocalPool:
                     self.on_event(outcome, len(running))
                 ended = [n for n, (proc, _, _) in running.items() if proc.poll() is not None]
                 if not ended:
+                    if running and time.monotonic() - last_beat >= self.heartbeat_s:
+                        # a long run is otherwise silent here: show where each one is
+                        for name in running:
+                            self.say(f"  ... {name}: {_last_progress(by_name[name])}")
+                        last_beat = time.monotonic()
                     time.sleep(self.poll_s)
                     continue
                 for name in ended:
@@ -170,6 +178,19 @@ class LocalPool:
         finally:
             signal.signal(signal.SIGTERM, previous)
         return outcome
+
+
+def _last_progress(point: Point) -> str:
+    """The run's latest progress line ("step 40/200 | loss ... | ETA ..."), from the tail of its log."""
+    log = Path(point.out_dir) / LOG_NAME
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, log.stat().st_size - 4096))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return "starting"
+    steps = [ln for ln in lines if ln.startswith(("step ", "eval "))]
+    return steps[-1].strip() if steps else "starting"
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -1,8 +1,11 @@
 """`dist-forget finetune engine=megatron parallel.tp=2` under torchrun (2 gloo ranks) on real shards:
-the same exact mixed stream, AnchoredAdamW, summary.json and HF export as the 1-process run.
+the same exact mixed stream, AnchoredAdamW, summary.json and HF export as the 1-process run; its step-3
+checkpoint resharded to tp=1 (`convert reshard-megatron`) resumes to the same losses; a Megatron folder
+works as `model.init_from`.
 
 Tolerance: per-step training losses within 2e-5 nats/token of engine=single (seen ~1e-6: TP only
-changes the summation order of the row-parallel products).
+changes the summation order of the row-parallel products). The same bound holds for the tp=2 -> tp=1
+resume (fp32 noise of the same kind; the resharded weights and optimizer state are bit-exact slices).
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from dist_forget.config import load_config
 from dist_forget.engine.config import RunConfig
@@ -45,20 +50,30 @@ def _losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in lines if r["kind"] == "train"}
 
 
-def test_tp2_finetune_via_cli_matches_single_process(tiny_data, tmp_path: Path) -> None:
-    base = tmp_path / "base"
+@pytest.fixture(scope="module")
+def runs(tiny_data, tmp_path_factory) -> SimpleNamespace:
+    """The base model, its 1-process finetune, and the same finetune with engine=megatron tp=2 under
+    torchrun, checkpointing every 3 steps (the step-3 checkpoint is what an interrupted run leaves)."""
+    root = tmp_path_factory.mktemp("megatron_ft")
+    base = root / "base"
     hf.build("cpu-0.03m", tiny_data.vocab_size, tiny_data.seq_len, seed=0).save_pretrained(base)
-    single = tmp_path / "single"
+    single = root / "single"
     train(load_config(RunConfig, CONFIG, _overrides(tiny_data, base, single)), "finetune")
 
-    out = tmp_path / "tp2"
+    tp2 = root / "tp2"
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port",
            str(_free_port()), "-m", "dist_forget.cli", "finetune", "--config", str(CONFIG),
-           *_overrides(tiny_data, base, out, "engine=megatron", "parallel.tp=2")]
+           *_overrides(tiny_data, base, tp2, "engine=megatron", "parallel.tp=2", "checkpoint.every=3",
+                       "checkpoint.keep=4")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert "megatron x2" in proc.stdout
+    return SimpleNamespace(root=root, base=base, single=single, tp2=tp2, stdout=proc.stdout)
+
+
+def test_tp2_finetune_via_cli_matches_single_process(runs) -> None:
+    single, out = runs.single, runs.tp2
+    assert "megatron x2" in runs.stdout
 
     a, b = _losses(out), _losses(single)
     assert a.keys() == b.keys() == set(range(1, 7))
@@ -72,6 +87,90 @@ def test_tp2_finetune_via_cli_matches_single_process(tiny_data, tmp_path: Path) 
     assert json.loads((latest / "megatron.json").read_text())["tp"] == 2
     best = hf.load_folder(out / "best")
     assert best.config.hidden_size == 32
+
+
+def _world_of_one(monkeypatch) -> None:
+    """engine=megatron in this process as a world of one (restored after the test)."""
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
+        monkeypatch.setenv(key, value)
+
+
+def test_tp2_checkpoint_resharded_to_tp1_resumes_like_the_uninterrupted_run(runs, tiny_data, monkeypatch) -> None:
+    from dist_forget.cli import main
+
+    ckpt = runs.tp2 / "checkpoints" / "step-00000003"
+    resharded = runs.root / "tp1-from-step3"
+    assert main(["convert", "reshard-megatron", "--checkpoint", str(ckpt), "--out", str(resharded),
+                 "--tp", "1"]) == 0
+    assert json.loads((resharded / "megatron.json").read_text())["tp"] == 1
+    assert json.loads((resharded / "meta.json").read_text())["world_size"] == 1
+
+    _world_of_one(monkeypatch)
+    out = runs.root / "resumed-tp1"
+    cfg = load_config(RunConfig, CONFIG, _overrides(tiny_data, runs.base, out, "engine=megatron", "parallel.tp=1"))
+    train(cfg, "finetune", resume=str(resharded))
+    got, want = _losses(out), _losses(runs.tp2)
+    assert got.keys() == {4, 5, 6}
+    assert max(abs(got[k] - want[k]) for k in got) < TOL, (got, want)
+    done = json.loads((out / "summary.json").read_text())
+    assert abs(done["ft_loss"] - json.loads((runs.tp2 / "summary.json").read_text())["ft_loss"]) < TOL
+
+
+def test_reshard_to_more_data_parallel_ranks_keeps_every_state_exactly(runs, tiny_data) -> None:
+    from dist_forget.convert.megatron_hf import read_megatron, reshard_megatron
+    from dist_forget.data.mixture import MixedStream
+
+    ckpt = runs.tp2 / "checkpoints" / "step-00000003"
+    out = runs.root / "tp1-dp2"
+    summary = reshard_megatron(ckpt, out, tp=1, world_size=2)
+    assert summary["to"] == {"tp": 1, "pp": 1, "dp": 2, "world_size": 2}
+    assert summary["optimizer_keys"] == ["anchor", "exp_avg", "exp_avg_sq", "step"]
+    cfg_a, full_a, opt_a = read_megatron(ckpt, optimizer=True)
+    cfg_b, full_b, opt_b = read_megatron(out, optimizer=True)
+    assert cfg_a == cfg_b and all(torch.equal(full_a[k], full_b[k]) for k in full_a)
+    assert opt_a["param_groups"] == opt_b["param_groups"]
+    for name, st in opt_a["state"].items():
+        assert all(torch.equal(v, opt_b["state"][name][k]) for k, v in st.items()), name
+    # the stream position is the same global one, keyed for 2 data-parallel ranks (what a dp=2 run checks)
+    meta = json.loads((out / "meta.json").read_text())
+    client = torch.load(out / "mp_rank_00" / "model_optim.pt", weights_only=True)["client_state"]
+    old = torch.load(ckpt / "mp_rank_00" / "model_optim.pt", weights_only=True)["client_state"]
+    run = load_config(RunConfig, CONFIG, _overrides(tiny_data, runs.base, out))
+    assert meta["world_size"] == 2
+    assert meta["data_fingerprint"] == client["data"]["fingerprint"] == MixedStream(run.data, 0, 2).fingerprint
+    assert client["data"]["consumed"] == old["data"]["consumed"] and client["train"] == old["train"]
+
+
+def test_reshard_bad_input_is_one_line_and_writes_nothing(runs) -> None:
+    from dist_forget.convert.megatron_hf import hf_to_megatron, reshard_megatron
+    from dist_forget.errors import UserError
+
+    ckpt = runs.tp2 / "checkpoints" / "step-00000003"
+    bad = runs.root / "bad"
+    converted = runs.root / "converted"
+    hf_to_megatron(runs.base, converted, tp=2)
+    cases = [((ckpt, bad), {"tp": 4}, "does not divide the model's num_attention_heads=2"),
+             ((ckpt, bad), {"tp": 2, "world_size": 3}, "--world-size 3 is not a multiple"),
+             ((converted, bad), {"tp": 1}, "not an engine=megatron training checkpoint"),
+             ((ckpt, ckpt), {"tp": 1}, "is the source checkpoint")]
+    for args, kw, message in cases:
+        with pytest.raises(UserError, match=message) as info:
+            reshard_megatron(*args, **kw)
+        assert "\n" not in str(info.value)
+        assert not bad.exists()
+
+
+def test_megatron_folder_as_init_from_gives_the_hf_folders_first_step(runs, tiny_data) -> None:
+    from dist_forget.convert.megatron_hf import hf_to_megatron
+
+    meg = hf_to_megatron(runs.base, runs.root / "base-tp2", tp=2)
+    out = runs.root / "from-megatron"
+    cfg = load_config(RunConfig, CONFIG, _overrides(tiny_data, meg, out, "schedule.steps=1",
+                                                    f"model.cache_dir={runs.root / 'cache'}"))
+    train(cfg, "finetune")
+    assert _losses(out)[1] == _losses(runs.single)[1]  # same weights, same batch: bit-identical
+    assert len(list((runs.root / "cache").glob("megatron-base-tp2-*/config.json"))) == 1
 
 
 def test_tp_pp_not_dividing_the_world_fails_before_training(tiny_data, tmp_path: Path) -> None:

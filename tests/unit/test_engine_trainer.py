@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import resource
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 
 from dist_forget import cli
 from dist_forget.config import load_config
+from dist_forget.engine.checkpoint import CheckpointManager
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.schedule import lr_at
 from dist_forget.engine.trainer import SUMMARY_KEYS, train
@@ -42,7 +46,8 @@ def _overrides(tiny_data, base_model: Path, out: Path, *extra: str) -> list[str]
     return [f"out_dir={out}", f"model.init_from={base_model}", f"data.target={tiny_data.code}",
             f"data.pretrain={tiny_data.english}", "data.target_tokens=null", "tracking.enabled=false",
             "train.batch_size=4", "train.micro_batch=2", "train.eval_sequences=8", "train.eval_every=2",
-            "schedule.steps=4", "schedule.warmup=1", "checkpoint.every=2", *extra]
+            "schedule.steps=4", "schedule.warmup=1", "checkpoint.every=2",
+            "train.peak_flops=1e11", *extra]  # fixed peak: no matmul timing per run
 
 
 def _cfg(tiny_data, base_model, out, *extra) -> RunConfig:
@@ -54,23 +59,32 @@ def _losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in lines if r["kind"] == "train"}
 
 
-def test_finetune_writes_summary_with_the_runs_table_columns(tiny_data, base_model, tmp_path):
-    summary = train(_cfg(tiny_data, base_model, tmp_path / "run"), "finetune")
-    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+@pytest.fixture(scope="module")
+def full_run(tiny_data, base_model, tmp_path_factory) -> tuple[Path, dict]:
+    """One uninterrupted 4-step run (checkpoints at steps 2 and 4), shared by the tests that compare with it."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    return out, train(_cfg(tiny_data, base_model, out), "finetune")
+
+
+def test_finetune_writes_summary_with_the_runs_table_columns(full_run, base_model):
+    run, summary = full_run
+    on_disk = json.loads((run / "summary.json").read_text())
     assert tuple(on_disk) == SUMMARY_KEYS and on_disk == summary
     assert summary["domain"] == "code" and summary["inject_fraction"] == 0.01
     assert summary["model_params"] == hf.non_embedding_params(hf.load_folder(base_model))
     # the best target loss is the minimum over evaluations, and pt_loss is measured at that step
-    evals = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if r["kind"] == "eval"]
     best = min(evals, key=lambda r: r["ft_loss"])
     assert (summary["ft_loss"], summary["pt_loss"], summary["steps"]) == (best["ft_loss"], best["pt_loss"], best["step"])
     assert summary["pt_loss_base"] == evals[0]["pt_loss"]
-    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts = run / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step-00000004"
     assert (ckpts / (ckpts / "best").read_text().strip()).is_dir()
+    # the transformers config sits beside meta.json (where `convert zero-to-hf` looks for it)
+    assert json.loads((ckpts / "step-00000004" / "hf_config.json").read_text())["model_type"] == "llama"
     # the exported final model loads as a plain HF model
-    assert hf.load_folder(tmp_path / "run" / "model").config.hidden_size == 32
+    assert hf.load_folder(run / "model").config.hidden_size == 32
 
 
 def test_injection_fraction_is_exact(tiny_data, base_model, tmp_path):
@@ -84,20 +98,55 @@ def test_injection_fraction_is_exact(tiny_data, base_model, tmp_path):
     assert json.loads((out / "report.json").read_text())["inject_fraction_observed"] == 0.01
 
 
-def test_resume_gives_identical_losses(tiny_data, base_model, tmp_path):
-    full = tmp_path / "full"
-    train(_cfg(tiny_data, base_model, full), "finetune")
+def test_resume_gives_identical_losses(tiny_data, base_model, full_run, tmp_path):
+    full, _ = full_run
     part = tmp_path / "part"
-    train(_cfg(tiny_data, base_model, part, "schedule.steps=4"), "finetune")
-    # rewind to the step-2 checkpoint, as if the process had died after it
+    shutil.copytree(full, part)
+    # rewind to the step-2 checkpoint, as if the process had died after it (step 4 is then saved again)
     (part / "checkpoints" / "latest").write_text("step-00000002\n")
     train(_cfg(tiny_data, base_model, part), "finetune", resume="auto")
     assert _losses(part) == _losses(full)
+    assert (part / "checkpoints" / "latest").read_text().strip() == "step-00000004"
 
 
-def test_resume_refuses_another_model_size_and_changed_data(tiny_data, base_model, tmp_path):
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_data, base_model, full_run, tmp_path,
+                                                              monkeypatch):
+    """The disk fills up in the middle of the step-4 save: the kernel refuses writes past 64 KiB (RLIMIT_FSIZE,
+    with SIGXFSZ ignored so write() fails instead of killing the process). The run stops with one line naming
+    the step-2 checkpoint, which is untouched, and --resume auto from it gives the uninterrupted losses."""
+    real_save = CheckpointManager.save
+
+    def save_on_a_full_disk(self, step, *args, **kwargs):
+        if step < 4:
+            return real_save(self, step, *args, **kwargs)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+        try:
+            return real_save(self, step, *args, **kwargs)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, handler)
+
+    out = tmp_path / "disk"
+    monkeypatch.setattr(CheckpointManager, "save", save_on_a_full_disk)
+    with pytest.raises(UserError) as err:
+        train(_cfg(tiny_data, base_model, out), "finetune")
+    monkeypatch.undo()
+    msg = str(err.value)
+    assert "\n" not in msg and "step-00000004 failed" in msg
+    assert "previous checkpoint" in msg and "step-00000002 still loads" in msg and "--resume auto" in msg
+    ckpts = out / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step-00000002"
+    assert {p.name for p in ckpts.iterdir()} - {"best"} == {"latest", "step-00000002"}  # no half-written tag
+    assert not (out / "summary.json").exists()
+    train(_cfg(tiny_data, base_model, out), "finetune", resume="auto")
+    assert _losses(out) == _losses(full_run[0])
+
+
+def test_resume_refuses_another_model_size_and_changed_data(tiny_data, base_model, full_run, tmp_path):
     out = tmp_path / "r"
-    train(_cfg(tiny_data, base_model, out, "schedule.steps=2"), "finetune")
+    shutil.copytree(full_run[0], out)
     other = tmp_path / "other"
     hf.build("cpu-0.1m", tiny_data.vocab_size, tiny_data.seq_len, seed=0).save_pretrained(other)
     with pytest.raises(UserError, match="holds another model"):

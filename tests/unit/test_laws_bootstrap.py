@@ -15,8 +15,12 @@ def test_intervals_cover_the_truth_at_about_the_nominal_rate():
     hits = []
     for seed in range(16):
         syn = SyntheticConfig(fractions=(0.0, 0.01, 0.05), noise=0.003, seed=seed)
-        records = fit_runs(synthetic_runs(syn), ["finetune", "forgetting"],
-                           FitConfig(bootstrap=150, seed=seed, workers=1, top_k=4), progress=False)
+        records = fit_runs(
+            synthetic_runs(syn),
+            ["finetune", "forgetting"],
+            FitConfig(bootstrap=150, seed=seed, workers=1, top_k=4),
+            progress=False,
+        )
         for rec in records:
             truth = syn.finetune if rec["form"] == "finetune" else syn.forgetting
             hits += [rec["ci95"][k][0] <= v <= rec["ci95"][k][1] for k, v in truth.items()]

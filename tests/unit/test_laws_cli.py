@@ -18,18 +18,37 @@ SCHEMA = {"law", "form", "domain", "params", "ci95", "mre", "max_re", "r2", "n_r
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     path = tmp_path_factory.mktemp("laws") / "runs.csv"
-    write_runs_csv(synthetic_runs(SyntheticConfig(domains=("wiki", "math"), fractions=(0.0, 0.01, 0.05),
-                                                  outliers=0.05)), path)
+    write_runs_csv(
+        synthetic_runs(SyntheticConfig(domains=("wiki", "math"), fractions=(0.0, 0.01, 0.05), outliers=0.05)),
+        path,
+    )
     return path
 
 
 def test_fit_writes_the_contract_report_and_plots_then_plan_reads_it(table, tmp_path, capsys):
     out = tmp_path / "fit"
-    assert cli.main(["fit", "--runs", str(table), "--out", str(out), "--bootstrap", "60",
-                     "--holdout", "largest", "--workers", "1"]) == 0
+    assert (
+        cli.main(
+            [
+                "fit",
+                "--runs",
+                str(table),
+                "--out",
+                str(out),
+                "--bootstrap",
+                "60",
+                "--holdout",
+                "largest",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     fits = json.loads((out / "fit.json").read_text())["fits"]
-    assert {(f["domain"], f["form"]) for f in fits} == {(d, f) for d in ("wiki", "math")
-                                                       for f in ("finetune", "forgetting")}
+    assert {(f["domain"], f["form"]) for f in fits} == {
+        (d, f) for d in ("wiki", "math") for f in ("finetune", "forgetting")
+    }
     for rec in fits:
         assert SCHEMA <= set(rec)
         assert set(rec["params"]) == set(rec["ci95"]) and rec["n_runs"] == 75
@@ -44,11 +63,33 @@ def test_fit_writes_the_contract_report_and_plots_then_plan_reads_it(table, tmp_
     assert "loss_vs_D_math_finetune.png" in pngs
     assert all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     capsys.readouterr()
-    assert cli.main(["plan", "--fit", str(out / "fit.json"), "--domain", "wiki", "--model-params", "3e6",
-                     "--target-tokens", "1e6", "--max-forgetting", "0.05", "--json"]) == 0
+    assert (
+        cli.main(
+            [
+                "plan",
+                "--fit",
+                str(out / "fit.json"),
+                "--domain",
+                "wiki",
+                "--model-params",
+                "3e6",
+                "--target-tokens",
+                "1e6",
+                "--max-forgetting",
+                "0.05",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
-    assert list(result)[:5] == ["inject_fraction", "ci95", "predicted_forgetting", "predicted_ft_loss",
-                                "extrapolated"]
+    assert list(result)[:5] == [
+        "inject_fraction",
+        "ci95",
+        "predicted_forgetting",
+        "predicted_ft_loss",
+        "extrapolated",
+    ]
     assert result["inject_fraction"] > 0 and result["extrapolated"] is False
 
 
@@ -66,8 +107,13 @@ def test_compares_alternative_forms(table, tmp_path):
     from dist_forget.laws.table import read_runs
 
     runs = read_runs(table).for_domain("math")
-    recs = fit_runs(runs, ["finetune", "chinchilla", "finetune-eff-data", "finetune-eff-params"],
-                    FitConfig(bootstrap=0), "largest", progress=False)
+    recs = fit_runs(
+        runs,
+        ["finetune", "chinchilla", "finetune-eff-data", "finetune-eff-params"],
+        FitConfig(bootstrap=0),
+        "largest",
+        progress=False,
+    )
     assert [r["form"] for r in recs] == ["finetune", "chinchilla", "finetune-eff-data", "finetune-eff-params"]
     assert all(r["holdout"]["mre"] < 0.1 for r in recs)
 
@@ -78,9 +124,18 @@ def test_reads_an_mlflow_experiment(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_experiment("study")
     for i in range(2):
-        summary = {"domain": "wiki", "model_params": 1e6 * (i + 1), "target_tokens": 3e5, "inject_fraction": 0.01,
-                   "anchor_decay": 0.0, "ft_loss": 2.5, "pt_loss": 3.1, "pt_loss_base": 3.0, "steps": 10,
-                   "run_id": f"r{i}"}
+        summary = {
+            "domain": "wiki",
+            "model_params": 1e6 * (i + 1),
+            "target_tokens": 3e5,
+            "inject_fraction": 0.01,
+            "anchor_decay": 0.0,
+            "ft_loss": 2.5,
+            "pt_loss": 3.1,
+            "pt_loss_base": 3.0,
+            "steps": 10,
+            "run_id": f"r{i}",
+        }
         with mlflow.start_run():
             if i == 0:
                 mlflow.log_dict(summary, "summary.json")
@@ -91,17 +146,50 @@ def test_reads_an_mlflow_experiment(tmp_path, monkeypatch):
     assert sorted(runs.run_id) == ["r0", "r1"] and sorted(runs.values["model_params"]) == [1e6, 2e6]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["fit", "--out", "X"], "give exactly one of --runs PATH"),
-    (["fit", "--runs", "RUNS", "--out", "X", "--forms", "nope"], "law form 'nope' is unknown"),
-    (["fit", "--runs", "RUNS", "--out", "X", "--delta", "0"], "--delta 0.0 must be > 0"),
-    (["fit", "--runs", "RUNS", "--out", "X", "--domains", "code"], "--domains 'code' has no runs"),
-    (["plan", "--fit", "X/fit.json", "--domain", "wiki", "--model-params", "1e6", "--target-tokens", "1e6",
-      "--max-forgetting", "0.1"], "no such fit file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fit", "--out", "X"], "give exactly one of --runs PATH"),
+        (["fit", "--runs", "RUNS", "--out", "X", "--forms", "nope"], "law form 'nope' is unknown"),
+        (["fit", "--runs", "RUNS", "--out", "X", "--delta", "0"], "--delta 0.0 must be > 0"),
+        (["fit", "--runs", "RUNS", "--out", "X", "--domains", "code"], "--domains 'code' has no runs"),
+        (
+            [
+                "plan",
+                "--fit",
+                "X/fit.json",
+                "--domain",
+                "wiki",
+                "--model-params",
+                "1e6",
+                "--target-tokens",
+                "1e6",
+                "--max-forgetting",
+                "0.1",
+            ],
+            "no such fit file",
+        ),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(table, tmp_path, capsys, argv, message):
     argv = [a.replace("RUNS", str(table)).replace("X", str(tmp_path / "o")) for a in argv]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_holdout_needs_enough_sizes():
+    from dist_forget.errors import UserError
+
+    runs = synthetic_runs(SyntheticConfig(sizes=(1e5, 1e6), fractions=(0.0, 0.01)))
+    with pytest.raises(UserError, match="holdout needs one more model size than the law"):
+        fit_runs(runs, ["finetune"], FitConfig(bootstrap=0), "largest", progress=False)
+
+
+def test_the_fitter_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, dist_forget.laws.commands, dist_forget.laws.report; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

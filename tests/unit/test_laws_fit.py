@@ -15,16 +15,33 @@ from dist_forget.laws.pipeline import fit_runs
 from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
 from dist_forget.laws.table import from_rows
 
-CHINCHILLA = Path(__file__).resolve().parents[2] / "dist_forget" / "laws" / "data" / "chinchilla_epoch_svg_extracted.csv"
+CHINCHILLA = (
+    Path(__file__).resolve().parents[2]
+    / "dist_forget"
+    / "laws"
+    / "data"
+    / "chinchilla_epoch_svg_extracted.csv"
+)
 
 
 def chinchilla_runs():
     with open(CHINCHILLA, newline="") as fh:
         rows = sorted(csv.DictReader(fh), key=lambda r: float(r["loss"]))[:-5]  # drop the 5 highest losses
-    table = [{"domain": "chinchilla", "model_params": r["Model Size"], "ft_loss": r["loss"],
-              "target_tokens": float(r["Training FLOP"]) / (6 * float(r["Model Size"]))} for r in rows]
-    return from_rows(table, [f"row {i}" for i in range(len(table))], str(CHINCHILLA),
-                     required=("domain", "model_params", "target_tokens", "ft_loss"))
+    table = [
+        {
+            "domain": "chinchilla",
+            "model_params": r["Model Size"],
+            "ft_loss": r["loss"],
+            "target_tokens": float(r["Training FLOP"]) / (6 * float(r["Model Size"])),
+        }
+        for r in rows
+    ]
+    return from_rows(
+        table,
+        [f"row {i}" for i in range(len(table))],
+        str(CHINCHILLA),
+        required=("domain", "model_params", "target_tokens", "ft_loss"),
+    )
 
 
 def test_reproduces_epoch_chinchilla_refit():
@@ -45,7 +62,9 @@ def test_gradient_is_exact():
         theta = np.array([np.mean(p.grid) * 0.5 + 0.1 for p in form.params])
         _, grad = obj(theta)
         eps = 1e-6
-        numeric = [(obj(theta + eps * e)[0] - obj(theta - eps * e)[0]) / (2 * eps) for e in np.eye(len(theta))]
+        numeric = [
+            (obj(theta + eps * e)[0] - obj(theta - eps * e)[0]) / (2 * eps) for e in np.eye(len(theta))
+        ]
         np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-8, err_msg=name)
 
 
@@ -54,15 +73,23 @@ def test_batched_solver_reaches_the_lbfgs_minimum():
     form, cfg = FORMS["chinchilla"], FitConfig()
     point = fit_form(form, runs, cfg)
     weights = np.random.default_rng(0).multinomial(len(runs), np.full(len(runs), 1 / len(runs)), size=6)
-    thetas, values = solve_batch(form, runs.values, runs.values["ft_loss"], weights.astype(float), point.theta, cfg)
+    thetas, values = solve_batch(
+        form, runs.values, runs.values["ft_loss"], weights.astype(float), point.theta, cfg
+    )
     for w, value in zip(weights, values):
-        _, reference, _ = lbfgs(Objective(form, runs.values, runs.values["ft_loss"], cfg, w), point.theta, cfg)
+        _, reference, _ = lbfgs(
+            Objective(form, runs.values, runs.values["ft_loss"], cfg, w), point.theta, cfg
+        )
         assert value <= reference * (1 + 1e-9)
 
 
 def _exponent_errors(records, truth):
-    return {r["form"]: {k: abs(r["params"][k] - truth[r["form"]][k]) / truth[r["form"]][k]
-                        for k in ("alpha", "beta")} for r in records}
+    return {
+        r["form"]: {
+            k: abs(r["params"][k] - truth[r["form"]][k]) / truth[r["form"]][k] for k in ("alpha", "beta")
+        }
+        for r in records
+    }
 
 
 def test_recovers_exponents_with_outliers_and_huber_beats_least_squares():
@@ -74,7 +101,9 @@ def test_recovers_exponents_with_outliers_and_huber_beats_least_squares():
         for k in ("alpha", "beta"):
             lo, hi = rec["ci95"][k]
             assert lo <= truth[rec["form"]][k] <= hi, (rec["form"], k, lo, hi)
-    squared = fit_runs(runs, ["finetune", "forgetting"], FitConfig(loss="squared", bootstrap=0), progress=False)
+    squared = fit_runs(
+        runs, ["finetune", "forgetting"], FitConfig(loss="squared", bootstrap=0), progress=False
+    )
     err_h, err_s = _exponent_errors(huber, truth), _exponent_errors(squared, truth)
     total_h = sum(sum(v.values()) for v in err_h.values())
     total_s = sum(sum(v.values()) for v in err_s.values())
@@ -83,8 +112,53 @@ def test_recovers_exponents_with_outliers_and_huber_beats_least_squares():
 
 def test_too_few_runs_and_one_model_size_are_user_errors():
     runs = synthetic_runs(SyntheticConfig(sizes=(1e6,), tokens=(1e5, 1e6), fractions=(0.0, 0.01)))
-    with pytest.raises(UserError, match="all 4 runs have model_params = 1e\\+06; form 'finetune' needs model_params"):
+    with pytest.raises(
+        UserError, match="all 4 runs have model_params = 1e\\+06; form 'finetune' needs model_params"
+    ):
         fit_runs(runs, ["finetune"], FitConfig(bootstrap=0), progress=False)
     tiny = synthetic_runs(SyntheticConfig(sizes=(1e5, 1e6), tokens=(1e5,), fractions=(0.0,)))
-    with pytest.raises(UserError, match="2 runs for form 'finetune' with 4 parameters; it needs at least 4 runs"):
+    with pytest.raises(
+        UserError, match="2 runs for form 'finetune' with 4 parameters; it needs at least 4 runs"
+    ):
         fit_runs(tiny, ["finetune"], FitConfig(bootstrap=0), progress=False)
+
+
+def _with_anchored_runs(k_true: float = 0.05):
+    """Plain runs plus copies trained with Anchored AdamW (lambda = 10, 100): less forgetting at the same p."""
+    syn = SyntheticConfig(fractions=(0.0, 0.01, 0.05), noise=0.002, seed=5)
+    plain = synthetic_runs(syn)
+    parts = [plain]
+    form = FORMS["forgetting-anchored"]
+    for lam in (10.0, 100.0):
+        copy = plain.subset(np.arange(len(plain)))
+        copy.values = {k: v.copy() for k, v in copy.values.items()}
+        copy.values["anchor_decay"][:] = lam
+        truth = dict(syn.forgetting, K=k_true)
+        noise = np.exp(np.random.default_rng(int(lam)).normal(0, 0.002, len(copy)))
+        copy.values["pt_loss"] = form.predict(form.to_internal(truth), copy.values) * noise
+        copy.run_id = [f"{r}-lam{lam:g}" for r in copy.run_id]
+        parts.append(copy)
+    from dist_forget.laws.table import Runs
+
+    return Runs(
+        domain=np.concatenate([p.domain for p in parts]),
+        values={k: np.concatenate([p.values[k] for p in parts]) for k in plain.values},
+        run_id=sum((p.run_id for p in parts), []),
+        source=sum((p.source for p in parts), []),
+    ), syn
+
+
+def test_anchored_runs_feed_only_the_anchored_form():
+    runs, syn = _with_anchored_runs()
+    recs = {
+        r["form"]: r
+        for r in fit_runs(
+            runs, ["forgetting", "forgetting-anchored"], FitConfig(bootstrap=100, workers=1), progress=False
+        )
+    }
+    assert recs["forgetting"]["n_runs"] == len(runs) // 3  # plain AdamW runs only
+    assert recs["forgetting-anchored"]["n_runs"] == len(runs)
+    lo, hi = recs["forgetting-anchored"]["ci95"]["K"]
+    assert lo <= 0.05 <= hi
+    for k in ("alpha", "beta"):
+        assert recs["forgetting"]["params"][k] == pytest.approx(syn.forgetting[k], rel=0.03)

@@ -46,12 +46,15 @@ def test_given_p_predicts_both_losses_and_flags_extrapolation(fits):
     assert lo <= at_small["predicted_forgetting"] <= hi
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"max_forgetting": 0.0}, "--max-forgetting 0.0 must be > 0"),
-    ({"max_forgetting": -1.0}, "--max-forgetting -1.0 must be > 0"),
-    ({}, "give exactly one of --max-forgetting"),
-    ({"max_forgetting": 0.1, "inject_fraction": 0.1}, "give exactly one of --max-forgetting"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_forgetting": 0.0}, "--max-forgetting 0.0 must be > 0"),
+        ({"max_forgetting": -1.0}, "--max-forgetting -1.0 must be > 0"),
+        ({}, "give exactly one of --max-forgetting"),
+        ({"max_forgetting": 0.1, "inject_fraction": 0.1}, "give exactly one of --max-forgetting"),
+    ],
+)
 def test_bad_budget(fits, kwargs, message):
     with pytest.raises(UserError, match=message):
         plan(fits, "wiki", 1e6, 1e6, **kwargs)
@@ -61,3 +64,29 @@ def test_domain_absent_from_the_fit(fits):
     with pytest.raises(UserError, match="domain 'math' is not in the fit; fitted domains: wiki"):
         plan(fits, "math", 1e6, 1e6, max_forgetting=0.1)
     assert np.isfinite(plan(fits, "wiki", 1e6, 1e6, max_forgetting=0.1)["inject_fraction"])
+
+
+def test_unreachable_budget_is_reported(fits, capsys, tmp_path):
+    import json
+
+    from dist_forget import cli
+
+    out = plan(fits, "wiki", 1e5, 1e7, max_forgetting=1e-4)
+    assert out["inject_fraction"] > 1 and out["reachable"] is False
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps({"fits": fits}))
+    argv = [
+        "plan",
+        "--fit",
+        str(path),
+        "--domain",
+        "wiki",
+        "--model-params",
+        "1e5",
+        "--target-tokens",
+        "1e7",
+        "--max-forgetting",
+        "1e-4",
+    ]
+    assert cli.main(argv) == 1
+    assert "unreachable" in capsys.readouterr().out

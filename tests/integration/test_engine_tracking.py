@@ -1,0 +1,115 @@
+"""The engine against a real `mlflow server` on loopback (issue #5), in two engine runs:
+
+1. online, stopped (Ctrl-C) during step 4, after the step-2 checkpoint: the server has params = the
+   resolved config, the step metrics, the config artifact, status KILLED;
+2. `--resume auto` while the server is unreachable (a dead port): training completes, warns once, and
+   the metrics go to the JSONL fallback under the SAME run id (taken from the checkpoint); then
+   `dist-forget track sync` uploads them into that run: train loss, both validation losses, observed
+   inject fraction, tokens/s, lr, MFU, and the artifacts (config, summary.json, loss curves); FINISHED.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from dist_forget import cli
+from dist_forget.config import flatten, load_config, to_dict
+from dist_forget.engine import trainer
+from dist_forget.engine.config import RunConfig
+from dist_forget.models import hf
+from dist_forget.tracking.fallback import FALLBACK_NAME
+from dist_forget.tracking.server import LocalServer, free_port
+from dist_forget.tracking.tracker import params_to_strings
+
+pytestmark = pytest.mark.slow
+CONFIG = Path(__file__).parents[2] / "configs" / "finetune" / "tiny.yaml"
+EXPERIMENT = "engine-it"
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_engine_logs_resumes_into_the_same_run_and_falls_back(mlflow_server: LocalServer, tiny_data, tmp_path,
+                                                             monkeypatch, one_thread):
+    base = tmp_path / "base"
+    hf.build("cpu-0.03m", tiny_data.vocab_size, tiny_data.seq_len, seed=0).save_pretrained(base)
+    out = tmp_path / "run"
+    overrides = [f"out_dir={out}", f"model.init_from={base}", f"data.target={tiny_data.code}",
+                 f"data.pretrain={tiny_data.english}", "data.target_tokens=null", "data.inject_fraction=0.25",
+                 "train.batch_size=4", "train.micro_batch=2", "train.eval_sequences=8", "train.eval_every=2",
+                 "schedule.steps=4", "schedule.warmup=1", "checkpoint.every=2", "train.peak_flops=1e11",
+                 f"tracking.experiment={EXPERIMENT}", "tracking.flush_every_s=0.2"]
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "DIST_FORGET_PARENT_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+
+    # 1. online; Ctrl-C when step 4 would start (steps 1-3 logged, checkpoint at step 2)
+    online = load_config(RunConfig, CONFIG, [*overrides, f"tracking.uri={mlflow_server.uri}"])
+    real_lr_at = trainer.lr_at
+
+    def lr_at(step: int, *args):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_lr_at(step, *args)
+
+    monkeypatch.setattr(trainer, "lr_at", lr_at)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(online, "finetune")
+    monkeypatch.setattr(trainer, "lr_at", real_lr_at)
+
+    client = MlflowClient(mlflow_server.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    run_id = run.info.run_id
+    assert run.info.status == "KILLED" and run.info.run_name == "run"
+    assert run.data.params == params_to_strings(flatten(to_dict(online)))  # the resolved config
+    assert run.data.params["data.inject_fraction"] == "0.25" and run.data.params["tracking.run_id"] == "None"
+    assert _steps(client, run_id, "train/loss") == [1, 2, 3]
+    assert [a.path for a in client.list_artifacts(run_id)] == ["run_config.json"]
+
+    # 2. resume while the server is down: completes, warns once, JSONL fallback under the same run id
+    dead = load_config(RunConfig, CONFIG, [*overrides, f"tracking.uri=http://127.0.0.1:{free_port()}"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = trainer.train(dead, "finetune", resume="auto")
+    offline = [w for w in caught if "unavailable" in str(w.message)]
+    assert len(offline) == 1 and "track sync" in str(offline[0].message)
+    assert summary["run_id"] == run_id
+    assert json.loads((out / "summary.json").read_text())["run_id"] == run_id
+    records = [json.loads(ln) for ln in (out / FALLBACK_NAME).read_text().splitlines()]
+    assert records[0]["type"] == "run" and records[0]["run_id"] == run_id
+    assert sorted({r["step"] for r in records if r["type"] == "metrics" and "train/loss" in r["metrics"]}) == [3, 4]
+    assert records[-1] == {"type": "end", "status": "FINISHED"}
+
+    # 3. sync: everything lands in the one run
+    # only the uri this test changed differs from the logged params (the resumed run id does not count)
+    with pytest.warns(RuntimeWarning, match=r"params \['tracking.uri'\] differ"):
+        assert cli.main(["track", "sync", "--path", str(out), "--uri", mlflow_server.uri]) == 0
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    assert set(_steps(client, run_id, "train/loss")) == {1, 2, 3, 4}  # step 3 twice: before and after the stop
+    step3 = {m.value for m in client.get_metric_history(run_id, "train/loss") if m.step == 3}
+    assert len(step3) == 1  # the resumed step 3 repeats the interrupted one exactly
+    for key in ("train/loss", "val/ft_loss", "val/pt_loss", "train/inject_fraction", "train/inject_fraction_cum",
+                "train/tokens_per_s", "train/lr", "train/mfu", "model_params", "pt_loss_base"):
+        assert key in run.data.metrics, key
+    assert _steps(client, run_id, "val/ft_loss") == [0, 2, 4]
+    assert run.data.metrics["train/inject_fraction"] == 0.25
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"run_config.json", "summary.json", "report.json", "loss_curves.png"} <= names
+    local = client.download_artifacts(run_id, "summary.json", str(tmp_path / "dl"))
+    assert json.loads(Path(local).read_text()) == summary
