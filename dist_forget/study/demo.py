@@ -48,7 +48,7 @@ def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.02, 
     fits = load_fits(fit_json)
     for rec in fits:
         held = rec.get("holdout") or {}
-        held_txt = f", held-out MRE {100 * held['mre']:.2f} % on N={held.get("held_out_model_params", "?")}" if held else ""
+        held_txt = f", held-out MRE {100 * held['mre']:.2f} % on N={held.get('held_out_model_params', '?')}" if held else ""
         params = ", ".join(f"{k}={v:.4g}" for k, v in rec["params"].items())
         print(f"  {rec['law']:<10} {rec['form']:<18} {rec['domain']}: {params}; in-sample MRE "
               f"{100 * rec['mre']:.2f} %{held_txt}")
