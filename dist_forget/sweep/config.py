@@ -41,6 +41,9 @@ class PretrainStage:
     config: str = ""
     sizes: list[str] = field(default_factory=list)
     tokens_per_param: float = 20.0  # Chinchilla-like; tokens = tokens_per_param · N_non_embedding
+    # a floor on those tokens: the tiniest sizes would otherwise stop near the uniform-guess loss, where a
+    # finetune lowers the pretraining loss too and forgetting cannot be measured
+    min_tokens: int = 0
     seq_len: int = 0  # tokens per sequence; 0 = read from the manifest.json of the config's data.target
     batch_size: int = 0  # sequences per step; 0 = the config's train.batch_size
     seed: int = 0

@@ -62,7 +62,7 @@ def _fill(templates: dict[str, str], values: dict[str, Any], where: str) -> list
 
 
 def _pretrain_steps(cfg: SweepConfig, size: str) -> tuple[int, int]:
-    """(steps, tokens) so that tokens_per_param · N tokens are seen (rounded up to whole steps)."""
+    """(steps, tokens) so that max(tokens_per_param · N, min_tokens) tokens are seen (whole steps)."""
     stage = cfg.pretrain
     assert stage is not None
     raw = merge(read_yaml(stage.config), parse_overrides(stage.overrides))
@@ -79,7 +79,7 @@ def _pretrain_steps(cfg: SweepConfig, size: str) -> tuple[int, int]:
             ) from None
     if not batch:
         raise UserError(f"sweep pretrain: {stage.config} has no train.batch_size; set pretrain.batch_size")
-    tokens = stage.tokens_per_param * shape_of(size).non_embedding_params()
+    tokens = max(stage.tokens_per_param * shape_of(size).non_embedding_params(), stage.min_tokens)
     steps = max(1, math.ceil(tokens / (int(batch) * seq_len)))
     return steps, steps * int(batch) * seq_len
 
