@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,7 @@ from dist_forget.engine.backend import (
     set_cpu_threads,
 )
 from dist_forget.errors import UserError
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from dist_forget.net import free_port
 
 
 class DeepSpeedBackend(Backend):
@@ -43,7 +37,7 @@ class DeepSpeedBackend(Backend):
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
         if "RANK" not in os.environ:  # plain `dist-forget finetune` without a launcher: a world of one
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         import deepspeed
         import deepspeed.ops
 

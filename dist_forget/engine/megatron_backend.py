@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,12 +59,7 @@ from dist_forget.engine.backend import (
 from dist_forget.errors import UserError
 from dist_forget.io import write_json_atomic
 from dist_forget.models import megatron as M
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from dist_forget.net import free_port
 
 
 class MegatronBackend(Backend):
@@ -91,7 +85,7 @@ class MegatronBackend(Backend):
                             f"processes {world}; launch a multiple of {mp} ranks (torchrun --nproc_per_node {mp})")
         if "RANK" not in os.environ:  # plain `dist-forget finetune` without a launcher: a world of one
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         if torch.cuda.is_available():
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)

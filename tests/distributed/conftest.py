@@ -8,20 +8,16 @@ rank's output tail if any exits non-zero. Reusable by any distributed test (engi
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from dist_forget.net import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_ranks(script: str | Path, args: list[str], world: int, timeout: float = 300.0,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,17 +24,13 @@ from dist_forget.config import load_config
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.trainer import train
 from dist_forget.models import hf
+from dist_forget.net import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "finetune" / "tiny.yaml"
 TOL = 2e-5
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _overrides(tiny_data, base: Path, out: Path, *extra: str) -> list[str]:
@@ -62,7 +57,7 @@ def runs(tiny_data, tmp_path_factory) -> SimpleNamespace:
 
     tp2 = root / "tp2"
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "dist_forget.cli", "finetune", "--config", str(CONFIG),
+           str(free_port()), "-m", "dist_forget.cli", "finetune", "--config", str(CONFIG),
            *_overrides(tiny_data, base, tp2, "engine=megatron", "parallel.tp=2", "checkpoint.every=3",
                        "checkpoint.keep=4")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
@@ -92,7 +87,7 @@ def test_tp2_finetune_via_cli_matches_single_process(runs) -> None:
 def _world_of_one(monkeypatch) -> None:
     """engine=megatron in this process as a world of one (restored after the test)."""
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1"),
-                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port()))):
         monkeypatch.setenv(key, value)
 
 

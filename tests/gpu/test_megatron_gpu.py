@@ -86,6 +86,7 @@ if __name__ == "__main__":
     sys.exit(0)
 
 
+from dist_forget.net import free_port  # noqa: E402
 from tests.distributed.conftest import run_ranks  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
@@ -108,10 +109,10 @@ def _finetune(tiny_data, base: Path, out: Path, world: int, *extra: str, resume:
     import os
     import subprocess
 
-    from tests.distributed.test_megatron_finetune import CONFIG, REPO, _free_port, _overrides
+    from tests.distributed.test_megatron_finetune import CONFIG, REPO, _overrides
 
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(world), "--master_port",
-           str(_free_port()), "-m", "dist_forget.cli", "finetune", "--config", str(CONFIG),
+           str(free_port()), "-m", "dist_forget.cli", "finetune", "--config", str(CONFIG),
            *(["--resume", resume] if resume else []),
            *_overrides(tiny_data, base, out, "engine=megatron", f"parallel.tp={world}", "checkpoint.every=3",
                        "checkpoint.keep=4", *extra)]
