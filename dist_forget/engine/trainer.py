@@ -267,9 +267,9 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         if rank0:
             hf.save_folder(sd, hf_config, out / folder, Path(cfg.data.target))
 
-    def on_eval(step: int) -> bool:
-        """Evaluate, log, keep the best; returns whether this is a new best."""
-        ft, pt = evaluate()
+    def on_eval(step: int, losses: tuple[float, float] | None = None) -> bool:
+        """Evaluate (unless `losses` were just measured), log, keep the best; returns whether it is a new best."""
+        ft, pt = losses or evaluate()
         best = ft < state.best_ft
         if best:
             state.best_ft, state.best_pt, state.best_step, state.bad_evals = ft, pt, step, 0
@@ -287,7 +287,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
             f"({sig['total_params']:,} total), {s.steps} steps x {t.batch_size} seq x {stream.seq_len} tokens, "
             f"grad_accum {grad_accum}; start: ft_loss {state.ft_loss_base:.4f} pt_loss {state.pt_loss_base:.4f}",
             flush=True)
-        on_eval(0)
+        on_eval(0, (state.ft_loss_base, state.pt_loss_base))
         tracker.log_metrics({"model_params": float(n_params), "pt_loss_base": state.pt_loss_base}, 0)
 
     peak = t.peak_flops or measure_peak(backend.device) * backend.world_size

