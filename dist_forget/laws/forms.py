@@ -17,6 +17,7 @@ with `params` and `log_terms` and register it in FORMS.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -249,8 +250,11 @@ class Forgetting(LawForm):
         n_eff = n * (1.0 + values.get("K", 0.0) * anchor_decay)
         if alpha <= 0.0:  # forgetting does not depend on p at all
             return 0.0 if a * d**beta <= eps else float("inf")
-        needed = (a * d**beta / eps) ** (1.0 / alpha) / n_eff
-        return max(0.0, (needed - 1.0) / b)
+        # In logs: with a small fitted alpha the power 1/alpha overflows a float long before p is useful.
+        log_needed = (math.log(a) + beta * math.log(d) - math.log(eps)) / alpha - math.log(n_eff)
+        if log_needed > 700.0:  # (1 + B p) would have to exceed e^700: no p in [0, 1] reaches eps
+            return float("inf")
+        return max(0.0, (math.exp(log_needed) - 1.0) / b)
 
 
 class ForgettingAnchored(Forgetting):

@@ -18,10 +18,11 @@ from dist_forget.errors import UserError
 DEMO_DOMAINS = ["english", "code"]  # the pretraining mix and the one target the demo grid uses
 
 
-def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.02, bootstrap: int = 200) -> int:
+def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.0, bootstrap: int = 200) -> int:
     """Run the main job: data, tiny ladder, finetune sweep, law fit with held-out check, planner answer.
 
-    --max-forgetting is the planner's budget ε in nats per token of pretraining loss.
+    --max-forgetting is the planner's budget ε in nats per token of pretraining loss; 0 (the default)
+    asks for half the forgetting the sweep measured at p = 0 on the largest size and D.
     """
     from dist_forget.data.commands import prepare
     from dist_forget.laws.plan import format_plan, load_fits, plan
@@ -57,6 +58,15 @@ def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.02, 
     largest = max(float(r["model_params"]) for r in runs)
     d_max = max(float(r["target_tokens"]) for r in runs)
     domain = runs[0]["domain"]
+    if max_forgetting <= 0:
+        at_p0 = [float(r["pt_loss"]) - float(r["pt_loss_base"]) for r in runs
+                 if float(r["model_params"]) == largest and float(r["target_tokens"]) == d_max
+                 and float(r["inject_fraction"]) == 0 and float(r["anchor_decay"]) == 0]
+        if not at_p0 or max(at_p0) <= 0:
+            raise UserError("the demo sweep measured no forgetting at p = 0 on its largest size; pass "
+                            "--max-forgetting EPS to ask the planner anyway")
+        max_forgetting = max(at_p0) / 2
+        print(f"  measured forgetting at p = 0 there: {max(at_p0):.4f} nats/token; budget = half of it")
     print(f"\n  planner: smallest p keeping forgetting <= {max_forgetting} nats/token for N={largest:.0f}, "
           f"D={d_max:.0f} on {domain}:")
     answer = plan(fits, domain, largest, d_max, max_forgetting=max_forgetting, where=str(fit_json))

@@ -90,3 +90,14 @@ def test_unreachable_budget_is_reported(fits, capsys, tmp_path):
     ]
     assert cli.main(argv) == 1
     assert "unreachable" in capsys.readouterr().out
+
+
+def test_tiny_exponent_is_unreachable_not_an_overflow():
+    """A degenerate fit (alpha ~ 0, as tiny sweeps give) makes (A D^b / eps)^(1/alpha) overflow a float."""
+    from dist_forget.laws.forms import get_form
+
+    params = {"A": 0.55, "alpha": 3e-4, "beta": 0.0, "B": 1e26}
+    assert get_form("forgetting").solve_p(params, 3e5, 1e5, 0.02) == float("inf")
+    params = {"A": 2.0, "alpha": 0.5, "beta": 0.3, "B": 100.0}
+    closed = ((2.0 * 1e5**0.3 / 0.02) ** 2 / 1e6 - 1) / 100
+    assert get_form("forgetting").solve_p(params, 1e6, 1e5, 0.02) == pytest.approx(closed, rel=1e-9)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dist_forget.cli import main as cli_main
-from dist_forget.config import load_config
+from dist_forget.config import load_config, read_yaml
 from dist_forget.errors import UserError
 from dist_forget.models.ladder import shape_of
 from dist_forget.sweep.config import SweepConfig
@@ -90,8 +90,11 @@ def test_dry_run_lists_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].glob("configs/sweep/*.yaml")))
 def test_shipped_sweep_configs_expand(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(path.parents[2])
-    points = expand(load_config(SweepConfig, path, ["pretrain.seq_len=128"]))
+    has_pretrain = "pretrain" in read_yaml(path)
+    # seq_len is normally read from the shards' manifest, which a fresh checkout does not have yet
+    points = expand(load_config(SweepConfig, path, ["pretrain.seq_len=128"] if has_pretrain else []))
     finetunes = [p for p in points if p.stage == "finetune"]
     assert len({p.name for p in points}) == len(points) and finetunes
     assert {p.values["inject_fraction"] for p in finetunes} >= {0.0, 0.01}
-    assert any(p.values["anchor_decay"] > 0 and p.values["inject_fraction"] == 0 for p in finetunes)
+    if has_pretrain:  # the ladder studies (demo, micro) also compare Anchored AdamW at p = 0
+        assert any(p.values["anchor_decay"] > 0 and p.values["inject_fraction"] == 0 for p in finetunes)
