@@ -42,3 +42,33 @@ def build_tiny_data(root: Path, seq_len: int = 64, vocab_size: int = 512) -> Tin
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
     return build_tiny_data(tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Micro models on a 2-core box: extra threads only add contention (5x slower measured)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def base_model(tiny_data: TinyData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny HF folder to finetune from (random init: the loop, not the science, is under test)."""
+    from dist_forget.models import hf
+
+    folder = tmp_path_factory.mktemp("base") / "model"
+    hf.build("cpu-0.03m", tiny_data.vocab_size, tiny_data.seq_len, seed=0).save_pretrained(folder)
+    return folder
+
+
+def tiny_finetune_overrides(tiny_data: TinyData, base_model: Path, out: Path, *extra: str) -> list[str]:
+    """The smallest real finetune: 4 steps of 4 sequences (2 per micro-batch), evaluation and a
+    checkpoint every 2 steps, no MLflow. The peak FLOP/s is fixed so no run times a matmul at start."""
+    return [f"out_dir={out}", f"model.init_from={base_model}", f"data.target={tiny_data.code}",
+            f"data.pretrain={tiny_data.english}", "data.target_tokens=null", "tracking.enabled=false",
+            "train.batch_size=4", "train.micro_batch=2", "train.eval_sequences=8", "train.eval_every=2",
+            "schedule.steps=4", "schedule.warmup=1", "checkpoint.every=2", "train.peak_flops=1e11", *extra]

@@ -29,11 +29,10 @@ from dist_forget.engine.checkpoint import read_meta
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.trainer import train
 from dist_forget.models import hf
+from dist_forget.net import free_port
+from tests.conftest import tiny_finetune_overrides
+from tests.distributed.conftest import REPO, run_ranks
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import REPO, free_port, run_ranks  # noqa: E402
-
-pytestmark = pytest.mark.slow
 CONFIG = REPO / "configs" / "finetune" / "tiny.yaml"
 BIN = Path(sys.executable).parent
 TOL = 2e-5
@@ -41,29 +40,12 @@ STEPS, CKPT_AT = 4, 2  # a checkpoint at step 2 (and 4): resumes replay steps 3-
 TWO_RANK = ("engine=deepspeed", "parallel.zero_stage=2", "train.micro_batch=1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Micro models on a shared 2-core box: extra threads only add contention (5x slower measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def base_model(tiny_data, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("base") / "model"
-    hf.build("cpu-0.03m", tiny_data.vocab_size, tiny_data.seq_len, seed=0).save_pretrained(folder)
-    return folder
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def _overrides(tiny_data, base_model: Path, out: Path, *extra: str) -> list[str]:
-    # peak_flops fixed: no matmul timing per process (MFU is not under test here)
-    return [f"out_dir={out}", f"model.init_from={base_model}", f"data.target={tiny_data.code}",
-            f"data.pretrain={tiny_data.english}", "data.target_tokens=null", "data.inject_fraction=0.25",
-            "tracking.enabled=false", "train.batch_size=4", "train.micro_batch=2", "train.eval_sequences=8",
-            "train.eval_every=2", f"schedule.steps={STEPS}", "schedule.warmup=1", "optim.anchor_decay=0.1",
-            f"checkpoint.every={CKPT_AT}", "train.peak_flops=1e11", *extra]
+    return tiny_finetune_overrides(tiny_data, base_model, out, "data.inject_fraction=0.25", "optim.anchor_decay=0.1",
+                                   f"checkpoint.every={CKPT_AT}", f"schedule.steps={STEPS}", *extra)
 
 
 def _argv(tiny_data, base_model: Path, out: Path, *extra: str) -> list[str]:

@@ -4,18 +4,15 @@ survives save/load exactly, and `zero-to-hf` gives a folder transformers loads w
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _zero_worker import VOCAB, probe_tokens  # noqa: E402
 
 from dist_forget.cli import main as cli_main
 from dist_forget.convert.zero_to_hf import ZeroCheckpoint
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _zero_worker import VOCAB, probe_tokens  # noqa: E402
-from conftest import ZERO_SAVE_AT  # noqa: E402
+from tests.distributed.conftest import ZERO_SAVE_AT
 
 pytestmark = pytest.mark.slow
 TAG = f"step-{ZERO_SAVE_AT:08d}"

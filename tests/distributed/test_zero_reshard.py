@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,7 @@ import torch
 from dist_forget.cli import main as cli_main
 from dist_forget.convert.reshard import reshard_checkpoint
 from dist_forget.convert.zero_to_hf import ZeroCheckpoint
-
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import ZERO_SAVE_AT, ZERO_STEPS, ZERO_WORKER, run_ranks  # noqa: E402
+from tests.distributed.conftest import ZERO_SAVE_AT, ZERO_STEPS, ZERO_WORKER, run_ranks
 
 pytestmark = pytest.mark.slow
 TAG = f"step-{ZERO_SAVE_AT:08d}"

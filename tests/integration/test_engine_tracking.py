@@ -15,29 +15,20 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow import MlflowClient
 
 from dist_forget import cli
 from dist_forget.config import flatten, load_config, to_dict
 from dist_forget.engine import trainer
 from dist_forget.engine.config import RunConfig
-from dist_forget.models import hf
 from dist_forget.tracking.fallback import FALLBACK_NAME
 from dist_forget.tracking.server import LocalServer, free_port
 from dist_forget.tracking.tracker import params_to_strings
+from tests.conftest import tiny_finetune_overrides
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).parents[2] / "configs" / "finetune" / "tiny.yaml"
 EXPERIMENT = "engine-it"
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -45,15 +36,11 @@ def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 
 
 def test_engine_logs_resumes_into_the_same_run_and_falls_back(mlflow_server: LocalServer, tiny_data, tmp_path,
-                                                             monkeypatch, one_thread):
-    base = tmp_path / "base"
-    hf.build("cpu-0.03m", tiny_data.vocab_size, tiny_data.seq_len, seed=0).save_pretrained(base)
+                                                             monkeypatch, one_thread, base_model):
     out = tmp_path / "run"
-    overrides = [f"out_dir={out}", f"model.init_from={base}", f"data.target={tiny_data.code}",
-                 f"data.pretrain={tiny_data.english}", "data.target_tokens=null", "data.inject_fraction=0.25",
-                 "train.batch_size=4", "train.micro_batch=2", "train.eval_sequences=8", "train.eval_every=2",
-                 "schedule.steps=4", "schedule.warmup=1", "checkpoint.every=2", "train.peak_flops=1e11",
-                 f"tracking.experiment={EXPERIMENT}", "tracking.flush_every_s=0.2"]
+    overrides = tiny_finetune_overrides(tiny_data, base_model, out, "data.inject_fraction=0.25",
+                                        "tracking.enabled=true", f"tracking.experiment={EXPERIMENT}",
+                                        "tracking.flush_every_s=0.2")
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "DIST_FORGET_PARENT_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
 

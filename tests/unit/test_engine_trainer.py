@@ -19,35 +19,16 @@ from dist_forget.engine.schedule import lr_at
 from dist_forget.engine.trainer import SUMMARY_KEYS, train
 from dist_forget.errors import UserError
 from dist_forget.models import hf
+from tests.conftest import tiny_finetune_overrides
 
 CONFIG = Path(__file__).parents[2] / "configs" / "finetune" / "tiny.yaml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Micro models on a shared 2-core box: extra threads only add contention (5x slower measured)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def base_model(tiny_data, tmp_path_factory) -> Path:
-    """A tiny HF folder to finetune from (random init: the loop, not the science, is under test)."""
-    folder = tmp_path_factory.mktemp("base") / "model"
-    hf.build("cpu-0.03m", tiny_data.vocab_size, tiny_data.seq_len, seed=0).save_pretrained(folder)
-    return folder
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _overrides(tiny_data, base_model: Path, out: Path, *extra: str) -> list[str]:
-    return [f"out_dir={out}", f"model.init_from={base_model}", f"data.target={tiny_data.code}",
-            f"data.pretrain={tiny_data.english}", "data.target_tokens=null", "tracking.enabled=false",
-            "train.batch_size=4", "train.micro_batch=2", "train.eval_sequences=8", "train.eval_every=2",
-            "schedule.steps=4", "schedule.warmup=1", "checkpoint.every=2",
-            "train.peak_flops=1e11", *extra]  # fixed peak: no matmul timing per run
+    return tiny_finetune_overrides(tiny_data, base_model, out, *extra)
 
 
 def _cfg(tiny_data, base_model, out, *extra) -> RunConfig:
