@@ -31,7 +31,7 @@ test: install
 	$(BIN)/python -m pytest -q -ra --timeout 900 tests
 
 demo: install
-	$(BIN)/dist-forget demo --data $(DATA) --out work/demo
+	$(BIN)/dist-forget demo
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all

@@ -1,4 +1,4 @@
-"""Every `dist-forget ...` command shown in README.md names a real subcommand with flags it accepts."""
+"""Every `dist-forget ...` command in README.md and the Makefile names a real subcommand with flags it accepts."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from pathlib import Path
 
 from dist_forget import cli
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
 
 
 def _readme_commands() -> list[list[str]]:
-    text = README.read_text().replace("\\\n", " ")
+    makefile = (ROOT / "Makefile").read_text().replace("$(BIN)/dist-forget", "\ndist-forget")
+    makefile = makefile.replace("$(DATA)", "work/data")
+    text = (README.read_text() + "\n" + makefile).replace("\\\n", " ")
     commands = []
     for line in text.splitlines():
         line = line.strip()
