@@ -67,7 +67,7 @@ def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.0, b
                             "--max-forgetting EPS to ask the planner anyway")
         max_forgetting = max(at_p0) / 2
         print(f"  measured forgetting at p = 0 there: {max(at_p0):.4f} nats/token; budget = half of it")
-    print(f"\n  planner: smallest p keeping forgetting <= {max_forgetting} nats/token for N={largest:.0f}, "
+    print(f"\n  planner: smallest p keeping forgetting <= {max_forgetting:.4f} nats/token for N={largest:.0f}, "
           f"D={d_max:.0f} on {domain}:")
     answer = plan(fits, domain, largest, d_max, max_forgetting=max_forgetting, where=str(fit_json))
     print("  " + format_plan(answer).replace("\n", "\n  "))
