@@ -12,11 +12,9 @@ Run: .venv/bin/python -m benchmarks.bench_laws [--bootstrap 1000] [--workers 2]
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import curve_fit
@@ -26,7 +24,7 @@ from dist_forget.laws.fit import FitConfig, Objective, fit_form, lbfgs, solve_ba
 from dist_forget.laws.forms import get_form
 from dist_forget.laws.pipeline import fit_runs
 from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
-from dist_forget.laws.table import Runs, from_rows
+from dist_forget.laws.table import Runs, chinchilla_runs
 
 DOMAINS = (
     "arxiv",
@@ -195,33 +193,6 @@ def main() -> None:
     print(
         f"Chinchilla refit (240 runs, default grid prescreen): {time.perf_counter() - start:.2f} s, "
         + ", ".join(f"{k}={v:.5g}" for k, v in fit.params.items())
-    )
-
-
-def chinchilla_runs() -> Runs:
-    path = (
-        Path(__file__).resolve().parents[1]
-        / "dist_forget"
-        / "laws"
-        / "data"
-        / "chinchilla_epoch_svg_extracted.csv"
-    )
-    with open(path, newline="") as fh:
-        rows = sorted(csv.DictReader(fh), key=lambda r: float(r["loss"]))[:-5]  # drop the 5 highest losses
-    table = [
-        {
-            "domain": "chinchilla",
-            "model_params": r["Model Size"],
-            "ft_loss": r["loss"],
-            "target_tokens": float(r["Training FLOP"]) / (6 * float(r["Model Size"])),
-        }
-        for r in rows
-    ]
-    return from_rows(
-        table,
-        [f"row {i}" for i in range(len(table))],
-        str(path),
-        required=("domain", "model_params", "target_tokens", "ft_loss"),
     )
 
 

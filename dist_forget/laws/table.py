@@ -250,3 +250,24 @@ def write_runs_csv(runs: Runs, path: str | os.PathLike[str]) -> None:
                 + [repr(float(runs.values[c][i])) for c in numeric]
                 + [runs.extra[c][i] for c in runs.extra]
             )
+
+
+CHINCHILLA_CSV = Path(__file__).parent / "data" / "chinchilla_epoch_svg_extracted.csv"
+
+
+def chinchilla_runs(path: Path = CHINCHILLA_CSV) -> Runs:
+    """Epoch AI's digitized Chinchilla runs as a runs table, the 5 highest losses dropped (240 left),
+    exactly as in their published refit; D = C / (6 N). Used to check the fitter against that refit."""
+    with open(path, newline="") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: float(r["loss"]))[:-5]
+    table = [
+        {
+            "domain": "chinchilla",
+            "model_params": r["Model Size"],
+            "ft_loss": r["loss"],
+            "target_tokens": float(r["Training FLOP"]) / (6 * float(r["Model Size"])),
+        }
+        for r in rows
+    ]
+    return from_rows(table, [f"row {i}" for i in range(len(table))], str(path),
+                     required=("domain", "model_params", "target_tokens", "ft_loss"))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -13,35 +10,7 @@ from dist_forget.laws.fit import FitConfig, Objective, fit_form, lbfgs, solve_ba
 from dist_forget.laws.forms import FORMS
 from dist_forget.laws.pipeline import fit_runs
 from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
-from dist_forget.laws.table import from_rows
-
-CHINCHILLA = (
-    Path(__file__).resolve().parents[2]
-    / "dist_forget"
-    / "laws"
-    / "data"
-    / "chinchilla_epoch_svg_extracted.csv"
-)
-
-
-def chinchilla_runs():
-    with open(CHINCHILLA, newline="") as fh:
-        rows = sorted(csv.DictReader(fh), key=lambda r: float(r["loss"]))[:-5]  # drop the 5 highest losses
-    table = [
-        {
-            "domain": "chinchilla",
-            "model_params": r["Model Size"],
-            "ft_loss": r["loss"],
-            "target_tokens": float(r["Training FLOP"]) / (6 * float(r["Model Size"])),
-        }
-        for r in rows
-    ]
-    return from_rows(
-        table,
-        [f"row {i}" for i in range(len(table))],
-        str(CHINCHILLA),
-        required=("domain", "model_params", "target_tokens", "ft_loss"),
-    )
+from dist_forget.laws.table import chinchilla_runs
 
 
 def test_reproduces_epoch_chinchilla_refit():
