@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: install data test demo bench lint clean
+.PHONY: install data test demo study bench lint clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ test: install
 
 demo: install
 	$(BIN)/dist-forget demo
+
+# The micro study (hours on 2 cores, resumable) and its committed report in reports/micro/.
+study: data
+	$(BIN)/dist-forget sweep --config configs/sweep/micro.yaml
+	$(BIN)/dist-forget study report --sweep work/sweeps/micro --out reports/micro
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all

@@ -43,6 +43,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("convert", "reshard-megatron"): "dist_forget.convert.commands:reshard_megatron",
     ("track", "sync"): "dist_forget.tracking.commands:sync",
     ("sweep",): "dist_forget.sweep.commands:sweep",
+    ("study", "report"): "dist_forget.study.report:report",
     ("demo",): "dist_forget.study.demo:demo",
 }
 

@@ -5,7 +5,7 @@ which is tied to the output head). Kaplan et al. showed this count gives cleaner
 micro sizes that fit on a CPU the 8192-token embedding would otherwise dominate the count. Both counts
 are logged with every run. Names give the approximate non-embedding count.
 
-`cpu-*` sizes are for studies on a 2-core machine (0.03M to 30M); `paper-*` sizes mirror the paper's
+`cpu-*` sizes are for studies on a 2-core machine (0.01M to 30M); `paper-*` sizes mirror the paper's
 ladder (41M to 1.3B) for GPU clusters.
 """
 
@@ -37,6 +37,7 @@ class ModelShape:
 
 
 LADDER: dict[str, ModelShape] = {
+    "cpu-0.01m": ModelShape(hidden=16, layers=3, heads=2, ffn=64),
     "cpu-0.03m": ModelShape(hidden=32, layers=2, heads=2, ffn=96),
     "cpu-0.1m": ModelShape(hidden=48, layers=3, heads=3, ffn=128),
     "cpu-0.3m": ModelShape(hidden=80, layers=4, heads=5, ffn=224),

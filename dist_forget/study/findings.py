@@ -1,0 +1,211 @@
+"""The paper's findings, checked on a runs table with plain numbers (no law is fitted here).
+
+Forgetting F = pt_loss - pt_loss_base (nats/token): how much the pretraining validation loss rose by the
+best target checkpoint. Each comparison pairs runs that differ in exactly one knob (same domain, size,
+D, seed, and the others fixed), so a difference is that knob's effect and nothing else. Seed noise is
+measured separately (`noise_floor`) and every verdict is read against it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dist_forget.laws.table import Runs
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    domain: str
+    n: float  # non-embedding parameters
+    d: float  # unique target tokens
+    p: float  # injection fraction
+    a: float  # anchor_decay
+    seed: int
+    ft: float  # target validation loss at the best checkpoint
+    pt: float  # pretraining validation loss there
+    pt0: float  # pretraining validation loss of the base model
+
+    @property
+    def forgetting(self) -> float:
+        return self.pt - self.pt0
+
+
+def runs_of(table: Runs) -> list[Run]:
+    v = table.values
+    names = table.extra.get("name", table.run_id)
+    seeds = table.extra.get("seed", [0] * len(table))
+    return [
+        Run(
+            name=str(names[i]),
+            domain=str(table.domain[i]),
+            n=float(v["model_params"][i]),
+            d=float(v["target_tokens"][i]),
+            p=float(v["inject_fraction"][i]),
+            a=float(v["anchor_decay"][i]),
+            seed=int(float(seeds[i] if seeds[i] not in ("", None) else 0)),
+            ft=float(v["ft_loss"][i]),
+            pt=float(v["pt_loss"][i]),
+            pt0=float(v["pt_loss_base"][i]),
+        )
+        for i in range(len(table))
+    ]
+
+
+def _index(runs: Iterable[Run]) -> dict[tuple[str, float, float, float, float, int], Run]:
+    return {(r.domain, r.n, r.d, r.p, r.a, r.seed): r for r in runs}
+
+
+def verdict(share: float) -> str:
+    """'holds' when at least 3 of 4 paired comparisons agree with the paper, 'does not hold' at 1 in 4 or
+    fewer, 'mixed' between."""
+    if not math.isfinite(share):
+        return "not measured"
+    return "holds" if share >= 0.75 else "does not hold" if share <= 0.25 else "mixed"
+
+
+def trend(runs: list[Run], along: str, decreasing: bool, p: float = 0.0) -> dict[str, Any]:
+    """Forgetting along `along` ("n" or "d") with everything else fixed (plain AdamW, injection p, seed 0).
+
+    Returns one series per fixed setting ({domain, fixed: the other of N or D, points: {x: F}}), and the share of series whose endpoints move
+    the way the paper says (F at the largest x below F at the smallest when `decreasing`, above when not),
+    plus the mean ratio F(largest x) / F(smallest x).
+    """
+    series: dict[tuple, dict[float, float]] = defaultdict(dict)
+    for r in runs:
+        if r.p == p and r.a == 0 and r.seed == 0:
+            fixed = (r.domain, r.d) if along == "n" else (r.domain, r.n)
+            series[fixed][getattr(r, along)] = r.forgetting
+    agree, ratios = [], []
+    for points in series.values():
+        if len(points) < 2:
+            continue
+        lo, hi = points[min(points)], points[max(points)]
+        agree.append(hi < lo if decreasing else hi > lo)
+        if lo > 0 and hi > 0:
+            ratios.append(hi / lo)
+    share = float(np.mean(agree)) if agree else float("nan")
+    return {
+        "series": [{"domain": k[0], "fixed": k[1], "points": dict(sorted(v.items()))}
+                   for k, v in sorted(series.items())],
+        "share_agreeing": share,
+        "n_series": len(agree),
+        "mean_ratio_last_first": float(np.mean(ratios)) if ratios else float("nan"),
+        "verdict": verdict(share),
+    }
+
+
+def injection_effect(runs: list[Run], p: float) -> dict[str, Any]:
+    """Runs at injection p against the same run at p = 0: the share of forgetting removed,
+    1 - F(p)/F(0), and the relative change of the target loss, ft(p)/ft(0) - 1."""
+    idx = _index(runs)
+    pairs = []
+    for r in runs:
+        if r.p != p or r.a != 0:
+            continue
+        base = idx.get((r.domain, r.n, r.d, 0.0, 0.0, r.seed))
+        if base is None:
+            continue
+        removed = 1 - r.forgetting / base.forgetting if base.forgetting > 0 else float("nan")
+        pairs.append({"run": r.name, "forgetting_p0": base.forgetting, "forgetting": r.forgetting,
+                      "forgetting_removed": removed, "ft_change": r.ft / base.ft - 1})  # fmt: skip
+    removed = np.array([x["forgetting_removed"] for x in pairs], dtype=float)
+    ft = np.array([x["ft_change"] for x in pairs], dtype=float)
+    return {
+        "p": p,
+        "pairs": pairs,
+        "n_pairs": len(pairs),
+        "forgetting_removed_mean": float(np.nanmean(removed)) if len(pairs) else float("nan"),
+        "forgetting_removed_min": float(np.nanmin(removed)) if len(pairs) else float("nan"),
+        "forgetting_removed_max": float(np.nanmax(removed)) if len(pairs) else float("nan"),
+        "ft_change_mean": float(ft.mean()) if len(pairs) else float("nan"),
+        "ft_change_max": float(ft.max()) if len(pairs) else float("nan"),
+        "share_ft_not_worse": float(np.mean(ft <= 0)) if len(pairs) else float("nan"),
+    }
+
+
+def anchored_vs_injection(runs: list[Run]) -> dict[str, Any]:
+    """Each Anchored AdamW run (p = 0) against the plain-AdamW run of the same domain, size, D and seed,
+    at any p, whose target loss is closest: at (nearly) equal target loss, which forgets less?"""
+    pairs = []
+    for r in runs:
+        if r.a == 0 or r.p != 0:
+            continue
+        rivals = [x for x in runs if x.a == 0 and (x.domain, x.n, x.d, x.seed) == (r.domain, r.n, r.d, r.seed)]
+        if not rivals:
+            continue
+        best = min(rivals, key=lambda x: abs(x.ft - r.ft))
+        pairs.append({
+            "run": r.name, "anchor_decay": r.a, "ft": r.ft, "forgetting": r.forgetting,
+            "rival": best.name, "rival_p": best.p, "rival_ft": best.ft, "rival_forgetting": best.forgetting,
+            "ft_gap": r.ft / best.ft - 1, "forgetting_diff": r.forgetting - best.forgetting,
+        })  # fmt: skip
+    by_decay: dict[float, dict[str, float]] = {}
+    for a in sorted({x["anchor_decay"] for x in pairs}):
+        sel = [x for x in pairs if x["anchor_decay"] == a]
+        diff = np.array([x["forgetting_diff"] for x in sel])
+        by_decay[a] = {
+            "n_pairs": len(sel),
+            "forgetting_diff_mean": float(diff.mean()),
+            "share_anchor_forgets_less": float(np.mean(diff < 0)),
+            "ft_gap_mean_abs": float(np.mean([abs(x["ft_gap"]) for x in sel])),
+        }
+    return {"pairs": pairs, "by_anchor_decay": by_decay}
+
+
+def anchor_effect(runs: list[Run]) -> dict[float, dict[str, float]]:
+    """Anchored AdamW at p = 0 against plain AdamW at p = 0 (same domain, size, D, seed): forgetting
+    removed and target-loss change, averaged per anchor_decay."""
+    idx = _index(runs)
+    out: dict[float, dict[str, float]] = {}
+    for a in sorted({r.a for r in runs if r.a > 0}):
+        removed, ft = [], []
+        for r in runs:
+            base = idx.get((r.domain, r.n, r.d, 0.0, 0.0, r.seed))
+            if r.a != a or r.p != 0 or base is None or base.forgetting <= 0:
+                continue
+            removed.append(1 - r.forgetting / base.forgetting)
+            ft.append(r.ft / base.ft - 1)
+        if removed:
+            out[a] = {"n_pairs": len(removed), "forgetting_removed_mean": float(np.mean(removed)),
+                      "ft_change_mean": float(np.mean(ft))}  # fmt: skip
+    return out
+
+
+def noise_floor(runs: list[Run]) -> list[dict[str, Any]]:
+    """Configurations run with 3 or more seeds: mean and relative standard deviation (ddof = 1) of the
+    target loss, pretraining loss and forgetting across seeds."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[(r.domain, r.n, r.d, r.p, r.a)].append(r)
+    out = []
+    for (domain, n, d, p, a), rs in sorted(groups.items()):
+        if len({r.seed for r in rs}) < 3:
+            continue
+        row: dict[str, Any] = {"domain": domain, "model_params": n, "target_tokens": d, "inject_fraction": p,
+                               "anchor_decay": a, "seeds": sorted(r.seed for r in rs)}  # fmt: skip
+        for key, vals in (("ft", [r.ft for r in rs]), ("pt", [r.pt for r in rs]),
+                          ("forgetting", [r.forgetting for r in rs])):  # fmt: skip
+            arr = np.array(vals)
+            row[f"{key}_mean"] = float(arr.mean())
+            row[f"{key}_rel_std"] = float(arr.std(ddof=1) / abs(arr.mean()))
+        out.append(row)
+    return out
+
+
+def same_as_p0(runs: list[Run], p: float) -> list[dict[str, Any]]:
+    """Runs at injection p against the same run at p = 0: the largest absolute loss difference. A stream
+    too short to contain one pretraining sequence at this p must give exactly 0."""
+    idx = _index(runs)
+    out = []
+    for r in runs:
+        base = idx.get((r.domain, r.n, r.d, 0.0, r.a, r.seed))
+        if r.p == p and base is not None:
+            out.append({"run": r.name, "ft_diff": abs(r.ft - base.ft), "pt_diff": abs(r.pt - base.pt)})
+    return out

@@ -1,0 +1,379 @@
+"""`dist-forget study report`: the study report of a finished sweep, written as one folder.
+
+REPORT.md (setup, held-out error per law form, the paper's findings checked with numbers, the seed noise
+floor, fitted parameters with intervals, plots, the runs table), runs.csv, fit.json and PNG plots. The
+laws are fitted with the same code as `dist-forget fit` on every size but the largest and checked on the
+largest; the findings are paired comparisons from `findings.py`. The folder is replaced as a whole,
+except NOTES.md: a discussion written by hand, kept and shown in REPORT.md after the findings.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dist_forget.errors import UserError
+from dist_forget.io import atomic_dir, write_json_atomic, write_text_atomic
+from dist_forget.laws.fit import FitConfig
+from dist_forget.laws.pipeline import fit_runs
+from dist_forget.laws.report import _finite, _pct, plot_all, report_markdown
+from dist_forget.laws.table import Runs, read_runs
+from dist_forget.study import findings as fd
+
+STUDY_FORMS = ("finetune", "chinchilla", "finetune-eff-data", "finetune-eff-params", "forgetting",
+               "forgetting-anchored")  # fmt: skip
+GOAL = {"finetune": 0.015, "forgetting": 0.006}  # held-out MRE the study aims at (the paper: 2.01 %, 0.83 %)
+
+
+def report(
+    sweep: Path,
+    out: Path,
+    forms: tuple[str, ...] = STUDY_FORMS,
+    bootstrap: int = 1000,
+    workers: int = 0,
+    seed: int = 0,
+) -> int:
+    """Write the study report of a finished sweep (REPORT.md, runs.csv, fit.json, plots) into --out.
+
+    --sweep is the sweep's out_dir (it holds runs.csv, pretrain/ and finetune/). Laws are fitted on all
+    sizes but the largest and checked on the largest; findings are paired comparisons of runs.
+    """
+    start = time.monotonic()
+    runs_csv = sweep / "runs.csv"
+    if not runs_csv.is_file():
+        raise UserError(f"{runs_csv}: no runs table; run `dist-forget sweep --config ...` to the end first")
+    table = read_runs(runs_csv)
+    notes = (out / "NOTES.md").read_text() if (out / "NOTES.md").is_file() else ""
+    runs = fd.runs_of(table)
+    print(f"read {len(runs)} runs from {runs_csv}", flush=True)
+    cfg = FitConfig(bootstrap=bootstrap, seed=seed, workers=workers)
+    records = fit_runs(table, forms, cfg, "largest")
+    meta = {"source": str(runs_csv), "n_runs": len(table), "delta": cfg.delta, "loss": cfg.loss,
+            "bootstrap": bootstrap, "holdout": "largest", "seed": seed, "forms": list(forms)}  # fmt: skip
+    with atomic_dir(out, overwrite=True) as tmp:
+        shutil.copyfile(runs_csv, tmp / "runs.csv")
+        write_json_atomic(tmp / "fit.json", _finite({"meta": meta, "fits": records}))
+        fit_pngs = [p.name for p in plot_all(tmp, records, table)]
+        study_pngs = plot_study(tmp, runs, sweep)
+        facts = collect_findings(runs)
+        write_json_atomic(tmp / "findings.json", _finite(facts))
+        text = report_text(sweep, table, runs, records, meta, facts, fit_pngs, study_pngs, notes)
+        if notes:
+            write_text_atomic(tmp / "NOTES.md", notes)
+        write_text_atomic(tmp / "REPORT.md", text)
+    print(f"wrote {out / 'REPORT.md'} ({len(fit_pngs) + len(study_pngs)} plots) in {time.monotonic() - start:.0f} s")
+    return 0
+
+
+def collect_findings(runs: list[fd.Run]) -> dict[str, Any]:
+    ps = sorted({r.p for r in runs if r.p > 0})
+    return {
+        "forgetting_vs_size": fd.trend(runs, "n", decreasing=True),
+        "forgetting_vs_data": fd.trend(runs, "d", decreasing=False),
+        "injection": {str(p): fd.injection_effect(runs, p) for p in ps},
+        "anchor": {str(a): v for a, v in fd.anchor_effect(runs).items()},
+        "anchored_vs_injection": fd.anchored_vs_injection(runs),
+        "noise_floor": fd.noise_floor(runs),
+        "same_as_p0": {str(p): fd.same_as_p0(runs, p) for p in ps},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+
+def _f(x: float, digits: int = 3) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _ladder_rows(sweep: Path) -> list[str]:
+    rows = ["| size | N (non-embedding) | total params | pretraining tokens | steps | English val loss |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    pre = sorted((sweep / "pretrain").glob("*/summary.json"), key=lambda p: _read_json(p).get("model_params", 0))
+    for path in pre:
+        s, rep = _read_json(path), _read_json(path.parent / "report.json")
+        cfg = _read_json(path.parent / "run_config.json")
+        manifest = _read_json(Path(cfg.get("data", {}).get("target", "")) / "manifest.json")
+        tokens = rep.get("sequences", 0) * manifest.get("seq_len", 0)
+        rows.append(f"| {path.parent.name} | {s.get('model_params', 0):,.0f} | {rep.get('total_params', 0):,} | "
+                    f"{tokens:,} | {rep.get('step', '?')} | {_f(s.get('pt_loss', float('nan')))} |")  # fmt: skip
+    return rows
+
+
+def _finetune_setup(sweep: Path, runs: list[fd.Run]) -> str:
+    cfgs = sorted((sweep / "finetune").glob("*/run_config.json"))
+    if not cfgs:
+        return ""
+    c = _read_json(cfgs[0])
+    o, s, t = c.get("optim", {}), c.get("schedule", {}), c.get("train", {})
+    return (
+        f"Finetuning: {s.get('steps')} steps of {t.get('batch_size')} sequences, AdamW lr {o.get('lr')} "
+        f"({s.get('kind')}, warmup {s.get('warmup')}), betas {o.get('betas')}, no weight decay; target and "
+        f"English validation loss every {t.get('eval_every')} steps on {t.get('eval_sequences')} held-out "
+        f"sequences each; the reported losses are at the best target-validation step (bottom of the "
+        f"U-curve). Domains {', '.join(sorted({r.domain for r in runs}))}; D ∈ "
+        f"{{{', '.join(f'{d:,.0f}' for d in sorted({r.d for r in runs}))}}} unique target tokens; p ∈ "
+        f"{{{', '.join(f'{p:g}' for p in sorted({r.p for r in runs}))}}}; anchor_decay ∈ "
+        f"{{{', '.join(f'{a:g}' for a in sorted({r.a for r in runs}))}}}; seeds "
+        f"{{{', '.join(str(x) for x in sorted({r.seed for r in runs}))}}}. {len(runs)} finetuning runs."
+    )
+
+
+def _heldout_rows(records: list[dict[str, Any]], noise: list[dict[str, Any]]) -> list[str]:
+    domains = sorted({r["domain"] for r in records})
+    rows = ["| law | form | " + " | ".join(domains) + " | mean | goal |",
+            "|---|---|" + "---|" * (len(domains) + 2)]  # fmt: skip
+    for form in dict.fromkeys(r["form"] for r in records):
+        recs = {r["domain"]: r for r in records if r["form"] == form}
+        law = next(iter(recs.values()))["law"]
+        vals = [(recs[d].get("holdout") or {}).get("mre", float("nan")) if d in recs else float("nan") for d in domains]
+        mean = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+        rows.append(f"| {law} | {form} | " + " | ".join(_pct(v) for v in vals) + f" | **{_pct(mean)}** | "
+                    f"{_pct(GOAL.get(law))} |")  # fmt: skip
+    return rows
+
+
+def _best_heldout(records: list[dict[str, Any]], law: str) -> tuple[str, float]:
+    best = ("–", float("inf"))
+    for form in dict.fromkeys(r["form"] for r in records if r["law"] == law):
+        vals = [(r.get("holdout") or {}).get("mre", float("nan")) for r in records if r["form"] == form]
+        mean = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("inf")
+        best = min(best, (form, mean), key=lambda x: x[1])
+    return best
+
+
+def _trend_rows(trend: dict[str, Any], along: str) -> list[str]:
+    xs = sorted({x for s in trend["series"] for x in s["points"]})
+    head = "N" if along == "n" else "D"
+    fixed = "domain, D" if along == "n" else "domain, N"
+    rows = [f"| {fixed} | " + " | ".join(f"{head} = {x:,.0f}" for x in xs) + " |", "|---|" + "---|" * len(xs)]
+    for s in trend["series"]:
+        cells = " | ".join(_f(s["points"].get(x, float("nan"))) for x in xs)
+        rows.append(f"| {s['domain']}, {s['fixed']:,.0f} | {cells} |")
+    return rows
+
+
+def report_text(
+    sweep: Path,
+    table: Runs,
+    runs: list[fd.Run],
+    records: list[dict[str, Any]],
+    meta: dict[str, Any],
+    facts: dict[str, Any],
+    fit_pngs: list[str],
+    study_pngs: list[str],
+    notes: str = "",
+) -> str:
+    noise = facts["noise_floor"]
+    largest = max(r.n for r in runs)
+    lines = [
+        f"# Study report: {sweep.name}",
+        "",
+        f"Generated by `dist-forget study report --sweep {sweep} --out <this folder>` from {len(runs)} "
+        "finetuning runs. Losses are validation losses in nats per token; forgetting F = pretraining (English) "
+        "validation loss at the best target checkpoint minus that of the base model. Machine-readable: "
+        "`runs.csv`, `fit.json`, `findings.json` (fractions, not percent).",
+        "",
+        "## Setup",
+        "",
+        "Pretrained ladder (English public-domain mix, from scratch):",
+        "",
+        *_ladder_rows(sweep),
+        "",
+        _finetune_setup(sweep, runs),
+        "",
+        f"## Held-out error: laws fitted on N < {largest:,.0f}, predicting N = {largest:,.0f}",
+        "",
+        "Mean relative error of the predicted loss on the held-out largest size, per domain (each form fitted "
+        "per domain; forms without anchor_decay use the plain-AdamW runs only).",
+        "",
+        *_heldout_rows(records, noise),
+        "",
+    ]
+    for law in ("finetune", "forgetting"):
+        form, mre = _best_heldout(records, law)
+        goal = GOAL[law]
+        lines.append(f"- {law}: best form **{form}**, held-out MRE {_pct(mre)} — goal ≤ {_pct(goal)} "
+                     f"{'reached' if mre <= goal else 'not reached'}.")  # fmt: skip
+    if noise:
+        nf = noise[0]
+        lines.append(
+            f"- Seed noise floor ({len(nf['seeds'])} seeds, {nf['domain']}, N = {nf['model_params']:,.0f}, "
+            f"D = {nf['target_tokens']:,.0f}, p = {nf['inject_fraction']:g}): relative std of the target loss "
+            f"{_pct(nf['ft_rel_std'])}, of the pretraining loss {_pct(nf['pt_rel_std'])}, of forgetting "
+            f"{_pct(nf['forgetting_rel_std'])}. A law cannot predict a single run better than this."
+        )
+    lines += ["", "## The paper's findings, checked", ""]
+    lines += _findings_text(facts, noise)
+    if notes:
+        lines += ["", "## Discussion (NOTES.md, written by hand)", "", notes.strip()]
+    lines += ["", "## Fitted laws", ""]
+    fit_md = report_markdown(records, meta, []).split("\n", 2)[2]  # drop its title line
+    lines += [fit_md.replace("## ", "### "), "", "## Plots", ""]
+    lines += [f"![{p}]({p})" for p in study_pngs + fit_pngs]
+    lines += ["", "## Runs", "", "| run | ft_loss | pt_loss | pt_loss_base | forgetting |", "|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r.n, r.domain, r.d, r.p, r.a, r.seed)):
+        lines.append(f"| {r.name} | {r.ft:.4f} | {r.pt:.4f} | {r.pt0:.4f} | {r.forgetting:+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _findings_text(facts: dict[str, Any], noise: list[dict[str, Any]]) -> list[str]:
+    size, data = facts["forgetting_vs_size"], facts["forgetting_vs_data"]
+    lines = [
+        f"**1. Forgetting shrinks with model size — {size['verdict']}.** At p = 0, forgetting at the largest "
+        f"size is below that at the smallest in {_pct(size['share_agreeing'])} of {size['n_series']} "
+        f"(domain, D) series; mean ratio F(largest N) / F(smallest N) = {_f(size['mean_ratio_last_first'])}.",
+        "",
+        *_trend_rows(size, "n"),
+        "",
+        f"**2. Forgetting grows with target data D — {data['verdict']}.** At p = 0, forgetting at the largest D "
+        f"is above that at the smallest in {_pct(data['share_agreeing'])} of {data['n_series']} (domain, N) "
+        f"series; mean ratio F(largest D) / F(smallest D) = {_f(data['mean_ratio_last_first'])}.",
+        "",
+        *_trend_rows(data, "d"),
+        "",
+    ]
+    inj = facts["injection"]
+    one = inj.get("0.01")
+    if one and one["n_pairs"]:
+        removed = one["forgetting_removed_mean"]
+        v = "holds" if removed >= 0.5 else "partly holds" if removed >= 0.25 else "does not hold"
+        lines.append(
+            f"**3. p = 1 % removes most forgetting — {v}.** Over {one['n_pairs']} pairs (same domain, N, D, "
+            f"seed; p = 1 % vs 0) it removes {_pct(removed)} of the forgetting on average (range "
+            f"{_pct(one['forgetting_removed_min'])} to {_pct(one['forgetting_removed_max'])})."
+        )
+    for key, e in inj.items():
+        if key != "0.01" and e["n_pairs"]:
+            lines.append(f"  At p = {float(key):g}: {_pct(e['forgetting_removed_mean'])} removed on average "
+                         f"({e['n_pairs']} pairs).")  # fmt: skip
+    lines.append("")
+    floor = noise[0]["ft_rel_std"] if noise else float("nan")
+    for key, e in inj.items():
+        if not e["n_pairs"]:
+            continue
+        limit = 2 * floor if np.isfinite(floor) else 0.005
+        v = "holds" if e["ft_change_mean"] <= limit else "does not hold"
+        lines.append(
+            f"**4. Injection does not hurt the target loss (p = {float(key):g}) — {v}.** Mean relative change of "
+            f"the best target loss {e['ft_change_mean']:+.2%} (largest {e['ft_change_max']:+.2%}; not worse in "
+            f"{_pct(e['share_ft_not_worse'])} of {e['n_pairs']} pairs), against twice the seed noise floor "
+            f"{_pct(limit)}."
+        )
+    lines.append("")
+    avi = facts["anchored_vs_injection"]["by_anchor_decay"]
+    for a, eff in facts["anchor"].items():
+        cmp_ = avi.get(float(a), {})
+        lines.append(
+            f"**5. Anchored AdamW (anchor_decay = {float(a):g}, p = 0) vs injection.** Against plain AdamW at "
+            f"p = 0 it removes {_pct(eff['forgetting_removed_mean'])} of the forgetting and changes the target "
+            f"loss by {eff['ft_change_mean']:+.2%} ({eff['n_pairs']} pairs). Against the plain-AdamW run (any p) "
+            f"with the closest target loss (mean gap {_pct(cmp_.get('ft_gap_mean_abs'))}), it forgets "
+            f"{_f(abs(cmp_.get('forgetting_diff_mean', float('nan'))))} nats/token "
+            f"{'more' if cmp_.get('forgetting_diff_mean', 0) > 0 else 'less'} on average and less in "
+            f"{_pct(cmp_.get('share_anchor_forgets_less'))} of {cmp_.get('n_pairs', 0)} pairs."
+        )
+    for key, diffs in facts["same_as_p0"].items():
+        if diffs and float(key) < 0.01:
+            worst = max(max(d["ft_diff"], d["pt_diff"]) for d in diffs)
+            lines += ["", f"**p = {float(key):g}** on {len(diffs)} runs: largest |loss − loss at p = 0| = "
+                          f"{worst:.2e} nats/token."]  # fmt: skip
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def plot_study(out: Path, runs: list[fd.Run], sweep: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    domains = sorted({r.domain for r in runs})
+    sizes = sorted({r.n for r in runs})
+    colors = dict(zip(sizes, plt.cm.viridis(np.linspace(0, 0.9, len(sizes)))))
+
+    fig, axes = plt.subplots(1, len(domains), figsize=(4.2 * len(domains), 3.8), squeeze=False)
+    for ax, domain in zip(axes[0], domains):
+        for n in sizes:
+            pts = sorted((r.d, r.forgetting) for r in runs
+                         if (r.domain, r.n, r.p, r.a, r.seed) == (domain, n, 0.0, 0.0, 0))  # fmt: skip
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=colors[n], label=f"N = {n:,.0f}")
+        ax.set_xscale("log")
+        ax.set_xlabel("unique target tokens D")
+        ax.set_title(f"{domain}: forgetting at p = 0")
+    axes[0][0].set_ylabel("forgetting (nats/token)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "study_forgetting_vs_D.png", dpi=90)
+    plt.close(fig)
+    written.append("study_forgetting_vs_D.png")
+
+    fig, axes = plt.subplots(1, len(domains), figsize=(4.2 * len(domains), 3.8), squeeze=False)
+    for ax, domain in zip(axes[0], domains):
+        for r in runs:
+            if r.domain != domain or r.seed != 0:
+                continue
+            marker = "o" if r.a == 0 else "^"
+            ax.scatter(r.ft, r.forgetting, color=colors[r.n], marker=marker, s=12 + 120 * r.p + 4 * np.log1p(r.a))
+        ax.set_xlabel("best target loss (nats/token)")
+        ax.set_title(f"{domain}: forgetting vs target loss")
+    axes[0][0].set_ylabel("forgetting (nats/token)")
+    axes[0][0].scatter([], [], marker="o", color="gray", label="AdamW (size ~ p)")
+    axes[0][0].scatter([], [], marker="^", color="gray", label="Anchored AdamW, p = 0")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "study_forgetting_vs_target_loss.png", dpi=90)
+    plt.close(fig)
+    written.append("study_forgetting_vs_target_loss.png")
+
+    curves = _curves(sweep, runs)
+    if curves:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        for n, p, steps, ft, pt in curves.values():
+            style = "-" if p == 0 else "--"
+            axes[0].plot(steps, ft, style, color=colors[n], label=f"N = {n:,.0f}, p = {p:g}")
+            axes[1].plot(steps, pt, style, color=colors[n])
+        axes[0].set_title("target validation loss (U-curve)")
+        axes[1].set_title("English validation loss (forgetting)")
+        for ax in axes:
+            ax.set_xlabel("finetuning step")
+            ax.set_ylabel("nats/token")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "study_curves.png", dpi=90)
+        plt.close(fig)
+        written.append("study_curves.png")
+    return written
+
+
+def _curves(sweep: Path, runs: list[fd.Run]) -> dict[str, tuple[float, float, list[int], list[float], list[float]]]:
+    """Eval curves of the smallest D on the first domain, every size, p = 0 and the largest p."""
+    if not runs:
+        return {}
+    domain, d, p_max = min(r.domain for r in runs), min(r.d for r in runs), max(r.p for r in runs)
+    out = {}
+    for r in sorted(runs, key=lambda r: (r.p, r.n)):
+        if (r.domain, r.d, r.a, r.seed) != (domain, d, 0.0, 0) or r.p not in (0.0, p_max):
+            continue
+        path = sweep / "finetune" / r.name / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        evals = [json.loads(line) for line in path.read_text().splitlines() if '"eval"' in line]
+        out[r.name] = (r.n, r.p, [e["step"] for e in evals], [e["ft_loss"] for e in evals],
+                       [e["pt_loss"] for e in evals])  # fmt: skip
+    return out

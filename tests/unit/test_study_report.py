@@ -1,0 +1,83 @@
+"""The study report: paired findings on hand-made runs, and the whole report on runs drawn from known laws."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
+from dist_forget.laws.table import write_runs_csv
+from dist_forget.study import findings as fd
+from dist_forget.study.report import report
+
+
+def run(n, d, p=0.0, a=0.0, seed=0, ft=3.0, f=0.5, domain="code"):
+    name = f"{n}_{domain}_D{d}_p{p:g}_a{a:g}_s{seed}"
+    return fd.Run(name, domain, n, d, p, a, seed, ft, 5.0 + f, 5.0)
+
+
+def test_trend_reads_endpoints_of_each_series():
+    runs = [run(1e4, 1e4, f=0.8), run(3e4, 1e4, f=0.6), run(1e5, 1e4, f=0.4),  # shrinks with N
+            run(1e4, 1e5, f=0.9), run(1e5, 1e5, f=1.0)]  # grows with N
+    t = fd.trend(runs, "n", decreasing=True)
+    assert t["n_series"] == 2 and t["share_agreeing"] == 0.5 and t["verdict"] == "mixed"
+    assert t["mean_ratio_last_first"] == pytest.approx((0.4 / 0.8 + 1.0 / 0.9) / 2)
+    assert t["series"][0]["points"] == pytest.approx({1e4: 0.8, 3e4: 0.6, 1e5: 0.4})
+
+
+def test_injection_pairs_only_runs_that_differ_in_p():
+    runs = [run(1e4, 1e4, f=0.8, ft=3.0), run(1e4, 1e4, p=0.01, f=0.2, ft=3.03),
+            run(1e4, 1e4, p=0.01, seed=1, f=0.1),  # no p = 0 partner with seed 1: not paired
+            run(1e4, 1e4, a=10.0, f=0.3)]
+    e = fd.injection_effect(runs, 0.01)
+    assert e["n_pairs"] == 1
+    assert e["forgetting_removed_mean"] == pytest.approx(0.75)
+    assert e["ft_change_mean"] == pytest.approx(0.01)
+
+
+def test_anchored_run_meets_the_injection_run_with_the_closest_target_loss():
+    runs = [run(1e4, 1e4, ft=3.00, f=0.8), run(1e4, 1e4, p=0.01, ft=3.10, f=0.5),
+            run(1e4, 1e4, p=0.05, ft=3.30, f=0.2), run(1e4, 1e4, a=10.0, ft=3.12, f=0.4)]
+    pairs = fd.anchored_vs_injection(runs)["pairs"]
+    assert len(pairs) == 1 and pairs[0]["rival_p"] == 0.01
+    assert pairs[0]["forgetting_diff"] == pytest.approx(-0.1)
+    assert fd.anchor_effect(runs)[10.0]["forgetting_removed_mean"] == pytest.approx(0.5)
+
+
+def test_noise_floor_and_identity_check():
+    fts = [3.0, 3.1, 3.2]
+    runs = [run(1e4, 1e4, p=0.01, seed=s, ft=ft) for s, ft in enumerate(fts)] + [run(1e4, 1e4, ft=3.0)]
+    (row,) = fd.noise_floor(runs)
+    assert row["seeds"] == [0, 1, 2]
+    assert row["ft_rel_std"] == pytest.approx(np.std(fts, ddof=1) / np.mean(fts))
+    assert fd.same_as_p0(runs, 0.01)[0]["ft_diff"] == pytest.approx(0.0)
+
+
+def test_report_on_runs_from_known_laws_states_the_findings(tmp_path):
+    cfg = SyntheticConfig(sizes=(1e5, 3e5, 1e6, 3e6), tokens=(1e5, 1e6, 1e7), fractions=(0.0, 0.01, 0.05),
+                          domains=("code", "legal"), noise=0.001)
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    write_runs_csv(synthetic_runs(cfg), sweep / "runs.csv")
+    out = tmp_path / "report"
+    assert report(sweep, out, forms=("finetune", "forgetting"), bootstrap=20) == 0
+    text = (out / "REPORT.md").read_text()
+    # the generating forgetting law has alpha = 0.4, beta = 0.3, B = 1000: all three findings hold
+    assert "Forgetting shrinks with model size — holds" in text
+    assert "Forgetting grows with target data D — holds" in text
+    assert "p = 1 % removes most forgetting — holds" in text
+    fits = json.loads((out / "fit.json").read_text())["fits"]
+    assert {f["form"] for f in fits} == {"finetune", "forgetting"}
+    assert all(f["holdout"]["mre"] < 0.01 for f in fits)  # noise is 0.1 %: the held-out size is predicted
+    facts = json.loads((out / "findings.json").read_text())
+    removed = facts["injection"]["0.01"]["forgetting_removed_mean"]
+    assert removed == pytest.approx(1 - 11 ** -0.4, abs=0.02)  # 1 - (1 + B p)^-alpha
+    assert (out / "runs.csv").read_text() == (sweep / "runs.csv").read_text()
+    assert (out / "study_forgetting_vs_D.png").stat().st_size > 1000
+    (out / "NOTES.md").write_text("Why the numbers look like this.\n")
+    (out / "stale.png").write_text("from an older report")
+    report(sweep, out, forms=("finetune",), bootstrap=0)
+    assert "Why the numbers look like this." in (out / "REPORT.md").read_text()  # the notes survive a rerun
+    assert (out / "NOTES.md").is_file() and not (out / "stale.png").exists()
