@@ -28,6 +28,7 @@ from dist_forget.study import findings as fd
 STUDY_FORMS = ("finetune", "chinchilla", "finetune-eff-data", "finetune-eff-params", "forgetting",
                "forgetting-anchored")  # fmt: skip
 GOAL = {"finetune": 0.015, "forgetting": 0.006}  # held-out MRE the study aims at (the paper: 2.01 %, 0.83 %)
+FT_TOLERANCE = 0.005  # "does not hurt the target loss": mean relative increase at most 0.5 %
 
 
 def report(
@@ -130,7 +131,7 @@ def _finetune_setup(sweep: Path, runs: list[fd.Run]) -> str:
     )
 
 
-def _heldout_rows(records: list[dict[str, Any]], noise: list[dict[str, Any]]) -> list[str]:
+def _heldout_rows(records: list[dict[str, Any]]) -> list[str]:
     domains = sorted({r["domain"] for r in records})
     rows = ["| law | form | " + " | ".join(domains) + " | mean | goal |",
             "|---|---|" + "---|" * (len(domains) + 2)]  # fmt: skip
@@ -198,7 +199,7 @@ def report_text(
         "Mean relative error of the predicted loss on the held-out largest size, per domain (each form fitted "
         "per domain; forms without anchor_decay use the plain-AdamW runs only).",
         "",
-        *_heldout_rows(records, noise),
+        *_heldout_rows(records),
         "",
     ]
     for law in ("finetune", "forgetting"):
@@ -206,16 +207,16 @@ def report_text(
         goal = GOAL[law]
         lines.append(f"- {law}: best form **{form}**, held-out MRE {_pct(mre)} — goal ≤ {_pct(goal)} "
                      f"{'reached' if mre <= goal else 'not reached'}.")  # fmt: skip
-    if noise:
-        nf = noise[0]
+    for nf in noise:
         lines.append(
             f"- Seed noise floor ({len(nf['seeds'])} seeds, {nf['domain']}, N = {nf['model_params']:,.0f}, "
-            f"D = {nf['target_tokens']:,.0f}, p = {nf['inject_fraction']:g}): relative std of the target loss "
-            f"{_pct(nf['ft_rel_std'])}, of the pretraining loss {_pct(nf['pt_rel_std'])}, of forgetting "
-            f"{_pct(nf['forgetting_rel_std'])}. A law cannot predict a single run better than this."
+            f"D = {nf['target_tokens']:,.0f}, p = {nf['inject_fraction']:g}, anchor_decay = {nf['anchor_decay']:g}): "
+            f"relative std of the target loss {_pct(nf['ft_rel_std'])}, of the pretraining loss "
+            f"{_pct(nf['pt_rel_std'])}, of forgetting {_pct(nf['forgetting_rel_std'])}. A seed draws both which "
+            "target sequences make up D and their order; a law cannot predict one run better than this."
         )
     lines += ["", "## The paper's findings, checked", ""]
-    lines += _findings_text(facts, noise)
+    lines += _findings_text(facts)
     if notes:
         lines += ["", "## Discussion (NOTES.md, written by hand)", "", notes.strip()]
     lines += ["", "## Fitted laws", ""]
@@ -228,7 +229,7 @@ def report_text(
     return "\n".join(lines) + "\n"
 
 
-def _findings_text(facts: dict[str, Any], noise: list[dict[str, Any]]) -> list[str]:
+def _findings_text(facts: dict[str, Any]) -> list[str]:
     size, data = facts["forgetting_vs_size"], facts["forgetting_vs_data"]
     lines = [
         f"**1. Forgetting shrinks with model size — {size['verdict']}.** At p = 0, forgetting at the largest "
@@ -259,17 +260,16 @@ def _findings_text(facts: dict[str, Any], noise: list[dict[str, Any]]) -> list[s
             lines.append(f"  At p = {float(key):g}: {_pct(e['forgetting_removed_mean'])} removed on average "
                          f"({e['n_pairs']} pairs).")  # fmt: skip
     lines.append("")
-    floor = noise[0]["ft_rel_std"] if noise else float("nan")
     for key, e in inj.items():
         if not e["n_pairs"]:
             continue
-        limit = 2 * floor if np.isfinite(floor) else 0.005
-        v = "holds" if e["ft_change_mean"] <= limit else "does not hold"
+        v = "holds" if e["ft_change_mean"] <= FT_TOLERANCE else "does not hold"
         lines.append(
             f"**4. Injection does not hurt the target loss (p = {float(key):g}) — {v}.** Mean relative change of "
             f"the best target loss {e['ft_change_mean']:+.2%} (largest {e['ft_change_max']:+.2%}; not worse in "
-            f"{_pct(e['share_ft_not_worse'])} of {e['n_pairs']} pairs), against twice the seed noise floor "
-            f"{_pct(limit)}."
+            f"{_pct(e['share_ft_not_worse'])} of {e['n_pairs']} pairs); the verdict allows "
+            f"{_pct(FT_TOLERANCE)}. Paired runs share their target sequences and order, so the seed noise floor, "
+            "which changes both, is not the yardstick here."
         )
     lines.append("")
     avi = facts["anchored_vs_injection"]["by_anchor_decay"]
