@@ -75,6 +75,8 @@ def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.0, b
     minutes = (time.monotonic() - started) / 60
     print(f"\ndemo done in {minutes:.1f} min. Report: {root / 'fit' / 'REPORT.md'}; runs table: "
           f"{root / 'runs.csv'}; plots: {root / 'fit'}; MLflow: experiment {cfg.tracking.experiment!r}")
+    print("The demo's ladder is pretrained ~100 steps (a pipeline check); the study on a real budget is "
+          "`make study`, its report reports/micro/REPORT.md.")
     return 0
 
 
