@@ -22,7 +22,7 @@ from dist_forget.io import atomic_dir, write_json_atomic, write_text_atomic
 from dist_forget.laws.fit import FitConfig
 from dist_forget.laws.pipeline import fit_runs
 from dist_forget.laws.report import _finite, _pct, plot_all, report_markdown
-from dist_forget.laws.table import Runs, read_runs
+from dist_forget.laws.table import read_runs
 from dist_forget.study import findings as fd
 
 STUDY_FORMS = ("finetune", "chinchilla", "finetune-eff-data", "finetune-eff-params", "forgetting",
@@ -63,7 +63,7 @@ def report(
         study_pngs = plot_study(tmp, runs, sweep)
         facts = collect_findings(runs)
         write_json_atomic(tmp / "findings.json", _finite(facts))
-        text = report_text(sweep, table, runs, records, meta, facts, fit_pngs, study_pngs, notes)
+        text = report_text(sweep, runs, records, meta, facts, fit_pngs, study_pngs, notes)
         if notes:
             write_text_atomic(tmp / "NOTES.md", notes)
         write_text_atomic(tmp / "REPORT.md", text)
@@ -167,7 +167,6 @@ def _trend_rows(trend: dict[str, Any], along: str) -> list[str]:
 
 def report_text(
     sweep: Path,
-    table: Runs,
     runs: list[fd.Run],
     records: list[dict[str, Any]],
     meta: dict[str, Any],
