@@ -131,6 +131,16 @@ def _finetune_setup(sweep: Path, runs: list[fd.Run]) -> str:
     )
 
 
+def _heldout_mre(rec: dict[str, Any]) -> float:
+    return (rec.get("holdout") or {}).get("mre", float("nan"))
+
+
+def _mean_heldout(records: list[dict[str, Any]], form: str) -> float:
+    """A form's held-out MRE averaged over the domains (nan when it has none)."""
+    vals = [_heldout_mre(r) for r in records if r["form"] == form]
+    return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+
+
 def _heldout_rows(records: list[dict[str, Any]]) -> list[str]:
     domains = sorted({r["domain"] for r in records})
     rows = ["| law | form | " + " | ".join(domains) + " | mean | goal |",
@@ -138,20 +148,16 @@ def _heldout_rows(records: list[dict[str, Any]]) -> list[str]:
     for form in dict.fromkeys(r["form"] for r in records):
         recs = {r["domain"]: r for r in records if r["form"] == form}
         law = next(iter(recs.values()))["law"]
-        vals = [(recs[d].get("holdout") or {}).get("mre", float("nan")) if d in recs else float("nan") for d in domains]
-        mean = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
-        rows.append(f"| {law} | {form} | " + " | ".join(_pct(v) for v in vals) + f" | **{_pct(mean)}** | "
-                    f"{_pct(GOAL.get(law))} |")  # fmt: skip
+        vals = [_heldout_mre(recs[d]) if d in recs else float("nan") for d in domains]
+        rows.append(f"| {law} | {form} | " + " | ".join(_pct(v) for v in vals) + f" | "
+                    f"**{_pct(_mean_heldout(records, form))}** | {_pct(GOAL.get(law))} |")  # fmt: skip
     return rows
 
 
 def _best_heldout(records: list[dict[str, Any]], law: str) -> tuple[str, float]:
-    best = ("–", float("inf"))
-    for form in dict.fromkeys(r["form"] for r in records if r["law"] == law):
-        vals = [(r.get("holdout") or {}).get("mre", float("nan")) for r in records if r["form"] == form]
-        mean = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("inf")
-        best = min(best, (form, mean), key=lambda x: x[1])
-    return best
+    forms = dict.fromkeys(r["form"] for r in records if r["law"] == law)
+    scored = [(form, _mean_heldout(records, form)) for form in forms]
+    return min(scored, key=lambda x: x[1] if np.isfinite(x[1]) else float("inf"), default=("–", float("inf")))
 
 
 def _trend_rows(trend: dict[str, Any], along: str) -> list[str]:
