@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 
 from dist_forget.errors import UserError
+from dist_forget.laws.diagnostics import format_warnings
 from dist_forget.laws.fit import FitConfig
 from dist_forget.laws.forms import DEFAULT_FORMS, FORMS
 from dist_forget.laws.pipeline import fit_runs
@@ -76,6 +77,8 @@ def fit(
         held_txt = f"  held-out MRE {100 * held['mre']:.2f} %" if held else ""
         params = " ".join(f"{k}={v:.4g}" for k, v in rec["params"].items())
         print(f"  {rec['domain']:<16} {rec['form']:<20} MRE {100 * rec['mre']:.2f} %{held_txt}  {params}")
+        for text in format_warnings(rec):
+            print(f"    warning {text}")
     print(f"wrote {written[0]}, {written[1]} and {len(written) - 2} plots")
     return 0
 
@@ -94,11 +97,13 @@ def plan(
     ft_form: str = "finetune",
     pt_form: str = "forgetting",
     json: bool = False,
+    force: bool = False,
 ) -> int:
     """Smallest injection fraction p keeping predicted forgetting <= --max-forgetting, with its 95 % interval.
 
     Or, with --inject-fraction P, the predicted forgetting and finetune loss at that p. Exits 1 when no p
-    in [0, 1] meets the budget.
+    in [0, 1] meets the budget, 2 when a fit the answer depends on carries a diagnostic warning (see
+    fit.json "warnings"); --force answers anyway and the output carries the warnings.
     """
     result = plan_p(
         load_fits(fit),
@@ -111,6 +116,7 @@ def plan(
         ft_form,
         pt_form,
         where=str(fit),
+        force=force,
     )
     if json:
         keys = ("inject_fraction", "ci95", "predicted_forgetting", "predicted_ft_loss", "extrapolated")

@@ -13,6 +13,7 @@ import numpy as np
 
 from dist_forget.errors import UserError
 from dist_forget.laws.bootstrap import BootstrapJob, bootstrap
+from dist_forget.laws.diagnostics import diagnose
 from dist_forget.laws.fit import FitConfig, PointFit, check_identifiable, fit_form
 from dist_forget.laws.forms import LawForm, get_form
 from dist_forget.laws.table import Runs
@@ -106,7 +107,7 @@ def _record(
         for c in RANGE_COLUMNS
         if c in runs.values
     }
-    return {
+    record = {
         "law": form.law,
         "form": form.name,
         "formula": form.formula,
@@ -127,3 +128,5 @@ def _record(
         },
         "residuals": residuals,
     }
+    record["warnings"] = diagnose(form, point.theta, record, runs.values)
+    return record

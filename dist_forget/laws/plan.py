@@ -15,7 +15,18 @@ from typing import Any
 import numpy as np
 
 from dist_forget.errors import UserError
+from dist_forget.laws.diagnostics import blocking
 from dist_forget.laws.forms import Forgetting, get_form
+
+# What runs would lift each diagnostic (dist_forget.laws.diagnostics) from a fit.
+FIXES = {
+    "param_at_bound": "add runs along the axis that parameter governs (sizes for alpha, D for beta, p for B)",
+    "exponent_near_zero": "the effect is absent in these runs; check the study protocol (a ladder trained to "
+    ">= 20 tokens per parameter, finetunes that reach the bottom of the U-curve)",
+    "ci_too_wide": "add runs (more seeds, or more points along that parameter's axis)",
+    "too_few_sizes": "add runs at a third model size",
+    "holdout_worse_than_noise": "add runs at sizes nearer the one you plan for, or compare other --forms",
+}
 
 
 def load_fits(path: str | Path) -> list[dict[str, Any]]:
@@ -71,10 +82,11 @@ def _ft_loss(rec: dict[str, Any], values: dict[str, float], cols: dict[str, np.n
 
 
 def _interval(xs: list[float]) -> list[float] | None:
-    finite = [x for x in xs if np.isfinite(x)]
-    if not finite:
+    """2.5 and 97.5 percentiles; a sample that is +inf (budget unreachable there) counts as the largest."""
+    ranked = np.sort([x for x in xs if not np.isnan(x)])
+    if ranked.size == 0:
         return None
-    lo, hi = np.percentile(finite, [2.5, 97.5])
+    lo, hi = ranked[int(0.025 * (ranked.size - 1))], ranked[int(np.ceil(0.975 * (ranked.size - 1)))]
     return [float(lo), float(hi)]
 
 
@@ -89,8 +101,13 @@ def plan(
     ft_form: str = "finetune",
     pt_form: str = "forgetting",
     where: str = "fit.json",
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Smallest p with forgetting <= max_forgetting (or predictions at a given inject_fraction)."""
+    """Smallest p with forgetting <= max_forgetting (or predictions at a given inject_fraction).
+
+    Refuses (UserError) when either fit carries a diagnostic warning on a parameter the answer depends
+    on, unless `force`: then the answer carries those warnings.
+    """
     if (max_forgetting is None) == (inject_fraction is None):
         raise UserError(
             "give exactly one of --max-forgetting EPS (to find p) or --inject-fraction P (to predict)"
@@ -111,6 +128,16 @@ def plan(
             f"--pt-form {pt_form!r} is not a forgetting law; use forgetting or forgetting-anchored"
         )
     n, d = float(model_params), float(target_tokens)
+    depends = [name for name in pt_rec["params"] if name != "K" or anchor_decay > 0]
+    blockers = [(pt_rec, w) for w in blocking(pt_rec, depends)]
+    blockers += [(ft_rec, w) for w in blocking(ft_rec, list(ft_rec["params"]))]
+    if blockers and not force:
+        rec, w = blockers[0]
+        more = f" (and {len(blockers) - 1} more warning(s))" if len(blockers) > 1 else ""
+        raise UserError(
+            f"{where}: the {rec['form']} fit for {domain!r} cannot answer: {w['code']}: {w['message']}{more}; "
+            f"{FIXES.get(w['code'], 'add runs')}, refit, or pass --force to answer anyway"
+        )
 
     def p_for(values: dict[str, float]) -> float:
         if inject_fraction is not None:
@@ -118,6 +145,9 @@ def plan(
         return form.solve_p(values, n, d, float(max_forgetting), anchor_decay)
 
     p = p_for(pt_rec["params"])
+    reachable = bool(np.isfinite(p) and p <= 1.0)  # p > 1 would need more than all-pretraining data
+    if not reachable:
+        p = float("inf")  # the budget is not met by any p: no number stands in for the answer
     samples_pt, samples_ft = _samples(pt_rec), _samples(ft_rec)
     p_samples = [p_for(s) for s in samples_pt]
     forget = (
@@ -136,7 +166,7 @@ def plan(
         "predicted_forgetting": forget,
         "predicted_ft_loss": ft,
         "extrapolated": bool(reasons),
-        "reachable": bool(np.isfinite(p) and p <= 1.0),  # p > 1 would need more than all-pretraining data
+        "reachable": reachable,
         "extrapolation": reasons,
         "forgetting_ci95": _interval(
             [_forgetting(form, s, _cols(n, d, p, anchor_decay)) for s in samples_pt] if np.isfinite(p) else []
@@ -144,6 +174,8 @@ def plan(
         "ft_loss_ci95": _interval(
             [_ft_loss(ft_rec, s, _cols(n, d, p if np.isfinite(p) else 0.0, anchor_decay)) for s in samples_ft]
         ),
+        "forgetting_at_p1": _forgetting(form, pt_rec["params"], _cols(n, d, 1.0, anchor_decay)),
+        "warnings": [dict(w, form=rec["form"]) for rec, w in blockers],
         "domain": domain,
         "model_params": n,
         "target_tokens": d,
@@ -161,16 +193,22 @@ def format_plan(result: dict[str, Any]) -> str:
     lines = [
         f"domain {result['domain']}: N = {result['model_params']:.4g}, D = {result['target_tokens']:.4g}"
     ]
+    lines += [f"WARNING (--force) {w['form']}: {w['code']}: {w['message']}" for w in result["warnings"]]
+    if result["max_forgetting"] is not None and not result["reachable"]:
+        lines.append(
+            f"not reachable by injection alone at N={result['model_params']:.4g}, "
+            f"D={result['target_tokens']:.4g}: predicted forgetting at p = 100 % is "
+            f"{result['forgetting_at_p1']:.4g} nats/token (budget {result['max_forgetting']:g})"
+        )
+        return "\n".join(lines)
     if result["max_forgetting"] is not None:
         p = result["inject_fraction"]
-        p_txt = (
-            "impossible (forgetting does not fall below the budget at any p)"
-            if not np.isfinite(p)
-            else f"{p:.6g} ({100 * p:.4g} %)" + ("" if result["reachable"] else " - above 100 %: unreachable")
-        )
+        lo_hi = result["ci95"]
+        hi_txt = "unreachable" if lo_hi and not np.isfinite(lo_hi[1]) else f"{100 * lo_hi[1]:.3g} %" if lo_hi else ""
+        ci_txt = f"[{100 * lo_hi[0]:.3g} %, {hi_txt}]" if lo_hi else "n/a"
         lines.append(
-            f"smallest p with forgetting <= {result['max_forgetting']:g} nats/token: {p_txt}, "
-            f"95 % CI {ci(result['ci95'], '.4g')}"
+            f"smallest p with forgetting <= {result['max_forgetting']:g} nats/token: {p:.4g} ({100 * p:.3g} %), "
+            f"95 % CI {ci_txt}"
         )
     else:
         lines.append(f"at p = {result['inject_fraction']:.6g}:")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from dist_forget.io import atomic_dir, write_json_atomic, write_text_atomic
+from dist_forget.laws.diagnostics import format_warnings
 from dist_forget.laws.forms import Forgetting, get_form
 from dist_forget.laws.pipeline import runs_for
 from dist_forget.laws.table import Runs
@@ -83,6 +84,7 @@ def report_markdown(records: list[dict[str, Any]], meta: dict[str, Any], pngs: l
             f"{n} = {v:.5g} [{r['ci95'][n][0]:.4g}, {r['ci95'][n][1]:.4g}]" for n, v in r["params"].items()
         )
         lines.append(f"- {r['domain']} / {r['form']} (`{r['formula']}`): {params}")
+        lines += [f"  - **warning** {text}" for text in format_warnings(r)]
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in pngs]
     return "\n".join(lines) + "\n"
@@ -129,6 +131,8 @@ def plot_all(out: Path, records: list[dict[str, Any]], runs: Runs) -> list[Path]
     written = []
     for rec in records:
         form = get_form(rec["form"])
+        if form.conditional:  # its fit shows in predicted_vs_observed.png
+            continue
         sub = runs_for(form, runs.for_domain(rec["domain"]))
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         sizes = np.unique(sub.values["model_params"])

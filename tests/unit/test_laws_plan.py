@@ -66,30 +66,73 @@ def test_domain_absent_from_the_fit(fits):
     assert np.isfinite(plan(fits, "wiki", 1e6, 1e6, max_forgetting=0.1)["inject_fraction"])
 
 
-def test_unreachable_budget_is_reported(fits, capsys, tmp_path):
+def test_unreachable_budget_says_what_p_100_percent_gives(fits, capsys, tmp_path):
     import json
 
     from dist_forget import cli
 
     out = plan(fits, "wiki", 1e5, 1e7, max_forgetting=1e-4)
-    assert out["inject_fraction"] > 1 and out["reachable"] is False
+    assert out["reachable"] is False and out["inject_fraction"] == float("inf")
+    pt = next(f["params"] for f in fits if f["form"] == "forgetting")
+    at_p1 = pt["A"] * 1e7 ** pt["beta"] / ((1 + pt["B"]) * 1e5) ** pt["alpha"]
+    assert out["forgetting_at_p1"] == pytest.approx(at_p1, rel=1e-9) and at_p1 > 1e-4
     path = tmp_path / "fit.json"
     path.write_text(json.dumps({"fits": fits}))
-    argv = [
-        "plan",
-        "--fit",
-        str(path),
-        "--domain",
-        "wiki",
-        "--model-params",
-        "1e5",
-        "--target-tokens",
-        "1e7",
-        "--max-forgetting",
-        "1e-4",
-    ]
+    argv = ["plan", "--fit", str(path), "--domain", "wiki", "--model-params", "1e5", "--target-tokens", "1e7",
+            "--max-forgetting", "1e-4"]  # fmt: skip
     assert cli.main(argv) == 1
-    assert "unreachable" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert f"not reachable by injection alone at N=1e+05, D=1e+07: predicted forgetting at p = 100 % is {at_p1:.4g}" in text
+    assert "e+2" not in text.split("is", 1)[1]  # no astronomically large "p" anywhere
+    assert cli.main([*argv, "--json"]) == 1
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["reachable"] is False and answer["inject_fraction"] is None
+    assert answer["forgetting_at_p1"] == pytest.approx(at_p1, rel=1e-9)
+
+
+def _degenerate(fits, form: str, code: str, params: list[str]) -> list[dict]:
+    """The same fits with one warning added to `form`'s record, as diagnostics would write it."""
+    out = [dict(f) for f in fits]
+    for rec in out:
+        if rec["form"] == form:
+            rec["warnings"] = [{"code": code, "message": "made up for the test", "params": params}]
+    return out
+
+
+@pytest.mark.parametrize(
+    "form, code, params",
+    [("forgetting", "exponent_near_zero", ["alpha"]), ("forgetting", "param_at_bound", ["B"]),
+     ("finetune", "param_at_bound", ["E"])],  # fmt: skip
+)
+def test_planner_refuses_a_fit_with_a_warning_it_depends_on(fits, form, code, params):
+    bad = _degenerate(fits, form, code, params)
+    with pytest.raises(UserError, match=rf"the {form} fit for 'wiki' cannot answer: {code}: .*--force"):
+        plan(bad, "wiki", 3e6, 1e6, max_forgetting=0.05)
+    forced = plan(bad, "wiki", 3e6, 1e6, max_forgetting=0.05, force=True)
+    assert forced["warnings"][0]["code"] == code and forced["warnings"][0]["form"] == form
+    assert forced["inject_fraction"] == plan(fits, "wiki", 3e6, 1e6, max_forgetting=0.05)["inject_fraction"]
+
+
+def test_planner_ignores_a_warning_on_a_parameter_it_does_not_use(fits):
+    """K (Anchored AdamW's multiplier) does not enter the answer at anchor_decay = 0."""
+    bad = _degenerate(fits, "forgetting", "ci_too_wide", ["K"])
+    assert plan(bad, "wiki", 3e6, 1e6, max_forgetting=0.05)["warnings"] == []
+
+
+def test_planner_refusal_from_the_cli_is_one_line_exit_2(fits, tmp_path, capsys):
+    import json
+
+    from dist_forget import cli
+
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps({"fits": _degenerate(fits, "forgetting", "exponent_near_zero", ["alpha"])}))
+    argv = ["plan", "--fit", str(path), "--domain", "wiki", "--model-params", "3e6", "--target-tokens", "1e6",
+            "--max-forgetting", "0.05"]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exponent_near_zero" in err and str(path) in err
+    assert cli.main([*argv, "--force", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"][0]["code"] == "exponent_near_zero"
 
 
 def test_tiny_exponent_is_unreachable_not_an_overflow():
