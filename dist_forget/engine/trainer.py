@@ -35,7 +35,7 @@ from dist_forget.io import write_json_atomic, write_text_atomic
 from dist_forget.models import hf
 
 SUMMARY_KEYS = ("domain", "model_params", "target_tokens", "inject_fraction", "anchor_decay", "ft_loss",
-                "pt_loss", "pt_loss_base", "steps", "run_id")
+                "pt_loss", "pt_loss_base", "ft_loss_base", "steps", "run_id")
 
 
 @dataclass
@@ -51,6 +51,7 @@ class TrainState:
     bad_evals: int = 0
     sequences: int = 0
     pretrain_sequences: int = 0
+    pretrain_sequences_at_best: int = 0  # injected by the best step: does injection have room to act?
     mlflow_run_id: str | None = None
 
 
@@ -273,6 +274,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         best = ft < state.best_ft
         if best:
             state.best_ft, state.best_pt, state.best_step, state.bad_evals = ft, pt, step, 0
+            state.pretrain_sequences_at_best = state.pretrain_sequences
         else:
             state.bad_evals += 1
         log.write({"kind": "eval", "step": step, "ft_loss": ft, "pt_loss": pt})
@@ -354,6 +356,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         "ft_loss": state.best_ft,
         "pt_loss": state.best_pt,
         "pt_loss_base": state.pt_loss_base,
+        "ft_loss_base": state.ft_loss_base,
         "steps": state.best_step,
         "run_id": state.mlflow_run_id or f"local:{out.resolve()}",
     }

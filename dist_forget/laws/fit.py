@@ -199,6 +199,21 @@ def solve_batch(
 
 
 def check_identifiable(form: LawForm, runs: Runs, what: str) -> None:
+    for col in form.requires:
+        if col not in runs.values:
+            raise UserError(
+                f"{what}: form {form.name!r} needs the column {col} (written to summary.json by this version "
+                f"of dist-forget); rerun or re-collect the runs, or choose another --forms"
+            )
+    if form.name == "kalajdzievski":
+        gain = runs.values["ft_loss_base"] - runs.values["ft_loss"]
+        if (gain <= 0).any():
+            i = int(np.argmax(gain <= 0))
+            raise UserError(
+                f"{what}: {runs.source[i]} (run {runs.run_id[i]}): ft_loss {runs.values['ft_loss'][i]:.4g} is "
+                f"not below ft_loss_base {runs.values['ft_loss_base'][i]:.4g}, so form 'kalajdzievski' has "
+                f"no finetuning progress to relate forgetting to; drop that run or choose another --forms"
+            )
     k = len(form.params)
     if len(runs) < k:
         raise UserError(

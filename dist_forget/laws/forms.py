@@ -63,6 +63,8 @@ class LawForm:
     formula: str = ""
     params: tuple[Param, ...] = ()
     varies: tuple[str, ...] = ()  # columns that must take at least two values for the law to be identified
+    requires: tuple[str, ...] = ()  # optional runs-table columns the form reads
+    conditional: bool = False  # predicts from measured losses of the run: no curve over N, D, p alone
 
     @property
     def target(self) -> str:
@@ -267,6 +269,40 @@ class ForgettingAnchored(Forgetting):
     multipliers = ("inject_fraction", "anchor_decay")
 
 
+class ForgettingFromFinetune(LawForm):
+    """Kalajdzievski 2024: forgetting is a power law of how far finetuning moved the target loss.
+
+    Forgetting here is predicted from the finetune loss the run *reached* (the improvement
+    L_ft0 - L_ft over the starting model's target loss, both measured), scaled by the paper's effective
+    size (1 + B*p)*N. It answers "given how much of the target this run learned, how much did it
+    forget?", so a held-out check uses the held-out runs' measured L_ft; the planner cannot use it alone.
+    """
+
+    name = "kalajdzievski"
+    law = "forgetting"
+    formula = "L_pt = L_pt0 + A * (L_ft0 - L_ft)^gamma / ((1 + B*p) * N)^alpha"
+    params = (
+        Param("A", True, (-5.0, 0.0, 5.0, 10.0)),
+        _exponent("alpha"),
+        _exponent("gamma"),
+        Param("B", True, (0.0, 3.0, 6.0, 9.0, 12.0)),
+    )
+    varies = ("model_params", "ft_loss", "inject_fraction")
+    requires = ("ft_loss_base",)  # the starting model's target loss (summary.json `ft_loss_base`)
+    conditional = True  # predicts from a measured loss: no curve over N, D or p alone
+
+    def log_terms(self, th, cols):
+        a, alpha, gamma, b = th
+        ln_n = np.log(cols["model_params"])
+        ln_gain = np.log(cols["ft_loss_base"] - cols["ft_loss"])
+        ln_boost, d_boost = _boost(b, cols["inject_fraction"])
+        ln_eff = ln_n + ln_boost
+        return (
+            [np.log(cols["pt_loss_base"]), a + gamma * ln_gain - alpha * ln_eff],
+            {(1, 0): 1.0, (1, 1): -ln_eff, (1, 2): ln_gain, (1, 3): -alpha * d_boost},
+        )
+
+
 FORMS: dict[str, LawForm] = {
     f.name: f
     for f in (
@@ -276,6 +312,7 @@ FORMS: dict[str, LawForm] = {
         FinetuneEffData(),
         FinetuneEffParams(),
         ForgettingAnchored(),
+        ForgettingFromFinetune(),
     )
 }
 DEFAULT_FORMS = ("finetune", "forgetting")

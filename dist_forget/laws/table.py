@@ -24,7 +24,9 @@ SIZE_COLUMNS = ("model_params", "target_tokens")
 LOSS_COLUMNS = ("ft_loss", "pt_loss", "pt_loss_base")
 NUMERIC_COLUMNS = ("model_params", "target_tokens", "inject_fraction", "anchor_decay") + LOSS_COLUMNS
 REQUIRED_COLUMNS = ("domain",) + NUMERIC_COLUMNS
-SUMMARY_KEYS = REQUIRED_COLUMNS + ("steps", "run_id")
+# Read when present: the starting model's target loss (the Kalajdzievski form relates forgetting to it).
+OPTIONAL_COLUMNS = ("ft_loss_base",)
+SUMMARY_KEYS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS + ("steps", "run_id")
 
 
 @dataclass
@@ -76,7 +78,8 @@ def from_rows(
         raise UserError(
             f"{where}: missing columns {', '.join(missing)}; a runs table needs {', '.join(required)}"
         )
-    numeric = [c for c in NUMERIC_COLUMNS if c in present] + (["steps"] if "steps" in present else [])
+    numeric = [c for c in NUMERIC_COLUMNS + OPTIONAL_COLUMNS if c in present]
+    numeric += ["steps"] if "steps" in present else []
     values = {c: np.empty(len(rows)) for c in numeric}
     domain, run_ids = [], []
     for i, (row, src) in enumerate(zip(rows, sources)):
@@ -114,7 +117,7 @@ def _number(raw: Any, column: str, label: str) -> float:
         return value
     if not math.isfinite(value):
         raise UserError(f"{label}: {column} = {value} is not a finite number; {fix}")
-    if column in SIZE_COLUMNS + LOSS_COLUMNS and value <= 0:
+    if column in SIZE_COLUMNS + LOSS_COLUMNS + OPTIONAL_COLUMNS and value <= 0:
         raise UserError(f"{label}: {column} = {value:g} must be positive; {fix}")
     if column == "anchor_decay" and value < 0:
         raise UserError(f"{label}: anchor_decay = {value:g} must be >= 0; {fix}")

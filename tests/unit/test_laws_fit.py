@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from dist_forget.errors import UserError
-from dist_forget.laws.fit import FitConfig, Objective, fit_form, lbfgs, solve_batch
+from dist_forget.laws.fit import FitConfig, Objective, check_identifiable, fit_form, lbfgs, solve_batch
 from dist_forget.laws.forms import FORMS
 from dist_forget.laws.pipeline import fit_runs
 from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
-from dist_forget.laws.table import chinchilla_runs
+from dist_forget.laws.table import Runs, chinchilla_runs
 
 
 def test_reproduces_epoch_chinchilla_refit():
@@ -26,7 +26,8 @@ def test_reproduces_epoch_chinchilla_refit():
 def test_gradient_is_exact():
     runs = synthetic_runs(SyntheticConfig(fractions=(0.0, 0.01)))
     for name, form in FORMS.items():
-        cols = dict(runs.values, anchor_decay=np.linspace(0.0, 0.1, len(runs)))
+        cols = dict(runs.values, anchor_decay=np.linspace(0.0, 0.1, len(runs)),
+                    ft_loss_base=runs.values["ft_loss"] + np.linspace(0.2, 1.0, len(runs)))
         obj = Objective(form, cols, runs.values[form.target], FitConfig(loss="squared"))
         theta = np.array([np.mean(p.grid) * 0.5 + 0.1 for p in form.params])
         _, grad = obj(theta)
@@ -131,3 +132,24 @@ def test_anchored_runs_feed_only_the_anchored_form():
     assert lo <= 0.05 <= hi
     for k in ("alpha", "beta"):
         assert recs["forgetting"]["params"][k] == pytest.approx(syn.forgetting[k], rel=0.03)
+
+
+def test_kalajdzievski_form_recovers_forgetting_as_a_power_of_the_target_gain():
+    rng = np.random.default_rng(0)
+    n = np.repeat([1e4, 3e4, 1e5, 3e5], 12)
+    p = np.tile(np.repeat([0.0, 0.01, 0.05], 4), 4)
+    gain = rng.uniform(0.3, 1.2, n.size)  # how far each finetune moved its target loss
+    base = np.full(n.size, 4.0)
+    truth = {"A": 30.0, "alpha": 0.3, "gamma": 1.2, "B": 200.0}
+    pt = base + truth["A"] * gain ** truth["gamma"] / ((1 + truth["B"] * p) * n) ** truth["alpha"]
+    cols = {"model_params": n, "target_tokens": np.full(n.size, 1e5), "inject_fraction": p,
+            "anchor_decay": np.zeros(n.size), "ft_loss": 3.0 + 0 * n, "ft_loss_base": 3.0 + gain,
+            "pt_loss": pt, "pt_loss_base": base}  # fmt: skip
+    runs = Runs(np.full(n.size, "legal", dtype=object), cols, [f"r{i}" for i in range(n.size)],
+                [f"row {i}" for i in range(n.size)])  # fmt: skip
+    fit = fit_form(FORMS["kalajdzievski"], runs, FitConfig())
+    for name, value in truth.items():
+        assert fit.params[name] == pytest.approx(value, rel=1e-3), name
+    del cols["ft_loss_base"]
+    with pytest.raises(UserError, match="needs the column ft_loss_base"):
+        check_identifiable(FORMS["kalajdzievski"], runs, "domain 'legal'")
