@@ -11,6 +11,7 @@ from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
 from dist_forget.laws.table import write_runs_csv
 from dist_forget.study import findings as fd
 from dist_forget.study.report import report
+from tests.unit.test_study_protocol import make_sweep
 
 
 def run(n, d, p=0.0, a=0.0, seed=0, ft=3.0, f=0.5, domain="code"):
@@ -58,8 +59,7 @@ def test_noise_floor_and_identity_check():
 def test_report_on_runs_from_known_laws_states_the_findings(tmp_path):
     cfg = SyntheticConfig(sizes=(1e5, 3e5, 1e6, 3e6), tokens=(1e5, 1e6, 1e7), fractions=(0.0, 0.01, 0.05),
                           domains=("code", "legal"), noise=0.001)
-    sweep = tmp_path / "sweep"
-    sweep.mkdir()
+    sweep = make_sweep(tmp_path / "sweep")  # run files that meet the protocol
     write_runs_csv(synthetic_runs(cfg), sweep / "runs.csv")
     out = tmp_path / "report"
     assert report(sweep, out, forms=("finetune", "forgetting"), bootstrap=20) == 0
@@ -72,6 +72,7 @@ def test_report_on_runs_from_known_laws_states_the_findings(tmp_path):
     assert {f["form"] for f in fits} == {"finetune", "forgetting"}
     assert all(f["holdout"]["mre"] < 0.01 for f in fits)  # noise is 0.1 %: the held-out size is predicted
     facts = json.loads((out / "findings.json").read_text())
+    assert facts["protocol"]["met"] is True and "## Protocol (checked in the run data)" in text
     removed = facts["injection"]["0.01"]["forgetting_removed_mean"]
     assert removed == pytest.approx(1 - 11 ** -0.4, abs=0.02)  # 1 - (1 + B p)^-alpha
     assert (out / "runs.csv").read_text() == (sweep / "runs.csv").read_text()
@@ -81,3 +82,15 @@ def test_report_on_runs_from_known_laws_states_the_findings(tmp_path):
     report(sweep, out, forms=("finetune",), bootstrap=0)
     assert "Why the numbers look like this." in (out / "REPORT.md").read_text()  # the notes survive a rerun
     assert (out / "NOTES.md").is_file() and not (out / "stale.png").exists()
+
+
+def test_findings_on_runs_off_the_protocol_carry_no_verdict(tmp_path):
+    cfg = SyntheticConfig(sizes=(1e5, 3e5, 1e6), tokens=(1e5, 1e6), fractions=(0.0, 0.01), noise=0.001)
+    sweep = make_sweep(tmp_path / "sweep", injected=2)  # p = 1 % injects 2 sequences: injection cannot act
+    write_runs_csv(synthetic_runs(cfg), sweep / "runs.csv")
+    report(sweep, tmp_path / "out", forms=("finetune", "forgetting"), bootstrap=0)
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "p = 1 % removes most forgetting — protocol not met (the runs alone would say: holds)" in text
+    assert "Forgetting shrinks with model size — holds" in text  # not undermined by the injection check
+    facts = json.loads((tmp_path / "out" / "findings.json").read_text())
+    assert facts["protocol"]["failed"] == ["injection_acts"] and facts["protocol"]["met"] is False

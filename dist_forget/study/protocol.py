@@ -1,0 +1,122 @@
+"""The paper's protocol, checked in a sweep's own run data before any finding is read from it.
+
+A finding answers the paper's question only when the runs follow the paper's protocol:
+- the ladder is trained well for its size: >= `min_tokens_per_param` pretraining tokens per *total*
+  parameter, and the pretraining validation loss falls with N at every rung by more than eval noise;
+- every finetune reaches the bottom of its U-curve: its best target evaluation comes before its last
+  (a run whose best is its last evaluation was still improving, so its "best" losses are not the
+  paper's measurement point);
+- injection has room to act: by its best step every p = 1 % run has seen >= `min_injected` pretraining
+  sequences (1 % of a 240-sequence finetune is 2 sequences: nothing can be concluded from that);
+- evaluations average over >= `min_eval_sequences` held-out sequences per side.
+
+`check` reads the sweep folder (pretrain/*/ and finetune/*/ with summary.json, report.json,
+run_config.json) and returns the `protocol` block of findings.json; `UNDERMINES` says which findings a
+failed check leaves without a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    min_tokens_per_param: float = 20.0  # pretraining tokens per total (embedding included) parameter
+    min_ladder_gap: float = 0.02  # nats/token between rungs; an eval mean over >= 128 x 128 tokens is ~0.01
+    min_share_best_before_last: float = 0.95
+    min_injected: int = 20  # pretraining sequences by the best step, at p = 1 %
+    min_eval_sequences: int = 128
+
+
+# Which findings (numbered as in the report) each failed check undermines.
+UNDERMINES = {
+    "ladder_trained": ("forgetting_vs_size", "laws"),
+    "ladder_ordered": ("forgetting_vs_size", "laws"),
+    "u_curve_bottom": ("forgetting_vs_size", "forgetting_vs_data", "injection", "ft_not_hurt", "anchor", "laws"),
+    "injection_acts": ("injection", "ft_not_hurt"),
+    "eval_sequences": ("forgetting_vs_size", "forgetting_vs_data", "injection", "ft_not_hurt", "anchor", "laws"),
+}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _run_dirs(sweep: Path, stage: str) -> list[Path]:
+    return sorted(p.parent for p in (sweep / stage).glob("*/summary.json"))
+
+
+def ladder(sweep: Path) -> list[dict[str, Any]]:
+    """One row per pretrained size, smallest N first: N, total params, tokens, tokens/param, val loss."""
+    rows = []
+    for run in _run_dirs(sweep, "pretrain"):
+        summary, rep, cfg = _read(run / "summary.json"), _read(run / "report.json"), _read(run / "run_config.json")
+        manifest = _read(Path(cfg.get("data", {}).get("target", "")) / "manifest.json")
+        tokens = int(rep.get("sequences", 0)) * int(manifest.get("seq_len", 0))
+        total = int(rep.get("total_params", 0))
+        rows.append({
+            "size": run.name, "model_params": float(summary.get("model_params", 0)), "total_params": total,
+            "tokens": tokens, "tokens_per_param": tokens / total if total else math.nan,
+            "steps": rep.get("step"), "pt_loss": float(summary.get("pt_loss", math.nan)),
+        })  # fmt: skip
+    return sorted(rows, key=lambda r: r["model_params"])
+
+
+def finetunes(sweep: Path) -> list[dict[str, Any]]:
+    """One row per finetune: its best and last step, injected sequences by the best step, eval size."""
+    rows = []
+    for run in _run_dirs(sweep, "finetune"):
+        summary, rep, cfg = _read(run / "summary.json"), _read(run / "report.json"), _read(run / "run_config.json")
+        p = float(summary.get("inject_fraction", 0.0))
+        batch = int(cfg.get("train", {}).get("batch_size", 0))
+        best = int(rep.get("best_step", summary.get("steps", 0)))
+        # recorded by the trainer; older runs: the exact stream's count, floor(sequences * p)
+        injected = rep.get("pretrain_sequences_at_best", math.floor(best * batch * p + 1e-9))
+        rows.append({
+            "run": run.name, "inject_fraction": p, "best_step": best, "last_step": int(rep.get("step", best)),
+            "injected_at_best": int(injected), "eval_sequences": int(cfg.get("train", {}).get("eval_sequences", 0)),
+        })  # fmt: skip
+    return rows
+
+
+def check(sweep: Path, spec: ProtocolSpec = ProtocolSpec()) -> dict[str, Any]:
+    """The `protocol` block of findings.json: the measured quantities, each check's result, and `met`."""
+    rungs, runs = ladder(sweep), finetunes(sweep)
+    losses = [r["pt_loss"] for r in rungs]
+    gaps = [a - b for a, b in zip(losses, losses[1:])]
+    before_last = [r["best_step"] < r["last_step"] for r in runs]
+    injected: dict[str, dict[str, float]] = {}
+    for p in sorted({r["inject_fraction"] for r in runs if r["inject_fraction"] > 0}):
+        counts = [r["injected_at_best"] for r in runs if r["inject_fraction"] == p]
+        injected[f"{p:g}"] = {"min": min(counts), "mean": sum(counts) / len(counts), "runs": len(counts)}
+    one_pct = injected.get("0.01")
+    checks = {
+        "ladder_trained": bool(rungs) and all(r["tokens_per_param"] >= spec.min_tokens_per_param for r in rungs),
+        "ladder_ordered": len(rungs) >= 2 and all(g > spec.min_ladder_gap for g in gaps),
+        "u_curve_bottom": bool(runs) and sum(before_last) / len(runs) >= spec.min_share_best_before_last,
+        "injection_acts": one_pct is not None and one_pct["min"] >= spec.min_injected,
+        "eval_sequences": bool(runs) and min(r["eval_sequences"] for r in runs) >= spec.min_eval_sequences,
+    }
+    failed = [name for name, ok in checks.items() if not ok]
+    return {
+        "pretrain_loss_by_size": {f"{r['model_params']:.0f}": r["pt_loss"] for r in rungs},
+        "pretrain_tokens_per_param": {f"{r['model_params']:.0f}": r["tokens_per_param"] for r in rungs},
+        "pretrain_loss_gaps": gaps,
+        "share_best_before_last": sum(before_last) / len(runs) if runs else math.nan,
+        "runs_best_at_last": [r["run"] for r, ok in zip(runs, before_last) if not ok],
+        "injected_at_best": injected,
+        "eval_sequences": min((r["eval_sequences"] for r in runs), default=0),
+        "thresholds": asdict(spec),
+        "checks": checks,
+        "met": not failed,
+        "failed": failed,
+        "undermined": sorted({f for name in failed for f in UNDERMINES[name]}),
+    }

@@ -1,0 +1,78 @@
+"""The protocol checks read a sweep folder's run files: each check passes on a protocol run and fails alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dist_forget.study import protocol
+
+SEQ_LEN = 128
+
+
+def _write(folder: Path, summary: dict, report: dict, config: dict) -> None:
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "report.json").write_text(json.dumps(report))
+    (folder / "run_config.json").write_text(json.dumps(config))
+
+
+def make_sweep(root: Path, losses=(4.5, 4.3, 4.0), tokens_per_param=20.0, best=(100, 200), last=300,
+               injected=25, eval_sequences=128) -> Path:  # fmt: skip
+    shards = root / "shards"
+    shards.mkdir(parents=True)
+    (shards / "manifest.json").write_text(json.dumps({"seq_len": SEQ_LEN}))
+    for i, loss in enumerate(losses):
+        n, total = 10_000 * 3**i, 40_000 * 3**i
+        sequences = int(tokens_per_param * total / SEQ_LEN) + 1
+        _write(root / "pretrain" / f"size{i}", {"model_params": n, "pt_loss": loss},
+               {"sequences": sequences, "total_params": total, "step": sequences // 16},
+               {"data": {"target": str(shards)}})  # fmt: skip
+    for i, b in enumerate(best):
+        for p, inj in ((0.0, 0), (0.01, injected), (0.05, 5 * injected)):
+            _write(root / "finetune" / f"run{i}_p{p:g}",
+                   {"inject_fraction": p, "model_params": 10_000 * 3**i, "steps": b},
+                   {"best_step": b, "step": last, "pretrain_sequences_at_best": inj},
+                   {"train": {"batch_size": 16, "eval_sequences": eval_sequences}})  # fmt: skip
+    return root
+
+
+def test_a_sweep_on_the_protocol_meets_it(tmp_path):
+    out = protocol.check(make_sweep(tmp_path))
+    assert out["met"] is True and out["failed"] == [] and out["undermined"] == []
+    assert out["pretrain_loss_by_size"] == {"10000": 4.5, "30000": 4.3, "90000": 4.0}
+    assert all(x >= 20 for x in out["pretrain_tokens_per_param"].values())
+    assert out["share_best_before_last"] == 1.0
+    assert out["injected_at_best"]["0.01"] == {"min": 25, "mean": 25.0, "runs": 2}
+    assert out["eval_sequences"] == 128
+
+
+@pytest.mark.parametrize(
+    "change, failed",
+    [
+        ({"tokens_per_param": 3.8}, "ladder_trained"),
+        ({"losses": (5.95, 5.67, 5.50, 5.54)}, "ladder_ordered"),  # the old micro ladder: not ordered
+        ({"losses": (4.5, 4.49, 4.0)}, "ladder_ordered"),  # a gap inside eval noise
+        ({"best": (100, 300)}, "u_curve_bottom"),  # one run's best is its last evaluation
+        ({"injected": 2}, "injection_acts"),
+        ({"eval_sequences": 32}, "eval_sequences"),
+    ],
+)
+def test_each_check_fails_alone_and_names_what_it_undermines(tmp_path, change, failed):
+    out = protocol.check(make_sweep(tmp_path, **change))
+    assert out["met"] is False and out["failed"] == [failed]
+    assert set(protocol.UNDERMINES[failed]) == set(out["undermined"])
+
+
+def test_runs_written_before_the_trainer_recorded_injection_count_from_the_exact_stream(tmp_path):
+    root = make_sweep(tmp_path)
+    for rep in (root / "finetune").glob("*/report.json"):
+        data = json.loads(rep.read_text())
+        del data["pretrain_sequences_at_best"]
+        rep.write_text(json.dumps(data))
+    out = protocol.check(root)
+    # best steps 100 and 200 of 16 sequences at p = 1 %: floor(16) and floor(32) pretraining sequences
+    assert out["injected_at_best"]["0.01"] == {"min": 16, "mean": 24.0, "runs": 2}
+    assert out["failed"] == ["injection_acts"]
