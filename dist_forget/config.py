@@ -94,27 +94,65 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, data, where=where)
 
 
+class ConfigErrors(UserError):
+    """Several config problems at once; the message lists them all (one line)."""
+
+    def __init__(self, where: str, problems: list[str]):
+        self.problems = problems
+        if len(problems) == 1:
+            super().__init__(problems[0])
+        else:
+            items = " ".join(f"({i}) {_strip_where(p, where)}" for i, p in enumerate(problems, 1))
+            super().__init__(f"{where}: {len(problems)} problems: {items}")
+
+
+def _strip_where(problem: str, where: str) -> str:
+    return problem[len(where) + 2:] if problem.startswith(where + ": ") else problem
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix: str = "") -> T:
-    """Build a (nested) dataclass from plain data; unknown keys and wrong types are `UserError`s."""
+    """Build a (nested) dataclass from plain data; unknown keys and wrong types are `UserError`s.
+
+    Every problem of the tree is collected first (unknown keys, wrong types, then each section's own
+    checks), so one error lists them all instead of making the user fix them one run at a time."""
+    obj, problems = _build(cls, data, where, prefix)
+    if problems:
+        raise ConfigErrors(where, problems)
+    return obj  # type: ignore[return-value]
+
+
+def _build(cls: type[T], data: Any, where: str, prefix: str) -> tuple[T | None, list[str]]:
     if not isinstance(data, dict):
-        raise UserError(f"{where}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {data!r}")
+        return None, [f"{where}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {data!r}"]
+    problems: list[str] = []
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
+    for name in sorted(set(data) - set(fields)):
         known = ", ".join(sorted(fields))
-        raise UserError(f"{where}: unknown key {prefix + unknown[0]!r}; known keys here: {known}")
+        problems.append(f"{where}: unknown key {prefix + name!r}; known keys here: {known}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, where, f"{prefix}{name}")
+        if name not in fields:
+            continue
+        try:
+            kwargs[name] = _coerce(hints[name], value, where, f"{prefix}{name}")
+        except ConfigErrors as exc:
+            problems.extend(exc.problems)
+        except UserError as exc:
+            problems.append(str(exc))
+    if len(kwargs) < len(set(data) & set(fields)):  # a value could not be read: the section cannot be built
+        return None, problems
     try:
         obj = cls(**kwargs)
     except TypeError as exc:  # a required field is missing
-        raise UserError(f"{where}: {prefix.rstrip('.') or cls.__name__}: {exc}") from None
+        return None, [*problems, f"{where}: {prefix.rstrip('.') or cls.__name__}: {exc}"]
     validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate()
-    return obj
+    if callable(validate):  # an unknown key beside it does not hide what is wrong with the known ones
+        try:
+            validate()
+        except UserError as exc:
+            problems.append(str(exc))
+    return (None if problems else obj), problems
 
 
 def _type_name(tp: Any) -> str:
@@ -143,7 +181,7 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
             raise UserError(f"{where}: key {key!r} = {value!r} should be one of {list(args)}")
         return value
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where, prefix=f"{key}.")
+        return from_dict(tp, value, where, prefix=f"{key}.")  # ConfigErrors carries all of the section's
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where}: key {key!r} = {value!r} should be a list")

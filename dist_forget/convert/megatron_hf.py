@@ -47,6 +47,7 @@ from dist_forget.models.megatron import (
     stages_of,
     stock_parts,
 )
+from dist_forget.safeload import load_pt
 
 META_FILE = "megatron.json"
 FORMAT = "dist-forget-megatron-v1"
@@ -122,7 +123,7 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
         for shard in sorted(set(index["weight_map"].values())):
             state.update(load_file(folder / shard))
     elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        state = load_pt(folder / "pytorch_model.bin")
     else:
         raise UserError(f"{folder}: no model.safetensors or pytorch_model.bin; pass a complete HF folder")
     lm_head = state.pop("lm_head.weight", None)
@@ -250,7 +251,7 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
         if not opt_path.is_file():
             raise UserError(f"--optimizer: {opt_path} does not exist; convert without --optimizer or export "
                             "the optimizer state with the weights")
-        named = torch.load(opt_path, map_location="cpu", weights_only=True)
+        named = load_pt(opt_path)
         if named.get("format") != OPTIM_FORMAT:
             raise UserError(f"{opt_path}: format {named.get('format')!r} is not {OPTIM_FORMAT!r}")
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
@@ -308,7 +309,7 @@ def _read_megatron(meg_dir: str | Path, optimizer: bool
     ranks: list[dict[str, Any]] = []  # one per TP rank, its stages' tensors united
     client: dict[str, Any] = {}
     for r in range(tp):
-        stages = [torch.load(rank_file(meg_dir, r, st, pp), map_location="cpu", weights_only=True)
+        stages = [load_pt(rank_file(meg_dir, r, st, pp))
                   for st in range(pp)]
         if r == 0:  # every rank file of a training checkpoint holds the same client state
             client = dict(stages[0].get("client_state") or {})

@@ -24,27 +24,14 @@ import torch
 
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir
+from dist_forget.safeload import deepspeed_safe_globals, load_pt
 
 OPTIM = "optimizer_state_dict"
 
 
-def _ds_safe_globals() -> list[Any]:
-    # DeepSpeed pickles three small classes into its optimizer files; allow exactly those and keep
-    # weights_only=True for everything else.
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, ZeroStageEnum, fragment_address]
-
-
 def load_ds_file(path: Path) -> dict[str, Any]:
-    try:
-        with torch.serialization.safe_globals(_ds_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which one
-        raise UserError(f"{path}: cannot be read as a DeepSpeed checkpoint file ({type(exc).__name__}); "
-                        "re-save it or pick another checkpoint") from None
+    # weights only, plus the three small classes DeepSpeed pickles into its files (dist_forget/safeload.py)
+    return load_pt(path, allow=deepspeed_safe_globals())
 
 
 def _rank_files(ckpt: Path, kind: str) -> list[Path]:

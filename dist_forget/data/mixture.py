@@ -163,6 +163,17 @@ class MixedStream:
         self.consumed = 0  # global sequences consumed by all ranks together
 
     # ------------------------------------------------------------------------------- pure index maps
+    def verify(self) -> None:
+        """Hash and index every shard of both splits of both sources now: a corrupt, replaced or edited shard
+        is a UserError before a model is built, not after minutes of setup and the first evaluation."""
+        self.target.verify()
+        if self.pretrain is not None:
+            self.pretrain.verify()
+        for manifest in filter(None, (self.target_manifest, self.pretrain_manifest)):
+            for split in manifest.splits:
+                if split != "train":
+                    ShardSet(manifest, split).verify()
+
     def sources(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For global indices: (is_pretrain, ordinal within its source)."""
         before = pretrain_count(indices, self.frac)

@@ -8,21 +8,34 @@ checkpoint. Retention keeps the last `keep` checkpoints plus the one `best` name
 `meta.json` (plain JSON, readable without torch) lets a resume refuse a mismatch — another model, another
 data stream, another world size — before any backend touches the files. `hf_config.json` beside it is the
 transformers config of the model, where `dist-forget convert zero-to-hf` looks for it.
+
+Startup (rank 0, `prepare_resume`) tidies what a killed save left: a `.tmp-step-*` folder or a `.latest.*.tmp`
+pointer temp is dropped, an `.old-step-*` copy is restored if its replacement never arrived (else dropped),
+and retention runs again. `--resume auto` then checks the checkpoint `latest` names by loading every file
+weights-only (`verify_checkpoint`); a damaged or incomplete one is reported in one line and the newest
+intact checkpoint is used instead (broken newer ones are set aside as `.broken-step-*`), or the run stops
+listing every candidate and what is wrong with it. A file refused as unsafe (it asks to import code) stops
+the run: that is never silently skipped. Checkpoint folders are owner-only (0700).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dist_forget.engine.backend import Backend
 from dist_forget.errors import UserError
 from dist_forget.io import write_json_atomic, write_text_atomic
+from dist_forget.safeload import UnsafeCheckpoint, verify_pt_files
 
 META = "meta.json"
 HF_CONFIG = "hf_config.json"
+TAG = re.compile(r"step-\d{8}")
 
 
 def tag_of(step: int) -> str:
@@ -49,7 +62,9 @@ class CheckpointManager:
         rank0 = self.backend.rank == 0
         if rank0:
             self.root.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)  # checkpoints hold the config and data state: owner only
             shutil.rmtree(self.root / tmp, ignore_errors=True)
+            (self.root / tmp).mkdir(mode=0o700)
         self.backend.barrier()
         error = ""
         try:
@@ -95,14 +110,141 @@ class CheckpointManager:
                         f"{still}; free disk space and rerun with --resume auto")
 
     def _retain(self) -> None:
-        tags = sorted((p.name for p in self.root.glob("step-*") if p.is_dir()), key=step_of)
-        keep = set(tags[-self.keep:])
-        best = self.read_pointer("best")
-        if best:
-            keep.add(best)
-        for t in tags:
-            if t not in keep:
-                shutil.rmtree(self.root / t, ignore_errors=True)
+        retain(self.root, self.keep)
+
+
+def _tags(root: Path) -> list[str]:
+    """The published checkpoints under `root`, oldest first."""
+    return sorted((p.name for p in root.glob("step-*") if p.is_dir() and TAG.fullmatch(p.name)), key=step_of)
+
+
+def retain(root: Path, keep: int) -> None:
+    """Keep the last `keep` checkpoints plus the one `best` names; remove the others."""
+    tags = _tags(root)
+    kept = set(tags[-keep:])
+    best = root / "best"
+    if best.is_file():
+        kept.add(best.read_text().strip())
+    for t in tags:
+        if t not in kept:
+            shutil.rmtree(root / t, ignore_errors=True)
+
+
+def clean_leftovers(root: Path) -> list[str]:
+    """Rank 0 at startup: finish or drop what killed saves left behind; returns what it did."""
+    done: list[str] = []
+    if not root.is_dir():
+        return done
+    for old in sorted(root.glob(".old-step-*")):
+        final = root / old.name[len(".old-"):]
+        if old.is_dir() and not final.exists():  # killed between the two renames of _publish: put it back
+            old.rename(final)
+            done.append(f"restored {final.name}")
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(f"removed {old.name}")
+    for tmp in sorted(root.glob(".tmp-step-*")):  # a save that never completed
+        shutil.rmtree(tmp, ignore_errors=True)
+        done.append(f"removed {tmp.name}")
+    for tmp in sorted(root.glob(".*.tmp")):  # atomic pointer writes (`.latest.XXXX.tmp`) cut short
+        if tmp.is_file():
+            tmp.unlink()
+            done.append(f"removed {tmp.name}")
+    return done
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None if `path` is a complete checkpoint whose every file loads weights-only, else what is wrong.
+
+    Raises UnsafeCheckpoint when a file asks to import code: that is never a reason to fall back."""
+    if not path.is_dir():
+        return "missing"
+    try:
+        meta = read_meta(path)
+    except FileNotFoundError:
+        return f"incomplete: no {META}"
+    except (OSError, ValueError):
+        return f"{META} is damaged"
+    engine, world, stage = meta.get("engine"), meta.get("world_size"), meta.get("zero_stage")
+    files = sorted(path.rglob("*.pt"))
+    if engine == "megatron":
+        expected = [] if (path / "megatron.json").is_file() else ["megatron.json"]
+    elif engine == "deepspeed" and stage == 3:
+        expected = [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(int(world or 1))]
+    else:
+        expected = ["mp_rank_00_model_states.pt"]
+    if engine == "deepspeed" and stage:
+        expected += [f"{'bf16_' if (path / 'bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt').exists() else ''}"
+                     f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(int(world or 1))]
+    missing = [name for name in expected if not (path / name).exists()]
+    if missing or not files:
+        return f"incomplete: {(missing or ['*.pt'])[0]} is missing"
+    allow: list[Any] = []
+    if engine == "deepspeed":
+        from dist_forget.safeload import deepspeed_safe_globals
+
+        allow = deepspeed_safe_globals()
+    try:
+        verify_pt_files(files, allow=allow)
+    except UnsafeCheckpoint:
+        raise
+    except UserError as exc:
+        return str(exc).split("; ")[0].replace(f"{path}/", "")
+    return None
+
+
+def prepare_resume(resume: str, root: Path, keep: int, say: Callable[[str], Any] = print) -> None:
+    """Rank 0, before any rank resolves `--resume`: tidy leftovers, check the checkpoint to resume from
+    and, for `auto`, fall back to the newest intact one (rewriting `latest`) or stop listing candidates."""
+    done = clean_leftovers(root)
+    if done:
+        say(f"checkpoints: tidied what an interrupted save left in {root}: {', '.join(done)}")
+    if resume == "none":
+        return
+    if resume != "auto":
+        problem = verify_checkpoint(Path(resume))
+        if problem:
+            raise UserError(f"--resume {resume}: the checkpoint is not usable ({problem}); "
+                            "pass --resume auto or another checkpoints/step-XXXXXXXX folder")
+        return
+    pointer = root / "latest"
+    named = pointer.read_text(errors="replace").strip() if pointer.is_file() else None
+    tags = _tags(root)
+    if named is None and not tags:
+        return  # nothing to resume: a fresh start
+    problems: list[str] = []
+    if named is not None and TAG.fullmatch(named):
+        problem = verify_checkpoint(root / named)
+        if problem is None:
+            retain(root, keep)
+            return
+        first = f"{root / named} ({problem})"
+    elif named is not None:
+        first = f"{pointer} (it names {named[:40]!r}, not a step-XXXXXXXX checkpoint)"
+    else:
+        first = f"{pointer} (missing)"
+    problems.append(first)
+    chosen = None
+    for tag in reversed(tags):
+        if tag == named:
+            continue
+        problem = verify_checkpoint(root / tag)
+        if problem is None:
+            chosen = tag
+            break
+        problems.append(f"{tag} ({problem})")
+    if chosen is None:
+        raise UserError(f"--resume auto: no intact checkpoint in {root}: {'; '.join(problems)}; delete the broken "
+                        "ones (or the whole folder to start over) or pass --resume PATH")
+    aside = [t for t in tags if step_of(t) > step_of(chosen)]
+    for tag in aside:  # else retention would count them as the newest and delete intact ones
+        shutil.rmtree(root / f".broken-{tag}", ignore_errors=True)
+        (root / tag).rename(root / f".broken-{tag}")
+    write_text_atomic(pointer, chosen + "\n")
+    retain(root, keep)
+    moved = f"; set aside {', '.join('.broken-' + t for t in aside)}" if aside else ""
+    say(f"resume: latest checkpoint {first} is not usable; resuming from {root / chosen}, the newest "
+        f"intact checkpoint{moved}")
 
 
 def resolve_resume(resume: str, root: Path) -> Path | None:

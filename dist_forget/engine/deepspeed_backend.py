@@ -3,6 +3,8 @@
 We hand DeepSpeed our own optimizer object (a config optimizer would compile cpu_adam for minutes on
 CPU) and allow it as "untested" (ZeRO checks the exact class). Checkpoints are DeepSpeed's own files
 in `root/tag/`, written with `save_latest=False`: the `latest` pointer is ours (engine/checkpoint.py).
+They are read through our weights-only checkpoint engine (dist_forget/safeload.py), never DeepSpeed's
+`weights_only=False` one.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dist_forget.engine.backend import (
 )
 from dist_forget.errors import UserError
 from dist_forget.net import free_port
+from dist_forget.safeload import deepspeed_safe_globals, make_safe_checkpoint_engine, verify_pt_files
 
 
 class DeepSpeedBackend(Backend):
@@ -76,6 +79,8 @@ class DeepSpeedBackend(Backend):
         }
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                  config=ds_config)
+        # DeepSpeed's TorchCheckpointEngine unpickles with weights_only=False: load through ours instead
+        self.engine.checkpoint_engine = make_safe_checkpoint_engine(self.engine.checkpoint_engine)
         self.engine.train()
         self.grad_accum = grad_accum
 
@@ -118,12 +123,22 @@ class DeepSpeedBackend(Backend):
         self.engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
 
     def load(self, root: Path, tag: str) -> dict[str, Any]:
+        # every rank checks every file first, so a bad file stops all ranks with the same error
+        verify_pt_files((Path(root) / tag).glob("*.pt"), allow=deepspeed_safe_globals())
         path, client_state = self.engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
                                                          load_lr_scheduler_states=False)
         if path is None:
             raise UserError(f"checkpoint {Path(root) / tag} could not be loaded by DeepSpeed; "
                             "check that it was written by engine=deepspeed with the same parallel.zero_stage")
         return dict(client_state or {})
+
+    def close(self) -> None:
+        super().close()
+        # DeepSpeed caches a clone of the world group; once that group is destroyed the next engine built in
+        # this process (a resume, a test) would broadcast over the dead one
+        from deepspeed.utils import groups
+
+        groups._WORLD_GROUP = None
 
     def full_state_dict(self) -> dict[str, Tensor]:
         import deepspeed

@@ -60,6 +60,7 @@ from dist_forget.errors import UserError
 from dist_forget.io import write_json_atomic
 from dist_forget.models import megatron as M
 from dist_forget.net import free_port
+from dist_forget.safeload import load_pt
 
 
 class MegatronBackend(Backend):
@@ -374,4 +375,4 @@ def load_rank_state(d: Path, tp_rank: int, tp: int, pp_rank: int = 0, pp: int = 
     path = rank_file(d, tp_rank, pp_rank, pp)
     if not path.is_file():
         raise UserError(f"{path} is missing; the checkpoint {d} is incomplete for tp={tp} pp={pp}")
-    return torch.load(path, map_location=device, weights_only=True)
+    return load_pt(path, map_location=device)

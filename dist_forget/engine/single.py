@@ -24,6 +24,7 @@ from dist_forget.engine.backend import (
     env_world,
 )
 from dist_forget.errors import UserError
+from dist_forget.safeload import load_pt
 
 MODEL_FILE = "mp_rank_00_model_states.pt"
 
@@ -92,7 +93,7 @@ class SingleBackend(Backend):
         if not path.is_file():
             raise UserError(f"checkpoint {path.parent} has no {MODEL_FILE}; was it written by engine=single? "
                             "resume with the engine that wrote it")
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = load_pt(path, map_location=self.device)
         self.model.load_state_dict(state.pop("module"))
         self.optimizer.load_state_dict(state.pop("optimizer"))
         return state

@@ -26,13 +26,20 @@ import torch
 from dist_forget.config import flatten, to_dict
 from dist_forget.data.mixture import MixedStream, validation_batches
 from dist_forget.engine.backend import Backend, BackendConfig, make_backend
-from dist_forget.engine.checkpoint import CheckpointManager, check_compatible, read_meta, resolve_resume
+from dist_forget.engine.checkpoint import (
+    CheckpointManager,
+    check_compatible,
+    prepare_resume,
+    read_meta,
+    resolve_resume,
+)
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.flops import flops_per_token, measure_peak
 from dist_forget.engine.schedule import lr_at
 from dist_forget.errors import UserError
 from dist_forget.io import write_json_atomic, write_text_atomic
 from dist_forget.models import hf
+from dist_forget.redact import redact_tree
 
 SUMMARY_KEYS = ("domain", "model_params", "target_tokens", "inject_fraction", "anchor_decay", "ft_loss",
                 "pt_loss", "pt_loss_base", "ft_loss_base", "steps", "run_id")
@@ -88,7 +95,8 @@ def _tracker(cfg: RunConfig, rank: int, run_name: str, out: Path, resumed_run_id
     tracking = cfg.tracking
     if resumed_run_id and not tracking.run_id and not os.environ.get("MLFLOW_RUN_ID"):
         tracking = replace(tracking, run_id=resumed_run_id)
-    return Tracker.create(tracking, rank=rank, run_name=run_name, params=flatten(to_dict(cfg)), out_dir=out)
+    params = flatten(redact_tree(to_dict(cfg)))  # a tracking URI's password never becomes a param
+    return Tracker.create(tracking, rank=rank, run_name=run_name, params=params, out_dir=out)
 
 
 def _precision(cfg: RunConfig) -> Literal["fp32", "bf16"]:
@@ -97,15 +105,23 @@ def _precision(cfg: RunConfig) -> Literal["fp32", "bf16"]:
     return cfg.train.precision
 
 
-def _model_factory(cfg: RunConfig, mode: str, stream: MixedStream) -> Any:
+def _init_folder(cfg: RunConfig, mode: str) -> Path | None:
+    """The HF folder a finetune starts from (None for pretraining from scratch)."""
     m = cfg.model
     if mode == "pretrain":
         if m.init_from or not m.size:
             raise UserError("pretrain starts from scratch: set model.size (e.g. cpu-1m) and leave model.init_from empty")
-        return hf.build(m.size, stream.vocab_size, stream.seq_len, cfg.train.seed)
+        return None
     if not m.init_from:
         raise UserError("finetune needs model.init_from: a pretrain run folder, an HF folder, or smollm2")
-    model = hf.load_folder(hf.resolve_init(m.init_from, m.cache_dir))
+    return hf.resolve_init(m.init_from, m.cache_dir)
+
+
+def _model_factory(cfg: RunConfig, folder: Path | None, stream: MixedStream) -> Any:
+    m = cfg.model
+    if folder is None:
+        return hf.build(m.size, stream.vocab_size, stream.seq_len, cfg.train.seed)
+    model = hf.load_folder(folder)
     if m.size:
         from dist_forget.models.ladder import shape_of
 
@@ -114,6 +130,22 @@ def _model_factory(cfg: RunConfig, mode: str, stream: MixedStream) -> Any:
             raise UserError(f"model.init_from = {m.init_from} is not size {m.size} (hidden {have.hidden_size}, "
                             f"layers {have.num_hidden_layers}); drop model.size or pick the matching one")
     return model
+
+
+def _check_tokenizer(folder: Path | None, stream: MixedStream) -> None:
+    """The shards (target and pretraining) must come from the tokenizer the model folder ships, not just one
+    of a size that fits: same vocabulary size, other ids would train silently on the wrong tokens."""
+    tok = folder / "tokenizer.json" if folder is not None else None
+    if tok is None or not tok.is_file():
+        return  # a folder without its tokenizer: only the vocabulary size can be checked (_check_fits)
+    from dist_forget.data.tokenizer import file_sha256
+
+    have = file_sha256(tok)
+    for manifest in filter(None, (stream.target_manifest, stream.pretrain_manifest)):
+        if manifest.tokenizer_sha256 != have:
+            raise UserError(f"{manifest.where}: shards tokenized with tokenizer sha256 {manifest.tokenizer_sha256}, "
+                            f"but the model's {tok} has sha256 {have}; re-shard with the model's tokenizer "
+                            f"(`dist-forget data shard --tokenizer {folder} ...`) or start from the matching model")
 
 
 def _check_fits(model: Any, stream: MixedStream, where: str) -> None:
@@ -192,9 +224,19 @@ def _end_status(exc_type: type[BaseException] | None) -> str:
 def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: ExitStack) -> dict[str, Any]:
     rank0 = backend.rank == 0
     out = Path(cfg.out_dir)
+    safe_cfg = redact_tree(to_dict(cfg))  # what files, checkpoints and MLflow get: URIs without credentials
     ckpt_root = out / "checkpoints"
     say = print if rank0 else (lambda *a, **k: None)
 
+    error = ""
+    if rank0:  # tidy killed saves, check the checkpoint to resume from (or fall back to an intact one)
+        try:
+            prepare_resume(resume, ckpt_root, cfg.checkpoint.keep, say=lambda m: print(m, flush=True))
+        except UserError as exc:
+            error = str(exc)
+    (failed,) = backend.all_reduce_sum([1.0 if error else 0.0])  # also the barrier before the others read
+    if failed:
+        raise UserError(error or f"rank 0 found no usable checkpoint to resume from in {ckpt_root} (see its error)")
     resume_path = resolve_resume(resume, ckpt_root)
     if resume_path is None and resume == "none" and (ckpt_root / "latest").is_file():
         raise UserError(f"out_dir {out} already holds checkpoints; pass --resume auto to continue it "
@@ -205,13 +247,16 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
 
     t, s = cfg.train, cfg.schedule
     stream = MixedStream(cfg.data, rank=backend.dp_rank, world_size=backend.dp_size)
+    stream.verify()  # every shard's hash and layout now, not after the model is built and evaluated
     per_step_micro = t.micro_batch * backend.dp_size
     if t.batch_size % per_step_micro:
         raise UserError(f"train.batch_size = {t.batch_size} is not a multiple of train.micro_batch "
                         f"({t.micro_batch}) × {backend.dp_size} data-parallel ranks; change either")
     grad_accum = t.batch_size // per_step_micro
 
-    model = _model_factory(cfg, mode, stream)
+    init_dir = _init_folder(cfg, mode)
+    _check_tokenizer(init_dir, stream)
+    model = _model_factory(cfg, init_dir, stream)
     _check_fits(model, stream, cfg.model.init_from or cfg.model.size or "the model")
     sig = hf.signature(model, cfg.model.size)
     hf_config = model.config
@@ -241,7 +286,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
     log = _Log(out / "metrics.jsonl", backend.rank, state.step if resume_path is not None else None)
     cleanup.callback(log.close)
     if rank0:
-        write_json_atomic(out / "run_config.json", to_dict(cfg))
+        write_json_atomic(out / "run_config.json", safe_cfg)
         tracker.log_artifact(out / "run_config.json")
 
     target_val = cfg.data.target
@@ -256,12 +301,12 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
 
     def client_state() -> dict[str, Any]:
         # train state as a JSON string: weights_only loading accepts it, and inf/nan survive
-        return {"data": stream.state_dict(), "train": json.dumps(asdict(state)), "config": json.dumps(to_dict(cfg))}
+        return {"data": stream.state_dict(), "train": json.dumps(asdict(state)), "config": json.dumps(safe_cfg)}
 
     def meta() -> dict[str, Any]:
         return {"model": sig, "data_fingerprint": stream.fingerprint,
                 "world_size": backend.world_size, "engine": cfg.engine, "zero_stage": cfg.parallel.zero_stage,
-                "config": to_dict(cfg), "mode": mode}
+                "config": safe_cfg, "mode": mode}
 
     def export(folder: str) -> None:
         sd = backend.full_state_dict()  # collective

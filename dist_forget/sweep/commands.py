@@ -11,6 +11,7 @@ from typing import Literal
 from dist_forget.config import load_config
 from dist_forget.errors import UserError
 from dist_forget.io import write_json_atomic
+from dist_forget.redact import redact_uri
 from dist_forget.sweep.collect import run_fit, sync_fallbacks, write_runs_table
 from dist_forget.sweep.config import SweepConfig
 from dist_forget.sweep.grid import Point, expand, sweep_dir
@@ -104,7 +105,7 @@ def _parent_tracker(cfg: SweepConfig, root: Path, config: str, points: list[Poin
             os.environ["MLFLOW_RUN_ID"] = leaked
     if parent.run_id:
         parent.set_tags({"dist_forget.kind": "sweep"})
-        write_json_atomic(state_path, {**state, "parent_run_id": parent.run_id, "tracking_uri": tcfg.uri})
+        write_json_atomic(state_path, {**state, "parent_run_id": parent.run_id, "tracking_uri": redact_uri(tcfg.uri)})
     return parent
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dist_forget.errors import UserError
 from dist_forget.io import write_json_atomic
+from dist_forget.redact import redact_uri, use_uri
 from dist_forget.tracking.config import ResolvedTracking
 from dist_forget.tracking.fallback import FALLBACK_NAME, Segment, read_segments
 from dist_forget.tracking.tracker import MAX_METRICS_PER_BATCH, MlflowUnavailable, open_run, probe
@@ -41,7 +42,7 @@ def sync(path: Path, uri: str | None = None) -> int:
         )
         print(
             f"synced {len(seg.metrics)} metric values, {len(seg.tags)} tags, {len(seg.artifacts)} artifacts "
-            f"of {seg.header.get('run_name')!r} to run {run_id} at {target}"
+            f"of {seg.header.get('run_name')!r} to run {run_id} at {redact_uri(target)}"
         )
     done = file.with_name(file.name + ".synced")
     n = 1
@@ -66,7 +67,9 @@ def _upload(seg: Segment, uri: str, known_run_id: str | None, on_created) -> str
     try:
         probe(uri)
     except MlflowUnavailable as exc:
-        raise UserError(f"{exc}; start the server or pass --uri to another one, then rerun sync") from None
+        raise UserError(f"{exc}; fix that (start the server, set its credentials) or pass --uri to another "
+                        "one, then rerun sync") from None
+    uri = use_uri(uri)  # userinfo -> MLFLOW_TRACKING_USERNAME/PASSWORD; a stored `***@` takes them from there
     client = MlflowClient(tracking_uri=uri)
     run_id = known_run_id or seg.header.get("run_id")
     if run_id:

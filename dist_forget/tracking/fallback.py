@@ -10,6 +10,9 @@ belong to:
   {"type": "metrics", "step": 12, "timestamp_ms": 1700000000000, "metrics": {"train/loss": 3.2}}
   {"type": "tags", "tags": {...}}      {"type": "artifact", "path": "/abs/path"}
   {"type": "end", "status": "FINISHED"}
+
+The file is created owner-only (0600); its `uri` has any credentials redacted (`http://***@host:port`), and
+`track sync` takes them from MLFLOW_TRACKING_USERNAME/PASSWORD.
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ class FallbackWriter:
     def append(self, record: dict[str, Any]) -> None:
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as fh:
+            # owner-only: the file holds the run's params and tags, which may come from the environment
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.fchmod(fd, 0o600)
+            with open(fd, "a", encoding="utf-8") as fh:
                 if not self._opened:
                     fh.write(json.dumps(self._header) + "\n")
                     self._opened = True

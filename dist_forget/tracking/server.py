@@ -2,12 +2,14 @@
 
 The server runs in its own process group and the whole group is ended on exit, because SIGTERM to the
 parent alone can leave gunicorn/uvicorn workers behind (platform-facts). Job execution is switched off
-for the same reason.
+for the same reason. `admin=(user, password)` starts MLflow's basic-auth app (`--app-name basic-auth`,
+users in `<root>/basic_auth.db`) with that admin account: clients then need MLFLOW_TRACKING_USERNAME/PASSWORD.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,8 +25,10 @@ from dist_forget.net import free_port
 class LocalServer:
     """`with LocalServer(tmp_dir) as server:` → `server.uri` is a live http://127.0.0.1:PORT."""
 
-    def __init__(self, root: str | Path, port: int | None = None, start_timeout_s: float = 120.0):
+    def __init__(self, root: str | Path, port: int | None = None, start_timeout_s: float = 120.0,
+                 admin: tuple[str, str] | None = None):
         self.root = Path(root).resolve()
+        self.admin = admin
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.start_timeout_s = start_timeout_s
@@ -43,6 +47,10 @@ class LocalServer:
             "--workers", "1",
         ]  # fmt: skip
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        if self.admin is not None:  # the auth app reads its admin account from these on first start
+            cmd += ["--app-name", "basic-auth"]
+            env.update(MLFLOW_AUTH_ADMIN_USERNAME=self.admin[0], MLFLOW_AUTH_ADMIN_PASSWORD=self.admin[1])
+            env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(16))  # its CSRF key: one per server
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True

@@ -22,10 +22,12 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from dist_forget.errors import UserError
+from dist_forget.redact import auth_header, redact_uri, scrub, split_credentials, use_uri
 from dist_forget.tracking.config import ResolvedTracking, TrackingConfig, resolve
 from dist_forget.tracking.fallback import FALLBACK_NAME, FallbackWriter
 
@@ -48,22 +50,46 @@ class MlflowUnavailable(Exception):
 
 
 def params_to_strings(params: dict[str, Any]) -> dict[str, str]:
-    return {str(k)[:250]: str(v)[:MAX_PARAM_VALUE] for k, v in params.items()}
+    """MLflow params as strings, every URI in them redacted (a tracking URI may hold a password)."""
+    return {str(k)[:250]: scrub(str(v))[:MAX_PARAM_VALUE] for k, v in params.items()}
 
 
 def probe(uri: str, timeout_s: float = 3.0) -> None:
-    """Fail fast on an HTTP server that is down, instead of waiting out MLflow's retries."""
+    """Fail fast on an HTTP server that is down or refuses our credentials, instead of waiting out MLflow's
+    retries. Credentials: the URI's userinfo, else MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD (or TOKEN)."""
     if not uri.startswith(("http://", "https://")):
         return
+    clean, user, password = split_credentials(uri)
+    shown, base = redact_uri(uri), clean.rstrip("/")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+        with urllib.request.urlopen(base + "/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500:
+            raise MlflowUnavailable(f"{shown}/health answered HTTP {exc.code}") from None
+        # below 500 something answers (e.g. an auth proxy guarding /health): the call below tells more
+    except OSError as exc:
+        raise MlflowUnavailable(f"{shown} is unreachable ({scrub(str(exc))})") from None
+    headers = _basic(user, password or "") if user else auth_header()
+    request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
             return
     except urllib.error.HTTPError as exc:
-        if exc.code < 500:  # something answers (e.g. an auth proxy guarding /health): let MLflow try
-            return
-        raise MlflowUnavailable(f"{uri}/health answered HTTP {exc.code}") from None
-    except OSError as exc:
-        raise MlflowUnavailable(f"{uri} is unreachable ({exc})") from None
+        if exc.code in (401, 403):
+            given = "were refused" if headers else "are needed and none were given"
+            raise MlflowUnavailable(
+                f"{shown}: credentials {given} (HTTP {exc.code}); set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or user:password@ in the URI) to an account of that server"
+            ) from None
+    except OSError:
+        return  # let MLflow's client try and report
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def experiment_id(client: Any, name: str, uri: str) -> str:
@@ -83,7 +109,7 @@ def experiment_id(client: Any, name: str, uri: str) -> str:
                 raise
     if exp.lifecycle_stage == "deleted":
         raise UserError(
-            f"MLflow experiment {name!r} at {uri} is deleted; restore it "
+            f"MLflow experiment {name!r} at {redact_uri(uri)} is deleted; restore it "
             f"(`mlflow experiments restore`) or set tracking.experiment to another name"
         )
     return exp.experiment_id
@@ -102,7 +128,7 @@ def open_run(
         except MlflowException:
             raise UserError(
                 f"MLflow run id {rt.run_id!r} (tracking.run_id or $MLFLOW_RUN_ID) does not exist at "
-                f"{rt.uri}; unset it to start a new run"
+                f"{redact_uri(rt.uri)}; unset it to start a new run"
             ) from None
         run_id = run.info.run_id
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -148,14 +174,16 @@ class Tracker:
         if not cfg.enabled or rank != 0:
             return tracker
         rt = resolve(cfg, out_dir)
+        shown = redact_uri(rt.uri)  # what is printed and stored; MLflow gets the URI without userinfo and
+        rt = replace(rt, uri=use_uri(rt.uri))  # the credentials through its environment variables
         for key, value in _HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
         str_params = params_to_strings(params)
         tags = {"dist_forget.out_dir": str(Path(out_dir).resolve())}
-        tracker.uri = rt.uri
+        tracker.uri = shown
         tracker.fallback_path = Path(out_dir) / FALLBACK_NAME
         header = {
-            "uri": rt.uri,
+            "uri": shown,
             "experiment": rt.experiment,
             "run_id": rt.run_id,
             "run_name": run_name,
@@ -176,7 +204,7 @@ class Tracker:
             raise
         except Exception as exc:  # noqa: BLE001 - any MLflow failure means "offline", never a crash
             client = None
-            _warn_offline(rt.uri, exc, tracker.fallback_path)
+            _warn_offline(shown, exc, tracker.fallback_path)
         tracker._queue = queue.Queue()
         sender = _Sender(client, tracker.run_id, rt, fallback, tracker._queue)
         tracker._thread = threading.Thread(target=sender.loop, name="mlflow-sender", daemon=True)
@@ -227,9 +255,9 @@ class Tracker:
 
 
 def _warn_offline(uri: str, exc: BaseException, path: Path) -> None:
-    reason = " ".join(str(exc).split())[:200]
+    reason = scrub(" ".join(str(exc).split()))[:300]
     warnings.warn(
-        f"MLflow at {uri} is unavailable ({type(exc).__name__}: {reason}); training goes on and "
+        f"MLflow at {redact_uri(uri)} is unavailable ({type(exc).__name__}: {reason}); training goes on and "
         f"metrics go to {path}; upload them later with `dist-forget track sync --path {path.parent}`",
         RuntimeWarning,
         stacklevel=3,
