@@ -19,6 +19,7 @@ from dist_forget.laws.plan import format_plan, load_fits
 from dist_forget.laws.plan import plan as plan_p
 from dist_forget.laws.report import _finite, write_outputs
 from dist_forget.laws.table import read_mlflow, read_runs
+from dist_forget.redact import redact_uri
 
 
 def fit(
@@ -55,7 +56,7 @@ def fit(
     source = (
         str(runs)
         if runs is not None
-        else f"mlflow:{mlflow}@{os.environ.get('MLFLOW_TRACKING_URI', 'default')}"
+        else f"mlflow:{mlflow}@{redact_uri(os.environ.get('MLFLOW_TRACKING_URI', 'default'))}"
     )
     cfg = FitConfig(delta=delta, loss=loss, top_k=top_k, bootstrap=bootstrap, seed=seed, workers=workers)
     print(f"read {len(table)} runs from {source}: domains {', '.join(table.domains())}", flush=True)

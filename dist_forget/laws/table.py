@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dist_forget.errors import UserError
+from dist_forget.redact import redact_uri
 
 SIZE_COLUMNS = ("model_params", "target_tokens")
 LOSS_COLUMNS = ("ft_loss", "pt_loss", "pt_loss_base")
@@ -193,7 +194,7 @@ def read_mlflow(experiment: str, required: Sequence[str] = REQUIRED_COLUMNS) -> 
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        uri = mlflow.get_tracking_uri()
+        uri = redact_uri(mlflow.get_tracking_uri())
         raise UserError(
             f"MLflow experiment {experiment!r} not found at {uri}; check the name or MLFLOW_TRACKING_URI"
         )
