@@ -1,31 +1,39 @@
 """`dist-forget demo` (`make demo`): the main job end to end on embedded defaults.
 
-real text → tokenizer + shards → a tiny pretrained ladder → a finetune sweep over D, p and Anchored
-AdamW → laws fitted on the smaller sizes and checked on the largest → a planner answer. Every step is
-a library call that the CLI also exposes, so each can be rerun alone; everything is cached or resumable,
-so a second `make demo` finishes in seconds.
+real text → a 1024-token BPE + shards → a ladder of 3 sizes pretrained to 20 tokens per parameter →
+finetunes on legal text over D and p that stop at the bottom of their U-curve → the protocol checked in
+the run data → the paper's two laws fitted (the largest size held out) → one planner answer. Every step
+is a library call that the CLI also exposes; everything is cached or resumable, so a second `make demo`
+finishes in seconds.
+
+The end screen either shows laws that can answer (no diagnostic warning, finite intervals) and the
+planner's answer, or says why not and exits 1: a degenerate fit is never printed as a result.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from dist_forget.config import load_config
 from dist_forget.errors import UserError
 
-DEMO_DOMAINS = ["english", "code"]  # the pretraining mix and the one target the demo grid uses
+DEMO_DATA = Path("work/data-micro")
+DEMO_DOMAINS = ["english", "legal"]  # the pretraining mix and the demo's target
+DEMO_VOCAB, DEMO_SEQ_LEN = 1024, 128  # a vocabulary sized for 13k-83k parameter models
+LAWS = ("finetune", "forgetting")
 
 
 def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.0, bootstrap: int = 200) -> int:
-    """Run the main job: data, tiny ladder, finetune sweep, law fit with held-out check, planner answer.
+    """Run the main job: data, ladder, finetune sweep, protocol check, law fit with held-out check, plan.
 
     --max-forgetting is the planner's budget ε in nats per token of pretraining loss; 0 (the default)
     asks for half the forgetting the sweep measured at p = 0 on the largest size and D.
     """
     from dist_forget.data.commands import prepare
-    from dist_forget.laws.plan import format_plan, load_fits, plan
     from dist_forget.sweep.commands import sweep
     from dist_forget.sweep.config import SweepConfig
     from dist_forget.sweep.grid import sweep_dir
@@ -34,55 +42,84 @@ def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.0, b
     cfg = load_config(SweepConfig, config)
     root = sweep_dir(cfg)
 
-    print("== demo 1/3: real text -> tokenizer -> shards", flush=True)
-    prepare(out=Path("work/data"), domains=DEMO_DOMAINS)
+    print("== demo 1/4: real text -> tokenizer -> shards", flush=True)
+    prepare(out=DEMO_DATA, domains=DEMO_DOMAINS, vocab_size=DEMO_VOCAB, seq_len=DEMO_SEQ_LEN)
 
-    print("\n== demo 2/3: pretrain the ladder, finetune the grid, fit the laws (held out: largest size)",
+    print("\n== demo 2/4: pretrain the ladder, finetune the grid, fit the laws (held out: largest size)",
           flush=True)
     fit_args = ["--runs", "{runs_csv}", "--out", "{sweep_dir}/fit", "--holdout", "largest",
-                "--bootstrap", str(bootstrap)]
+                "--bootstrap", str(bootstrap)]  # fmt: skip
     if sweep(config, overrides=[f"fit.args={json.dumps(fit_args)}"]) != 0:
         raise UserError(f"the demo sweep failed; see the run logs under {root} and rerun `make demo` to resume")
+    code = summarize(root, max_forgetting)
+    print(f"\ndemo done in {(time.monotonic() - started) / 60:.1f} min. Report: {root / 'fit' / 'REPORT.md'}; "
+          f"runs table: {root / 'runs.csv'}; MLflow: experiment {cfg.tracking.experiment!r}. The full study "
+          "on the same protocol is `make study` (reports/micro/REPORT.md).")  # fmt: skip
+    return code
 
-    print("\n== demo 3/3: what the fitted laws say", flush=True)
-    fit_json = root / "fit" / "fit.json"
-    fits = load_fits(fit_json)
-    for rec in fits:
-        held = rec.get("holdout") or {}
-        held_txt = f", held-out MRE {100 * held['mre']:.2f} % on N={held.get('held_out_model_params', '?')}" if held else ""
-        params = ", ".join(f"{k}={v:.4g}" for k, v in rec["params"].items())
-        print(f"  {rec['law']:<10} {rec['form']:<18} {rec['domain']}: {params}; in-sample MRE "
-              f"{100 * rec['mre']:.2f} %{held_txt}")
+
+def summarize(root: Path, max_forgetting: float = 0.0) -> int:
+    """The demo's end screen from a finished sweep folder; 0 when the laws can answer, else 1."""
+    from dist_forget.laws.diagnostics import format_warnings
+    from dist_forget.laws.plan import format_plan, load_fits, plan
+    from dist_forget.study.protocol import check
 
     runs = _read_csv(root / "runs.csv")
-    largest = max(float(r["model_params"]) for r in runs)
-    d_max = max(float(r["target_tokens"]) for r in runs)
+    fits = [f for f in load_fits(root / "fit" / "fit.json") if f["form"] in LAWS]
     domain = runs[0]["domain"]
+    sizes = sorted({float(r["model_params"]) for r in runs})
+    d_max = max(float(r["target_tokens"]) for r in runs)
+
+    print("\n== demo 3/4: the protocol, checked in the run data", flush=True)
+    proto = check(root)
+    for name, ok in proto["checks"].items():
+        print(f"  {'ok  ' if ok else 'FAIL'} {name}")
+    losses = ", ".join(f"N={float(n):,.0f}: {v:.3f}" for n, v in proto["pretrain_loss_by_size"].items())
+    one = proto["injected_at_best"].get("0.01", {})
+    print(f"  English val loss by size {losses}; best step before the last in "
+          f"{100 * proto['share_best_before_last']:.0f} % of finetunes; p = 1 % injected >= {one.get('min', 0)} "
+          f"sequences by the best step")  # fmt: skip
+
+    print("\n== demo 4/4: what the runs and the fitted laws say", flush=True)
+    forgetting = {(float(r["model_params"]), float(r["target_tokens"]), float(r["inject_fraction"])):
+                  float(r["pt_loss"]) - float(r["pt_loss_base"]) for r in runs}  # fmt: skip
+    ps = sorted({k[2] for k in forgetting})
+    print(f"  forgetting (nats/token) at D = {d_max:,.0f}:")
+    print("    N        " + "".join(f"{f'p = {100 * p:g} %':<10}" for p in ps))
+    for n in sizes:
+        print(f"    {n:<8,.0f} " + "".join(f"{forgetting.get((n, d_max, p), float('nan')):<10.3f}" for p in ps))
+    degenerate = False
+    for rec in fits:
+        params = ", ".join(f"{k}={v:.4g} [{rec['ci95'][k][0]:.3g}, {rec['ci95'][k][1]:.3g}]"
+                           for k, v in rec["params"].items())  # fmt: skip
+        held = rec.get("holdout") or {}
+        print(f"  {rec['law']:<10} {rec['formula']}\n    {params}\n    in-sample MRE {100 * rec['mre']:.2f} %, "
+              f"held-out MRE on N={sizes[-1]:,.0f} (fitted without it) {100 * held.get('mre', float('nan')):.2f} %")
+        for text in format_warnings(rec):
+            degenerate = True
+            print(f"    WARNING {text}")
+    plot = root / "fit" / f"forgetting_vs_p_{domain}_forgetting.png"
+    print(f"  plot (forgetting vs p per N, fitted curves over the runs): {plot}")
+    if degenerate or not proto["met"]:
+        why = "fit warnings above" if degenerate else f"protocol not met: {', '.join(proto['failed'])}"
+        print(f"\n  These runs cannot answer the paper's questions ({why}); the planner refuses rather than "
+              "print a meaningless p. More sizes, steps or data would; see `make study`.")
+        return 1
     if max_forgetting <= 0:
-        at_p0 = [float(r["pt_loss"]) - float(r["pt_loss_base"]) for r in runs
-                 if float(r["model_params"]) == largest and float(r["target_tokens"]) == d_max
-                 and float(r["inject_fraction"]) == 0 and float(r["anchor_decay"]) == 0]
-        if not at_p0 or max(at_p0) <= 0:
+        at_p0 = forgetting.get((sizes[-1], d_max, 0.0), 0.0)
+        if at_p0 <= 0:
             raise UserError("the demo sweep measured no forgetting at p = 0 on its largest size; pass "
                             "--max-forgetting EPS to ask the planner anyway")
-        max_forgetting = max(at_p0) / 2
-        print(f"  measured forgetting at p = 0 there: {max(at_p0):.4f} nats/token; budget = half of it")
-    print(f"\n  planner: smallest p keeping forgetting <= {max_forgetting:.4f} nats/token for N={largest:.0f}, "
-          f"D={d_max:.0f} on {domain}:")
-    answer = plan(fits, domain, largest, d_max, max_forgetting=max_forgetting, where=str(fit_json))
+        max_forgetting = at_p0 / 2
+        print(f"  measured forgetting at p = 0 there: {at_p0:.4f} nats/token; budget = half of it")
+    print(f"\n  planner: smallest p keeping forgetting <= {max_forgetting:.4f} nats/token for "
+          f"N={sizes[-1]:,.0f}, D={d_max:,.0f} on {domain}:")
+    answer = plan(fits, domain, sizes[-1], d_max, max_forgetting=max_forgetting, where=str(root / "fit" / "fit.json"))
     print("  " + format_plan(answer).replace("\n", "\n  "))
-
-    minutes = (time.monotonic() - started) / 60
-    print(f"\ndemo done in {minutes:.1f} min. Report: {root / 'fit' / 'REPORT.md'}; runs table: "
-          f"{root / 'runs.csv'}; plots: {root / 'fit'}; MLflow: experiment {cfg.tracking.experiment!r}")
-    print("The demo's ladder is pretrained ~100 steps (a pipeline check); the study on a real budget is "
-          "`make study`, its report reports/micro/REPORT.md.")
-    return 0
+    return 0 if answer["reachable"] else 1
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    import csv
-
+def _read_csv(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"{path} is missing: the sweep wrote no runs table; rerun `make demo`")
     with path.open() as fh:

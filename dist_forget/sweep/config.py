@@ -11,7 +11,7 @@ Placeholders: {size} {domain} {domain_dir} {target_tokens} {inject_fraction} {an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from dist_forget.errors import UserError
 from dist_forget.tracking.config import TrackingConfig
@@ -40,11 +40,15 @@ class PretrainStage:
 
     config: str = ""
     sizes: list[str] = field(default_factory=list)
-    tokens_per_param: float = 20.0  # Chinchilla-like; tokens = tokens_per_param · N_non_embedding
+    tokens_per_param: float = 20.0  # Chinchilla-like; tokens = tokens_per_param · (the parameters below)
+    # which parameters tokens_per_param counts: "total" includes the (tied) embedding, which dominates
+    # the micro sizes; "non_embedding" is the N of the laws
+    count: Literal["total", "non_embedding"] = "non_embedding"
     # a floor on those tokens: the tiniest sizes would otherwise stop near the uniform-guess loss, where a
     # finetune lowers the pretraining loss too and forgetting cannot be measured
     min_tokens: int = 0
     seq_len: int = 0  # tokens per sequence; 0 = read from the manifest.json of the config's data.target
+    vocab_size: int = 0  # for count: total; 0 = read from that manifest.json
     batch_size: int = 0  # sequences per step; 0 = the config's train.batch_size
     seed: int = 0
     overrides: list[str] = field(default_factory=list)
@@ -64,6 +68,8 @@ class FinetuneStage:
     config: str = ""
     domains: dict[str, str] = field(default_factory=dict)  # domain name → its shard dir ({domain_dir})
     overrides: list[str] = field(default_factory=list)
+    # per ladder size, after `overrides`: e.g. a smaller lr for larger models, as every LM ladder tunes
+    size_overrides: dict[str, list[str]] = field(default_factory=dict)
     set: dict[str, str] = field(default_factory=_finetune_set)
 
     def validate(self) -> None:

@@ -67,19 +67,22 @@ def _pretrain_steps(cfg: SweepConfig, size: str) -> tuple[int, int]:
     assert stage is not None
     raw = merge(read_yaml(stage.config), parse_overrides(stage.overrides))
     batch = stage.batch_size or (raw.get("train") or {}).get("batch_size")
-    seq_len = stage.seq_len
-    if not seq_len:
+    seq_len, vocab = stage.seq_len, stage.vocab_size
+    if not seq_len or (stage.count == "total" and not vocab):
         manifest = Path(str((raw.get("data") or {}).get("target", ""))) / "manifest.json"
         try:
-            seq_len = int(json.loads(manifest.read_text())["seq_len"])
+            read = json.loads(manifest.read_text())
+            seq_len, vocab = seq_len or int(read["seq_len"]), vocab or int(read["vocab_size"])
         except (OSError, KeyError, ValueError):
             raise UserError(
-                f"sweep pretrain: cannot read seq_len from {manifest}; prepare the data first "
-                f"(dist-forget data prepare) or set pretrain.seq_len"
+                f"sweep pretrain: cannot read seq_len and vocab_size from {manifest}; prepare the data first "
+                f"(dist-forget data prepare) or set pretrain.seq_len and pretrain.vocab_size"
             ) from None
     if not batch:
         raise UserError(f"sweep pretrain: {stage.config} has no train.batch_size; set pretrain.batch_size")
-    tokens = max(stage.tokens_per_param * shape_of(size).non_embedding_params(), stage.min_tokens)
+    shape = shape_of(size)
+    params = shape.total_params(vocab) if stage.count == "total" else shape.non_embedding_params()
+    tokens = max(stage.tokens_per_param * params, stage.min_tokens)
     steps = max(1, math.ceil(tokens / (int(batch) * seq_len)))
     return steps, steps * int(batch) * seq_len
 
@@ -114,6 +117,10 @@ def expand(cfg: SweepConfig) -> list[Point]:
             raise UserError(
                 "sweep grid: needs sizes (or pretrain.sizes) and target_tokens, e.g. [100000, 1000000]"
             )
+        for size in ft.size_overrides:
+            if size not in sizes and size not in (cfg.pretrain.sizes if cfg.pretrain else []):
+                raise UserError(f"sweep finetune.size_overrides: {size!r} is not a size of this sweep "
+                                f"({', '.join(sizes)})")
         for domain in domains:
             if domain not in ft.domains:
                 raise UserError(
@@ -132,7 +139,8 @@ def expand(cfg: SweepConfig) -> list[Point]:
             if size in pretrain_dirs:
                 values["pretrain_dir"] = pretrain_dirs[size]
             argv = [*command, "finetune", "--config", ft.config, *cfg.resume_args, *ft.overrides,
-                    *_fill(ft.set, values, "finetune"), f"out_dir={out}", f"name={name}"]  # fmt: skip
+                    *ft.size_overrides.get(size, []), *_fill(ft.set, values, "finetune"), f"out_dir={out}",
+                    f"name={name}"]  # fmt: skip
             needs = f"pretrain-{size}" if size in pretrain_dirs else None
             points.append(Point(name, "finetune", out, argv, needs, values))
     return points

@@ -61,6 +61,22 @@ def test_pretraining_length_follows_tokens_per_parameter(tmp_path: Path) -> None
     assert f"schedule.steps={pre.values['steps']}" in pre.argv and "model.size=cpu-0.1m" in pre.argv
 
 
+def test_pretraining_tokens_can_count_the_embedding_read_from_the_manifest(tmp_path: Path) -> None:
+    shards = tmp_path / "english"
+    shards.mkdir()
+    (shards / "manifest.json").write_text('{"seq_len": 128, "vocab_size": 1024}')
+    path = write_sweep(tmp_path)
+    (tmp_path / "pre.yaml").write_text(f"data:\n  target: {shards}\ntrain:\n  batch_size: 16\n")
+    doc = yaml.safe_load(path.read_text())
+    doc["pretrain"] = {"config": str(tmp_path / "pre.yaml"), "sizes": ["cpu-0.015m"], "tokens_per_param": 20,
+                       "count": "total"}  # fmt: skip
+    path.write_text(yaml.safe_dump(doc))
+    pre = expand(load_config(SweepConfig, path))[0]
+    total = shape_of("cpu-0.015m").total_params(1024)
+    assert total == 46_176 and pre.values["steps"] == math.ceil(20 * total / (16 * 128)) == 451
+    assert pre.values["tokens"] >= 20 * total and "model.size=cpu-0.015m" in pre.argv
+
+
 @pytest.mark.parametrize(
     "changes,match",
     [
@@ -91,10 +107,24 @@ def test_dry_run_lists_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_shipped_sweep_configs_expand(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(path.parents[2])
     has_pretrain = "pretrain" in read_yaml(path)
-    # seq_len is normally read from the shards' manifest, which a fresh checkout does not have yet
-    points = expand(load_config(SweepConfig, path, ["pretrain.seq_len=128"] if has_pretrain else []))
+    # seq_len and vocab_size are normally read from the shards' manifest, which a fresh checkout lacks
+    overrides = ["pretrain.seq_len=128", "pretrain.vocab_size=1024"] if has_pretrain else []
+    points = expand(load_config(SweepConfig, path, overrides))
     finetunes = [p for p in points if p.stage == "finetune"]
     assert len({p.name for p in points}) == len(points) and finetunes
     assert {p.values["inject_fraction"] for p in finetunes} >= {0.0, 0.01}
-    if has_pretrain:  # the ladder studies (demo, micro) also compare Anchored AdamW at p = 0
+    if path.stem == "micro":  # the study also compares Anchored AdamW at p = 0
         assert any(p.values["anchor_decay"] > 0 and p.values["inject_fraction"] == 0 for p in finetunes)
+
+
+def test_size_overrides_reach_only_that_sizes_finetunes(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["finetune"]["size_overrides"] = {"cpu-0.1m": ["optim.lr=5e-4"]}
+    path.write_text(yaml.safe_dump(doc))
+    for p in expand(load_config(SweepConfig, path)):
+        assert ("optim.lr=5e-4" in p.argv) == (p.stage == "finetune" and p.values["size"] == "cpu-0.1m")
+    doc["finetune"]["size_overrides"] = {"cpu-9m": ["optim.lr=5e-4"]}
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match="size_overrides: 'cpu-9m' is not a size of this sweep"):
+        expand(load_config(SweepConfig, path))

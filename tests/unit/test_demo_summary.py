@@ -1,0 +1,53 @@
+"""The demo's end screen, from a finished sweep folder: laws that can answer end on a planner answer in
+(0, 1]; a degenerate fit or a protocol failure ends on the refusal, exit 1, and no planner number."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from dist_forget import cli
+from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
+from dist_forget.laws.table import write_runs_csv
+from dist_forget.study.demo import summarize
+from tests.unit.test_study_protocol import make_sweep
+
+
+def finished_sweep(tmp_path, forgetting=None, **protocol_changes):
+    root = make_sweep(tmp_path / "sweep", **protocol_changes)
+    cfg = SyntheticConfig(sizes=(1.3e4, 2.7e4, 8.3e4), tokens=(2e4, 6e4), fractions=(0.0, 0.01, 0.05),
+                          domains=("legal",), noise=0.002)  # fmt: skip
+    if forgetting:
+        cfg.forgetting = forgetting
+    write_runs_csv(synthetic_runs(cfg), root / "runs.csv")
+    assert cli.main(["fit", "--runs", str(root / "runs.csv"), "--out", str(root / "fit"), "--holdout", "largest",
+                     "--bootstrap", "40"]) == 0  # fmt: skip
+    return root
+
+
+def test_laws_that_can_answer_end_on_a_plan_with_p_in_0_1(tmp_path, capsys):
+    root = finished_sweep(tmp_path)
+    capsys.readouterr()
+    assert summarize(root) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and "WARNING" not in out
+    assert "held-out MRE on N=83,000 (fitted without it)" in out
+    assert str(root / "fit" / "forgetting_vs_p_legal_forgetting.png") in out
+    p = float(re.search(r"smallest p with forgetting <= [\d.]+ nats/token: ([\d.e+-]+) \(", out).group(1))
+    assert 0 < p <= 1
+    assert "e+2" not in out and "inf" not in out  # nothing astronomically large or unbounded is printed
+
+
+@pytest.mark.parametrize(
+    "forgetting, changes, reason",
+    [({"A": 2.0, "alpha": 0.0, "beta": 0.3, "B": 1000.0}, {}, "fit warnings above"),  # no size effect
+     (None, {"best": (100, 300)}, "protocol not met: u_curve_bottom")],  # fmt: skip
+)
+def test_runs_that_cannot_answer_say_why_and_print_no_plan(tmp_path, capsys, forgetting, changes, reason):
+    root = finished_sweep(tmp_path, forgetting, **changes)
+    capsys.readouterr()
+    assert summarize(root) == 1
+    out = capsys.readouterr().out
+    assert f"These runs cannot answer the paper's questions ({reason})" in out
+    assert "smallest p with forgetting" not in out
