@@ -85,10 +85,8 @@ def _tracker(cfg: RunConfig, rank: int, run_name: str, out: Path, resumed_run_id
     $MLFLOW_RUN_ID names one). Params are the config as written, so a resume does not 'change' them."""
     if not cfg.tracking.enabled:
         return _NullTracker()
-    try:
-        from dist_forget.tracking import Tracker
-    except ImportError:  # tracking not installed in this tree: train anyway
-        return _NullTracker()
+    from dist_forget.tracking import Tracker  # imports mlflow: only when tracking
+
     tracking = cfg.tracking
     if resumed_run_id and not tracking.run_id and not os.environ.get("MLFLOW_RUN_ID"):
         tracking = replace(tracking, run_id=resumed_run_id)
