@@ -34,10 +34,8 @@ demo: install
 	$(BIN)/dist-forget demo
 
 # The micro study on the paper's protocol (about 2 hours on 2 idle cores, resumable) and its committed
-# report in reports/micro/. Its data: a 1024-token BPE and 128-token sequences, sized for its ladder.
-study: install
-	$(BIN)/dist-forget data prepare --out work/data-micro --vocab-size 1024 --seq-len 128 \
-		--domains english code legal medical
+# report in reports/micro/.
+study: data
 	$(BIN)/dist-forget sweep --config configs/sweep/micro.yaml
 	$(BIN)/dist-forget study report --sweep work/sweeps/micro --out reports/micro
 

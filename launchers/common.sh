@@ -1,5 +1,6 @@
 # Sourced by the launchers: environment defaults and the command each rank runs. No logic of its own.
-#   TARGET: a dist-forget subcommand (`finetune CONFIG key=value...`) or a Python script (`x.py args`).
+#   TARGET: a dist-forget command line without `dist-forget` (`finetune --config C key=value...`) or a
+#   Python script (`x.py args`).
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Use the project's virtualenv when there is one (a cluster may provide its own environment instead).
 if [[ -x "$root/.venv/bin/python" ]]; then export PATH="$root/.venv/bin:$PATH"; fi
@@ -11,7 +12,7 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
 fi
 export TOKENIZERS_PARALLELISM=false MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 if [[ $# -eq 0 ]]; then
-  echo "usage: $0 COMMAND [ARGS...]   (COMMAND: a dist-forget subcommand such as 'finetune', or a .py script)" >&2
+  echo "usage: $0 COMMAND [ARGS...]   (a dist-forget command line such as 'finetune --config C', or a .py script)" >&2
   exit 2
 fi
 if [[ "$1" == *.py ]]; then is_script=1; else is_script=0; fi

@@ -7,10 +7,10 @@
 #                each with its own NODE_RANK and the same MASTER_ADDR
 #   MASTER_ADDR  address of node 0 (needed with NODE_RANK); MASTER_PORT (default 29500)
 # Examples:
-#   NPROC=2 launchers/deepspeed.sh finetune configs/finetune/tiny.yaml engine.zero_stage=2
-#   HOSTFILE=launchers/hostfile.example launchers/deepspeed.sh finetune configs/finetune/tiny.yaml
-#   HOSTFILE=H NODE_RANK=0 MASTER_ADDR=10.0.0.1 launchers/deepspeed.sh finetune ...   # on node 0
-#   HOSTFILE=H NODE_RANK=1 MASTER_ADDR=10.0.0.1 launchers/deepspeed.sh finetune ...   # on node 1
+#   NPROC=2 launchers/deepspeed.sh finetune --config configs/finetune/zero2.yaml parallel.zero_stage=3
+#   HOSTFILE=launchers/hostfile.example launchers/deepspeed.sh finetune --config configs/finetune/zero2.yaml
+#   HOSTFILE=H NODE_RANK=0 MASTER_ADDR=10.0.0.1 launchers/deepspeed.sh finetune --config ...   # on node 0
+#   HOSTFILE=H NODE_RANK=1 MASTER_ADDR=10.0.0.1 launchers/deepspeed.sh finetune --config ...   # on node 1
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 # --no_local_rank: ranks read $LOCAL_RANK; a --local_rank=N word would break the CLI's parsing.

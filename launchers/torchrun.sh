@@ -5,8 +5,8 @@
 #   RDZV_ENDPOINT  host:port of the rendezvous, e.g. node 0 (default 127.0.0.1:29400)
 #   RDZV_ID        a job id shared by all nodes (default dist-forget)
 # Examples:
-#   NPROC=2 launchers/torchrun.sh finetune configs/finetune/tiny.yaml engine.zero_stage=2
-#   NNODES=2 NPROC=8 RDZV_ENDPOINT=10.0.0.1:29400 RDZV_ID=job42 launchers/torchrun.sh finetune ...  # each node
+#   NPROC=2 launchers/torchrun.sh finetune --config configs/finetune/tiny.yaml engine=deepspeed parallel.zero_stage=2
+#   NNODES=2 NPROC=8 RDZV_ENDPOINT=10.0.0.1:29400 RDZV_ID=job42 launchers/torchrun.sh finetune --config ...  # each node
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 args=(

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from dist_forget.convert.zero_to_hf import OPTIM, ZeroCheckpoint
+from dist_forget.data.mixture import reshard_state_dict
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir
 
@@ -36,15 +37,6 @@ def _stage12_group_flat(tensors: OrderedDict[str, torch.Tensor], paddings: list[
         if pad:
             parts.append(torch.zeros(pad, dtype=t.dtype))
     return torch.cat(parts)
-
-
-def _data_state(state: Any, world: int) -> Any:
-    try:
-        from dist_forget.data.mixture import reshard_state_dict
-    except ImportError:  # the data package is optional for raw DeepSpeed checkpoints
-        raise UserError("checkpoint has a data-stream state but dist_forget.data.mixture.reshard_state_dict "
-                        "is unavailable; install the full package to reshard it") from None
-    return reshard_state_dict(state, world)
 
 
 def reshard_checkpoint(src: Path, dst: Path, world_size: int, overwrite: bool = False) -> dict[str, Any]:
@@ -67,7 +59,7 @@ def reshard_checkpoint(src: Path, dst: Path, world_size: int, overwrite: bool = 
     if isinstance(model_states.get("ds_config"), dict) and "train_micro_batch_size_per_gpu" in model_states["ds_config"]:
         model_states["ds_config"] = dict(model_states["ds_config"])  # informative only; the new run's config rules
     if model_states.get("data") is not None:
-        model_states["data"] = _data_state(model_states["data"], w)
+        model_states["data"] = reshard_state_dict(model_states["data"], w)
 
     files: dict[str, dict[str, Any]] = {}
     if ckpt.stage <= 2:

@@ -68,7 +68,7 @@ def _sampled(corpora: list[Path], max_chars: int | None) -> Iterator[str]:
                 yield d[i]
 
 
-def tokenizer(corpus: list[str], out: Path, vocab_size: int = 8192, max_chars: int = 16_000_000) -> int:
+def tokenizer(corpus: list[str], out: Path, vocab_size: int = 1024, max_chars: int = 16_000_000) -> int:
     """Train a byte-level BPE tokenizer on corpora (domain dirs, .jsonl or .txt) and save tokenizer.json in OUT."""
     from dist_forget.data.tokenizer import TokenizerConfig, file_sha256, train_tokenizer
 
@@ -82,7 +82,7 @@ def tokenizer(corpus: list[str], out: Path, vocab_size: int = 8192, max_chars: i
     return 0
 
 
-def shard(corpus: Path, tokenizer: Path, out: Path, domain: str = "", seq_len: int = 256,
+def shard(corpus: Path, tokenizer: Path, out: Path, domain: str = "", seq_len: int = 128,
           val_fraction: float = 0.05, seed: int = 0, max_chars: int | None = None) -> int:
     """Tokenize a corpus into webdataset tar shards with manifest.json (train/val split by document)."""
     from dist_forget.data.documents import read_documents
@@ -139,7 +139,7 @@ def preview(target: Path, global_batch: int, steps: int, pretrain: Path | None =
     return 0
 
 
-def prepare(out: Path, domains: list[str] | None = None, vocab_size: int = 8192, seq_len: int = 256,
+def prepare(out: Path, domains: list[str] | None = None, vocab_size: int = 1024, seq_len: int = 128,
             max_target_chars: int = 6_000_000, tokenizer_chars: int = 12_000_000) -> int:
     """Fetch the corpora, train the tokenizer on the pretraining mix, and shard every domain (what `make data` runs).
 

@@ -63,11 +63,6 @@ class Batch:
     is_pretrain: torch.Tensor  # bool [B]
     global_indices: torch.Tensor  # int64 [B], positions in the global sequence order
 
-    @property
-    def pretrain_fraction(self) -> float:
-        """Observed share of pretraining sequences in this batch (log it next to the loss)."""
-        return float(self.is_pretrain.float().mean()) if len(self.is_pretrain) else 0.0
-
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.input_ids.to(device), self.is_pretrain.to(device), self.global_indices.to(device))
 
@@ -215,15 +210,6 @@ class MixedStream:
         batch = self.batch_at(self.consumed, micro_batch_size)
         self.consumed += micro_batch_size * self.world_size
         return batch
-
-    @property
-    def pretrain_sequences_consumed(self) -> int:
-        return int(pretrain_count(self.consumed, self.frac))
-
-    @property
-    def target_epochs(self) -> float:
-        """Passes over the D unique target tokens so far (all ranks together)."""
-        return (self.consumed - self.pretrain_sequences_consumed) / self.target_sequences
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "consumed": self.consumed, "world_size": self.world_size,

@@ -22,6 +22,10 @@ The trainer (engine/trainer.py) knows nothing about DeepSpeed or Megatron. It as
    names on rank 0 (empty dict on other ranks), for exporting an HF folder.
 7. `all_reduce_sum(values)`, `barrier()`, `close()`.
 
+Shared by the backends (one copy each): `_join_world()` (launcher environment → rank, device and the
+process-group backend; a plain process is a world of one), `_autocast()` (bf16 autocast when the run's
+precision is bf16) and `_sum()` (an exact fp64 all-reduce of a few floats over a process group).
+
 Backends: `single` (plain PyTorch, one process), `deepspeed` (ZeRO stage 0-3 from `parallel.zero_stage`),
 `megatron` (tensor parallel; dist_forget/engine/megatron_backend.py). `make_backend(name, cfg)` picks one;
 the registry below is the one place to add another.
@@ -29,6 +33,7 @@ the registry below is the one place to add another.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from abc import ABC, abstractmethod
@@ -41,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from dist_forget.errors import UserError
+from dist_forget.net import free_port
 
 BACKENDS: dict[str, str] = {
     "single": "dist_forget.engine.single:SingleBackend",
@@ -127,9 +133,7 @@ class Backend(ABC):
         """Sum `values` over all ranks (fp64, so counts stay exact)."""
         if self.world_size == 1:
             return [float(v) for v in values]
-        t = torch.tensor(list(values), dtype=torch.float64, device=self._comm_device())
-        torch.distributed.all_reduce(t)
-        return [float(v) for v in t.tolist()]
+        return self._sum(values)
 
     def dp_all_reduce_sum(self, values: Sequence[float]) -> list[float]:
         """Sum over data-parallel ranks only; backends with model parallelism override this."""
@@ -147,18 +151,41 @@ class Backend(ABC):
         # gloo reduces CPU tensors, NCCL CUDA tensors
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
+    def _sum(self, values: Sequence[float], group: Any = None) -> list[float]:
+        """Sum `values` over the ranks of `group` (default: all) in fp64; a collective of that group."""
+        t = torch.tensor(list(values), dtype=torch.float64, device=self._comm_device())
+        torch.distributed.all_reduce(t, group=group)
+        return [float(v) for v in t.tolist()]
+
+    def _join_world(self) -> Literal["nccl", "gloo"]:
+        """Read rank and world from the launcher's environment (a plain process without a launcher is a
+        world of one on a free local port), pick the device, and return the process-group backend:
+        NCCL with one GPU per local rank, else gloo with one share of the CPU cores per rank."""
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        rank, world, local_rank, local_world = env_world()
+        self.rank, self.world_size, self.local_rank = rank, world, local_rank
+        self.dp_rank, self.dp_size = rank, world  # model-parallel backends narrow these once their groups exist
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+            return "nccl"
+        set_cpu_threads(local_world)
+        return "gloo"
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast for forward passes when the run's precision is bf16 (weights stay fp32)."""
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
 
 def make_backend(name: str, cfg: BackendConfig) -> Backend:
     if name not in BACKENDS:
         raise UserError(f"engine = {name!r} is not a backend; choose one of: {', '.join(BACKENDS)}")
     module, _, cls = BACKENDS[name].partition(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            raise UserError(f"engine = {name!r} is not available in this install ({module} missing)") from None
-        raise
-    return getattr(mod, cls)(cfg)
+    return getattr(importlib.import_module(module), cls)(cfg)
 
 
 def causal_lm_loss_sum(model: nn.Module, input_ids: Tensor) -> tuple[Tensor, int]:

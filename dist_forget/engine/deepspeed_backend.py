@@ -25,11 +25,8 @@ from dist_forget.engine.backend import (
     OptimizerFactory,
     StepResult,
     causal_lm_loss_sum,
-    env_world,
-    set_cpu_threads,
 )
 from dist_forget.errors import UserError
-from dist_forget.net import free_port
 from dist_forget.safeload import deepspeed_safe_globals, make_safe_checkpoint_engine, verify_pt_files
 
 
@@ -38,27 +35,16 @@ class DeepSpeedBackend(Backend):
 
     def init_distributed(self) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-        if "RANK" not in os.environ:  # plain `dist-forget finetune` without a launcher: a world of one
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        backend = self._join_world()
         import deepspeed
         import deepspeed.ops
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         deepspeed.utils.logger.setLevel(logging.WARNING)
-        rank, world, local_rank, local_world = env_world()
-        if torch.cuda.is_available():
-            self.device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(self.device)
-            backend = "nccl"
-        else:
+        if backend == "gloo":
             # the shm comm op compiles for ~75 s on first use; ZeRO works without it (platform-facts)
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-            set_cpu_threads(local_world)
-            backend = "gloo"
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
-        self.rank, self.world_size, self.local_rank = rank, world, local_rank
-        self.dp_rank, self.dp_size = rank, world
 
     def build(self, model_factory: ModelFactory, optimizer_factory: OptimizerFactory, micro_batch: int,
               grad_accum: int) -> None:
@@ -82,7 +68,6 @@ class DeepSpeedBackend(Backend):
         # DeepSpeed's TorchCheckpointEngine unpickles with weights_only=False: load through ours instead
         self.engine.checkpoint_engine = make_safe_checkpoint_engine(self.engine.checkpoint_engine)
         self.engine.train()
-        self.grad_accum = grad_accum
 
     def train_step(self, micro_batches: Sequence[Tensor], lr: float) -> StepResult:
         for group in self.optimizer.param_groups:

@@ -29,9 +29,7 @@ writes, so `convert megatron-to-hf` reads either.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,12 +52,10 @@ from dist_forget.engine.backend import (
     OptimizerFactory,
     StepResult,
     env_world,
-    set_cpu_threads,
 )
 from dist_forget.errors import UserError
 from dist_forget.io import write_json_atomic
 from dist_forget.models import megatron as M
-from dist_forget.net import free_port
 from dist_forget.safeload import load_pt
 
 
@@ -79,25 +75,15 @@ class MegatronBackend(Backend):
         self.tp_rank, self.pp_rank = 0, 0
 
     def init_distributed(self) -> None:
-        rank, world, local_rank, local_world = env_world()
+        _, world, _, _ = env_world()
         mp = self.tp * self.pp
         if world % mp:
             raise UserError(f"parallel.tp={self.tp} x parallel.pp={self.pp} does not divide the number of "
                             f"processes {world}; launch a multiple of {mp} ranks (torchrun --nproc_per_node {mp})")
-        if "RANK" not in os.environ:  # plain `dist-forget finetune` without a launcher: a world of one
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-        if torch.cuda.is_available():
-            self.device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(self.device)
-            backend = "nccl"
-        else:
-            set_cpu_threads(local_world)
-            backend = "gloo"
+        backend = self._join_world()
         if not dist.is_initialized():
-            dist.init_process_group(backend, rank=rank, world_size=world)
+            dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
         M.init_model_parallel(self.tp, self.cfg.parallel.pp)
-        self.rank, self.world_size, self.local_rank = rank, world, local_rank
         self.tp_rank, _ = M.tp_rank_size()
         self.pp_rank, _ = M.pp_rank_size()
         self.dp_rank, self.dp_size = M.dp_rank_size()
@@ -124,12 +110,6 @@ class MegatronBackend(Backend):
         self.model.train()
         self.optimizer = optimizer_factory(self.model)
         self.param_names = self.model.param_name_map()
-        self.grad_accum = grad_accum
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def _dp_group(self):
         from megatron.core import parallel_state
@@ -204,10 +184,8 @@ class MegatronBackend(Backend):
             return values
         from megatron.core import parallel_state as ps
 
-        t = torch.tensor(values if self.model.last else [0.0] * len(values), dtype=torch.float64,
-                         device=self._comm_device())
-        dist.all_reduce(t, group=ps.get_pipeline_model_parallel_group())
-        return [float(v) for v in t.tolist()]
+        mine = values if self.model.last else [0.0] * len(values)
+        return self._sum(mine, ps.get_pipeline_model_parallel_group())
 
     def _sum_tied_embedding_grads(self) -> None:
         """The first stage's embedding and the last stage's head are one tied tensor: sum their grads."""
@@ -280,9 +258,7 @@ class MegatronBackend(Backend):
     def dp_all_reduce_sum(self, values: Sequence[float]) -> list[float]:
         if self.dp_size == 1:
             return [float(v) for v in values]
-        t = torch.tensor(list(values), dtype=torch.float64, device=self._comm_device())
-        dist.all_reduce(t, group=self._dp_group())
-        return [float(v) for v in t.tolist()]
+        return self._sum(values, self._dp_group())
 
     def close(self) -> None:
         from megatron.core import parallel_state

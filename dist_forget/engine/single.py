@@ -6,7 +6,6 @@ Checkpoint layout mirrors a DeepSpeed stage-0 checkpoint (`<tag>/mp_rank_00_mode
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -44,12 +43,6 @@ class SingleBackend(Backend):
         self.model = model_factory().to(self.device)
         self.model.train()
         self.optimizer = optimizer_factory(self.model)
-        self.grad_accum = grad_accum
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def train_step(self, micro_batches: Sequence[Tensor], lr: float) -> StepResult:
         for group in self.optimizer.param_groups:

@@ -40,9 +40,14 @@ from dist_forget.errors import UserError
 from dist_forget.io import write_json_atomic, write_text_atomic
 from dist_forget.models import hf
 from dist_forget.redact import redact_tree
-
-SUMMARY_KEYS = ("domain", "model_params", "target_tokens", "inject_fraction", "anchor_decay", "ft_loss",
-                "pt_loss", "pt_loss_base", "ft_loss_base", "steps", "run_id")
+from dist_forget.schema import (
+    METRICS_FILE,
+    SUMMARY_FILE,
+    eval_record,
+    read_metrics,
+    summary_row,
+    train_record,
+)
 
 
 @dataclass
@@ -88,10 +93,8 @@ def _tracker(cfg: RunConfig, rank: int, run_name: str, out: Path, resumed_run_id
     $MLFLOW_RUN_ID names one). Params are the config as written, so a resume does not 'change' them."""
     if not cfg.tracking.enabled:
         return _NullTracker()
-    try:
-        from dist_forget.tracking import Tracker
-    except ImportError:  # tracking not installed in this tree: train anyway
-        return _NullTracker()
+    from dist_forget.tracking import Tracker  # imports mlflow: only when tracking
+
     tracking = cfg.tracking
     if resumed_run_id and not tracking.run_id and not os.environ.get("MLFLOW_RUN_ID"):
         tracking = replace(tracking, run_id=resumed_run_id)
@@ -171,27 +174,23 @@ def _make_optimizer(cfg: RunConfig) -> Any:
 
 
 class _Log:
-    """metrics.jsonl on rank 0: one JSON object per step or evaluation."""
+    """metrics.jsonl on rank 0: one JSON object per step or evaluation (records: dist_forget/schema.py)."""
 
     def __init__(self, path: Path, rank: int, keep_until: int | None):
         self.path, self.rank = path, rank
         if rank != 0:
             return
-        lines: list[str] = []
+        kept: list[dict[str, Any]] = []
         if keep_until is not None and path.is_file():
             # a resumed run drops what the interrupted run logged after its checkpoint
-            lines = [ln for ln in path.read_text().splitlines()
-                     if ln.strip() and json.loads(ln)["step"] <= keep_until]
-        write_text_atomic(path, "".join(ln + "\n" for ln in lines))
+            kept = read_metrics(path, until_step=keep_until)
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         self.fh = open(path, "a")  # noqa: SIM115 - open for the whole run
 
     def write(self, record: dict[str, Any]) -> None:
         if self.rank == 0:
             self.fh.write(json.dumps(record) + "\n")
             self.fh.flush()
-
-    def records(self) -> list[dict[str, Any]]:
-        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
 
     def close(self) -> None:
         if self.rank == 0:
@@ -283,7 +282,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
     # an error or Ctrl-C still sends what is queued and closes the MLflow run as FAILED / KILLED
     cleanup.push(lambda exc_type, *_: tracker.finish(_end_status(exc_type)))
     state.mlflow_run_id = tracker.run_id or state.mlflow_run_id
-    log = _Log(out / "metrics.jsonl", backend.rank, state.step if resume_path is not None else None)
+    log = _Log(out / METRICS_FILE, backend.rank, state.step if resume_path is not None else None)
     cleanup.callback(log.close)
     if rank0:
         write_json_atomic(out / "run_config.json", safe_cfg)
@@ -322,7 +321,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
             state.pretrain_sequences_at_best = state.pretrain_sequences
         else:
             state.bad_evals += 1
-        log.write({"kind": "eval", "step": step, "ft_loss": ft, "pt_loss": pt})
+        log.write(eval_record(step, ft, pt))
         tracker.log_metrics({"val/ft_loss": ft, "val/pt_loss": pt, "val/best_ft_loss": state.best_ft}, step)
         say(f"eval step {step}: ft_loss {ft:.4f}  pt_loss {pt:.4f}  (best ft {state.best_ft:.4f} at step "
             f"{state.best_step}{', new best' if best else ''})", flush=True)
@@ -366,7 +365,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         metrics = {"loss": result.loss, "lr": lr, "grad_norm": result.grad_norm, "tokens_per_s": tok_s,
                    "mfu": fpt * tok_s / peak, "inject_fraction": n_pre / n_seq,
                    "inject_fraction_cum": state.pretrain_sequences / state.sequences}
-        log.write({"kind": "train", "step": state.step, **metrics})
+        log.write(train_record(state.step, metrics))
         tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, state.step)
         eta = timer.mean() * (s.steps - state.step)
         say(f"step {state.step}/{s.steps} | loss {result.loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
@@ -392,7 +391,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         ckpt.save(state.step, client_state(), meta(), is_best=False, hf_config=hf_config.to_dict())
     export("model")
 
-    summary = {
+    summary = summary_row({
         "domain": cfg.domain or Path(cfg.data.target).name,
         "model_params": n_params,
         "target_tokens": stream.unique_target_tokens,
@@ -404,9 +403,9 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         "ft_loss_base": state.ft_loss_base,
         "steps": state.best_step,
         "run_id": state.mlflow_run_id or f"local:{out.resolve()}",
-    }
+    })
     if rank0:
-        write_json_atomic(out / "summary.json", summary)
+        write_json_atomic(out / SUMMARY_FILE, summary)
         report = {**asdict(state), "mode": mode, "steps_trained": state.step, "stopped_early": stopped_early,
                   "total_params": sig["total_params"], "world_size": backend.world_size, "engine": cfg.engine,
                   "tokens_per_s": tokens_per_step / timer.mean() if timer.times else None,
@@ -414,28 +413,25 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
                   "inject_fraction_observed": (state.pretrain_sequences / state.sequences
                                                if state.sequences else None)}
         write_json_atomic(out / "report.json", report)
-        plot = _plot(log.records(), out / "loss_curves.png")
-        for path in (out / "summary.json", out / "report.json", plot):
-            if path is not None:
-                tracker.log_artifact(path)
+        plot = _plot(out / METRICS_FILE, out / "loss_curves.png")
+        for path in (out / SUMMARY_FILE, out / "report.json", plot):
+            tracker.log_artifact(path)
         say(f"done: {state.step} steps; best target loss {state.best_ft:.4f} at step {state.best_step} "
             f"(pretraining loss there {state.best_pt:.4f}, base {state.pt_loss_base:.4f}, forgetting "
-            f"{state.best_pt - state.pt_loss_base:+.4f} nats/token); summary {out / 'summary.json'}", flush=True)
+            f"{state.best_pt - state.pt_loss_base:+.4f} nats/token); summary {out / SUMMARY_FILE}", flush=True)
     log.close()
     tracker.finish("FINISHED")
     return summary
 
 
-def _plot(records: list[dict[str, Any]], path: Path) -> Path | None:
-    try:
-        import matplotlib
+def _plot(metrics: Path, path: Path) -> Path:
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    train_pts = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
-    evals = [r for r in records if r.get("kind") == "eval"]
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train_pts = [(r["step"], r["loss"]) for r in read_metrics(metrics, "train")]
+    evals = read_metrics(metrics, "eval")
     fig, ax = plt.subplots(figsize=(7, 4))
     if train_pts:
         ax.plot(*zip(*train_pts), lw=0.8, alpha=0.6, label="train loss")

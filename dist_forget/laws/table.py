@@ -1,7 +1,7 @@
 """The runs table: one row per finetuning run, read from CSV, Parquet, summary.json files or MLflow.
 
 The engine writes a `summary.json` per run with exactly the keys in SUMMARY_KEYS; the sweep collects
-them. Every row remembers where it came from (`runs.csv line 7`, `sweep/r3/summary.json`) so that a bad
+them. The columns are defined once, in dist_forget/schema.py. Every row remembers where it came from (`runs.csv line 7`, `sweep/r3/summary.json`) so that a bad
 value is reported by name, in one line, before any fitting starts.
 """
 
@@ -20,14 +20,14 @@ import numpy as np
 
 from dist_forget.errors import UserError
 from dist_forget.redact import redact_uri
-
-SIZE_COLUMNS = ("model_params", "target_tokens")
-LOSS_COLUMNS = ("ft_loss", "pt_loss", "pt_loss_base")
-NUMERIC_COLUMNS = ("model_params", "target_tokens", "inject_fraction", "anchor_decay") + LOSS_COLUMNS
-REQUIRED_COLUMNS = ("domain",) + NUMERIC_COLUMNS
-# Read when present: the starting model's target loss (the Kalajdzievski form relates forgetting to it).
-OPTIONAL_COLUMNS = ("ft_loss_base",)
-SUMMARY_KEYS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS + ("steps", "run_id")
+from dist_forget.schema import (
+    LOSS_COLUMNS,
+    NUMERIC_COLUMNS,
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    SIZE_COLUMNS,
+    SUMMARY_KEYS,
+)
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -150,6 +149,3 @@ def resolve_init(init_from: str, cache_dir: str | Path) -> Path:
     raise UserError(f"model.init_from = {init_from}: no config.json there or in {path / 'model'}; "
                     "pass an HF folder, a finished run folder, or smollm2")
 
-
-def read_config_json(folder: Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / "config.json").read_text())

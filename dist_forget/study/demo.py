@@ -21,9 +21,8 @@ from typing import Any
 from dist_forget.config import load_config
 from dist_forget.errors import UserError
 
-DEMO_DATA = Path("work/data-micro")
+DEMO_DATA = Path("work/data")
 DEMO_DOMAINS = ["english", "legal"]  # the pretraining mix and the demo's target
-DEMO_VOCAB, DEMO_SEQ_LEN = 1024, 128  # a vocabulary sized for 13k-83k parameter models
 LAWS = ("finetune", "forgetting")
 
 
@@ -43,7 +42,7 @@ def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.0, b
     root = sweep_dir(cfg)
 
     print("== demo 1/4: real text -> tokenizer -> shards", flush=True)
-    prepare(out=DEMO_DATA, domains=DEMO_DOMAINS, vocab_size=DEMO_VOCAB, seq_len=DEMO_SEQ_LEN)
+    prepare(out=DEMO_DATA, domains=DEMO_DOMAINS)
 
     print("\n== demo 2/4: pretrain the ladder, finetune the grid, fit the laws (held out: largest size)",
           flush=True)

@@ -24,6 +24,7 @@ from dist_forget.laws.forms import get_form
 from dist_forget.laws.pipeline import fit_runs
 from dist_forget.laws.report import _finite, _pct, plot_all, report_markdown
 from dist_forget.laws.table import read_runs
+from dist_forget.schema import METRICS_FILE, read_metrics
 from dist_forget.study import findings as fd
 from dist_forget.study import protocol
 
@@ -431,10 +432,10 @@ def _curves(sweep: Path, runs: list[fd.Run]) -> dict[str, tuple[float, float, li
     for r in sorted(runs, key=lambda r: (r.p, r.n)):
         if (r.domain, r.d, r.a, r.seed) != (domain, d, 0.0, 0) or r.p not in (0.0, p_max):
             continue
-        path = sweep / "finetune" / r.name / "metrics.jsonl"
+        path = sweep / "finetune" / r.name / METRICS_FILE
         if not path.is_file():
             continue
-        evals = [json.loads(line) for line in path.read_text().splitlines() if '"eval"' in line]
+        evals = read_metrics(path, "eval")
         out[r.name] = (r.n, r.p, [e["step"] for e in evals], [e["ft_loss"] for e in evals],
                        [e["pt_loss"] for e in evals])  # fmt: skip
     return out

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,12 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from dist_forget.errors import UserError
-from dist_forget.io import atomic_path
+from dist_forget.laws.table import from_rows, write_runs_csv
 from dist_forget.sweep.grid import Point
 from dist_forget.tracking.fallback import FALLBACK_NAME
-
-SUMMARY_COLUMNS = ("run_id", "domain", "model_params", "target_tokens", "inject_fraction", "anchor_decay",
-                   "ft_loss", "pt_loss", "pt_loss_base", "steps")  # fmt: skip
 
 
 def sync_fallbacks(points: list[Point], say: Any = print) -> None:
@@ -43,26 +38,13 @@ def write_runs_table(points: list[Point], path: Path) -> int:
             sources.append(str(p.summary))
     if not rows:
         return 0
-    try:  # the laws' reader validates every value and names the bad run
-        from dist_forget.laws.table import from_rows, write_runs_csv
-    except ImportError:
-        from_rows = None
-    if from_rows is not None:
-        write_runs_csv(from_rows(rows, sources, str(path.parent)), path)
-        return len(rows)
-    columns = list(SUMMARY_COLUMNS) + sorted({k for r in rows for k in r} - set(SUMMARY_COLUMNS))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    # the laws' reader validates every value and names the bad run; its writer owns the column order
+    write_runs_csv(from_rows(rows, sources, str(path.parent)), path)
     return len(rows)
 
 
-def run_fit(args: list[str], runs_csv: Path, root: Path, say: Any = print) -> bool | None:
-    """`dist-forget fit ARGS` on the table; None when the law fitter is not installed."""
-    if importlib.util.find_spec("dist_forget.laws.commands") is None:
-        say("note: the law fitter (dist_forget.laws.commands) is not available; skipping the fit")
-        return None
+def run_fit(args: list[str], runs_csv: Path, root: Path, say: Any = print) -> bool:
+    """`dist-forget fit ARGS` on the table (a subprocess, like any run); whether it succeeded."""
     filled = [a.format(runs_csv=runs_csv, sweep_dir=root) for a in args]
     cmd = [sys.executable, "-m", "dist_forget.cli", "fit", *filled]
     say(f"fit: {' '.join(cmd[2:])}")

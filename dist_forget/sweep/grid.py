@@ -17,6 +17,7 @@ from typing import Any
 from dist_forget.config import merge, parse_overrides, read_yaml
 from dist_forget.errors import UserError
 from dist_forget.models.ladder import shape_of
+from dist_forget.schema import SUMMARY_FILE
 from dist_forget.sweep.config import Grid, SweepConfig
 
 
@@ -31,7 +32,7 @@ class Point:
 
     @property
     def summary(self) -> Path:
-        return Path(self.out_dir) / "summary.json"
+        return Path(self.out_dir) / SUMMARY_FILE
 
     def done(self) -> bool:
         return self.summary.is_file()

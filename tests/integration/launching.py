@@ -4,8 +4,8 @@ For other tests too (the engine's 2-node vs 2-rank finetune comparison): each re
 processes, with stdout/stderr, after checking they all exited 0.
 
     from tests.integration.launching import two_node_deepspeed, torchrun
-    two_node_deepspeed(["finetune", str(cfg), "engine.zero_stage=2"], tmp_path)
-    torchrun(["finetune", str(cfg)], nproc=2)
+    two_node_deepspeed(["finetune", "--config", str(cfg), "parallel.zero_stage=2"], tmp_path)
+    torchrun(["finetune", "--config", str(cfg)], nproc=2)
 """
 
 from __future__ import annotations
@@ -45,6 +45,18 @@ def _check(procs: list[subprocess.Popen[str]], timeout_s: float) -> list[subproc
     return done
 
 
+def run_together(
+    commands: list[tuple[list[str], dict[str, str]]], cwd: Path = ROOT, timeout_s: float = 600
+) -> list[subprocess.CompletedProcess[str]]:
+    """Start every (argv, env) at once, each in its own process group, and wait for all (see `_check`)."""
+    procs = [
+        subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+        for argv, env in commands
+    ]  # fmt: skip
+    return _check(procs, timeout_s)
+
+
 def two_node_deepspeed(
     args: list[str], work_dir: Path, timeout_s: float = 600
 ) -> list[subprocess.CompletedProcess[str]]:
@@ -52,15 +64,9 @@ def two_node_deepspeed(
     hostfile = work_dir / "hostfile"
     hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")  # two names, both loopback
     port = str(free_port())
-    procs = [
-        subprocess.Popen(
-            [str(LAUNCHERS / "deepspeed.sh"), *args],
-            env=_env(HOSTFILE=str(hostfile), NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )
-        for rank in (0, 1)
-    ]  # fmt: skip
-    return _check(procs, timeout_s)
+    env = {"HOSTFILE": str(hostfile), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    return run_together([([str(LAUNCHERS / "deepspeed.sh"), *args], _env(**env, NODE_RANK=str(rank)))
+                         for rank in (0, 1)], timeout_s=timeout_s)  # fmt: skip
 
 
 def torchrun(
@@ -69,11 +75,4 @@ def torchrun(
     """`nnodes` torchrun invocations (c10d rendezvous on loopback), `nproc` ranks each."""
     endpoint = f"127.0.0.1:{free_port()}"
     env = _env(NPROC=str(nproc), NNODES=str(nnodes), RDZV_ENDPOINT=endpoint, RDZV_ID=f"test-{os.getpid()}")
-    procs = [
-        subprocess.Popen(
-            [str(LAUNCHERS / "torchrun.sh"), *args],
-            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )
-        for _ in range(nnodes)
-    ]  # fmt: skip
-    return _check(procs, timeout_s)
+    return run_together([([str(LAUNCHERS / "torchrun.sh"), *args], env) for _ in range(nnodes)], timeout_s=timeout_s)

@@ -25,10 +25,9 @@ TOY = ["schedule.steps=2", "schedule.warmup=1", "train.eval_sequences=8", "train
 
 
 def _on_tiny_data(doc: dict, tiny_data, out: Path) -> dict:
-    english = "work/data-micro/shards/english"
     doc["out_dir"] = str(out)
-    doc["pretrain"]["overrides"] = [o.replace(english, str(tiny_data.english)) for o in doc["pretrain"]["overrides"]]
-    doc["finetune"]["overrides"] = [o.replace(english, str(tiny_data.english)) for o in doc["finetune"]["overrides"]]
+    doc["pretrain"]["overrides"] += [f"data.target={tiny_data.english}"]
+    doc["finetune"]["overrides"] += [f"data.pretrain={tiny_data.english}"]
     doc["finetune"]["domains"] = {name: str(tiny_data.code) for name in doc["finetune"]["domains"]}
     doc["tracking"] = {"enabled": False}
     return doc

@@ -16,9 +16,10 @@ from dist_forget.config import load_config
 from dist_forget.engine.checkpoint import CheckpointManager
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.schedule import lr_at
-from dist_forget.engine.trainer import SUMMARY_KEYS, train
+from dist_forget.engine.trainer import train
 from dist_forget.errors import UserError
 from dist_forget.models import hf
+from dist_forget.schema import SUMMARY_KEYS
 from tests.conftest import tiny_finetune_overrides
 
 CONFIG = Path(__file__).parents[2] / "configs" / "finetune" / "tiny.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,9 @@ def test_area_imports_only_what_lies_below_it(area):
         for name in _imports(path):
             bad = [f for f in FORBIDDEN[area] if name == f or name.startswith(f + ".")]
             assert not bad, f"{path.relative_to(PACKAGE.parent)} imports {name}, which {area}/ must not depend on"
+
+
+def test_schema_needs_only_the_standard_library():
+    """The runs-table and metrics.jsonl formats are read by torch-free stages (laws/, sweep/, study/)."""
+    names = _imports(PACKAGE / "schema.py")
+    assert {n.split(".")[0] for n in names} <= set(sys.stdlib_module_names) | {"__future__"}, names

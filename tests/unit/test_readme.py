@@ -1,4 +1,6 @@
-"""Every `dist-forget ...` command in README.md and the Makefile names a real subcommand with flags it accepts."""
+"""Every `dist-forget ...` command in README.md and the Makefile, and every launcher example in README.md and
+the launchers' comments, names a real subcommand with flags it accepts (running them: tests/integration/
+test_readme_runs.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,10 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from dist_forget import cli
+from dist_forget.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -36,3 +41,45 @@ def test_readme_commands_parse():
         parser = argparse.ArgumentParser(exit_on_error=False)
         cli.add_signature_arguments(parser, cli._resolve(cli.COMMANDS[key]))
         parser.parse_args(words[len(key):])  # raises on an unknown flag or a badly typed value
+
+
+LAUNCHED = re.compile(r"(?:^|\s)launchers/(?:deepspeed\.sh|torchrun\.sh|slurm\.sbatch)\s+(.*)$")
+
+
+def _launcher_lines() -> list[tuple[str, str]]:
+    """(where, what follows the launcher) for every launcher example: README.md's shell blocks and the
+    comments of the launchers themselves (the words after a launcher are a dist-forget command line)."""
+    found = []
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    sources = [("README.md", [ln for b in blocks for ln in b.splitlines() if not ln.lstrip().startswith("#")])]
+    for script in ("deepspeed.sh", "torchrun.sh", "slurm.sbatch"):
+        lines = (ROOT / "launchers" / script).read_text().splitlines()
+        sources.append((f"launchers/{script}", [ln.lstrip("#") for ln in lines if ln.startswith("#")]))
+    for where, lines in sources:
+        for line in lines:
+            match = LAUNCHED.search(line.split("  #")[0].strip())
+            if match:
+                found.append((where, match.group(1)))
+    return found
+
+
+@pytest.mark.parametrize(("where", "args"), _launcher_lines(), ids=[f"{w}-{i}" for i, (w, _) in enumerate(_launcher_lines())])
+def test_launcher_examples_are_valid_command_lines(where: str, args: str):
+    words = shlex.split(args)
+    key = next((k for k in cli.COMMANDS if tuple(words[: len(k)]) == k), None)
+    assert key is not None, f"{where}: a launcher runs an unknown command: {args}"
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    cli.add_signature_arguments(parser, cli._resolve(cli.COMMANDS[key]))
+    try:
+        ns = parser.parse_args(words[len(key):])
+    except (argparse.ArgumentError, SystemExit) as exc:
+        pytest.fail(f"{where}: `dist-forget {args}` does not parse ({exc})")
+    if "..." not in words:  # a whole example: its config and overrides load (keys and types checked)
+        from dist_forget.engine.config import RunConfig
+
+        load_config(RunConfig, ROOT / ns.config, ns.overrides)
+
+
+def test_every_launcher_is_shown_with_a_command():
+    shown = {where for where, _ in _launcher_lines()}
+    assert shown == {"README.md", "launchers/deepspeed.sh", "launchers/torchrun.sh", "launchers/slurm.sbatch"}

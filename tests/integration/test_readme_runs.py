@@ -1,0 +1,235 @@
+"""README.md runs as written: every `dist-forget` line of its pipeline block, in order, and its launcher lines.
+
+The lines are read from README.md (never copied here) and run in a scratch folder laid out like the
+repository: `configs/` and `launchers/` link to the real ones, and every relative path the README names
+(`work/...`, `hf/`, `meg/`) is made there by the commands themselves, in README order. What the test adds,
+and nothing else (a README line that needs more than this fails the test):
+
+- sizes, added to a line (the table `SIZES`; overrides go right after `--config C`): the corpora are the tiny samples in tests/data, seeded as
+  already fetched (fetching needs the Debian/PyPI registries: tests/unit/test_data_corpora.py), with a
+  512-token vocabulary and 64-token sequences; every run takes 4 steps of 4 sequences; the sweep pretrains
+  its ladder 4 steps, finetunes on D in {2048, 4096} (Anchored AdamW at the smaller D only) and its
+  fit draws 10 bootstrap samples, like the other fits;
+- one path: the convert lines name the checkpoint of step 100, which the 4-step run calls step-00000004;
+- MLflow is down while the `--resume auto` line runs (its store's folder is a plain file) and back before
+  `track sync`, so that the sync line has metrics to upload; sweep runs are not tracked (time);
+- launcher lines: `out_dir=work/launch-<i>` each (they would share one), free ports instead of the defaults
+  29500/29400 that other jobs on a machine may hold.
+
+`plan` may answer "no p in [0, 1] meets the budget" on these barely trained models, which is its exit 1:
+0 or 1 both mean that the line ran. Launcher lines that are not run, and why, are in `NOT_RUN`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dist_forget.data.documents import DOCUMENTS
+from dist_forget.data.tokenizer import file_sha256
+from dist_forget.net import free_port
+from tests.integration.launching import ROOT, run_together
+
+pytestmark = pytest.mark.slow
+README = ROOT / "README.md"
+DATA = ROOT / "tests" / "data"
+
+RUN = ["schedule.steps=4", "schedule.warmup=1", "train.batch_size=4", "train.micro_batch=2", "train.eval_every=2",
+       "train.eval_sequences=8", "checkpoint.every=2", "train.peak_flops=1e11"]  # peak fixed: no matmul timing
+SWEEP_RUN = ["train.eval_sequences=8", "train.peak_flops=1e11", "tracking.enabled=false"]
+SWEEP = [
+    "tracking.enabled=false",
+    "pretrain.tokens_per_param=0.01", "pretrain.min_tokens=1024", "pretrain.batch_size=4",  # 4 steps each
+    "pretrain.overrides=" + json.dumps(["optim.lr=6.0e-3", "schedule.warmup=1", "train.eval_every=0",
+                                        "checkpoint.every=0", *SWEEP_RUN]),
+    "finetune.overrides=" + json.dumps(["schedule.steps=4", "schedule.warmup=1", "train.batch_size=4",
+                                        "train.micro_batch=4", "train.eval_every=2", *SWEEP_RUN]),
+    "grid.target_tokens=[2048,4096]", "grid.inject_fraction=[0.0,0.01]", "pretrain.count=non_embedding",
+    'finetune.domains={"legal": "work/data/shards/code"}',  # the tiny samples have no legal text
+    'extra_grids=[{"inject_fraction": [0.0], "anchor_decay": [10.0], "target_tokens": [2048]}]',  # 1 per size
+    "fit.args=" + json.dumps(["--runs", "{runs_csv}", "--out", "{sweep_dir}/fit", "--holdout", "largest",
+                              "--bootstrap", "10"]),
+]  # fmt: skip
+# (a README line matching the pattern) -> the size words added to it; the first match wins
+SIZES: list[tuple[str, list[str]]] = [
+    (r"^dist-forget data prepare", ["--domains", "english", "code", "--vocab-size", "512", "--seq-len", "64"]),
+    (r"^dist-forget data preview", ["--target-tokens", "4096"]),
+    (r"^dist-forget (pretrain|finetune) .*--resume auto", [*RUN, "schedule.steps=6"]),  # continues 4 -> 6
+    (r"^dist-forget (pretrain|finetune) ", RUN),
+    (r"^dist-forget sweep ", SWEEP),
+    (r"^dist-forget (fit|study report) ", ["--bootstrap", "10"]),
+    (r"launchers/(deepspeed|torchrun)\.sh finetune ", RUN),
+]
+PATHS = {"step-00000100": "step-00000004"}  # the convert lines' checkpoint: the last step of a 4-step run
+NOT_RUN = {
+    "HOSTFILE=launchers/hostfile.example": "starts node-a and node-b over ssh (pdsh); CI has neither",
+    "sbatch ": "needs a SLURM cluster",
+    "NNODES=2 NPROC=8": "8 ranks per node on 2 cores; its c10d rendezvous is what the NPROC=2 torchrun line "
+                        "runs (and tests/integration/test_launchers.py)",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Line:
+    text: str  # as in README.md, continuations joined, without its comment
+    words: list[str]  # to run: optional [parts] kept without their brackets, sizes added
+
+
+def _blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def _lines(block: str) -> Iterator[str]:
+    for line in block.replace("\\\n", " ").splitlines():
+        line = " ".join(shlex.split(line, comments=True))
+        if line:
+            yield line
+
+
+def _with_sizes(text: str) -> Line:
+    words = [w.strip("[]") for w in shlex.split(text)]
+    for old, new in PATHS.items():
+        words = [w.replace(old, new) for w in words]
+    extra = next((sizes for pattern, sizes in SIZES if re.search(pattern, text)), [])
+    # right after `--config C`: the CLI takes key=value words in one run, before or after the flags
+    at = words.index("--config") + 2 if "--config" in words else len(words)
+    return Line(text, words[:at] + extra + words[at:])
+
+
+def pipeline_lines() -> list[Line]:
+    block = next(b for b in _blocks() if "dist-forget data prepare" in b)
+    return [_with_sizes(t) for t in _lines(block) if t.startswith("dist-forget ")]
+
+
+def launcher_lines() -> list[Line]:
+    block = next(b for b in _blocks() if "launchers/" in b)
+    return [_with_sizes(t) for t in _lines(block)]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # dist-forget, deepspeed
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "DIST_FORGET_PARENT_RUN_ID"):
+        env.pop(var, None)
+    env.update(extra)
+    return env
+
+
+def _split_env(words: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The leading VAR=value words of a shell line (its environment) and the command after them."""
+    n = next(i for i, w in enumerate(words) if not re.fullmatch(r"[A-Z_]+=.*", w))
+    return dict(w.split("=", 1) for w in words[:n]), words[n:]
+
+
+def _run(line: Line, scratch: Path, ok: tuple[int, ...] = (0,), **env: str) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(line.words, cwd=scratch, env=_env(**env), capture_output=True, text=True, timeout=600)
+    assert res.returncode in ok, (f"README line failed (exit {res.returncode}): {line.text}\nran: "
+                                  f"{shlex.join(line.words)}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def _seed_corpora(work: Path) -> None:
+    """tests/data's samples as the english and code corpora `data prepare` would have fetched."""
+    for name in ("english", "code"):
+        corpus = work / "data" / "corpora" / name
+        corpus.mkdir(parents=True)
+        shutil.copyfile(DATA / f"{name}.jsonl", corpus / DOCUMENTS)
+        n_docs = len((corpus / DOCUMENTS).read_text().splitlines())
+        source = {"domain": name, "role": "pretrain" if name == "english" else "target", "licence": "see tests/data",
+                  "packages": [], "documents": n_docs, "bytes": (corpus / DOCUMENTS).stat().st_size,
+                  "sha256": file_sha256(corpus / DOCUMENTS)}  # fmt: skip
+        (corpus / "source.json").write_text(json.dumps(source))
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's pipeline block run in order in a fresh scratch folder (the launcher lines reuse its
+    data and its pretrained model, as a reader of the README would)."""
+    root = tmp_path_factory.mktemp("readme")
+    for name in ("configs", "launchers"):
+        (root / name).symlink_to(ROOT / name)
+    _seed_corpora(root / "work")
+    down = root / "mlflow-down"
+    down.write_text("a file where the MLflow store's folder should be: the store cannot open")
+    for line in pipeline_lines():
+        if "track sync" in line.text:
+            down.unlink()
+            down.mkdir()  # MLflow is back
+        if "--resume auto" in line.text:
+            _run(line, root, MLFLOW_TRACKING_URI=f"sqlite:///{down}/mlflow.db")
+        else:
+            _run(line, root, ok=(0, 1) if line.words[:2] == ["dist-forget", "plan"] else (0,))
+    return root
+
+
+def test_the_pipeline_block_runs_in_order(scratch: Path) -> None:
+    lines = [ln.text.split(" --")[0] for ln in pipeline_lines()]
+    assert lines[:3] == ["dist-forget data prepare", "dist-forget data preview", "dist-forget pretrain"]
+    work = scratch / "work"
+    # what each step left for the next (the README's story, not the details: other tests have those)
+    assert json.loads((work / "data/shards/code/manifest.json").read_text())["seq_len"] == 64
+    tiny = work / "runs" / "finetune-tiny"
+    train_steps = [json.loads(ln)["step"] for ln in (tiny / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(ln)["kind"] == "train"]
+    assert train_steps == [1, 2, 3, 4, 5, 6]  # the --resume auto line continued the 4-step run
+    assert json.loads((tiny / "summary.json").read_text())["anchor_decay"] == 0.1
+    assert list(tiny.glob("mlflow_fallback.jsonl.synced*")), "track sync uploaded nothing"
+    assert (work / "runs" / "zero2" / "checkpoints" / "step-00000004").is_dir()
+    assert len((work / "sweeps/demo/runs.csv").read_text().splitlines()) == 1 + 3 * 5  # 3 sizes x 5 points
+    assert json.loads((work / "fit" / "fit.json").read_text())["fits"]
+    assert (work / "study" / "REPORT.md").is_file()
+    assert (scratch / "hf" / "config.json").is_file() and (scratch / "hf" / "optimizer.pt").is_file()
+    assert (work / "zero2-x4").is_dir() and (scratch / "meg" / "megatron.json").is_file()
+
+
+def test_single_node_launcher_lines_run(scratch: Path) -> None:
+    pretrained = json.loads((scratch / "work" / "runs" / "pretrain-tiny" / "summary.json").read_text())
+    ran = 0
+    for i, line in enumerate(launcher_lines()):
+        if any(line.text.startswith(k) for k in NOT_RUN) or "NODE_RANK=" in line.text:
+            continue
+        assign, words = _split_env(line.words)
+        assert words[0].startswith("launchers/"), line.text
+        port = str(free_port())
+        launched = Line(line.text, [*words, f"out_dir=work/launch-{i}"])
+        _run(launched, scratch, MASTER_PORT=port, RDZV_ENDPOINT=f"127.0.0.1:{port}", **assign)
+        summary = json.loads((scratch / "work" / f"launch-{i}" / "summary.json").read_text())
+        assert summary["model_params"] == pretrained["model_params"]  # finetuned the README's pretrained model
+        report = json.loads((scratch / "work" / f"launch-{i}" / "report.json").read_text())
+        assert (report["world_size"], report["engine"]) == (int(assign["NPROC"]), "deepspeed")
+        ran += 1
+    assert ran == 2  # deepspeed.sh and torchrun.sh
+
+
+def test_the_per_node_launcher_line_runs_as_two_nodes_on_loopback(scratch: Path) -> None:
+    """`HOSTFILE=hosts NODE_RANK=0 MASTER_ADDR=10.0.0.1 ...` on two "nodes" that are both this machine: the
+    hostfile names 127.0.0.1 and localhost (1 slot each), MASTER_ADDR is 127.0.0.1, NODE_RANK 0 and 1."""
+    (line,) = [ln for ln in launcher_lines() if "NODE_RANK=" in ln.text]
+    assign, words = _split_env(line.words)
+    (scratch / assign["HOSTFILE"]).write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")
+    loopback = {**assign, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    run_together([([*words, "out_dir=work/launch-nodes"], _env(**{**loopback, "NODE_RANK": str(rank)}))
+                  for rank in (0, 1)], cwd=scratch)  # fmt: skip
+    report = json.loads((scratch / "work" / "launch-nodes" / "report.json").read_text())
+    assert (report["world_size"], report["engine"]) == (2, "deepspeed")
+
+
+def test_launcher_lines_not_run_say_why() -> None:
+    for line in launcher_lines():
+        runs = line.text.startswith("NPROC=") or "NODE_RANK=" in line.text
+        reason = next((why for start, why in NOT_RUN.items() if line.text.startswith(start)), None)
+        assert runs or reason, f"README launcher line neither run nor explained in NOT_RUN: {line.text}"
+        script = next(w for w in line.words if w.startswith("launchers/"))
+        assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0
