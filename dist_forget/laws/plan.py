@@ -128,16 +128,19 @@ def plan(
             f"--pt-form {pt_form!r} is not a forgetting law; use forgetting or forgetting-anchored"
         )
     n, d = float(model_params), float(target_tokens)
+    # p and the predicted forgetting come from the forgetting law alone: a warning on one of its parameters
+    # (K only with Anchored AdamW) refuses the answer. A warning on the finetune law withholds only the
+    # predicted finetune loss, which p does not depend on.
     depends = [name for name in pt_rec["params"] if name != "K" or anchor_decay > 0]
-    blockers = [(pt_rec, w) for w in blocking(pt_rec, depends)]
-    blockers += [(ft_rec, w) for w in blocking(ft_rec, list(ft_rec["params"]))]
-    if blockers and not force:
-        rec, w = blockers[0]
-        more = f" (and {len(blockers) - 1} more warning(s))" if len(blockers) > 1 else ""
+    pt_warnings, ft_warnings = blocking(pt_rec, depends), blocking(ft_rec, list(ft_rec["params"]))
+    if pt_warnings and not force:
+        w = pt_warnings[0]
+        more = f" (and {len(pt_warnings) - 1} more warning(s))" if len(pt_warnings) > 1 else ""
         raise UserError(
-            f"{where}: the {rec['form']} fit for {domain!r} cannot answer: {w['code']}: {w['message']}{more}; "
+            f"{where}: the {pt_rec['form']} fit for {domain!r} cannot answer: {w['code']}: {w['message']}{more}; "
             f"{FIXES.get(w['code'], 'add runs')}, refit, or pass --force to answer anyway"
         )
+    give_ft = force or not ft_warnings
 
     def p_for(values: dict[str, float]) -> float:
         if inject_fraction is not None:
@@ -164,7 +167,7 @@ def plan(
         "inject_fraction": p,
         "ci95": _interval(p_samples) if inject_fraction is None else [p, p],
         "predicted_forgetting": forget,
-        "predicted_ft_loss": ft,
+        "predicted_ft_loss": ft if give_ft else None,
         "extrapolated": bool(reasons),
         "reachable": reachable,
         "extrapolation": reasons,
@@ -173,9 +176,11 @@ def plan(
         ),
         "ft_loss_ci95": _interval(
             [_ft_loss(ft_rec, s, _cols(n, d, p if np.isfinite(p) else 0.0, anchor_decay)) for s in samples_ft]
-        ),
+        ) if give_ft else None,
+        "ft_loss_withheld": None if give_ft else f"{ft_warnings[0]['code']}: {ft_warnings[0]['message']}",
         "forgetting_at_p1": _forgetting(form, pt_rec["params"], _cols(n, d, 1.0, anchor_decay)),
-        "warnings": [dict(w, form=rec["form"]) for rec, w in blockers],
+        "warnings": [dict(w, form=pt_rec["form"]) for w in pt_warnings]
+        + [dict(w, form=ft_rec["form"]) for w in ft_warnings],
         "domain": domain,
         "model_params": n,
         "target_tokens": d,
@@ -193,7 +198,8 @@ def format_plan(result: dict[str, Any]) -> str:
     lines = [
         f"domain {result['domain']}: N = {result['model_params']:.4g}, D = {result['target_tokens']:.4g}"
     ]
-    lines += [f"WARNING (--force) {w['form']}: {w['code']}: {w['message']}" for w in result["warnings"]]
+    lines += [f"WARNING {w['form']}: {w['code']}: {w['message']}" for w in result["warnings"]
+              if w["form"] == result["pt_form"]]  # only --force gets here with these
     if result["max_forgetting"] is not None and not result["reachable"]:
         lines.append(
             f"not reachable by injection alone at N={result['model_params']:.4g}, "
@@ -216,10 +222,14 @@ def format_plan(result: dict[str, Any]) -> str:
         f"predicted forgetting (pt_loss - pt_loss_base): {result['predicted_forgetting']:.5g} nats/token, "
         f"95 % CI {ci(result['forgetting_ci95'], '.5g')}"
     )
-    lines.append(
-        f"predicted finetune loss: {result['predicted_ft_loss']:.5g} nats/token, "
-        f"95 % CI {ci(result['ft_loss_ci95'], '.5g')}"
-    )
+    if result["predicted_ft_loss"] is None:
+        lines.append(f"predicted finetune loss: withheld, the {result['ft_form']} fit carries "
+                     f"{result['ft_loss_withheld']}")
+    else:
+        lines.append(
+            f"predicted finetune loss: {result['predicted_ft_loss']:.5g} nats/token, "
+            f"95 % CI {ci(result['ft_loss_ci95'], '.5g')}"
+        )
     if result["extrapolated"]:
         lines.append("EXTRAPOLATED: " + "; ".join(result["extrapolation"]))
     return "\n".join(lines)

@@ -87,7 +87,7 @@ def summarize(root: Path, max_forgetting: float = 0.0) -> int:
     print("    N        " + "".join(f"{f'p = {100 * p:g} %':<10}" for p in ps))
     for n in sizes:
         print(f"    {n:<8,.0f} " + "".join(f"{forgetting.get((n, d_max, p), float('nan')):<10.3f}" for p in ps))
-    degenerate = False
+    degenerate = False  # the forgetting law carries the answer: a warning there refuses it
     for rec in fits:
         params = ", ".join(f"{k}={v:.4g} [{rec['ci95'][k][0]:.3g}, {rec['ci95'][k][1]:.3g}]"
                            for k, v in rec["params"].items())  # fmt: skip
@@ -95,12 +95,12 @@ def summarize(root: Path, max_forgetting: float = 0.0) -> int:
         print(f"  {rec['law']:<10} {rec['formula']}\n    {params}\n    in-sample MRE {100 * rec['mre']:.2f} %, "
               f"held-out MRE on N={sizes[-1]:,.0f} (fitted without it) {100 * held.get('mre', float('nan')):.2f} %")
         for text in format_warnings(rec):
-            degenerate = True
+            degenerate = degenerate or rec["law"] == "forgetting"
             print(f"    WARNING {text}")
     plot = root / "fit" / f"forgetting_vs_p_{domain}_forgetting.png"
     print(f"  plot (forgetting vs p per N, fitted curves over the runs): {plot}")
     if degenerate or not proto["met"]:
-        why = "fit warnings above" if degenerate else f"protocol not met: {', '.join(proto['failed'])}"
+        why = "forgetting-law warnings above" if degenerate else f"protocol not met: {', '.join(proto['failed'])}"
         print(f"\n  These runs cannot answer the paper's questions ({why}); the planner refuses rather than "
               "print a meaningless p. More sizes, steps or data would; see `make study`.")
         return 1

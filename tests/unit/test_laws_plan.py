@@ -100,17 +100,29 @@ def _degenerate(fits, form: str, code: str, params: list[str]) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    "form, code, params",
-    [("forgetting", "exponent_near_zero", ["alpha"]), ("forgetting", "param_at_bound", ["B"]),
-     ("finetune", "param_at_bound", ["E"])],  # fmt: skip
+    "code, params", [("exponent_near_zero", ["alpha"]), ("param_at_bound", ["B"]), ("ci_too_wide", ["A"])]
 )
-def test_planner_refuses_a_fit_with_a_warning_it_depends_on(fits, form, code, params):
-    bad = _degenerate(fits, form, code, params)
-    with pytest.raises(UserError, match=rf"the {form} fit for 'wiki' cannot answer: {code}: .*--force"):
+def test_planner_refuses_a_forgetting_fit_with_a_warning_it_depends_on(fits, code, params):
+    bad = _degenerate(fits, "forgetting", code, params)
+    with pytest.raises(UserError, match=rf"the forgetting fit for 'wiki' cannot answer: {code}: .*--force"):
         plan(bad, "wiki", 3e6, 1e6, max_forgetting=0.05)
     forced = plan(bad, "wiki", 3e6, 1e6, max_forgetting=0.05, force=True)
-    assert forced["warnings"][0]["code"] == code and forced["warnings"][0]["form"] == form
+    assert forced["warnings"][0]["code"] == code and forced["warnings"][0]["form"] == "forgetting"
     assert forced["inject_fraction"] == plan(fits, "wiki", 3e6, 1e6, max_forgetting=0.05)["inject_fraction"]
+
+
+def test_a_finetune_fit_warning_withholds_only_the_predicted_finetune_loss(fits):
+    from dist_forget.laws.plan import format_plan
+
+    bad = _degenerate(fits, "finetune", "ci_too_wide", ["E"])
+    out = plan(bad, "wiki", 3e6, 1e6, max_forgetting=0.05)
+    clean = plan(fits, "wiki", 3e6, 1e6, max_forgetting=0.05)
+    assert out["inject_fraction"] == clean["inject_fraction"] and out["ci95"] == clean["ci95"]
+    assert out["predicted_ft_loss"] is None and out["ft_loss_ci95"] is None
+    assert out["ft_loss_withheld"].startswith("ci_too_wide") and out["warnings"][0]["form"] == "finetune"
+    assert "predicted finetune loss: withheld, the finetune fit carries ci_too_wide" in format_plan(out)
+    assert plan(bad, "wiki", 3e6, 1e6, max_forgetting=0.05, force=True)["predicted_ft_loss"] == pytest.approx(
+        clean["predicted_ft_loss"])
 
 
 def test_planner_ignores_a_warning_on_a_parameter_it_does_not_use(fits):
