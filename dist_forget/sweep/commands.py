@@ -34,6 +34,14 @@ def sweep(
     (runs resume from their checkpoints). --backend slurm writes sbatch array scripts instead of running;
     --dry-run lists the runs; --collect-only only gathers runs.csv and fits. Overrides (key=value) apply
     to the sweep YAML, e.g. max_parallel=2 grid.seeds=[0,1].
+
+    Args:
+        config: sweep YAML (configs/sweep/*.yaml)
+        overrides: sweep YAML overrides as key=value, e.g. max_parallel=2 grid.seeds=[0,1]
+        backend: local: run here in parallel; slurm: write sbatch array scripts and submit.sh
+        max_parallel: runs at once; 0 = the YAML's max_parallel (0 there: cores // threads_per_run)
+        dry_run: list the runs (done/todo) and exit
+        collect_only: run nothing; gather runs.csv, fit and log to the parent run
     """
     cfg = load_config(SweepConfig, config, overrides)
     if max_parallel:

@@ -21,6 +21,10 @@ def sync(path: Path, uri: str | None = None) -> int:
     PATH is a run's out_dir or the JSONL itself. The target is --uri, else the URI the run was using,
     else $MLFLOW_TRACKING_URI. A synced file is renamed to *.synced; a sync that failed halfway can be
     rerun (run ids already created are remembered in *.sync.json, repeated metrics are deduplicated).
+
+    Args:
+        path: a run's out_dir, or its mlflow_fallback.jsonl
+        uri: tracking URI to upload to; unset = the URI the run used, else $MLFLOW_TRACKING_URI
     """
     file = path / FALLBACK_NAME if path.is_dir() else path
     if not file.is_file():
