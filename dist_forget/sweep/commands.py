@@ -18,6 +18,7 @@ from dist_forget.sweep.grid import Point, expand, sweep_dir
 from dist_forget.sweep.pool import LocalPool, Outcome
 from dist_forget.tracking import Tracker, TrackingConfig
 from dist_forget.tracking.config import PARENT_ENV, ROOT_ENV, relative, resolve
+from dist_forget.tracking.store import ui_command
 
 
 def sweep(
@@ -80,6 +81,8 @@ def sweep(
         parent.finish("FAILED")
         raise
     parent.finish("FINISHED" if ok else "FAILED")
+    if parent.run_id:
+        print(f"MLflow: {ui_command(_sweep_uri(cfg, root))}")
     return 0 if ok else 1
 
 

@@ -42,7 +42,9 @@ def ui_command(tracking_uri: str) -> str:
     """How to open a local store in the browser (artifacts included), for messages and the README."""
     db = sqlite_path(tracking_uri)
     if db is None:
-        return f"open {tracking_uri} in a browser"
+        from dist_forget.redact import redact_uri
+
+        return f"open {redact_uri(tracking_uri)} in a browser"
     folder = db.resolve().parent
     return f"cd {shlex.quote(str(folder))} && mlflow ui --backend-store-uri sqlite:///{db.name}"
 
