@@ -88,6 +88,7 @@ class _NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_inputs(self, datasets: list[dict[str, Any]]) -> None: ...
+    def register_model(self, folder: str | Path, name: str, tags: dict[str, str] | None = None) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
@@ -439,6 +440,9 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
             best.update({"best/pt_loss": state.best_pt, "best/forgetting": state.best_pt - state.pt_loss_base,
                          "best/injected_sequences": float(state.pretrain_sequences_at_best)})
         tracker.log_metrics(best, state.best_step)
+        if cfg.tracking.register_model and (out / "best").is_dir():
+            tracker.register_model(out / "best", cfg.tracking.register_model,
+                                   {"best_step": state.best_step, "ft_loss": state.best_ft, "pt_loss": state.best_pt})
         plot = _plot(log.records(), out / "loss_curves.png")
         for path in (out / "summary.json", out / "report.json", plot):
             if path is not None:

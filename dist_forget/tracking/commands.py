@@ -19,6 +19,7 @@ from dist_forget.tracking.tracker import (
     dataset_inputs,
     open_run,
     probe,
+    register,
 )
 
 
@@ -109,6 +110,11 @@ def _upload(seg: Segment, uri: str, known_run_id: str | None, on_created) -> str
             client.log_artifact(run_id, artifact, folder)
         else:
             warnings.warn(f"artifact {artifact} no longer exists; skipped", RuntimeWarning, stacklevel=2)
+    for record in seg.registrations:
+        if Path(record["path"]).is_dir():
+            register(client, run_id, record)
+        else:
+            warnings.warn(f"model {record['path']} no longer exists; not registered", RuntimeWarning, stacklevel=2)
     if seg.status:
         client.set_terminated(run_id, seg.status)
     return run_id

@@ -44,6 +44,7 @@ class TrackingConfig:
     flush_every_s: float = 5.0
     system_metrics: bool = True  # MLflow's CPU/memory/disk/network/GPU monitor on the run (system/*)
     system_metrics_interval_s: float = 10.0  # seconds between its samples
+    register_model: str = ""  # register the run's best model (best/) under this registry name; "" = don't
 
     def validate(self) -> None:
         if self.system_metrics_interval_s <= 0:

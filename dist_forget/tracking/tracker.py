@@ -308,6 +308,13 @@ class Tracker:
         if self.active:
             self._queue.put(("artifact", {"path": str(Path(path).resolve()), "artifact_path": artifact_path}))
 
+    def register_model(self, folder: str | Path, name: str, tags: dict[str, str] | None = None) -> None:
+        """Upload the HF folder as the run's `best_model/` artifacts and make it a new version of registered
+        model `name` in MLflow's model registry (created when missing)."""
+        if self.active:
+            self._queue.put(("register", {"path": str(Path(folder).resolve()), "name": name,
+                                          "tags": {str(k): str(v) for k, v in (tags or {}).items()}}))
+
     def log_inputs(self, datasets: list[dict[str, Any]]) -> None:
         """Record the run's datasets (see `dataset_inputs` for the record); MLflow shows them per run."""
         if self.active and datasets:
@@ -343,6 +350,25 @@ class Tracker:
         self.finish(
             "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
         )
+
+
+MODEL_ARTIFACT = "best_model"
+
+
+def register(client: Any, run_id: str, record: dict[str, Any]) -> str:
+    """Upload `record["path"]` to the run's `best_model/` and register it as a new version of
+    `record["name"]`; returns the version. Two runs registering a new name at once are fine."""
+    from mlflow.exceptions import MlflowException
+
+    client.log_artifacts(run_id, record["path"], MODEL_ARTIFACT)
+    try:
+        client.create_registered_model(record["name"])
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(record["name"], f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id,
+                                          tags=record.get("tags") or None)  # fmt: skip
+    return str(version.version)
 
 
 def start_system_metrics(run_id: str, rt: ResolvedTracking, interval_s: float) -> Any:
@@ -465,6 +491,8 @@ class _Sender:
             self.client.log_artifact(self.run_id, record["path"], record.get("artifact_path"))
         elif kind == "inputs":
             self.client.log_inputs(self.run_id, datasets=dataset_inputs(record["datasets"]))
+        elif kind == "register":
+            register(self.client, self.run_id, record)
 
     def _go_offline(self, exc: BaseException) -> None:
         self.client = None

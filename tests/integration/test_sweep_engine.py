@@ -80,7 +80,8 @@ def rest(base: str, endpoint: str, body: dict | None = None, **query: str) -> di
 
 
 def test_real_sweep_as_a_researcher_reads_it_in_mlflow(tiny_data, tmp_path: Path, mlflow_server) -> None:  # noqa: ANN001
-    """Issue #14: forgetting as a metric series, the sweep's axes as params/tags, dataset inputs, nesting."""
+    """Issue #14: forgetting as a metric series, the sweep's axes as params/tags, dataset inputs, nesting,
+    and each finetune's best model registered (both at once: the registry name is created by one of them)."""
     quick = ["train.eval_sequences=8", "schedule.warmup=2", "tracking.flush_every_s=0.5"]
     doc = {
         "name": "engine-mlflow",
@@ -91,7 +92,8 @@ def test_real_sweep_as_a_researcher_reads_it_in_mlflow(tiny_data, tmp_path: Path
                                                           "train.eval_every=0", "checkpoint.every=0", *quick]},
         "finetune": {"config": str(ROOT / "configs/finetune/tiny.yaml"), "domains": {"code": str(tiny_data.code)},
                      "overrides": [f"data.pretrain={tiny_data.english}", "schedule.steps=6", "train.eval_every=2",
-                                   "train.batch_size=4", "train.micro_batch=4", *quick]},
+                                   "train.batch_size=4", "train.micro_batch=4", "tracking.register_model=tiny-ft",
+                                   *quick]},
         "grid": {"target_tokens": [2048], "inject_fraction": [0.0, 0.25]},
         "fit": {"enabled": False},
         "tracking": {"experiment": "sweep-engine-mlflow", "uri": mlflow_server.uri},
@@ -150,3 +152,10 @@ def test_real_sweep_as_a_researcher_reads_it_in_mlflow(tiny_data, tmp_path: Path
     assert input_tags["code"]["mlflow.data.context"] == "train" and input_tags["code"]["target_tokens"] == "2048"
     profile = json.loads(inputs["code"]["dataset"]["profile"])
     assert profile["splits"]["train"]["tokens"] > 0 and inputs["code"]["dataset"]["digest"] == profile["manifest_sha256"][:36]
+
+    versions = rest(base, "model-versions/search", filter="name='tiny-ft'")["model_versions"]
+    finetunes = {runs[n]["info"]["run_id"] for n in runs if n.startswith("cpu-")}
+    assert {v["run_id"] for v in versions} == finetunes and len(versions) == 2
+    assert {v["source"] for v in versions} == {f"runs:/{r}/best_model" for r in finetunes}
+    files = rest(base, "artifacts/list", run_id=ft["info"]["run_id"], path="best_model")["files"]
+    assert "best_model/config.json" in {f["path"] for f in files}

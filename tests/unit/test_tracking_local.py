@@ -118,7 +118,7 @@ def test_params_json_source_tags_inputs_and_a_relative_store(runs_dir: Path) -> 
     assert [a.path for a in client.list_artifacts(tracker.run_id, "fit")] == ["fit/REPORT.md"]
 
 
-def test_inputs_and_artifact_folders_survive_the_fallback(runs_dir: Path) -> None:
+def test_inputs_artifact_folders_and_registration_survive_the_fallback(runs_dir: Path) -> None:
     out = runs_dir / "offline-inputs"
     out.mkdir()
     (out / "fit.json").write_text("{}")
@@ -127,6 +127,9 @@ def test_inputs_and_artifact_folders_survive_the_fallback(runs_dir: Path) -> Non
         tracker = Tracker.create(cfg, 0, "offline-inputs", {}, out)
     tracker.log_inputs([DATASET])
     tracker.log_artifact(out / "fit.json", "fit")
+    (out / "best").mkdir()
+    (out / "best" / "config.json").write_text("{}")
+    tracker.register_model(out / "best", "offline-model", {"best_step": 3})
     tracker.finish()
     uri = f"sqlite:///{runs_dir / 'mlflow.db'}"
     assert cli_main(["track", "sync", "--path", str(out), "--uri", uri]) == 0
@@ -134,3 +137,6 @@ def test_inputs_and_artifact_folders_survive_the_fallback(runs_dir: Path) -> Non
     (run,) = client.search_runs([client.get_experiment_by_name("offline-inputs").experiment_id])
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["code"]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "fit")] == ["fit/fit.json"]
+    (version,) = client.search_model_versions("name='offline-model'")
+    assert version.run_id == run.info.run_id and version.tags == {"best_step": "3"}
+    assert version.source == f"runs:/{run.info.run_id}/best_model"
