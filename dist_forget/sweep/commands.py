@@ -162,9 +162,10 @@ def _fit_out(args: list[str], runs_csv: Path, root: Path) -> Path:
     return Path(filled[filled.index("--out") + 1]) if "--out" in filled[:-1] else root / "fit"
 
 
-def _log_fit(parent: Tracker, fit_dir: Path) -> None:
+def _log_fit(parent: Tracker, fit_dir: Path, n_runs: int) -> None:
     """The fit on the parent run: fit.json, REPORT.md and every plot under `fit/`, the fitted parameters,
-    errors and warning counts as `fit/<domain>/<form>/...` metrics (see collect.fit_metrics)."""
+    errors and warning counts as `fit/<domain>/<form>/...` metrics (see collect.fit_metrics) at step = the
+    runs it was fitted on, so refits of a growing sweep form a history."""
     fit_json = fit_dir / "fit.json"
     if not fit_json.is_file():
         return
@@ -174,7 +175,7 @@ def _log_fit(parent: Tracker, fit_dir: Path) -> None:
         print(f"warning: {fit_json} unreadable ({exc}); its values are not logged to MLflow", file=sys.stderr)
         metrics = {}
     if metrics:
-        parent.log_metrics(metrics, step=0)
+        parent.log_metrics(metrics, step=n_runs)
     for path in sorted(fit_dir.iterdir()):
         if path.is_file() and path.suffix in (".json", ".md", ".png", ".csv"):
             parent.log_artifact(path, "fit")
@@ -194,7 +195,7 @@ def _collect(cfg: SweepConfig, points: list[Point], root: Path, parent: Tracker,
         parent.log_artifact(runs_csv)
         if cfg.fit.enabled:
             fitted = run_fit(cfg.fit.args, runs_csv, root)
-            _log_fit(parent, _fit_out(cfg.fit.args, runs_csv, root))
+            _log_fit(parent, _fit_out(cfg.fit.args, runs_csv, root), n)
     print(f"sweep {cfg.name}: {len(outcome.finished)} runs finished now, {len(outcome.already)} before, "
           f"{len(outcome.failed)} failed; results under {root}")  # fmt: skip
     return outcome.ok and fitted is not False
