@@ -8,7 +8,10 @@ flags are derived from its signature:
 - `bool` becomes `--flag / --no-flag`; `Literal[...]` becomes a choice; `list[str]` takes several values;
 - a parameter named `overrides` collects the trailing `key=value` words (dotted config overrides).
 
-The first paragraph of the function's docstring is its help text. A `UserError` prints one line and
+The function's docstring is the help: its text is the command's description, and its Google-style
+`Args:` block gives each option its one-line description (`name: what it is`, continuation lines
+indented deeper); `--help` shows it with the default taken from the signature, so neither can drift from
+the code (tests/unit/test_cli.py fails on an undocumented option). A `UserError` prints one line and
 exits 2; a function may return an int exit status.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import re
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -53,19 +57,53 @@ def _resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def _help_of(fn: Callable[..., Any]) -> str:
-    doc = inspect.getdoc(fn) or ""
-    return doc.split("\n\n")[0].replace("\n", " ")
+_ARG = re.compile(r"^(\s+)(\w+)\s*(?:\([^)]*\))?:\s*(.*)$")
+
+
+def parse_doc(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+    """(the docstring without its `Args:` block, {parameter: its description as one line})."""
+    lines = (inspect.getdoc(fn) or "").splitlines()
+    text: list[str] = []
+    args: dict[str, str] = {}
+    in_args, indent, current = False, 0, ""
+    for line in lines:
+        if line.strip() == "Args:" and not line.startswith(" "):
+            in_args, indent, current = True, 0, ""
+            continue
+        if in_args and line.strip() and not line.startswith(" "):
+            in_args = False
+        if not in_args:
+            text.append(line)
+            continue
+        match = _ARG.match(line)
+        if match and (not indent or len(match.group(1)) == indent):
+            indent, current = len(match.group(1)), match.group(2)
+            args[current] = match.group(3).strip()
+        elif current and line.strip():
+            args[current] = f"{args[current]} {line.strip()}".strip()
+    return "\n".join(text).strip(), args
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) if value else "none"
+    return repr(value) if value == "" else str(value)
 
 
 def add_signature_arguments(parser: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
     """Turn `fn`'s typed signature into argparse flags (see the module docstring for the rules)."""
     hints = typing.get_type_hints(fn)
+    docs = parse_doc(fn)[1]
     for name, param in inspect.signature(fn).parameters.items():
         tp = hints.get(name, str)
         has_default = param.default is not inspect.Parameter.empty
         if name == "overrides":
-            parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+            text = docs.get(name, "dotted config overrides, e.g. optim.lr=1e-3")
+            parser.add_argument("overrides", nargs="*", metavar="key=value", help=text.replace("%", "%%"))
             continue
         flag = "--" + name.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": name}
@@ -92,7 +130,11 @@ def add_signature_arguments(parser: argparse.ArgumentParser, fn: Callable[..., A
             kwargs["type"] = Path
         else:
             kwargs["type"] = str
-        parser.add_argument(flag, **kwargs)
+        action = parser.add_argument(flag, **kwargs)
+        # the description from the docstring, the default from the signature (argparse %-formats help)
+        text = docs.get(name, "")
+        shown = f"default: {_shown(param.default)}" if has_default else "required"
+        action.help = f"{text} ({shown})".strip().replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     known, rest = parser.parse_known_args(argv)
     words = known._words
     fn = _resolve(known._target)
-    sub = argparse.ArgumentParser(prog="dist-forget " + " ".join(words), description=_help_of(fn))
+    sub = argparse.ArgumentParser(prog="dist-forget " + " ".join(words), description=parse_doc(fn)[0],
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_signature_arguments(sub, fn)
     ns = sub.parse_args(rest)
     try:

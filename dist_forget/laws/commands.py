@@ -42,7 +42,24 @@ def fit(
 
     --runs is a CSV/Parquet table or a directory of summary.json files; --mlflow EXPERIMENT reads an
     MLflow experiment instead (MLFLOW_TRACKING_URI is honoured). Laws are fitted per domain unless
-    --pooled (all runs as one domain "all"). --forms picks among:
+    --pooled (all runs as one domain "all").
+
+    Args:
+        out: folder for fit.json, REPORT.md and the plots (replaced as a whole)
+        runs: runs table: CSV, Parquet, or a folder of summary.json files
+        mlflow: MLflow experiment name to read the runs from instead of --runs
+        holdout: largest: fit without the largest size, report the error on it; leave-one-size-out: each size in
+            turn
+        bootstrap: bootstrap resamples for the 95 % intervals (0 = none)
+        delta: Huber delta on the log-loss residuals
+        loss: fit objective on log-loss residuals
+        domains: fit only these domains; none = every domain in the table
+        pooled: fit all runs as one domain named all
+        workers: processes for the bootstrap; 0 = one per core
+        seed: seed of the bootstrap resamples
+        top_k: optimizer starts taken from the best points of the start grid; 0 = every grid point
+        plots: write the PNG plots
+        forms: law forms to fit, among:
     """
     if (runs is None) == (mlflow is None):
         raise UserError(
@@ -105,6 +122,19 @@ def plan(
     Or, with --inject-fraction P, the predicted forgetting and finetune loss at that p. Exits 1 when no p
     in [0, 1] meets the budget, 2 when a fit the answer depends on carries a diagnostic warning (see
     fit.json "warnings"); --force answers anyway and the output carries the warnings.
+
+    Args:
+        fit: fit.json written by dist-forget fit
+        domain: target domain of the planned finetune (a domain of the fit)
+        model_params: N, non-embedding parameters of the model
+        target_tokens: D, unique target tokens of the finetune
+        max_forgetting: budget: the largest tolerated rise of the pretraining loss, nats per token
+        inject_fraction: instead of a budget, predict at this p (0.01 = 1 %)
+        anchor_decay: Anchored AdamW decay toward the pretrained weights of the planned run
+        ft_form: fitted form used for the finetune loss
+        pt_form: fitted form used for forgetting
+        json: print one JSON object
+        force: answer even when a fit it depends on carries a diagnostic warning
     """
     result = plan_p(
         load_fits(fit),

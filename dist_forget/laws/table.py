@@ -191,6 +191,9 @@ def read_mlflow(experiment: str, required: Sequence[str] = REQUIRED_COLUMNS) -> 
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise UserError("--mlflow needs the mlflow package; pip install mlflow==3.17.2") from None
+    from dist_forget.tracking.store import install
+
+    install()  # summary.json artifacts of a local sqlite store live beside it (tracking/store.py)
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -200,6 +203,8 @@ def read_mlflow(experiment: str, required: Sequence[str] = REQUIRED_COLUMNS) -> 
         )
     rows, sources = [], []
     for run in _all_runs(client, exp.experiment_id):
+        if run.data.tags.get("stage") in ("pretrain", "sweep"):
+            continue  # a sweep's parent run and its base models: not finetunes (the engine tags `stage`)
         row: dict[str, Any] = {}
         row.update(run.data.tags)
         row.update(run.data.params)

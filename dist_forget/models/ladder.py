@@ -78,3 +78,11 @@ def hf_config(size: str, vocab_size: int, max_seq_len: int, **extra: Any):
         attention_dropout=0.0,
         **extra,
     )
+
+
+def size_of(hidden: int, layers: int, ffn: int | None) -> str | None:
+    """The ladder name of a shape (e.g. a finetune's base model), None when it is not on the ladder."""
+    for name, shape in LADDER.items():
+        if (shape.hidden, shape.layers, shape.ffn) == (hidden, layers, ffn):
+            return name
+    return None

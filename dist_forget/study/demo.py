@@ -31,6 +31,11 @@ def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.0, b
 
     --max-forgetting is the planner's budget ε in nats per token of pretraining loss; 0 (the default)
     asks for half the forgetting the sweep measured at p = 0 on the largest size and D.
+
+    Args:
+        config: sweep YAML of the demo
+        max_forgetting: planner budget in nats per token; 0 = half the forgetting measured at p = 0
+        bootstrap: bootstrap resamples of the law fit
     """
     from dist_forget.data.commands import prepare
     from dist_forget.sweep.commands import sweep

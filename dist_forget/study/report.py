@@ -46,6 +46,14 @@ def report(
 
     --sweep is the sweep's out_dir (it holds runs.csv, pretrain/ and finetune/). Laws are fitted on all
     sizes but the largest and checked on the largest; findings are paired comparisons of runs.
+
+    Args:
+        sweep: the sweep's out_dir (runs.csv, pretrain/, finetune/)
+        out: folder for REPORT.md, runs.csv, fit.json and plots
+        forms: law forms to fit and compare
+        bootstrap: bootstrap resamples for the 95 % intervals
+        workers: processes for the bootstrap; 0 = one per core
+        seed: seed of the bootstrap resamples
     """
     start = time.monotonic()
     runs_csv = sweep / "runs.csv"

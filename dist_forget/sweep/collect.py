@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +43,30 @@ def write_runs_table(points: list[Point], path: Path) -> int:
     # the laws' reader validates every value and names the bad run; its writer owns the column order
     write_runs_csv(from_rows(rows, sources, str(path.parent)), path)
     return len(rows)
+
+
+def _key(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-. ]", "_", part)  # what an MLflow metric key may hold (besides /)
+
+
+def fit_metrics(fit: dict[str, Any]) -> dict[str, float]:
+    """fit.json as metrics of the sweep's parent run, so two sweeps compare in the MLflow UI:
+    `fit/<domain>/<form>/<param>` (the fitted value), `.../mre`, `.../max_re`, `.../r2`, `.../heldout_mre`,
+    `.../heldout_max_re` (with a holdout) and `.../warnings` (how many diagnostics the fit carries).
+    A form names its law (finetune, forgetting, ...), so (domain, form) is (domain, law, form)."""
+    out: dict[str, float] = {}
+    for rec in fit.get("fits", []):
+        prefix = f"fit/{_key(str(rec.get('domain')))}/{_key(str(rec.get('form')))}"
+        values = {**(rec.get("params") or {}), "mre": rec.get("mre"), "max_re": rec.get("max_re"),
+                  "r2": rec.get("r2")}  # fmt: skip
+        held = rec.get("holdout") or {}
+        if held:
+            values.update(heldout_mre=held.get("mre"), heldout_max_re=held.get("max_re"))
+        values["warnings"] = len(rec.get("warnings") or [])
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                out[f"{prefix}/{_key(name)}"] = float(value)
+    return out
 
 
 def run_fit(args: list[str], runs_csv: Path, root: Path, say: Any = print) -> bool:

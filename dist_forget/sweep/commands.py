@@ -8,16 +8,17 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from dist_forget.config import load_config
+from dist_forget.config import flatten, load_config, to_dict
 from dist_forget.errors import UserError
 from dist_forget.io import write_json_atomic
 from dist_forget.redact import redact_uri
-from dist_forget.sweep.collect import run_fit, sync_fallbacks, write_runs_table
+from dist_forget.sweep.collect import fit_metrics, run_fit, sync_fallbacks, write_runs_table
 from dist_forget.sweep.config import SweepConfig
 from dist_forget.sweep.grid import Point, expand, sweep_dir
 from dist_forget.sweep.pool import LocalPool, Outcome
 from dist_forget.tracking import Tracker, TrackingConfig
-from dist_forget.tracking.config import PARENT_ENV, resolve
+from dist_forget.tracking.config import PARENT_ENV, ROOT_ENV, relative, resolve
+from dist_forget.tracking.store import ui_command
 
 
 def sweep(
@@ -34,6 +35,14 @@ def sweep(
     (runs resume from their checkpoints). --backend slurm writes sbatch array scripts instead of running;
     --dry-run lists the runs; --collect-only only gathers runs.csv and fits. Overrides (key=value) apply
     to the sweep YAML, e.g. max_parallel=2 grid.seeds=[0,1].
+
+    Args:
+        config: sweep YAML (configs/sweep/*.yaml)
+        overrides: sweep YAML overrides as key=value, e.g. max_parallel=2 grid.seeds=[0,1]
+        backend: local: run here in parallel; slurm: write sbatch array scripts and submit.sh
+        max_parallel: runs at once; 0 = the YAML's max_parallel (0 there: cores // threads_per_run)
+        dry_run: list the runs (done/todo) and exit
+        collect_only: run nothing; gather runs.csv, fit and log to the parent run
     """
     cfg = load_config(SweepConfig, config, overrides)
     if max_parallel:
@@ -72,6 +81,8 @@ def sweep(
         parent.finish("FAILED")
         raise
     parent.finish("FINISHED" if ok else "FAILED")
+    if parent.run_id:
+        print(f"MLflow: {ui_command(_sweep_uri(cfg, root))}")
     return 0 if ok else 1
 
 
@@ -81,6 +92,7 @@ _EXPORTED = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_EXPERIMENT_NAME",
     PARENT_ENV,
+    ROOT_ENV,
 )
 
 
@@ -92,19 +104,24 @@ def _parent_tracker(cfg: SweepConfig, root: Path, config: str, points: list[Poin
     tcfg.uri = _sweep_uri(cfg, root)
     tcfg.run_id = state.get("parent_run_id")
     tcfg.parent_run_id = None
-    params = {"sweep.config": str(Path(config).resolve()), "sweep.runs": len(points), "sweep.dir": str(root)}
+    tcfg.system_metrics = False  # the parent only waits; each run monitors its own machine
+    # What was swept, as columns that compare across sweeps; paths are tags relative to the sweep folder.
+    params: dict[str, object] = {"sweep.name": cfg.name, "sweep.runs": len(points),
+                                 **{f"grid.{k}": v for k, v in flatten(to_dict(cfg.grid)).items()},
+                                 "pretrain.sizes": cfg.pretrain.sizes if cfg.pretrain else [],
+                                 "finetune.domains": sorted(cfg.finetune.domains)}  # fmt: skip
+    tags = {"stage": "sweep", "dist_forget.kind": "sweep", "dist_forget.path.config": relative(config, root)}
     # $MLFLOW_RUN_ID names one run; it is neither the sweep's parent nor any of its runs.
     leaked = os.environ.pop("MLFLOW_RUN_ID", None)
     try:
-        parent = Tracker.create(tcfg, 0, f"sweep-{cfg.name}", params, root)
+        parent = Tracker.create(tcfg, 0, f"sweep-{cfg.name}", params, root, tags, "dist-forget sweep")
     except UserError:  # the remembered parent run is gone (e.g. a new store): start a new one
         tcfg.run_id = None
-        parent = Tracker.create(tcfg, 0, f"sweep-{cfg.name}", params, root)
+        parent = Tracker.create(tcfg, 0, f"sweep-{cfg.name}", params, root, tags, "dist-forget sweep")
     finally:
         if leaked is not None:
             os.environ["MLFLOW_RUN_ID"] = leaked
     if parent.run_id:
-        parent.set_tags({"dist_forget.kind": "sweep"})
         write_json_atomic(state_path, {**state, "parent_run_id": parent.run_id, "tracking_uri": redact_uri(tcfg.uri)})
     return parent
 
@@ -121,7 +138,13 @@ def _child_env(cfg: SweepConfig, parent: Tracker) -> dict[str, str]:
     env["MLFLOW_TRACKING_URI"] = _sweep_uri(cfg, sweep_dir(cfg))
     env["MLFLOW_EXPERIMENT_NAME"] = resolve(cfg.tracking, Path(".")).experiment
     if parent.run_id:
+        # Every run, pretrain and finetune alike, is a direct child of the sweep's run; the `stage` tag groups
+        # them (Group by: stage in the runs table) and a finetune's `dist_forget.base_run_id` names its base
+        # model's run. Not finetunes nested under their base model: the laws and the compare view work
+        # across sizes (N is an axis), and a three-level tree would scatter one p = 0 vs 1 % comparison
+        # over as many subtrees as there are sizes, each expanded by hand.
         env[PARENT_ENV] = parent.run_id
+    env[ROOT_ENV] = str(sweep_dir(cfg))  # runs tag their paths relative to the sweep folder
     # The sweep's own command is importable from the working directory it was started in.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
     return env
@@ -131,6 +154,31 @@ def _progress(parent: Tracker, outcome: Outcome, running: int) -> None:
     done = len(outcome.finished) + len(outcome.already)
     parent.log_metrics({"sweep/finished": done, "sweep/failed": len(outcome.failed), "sweep/running": running},
                        step=done + len(outcome.failed))  # fmt: skip
+
+
+def _fit_out(args: list[str], runs_csv: Path, root: Path) -> Path:
+    """The folder `dist-forget fit` wrote to (its --out), as run_fit fills the templates."""
+    filled = [a.format(runs_csv=runs_csv, sweep_dir=root) for a in args]
+    return Path(filled[filled.index("--out") + 1]) if "--out" in filled[:-1] else root / "fit"
+
+
+def _log_fit(parent: Tracker, fit_dir: Path, n_runs: int) -> None:
+    """The fit on the parent run: fit.json, REPORT.md and every plot under `fit/`, the fitted parameters,
+    errors and warning counts as `fit/<domain>/<form>/...` metrics (see collect.fit_metrics) at step = the
+    runs it was fitted on, so refits of a growing sweep form a history."""
+    fit_json = fit_dir / "fit.json"
+    if not fit_json.is_file():
+        return
+    try:
+        metrics = fit_metrics(json.loads(fit_json.read_text()))
+    except (OSError, ValueError) as exc:
+        print(f"warning: {fit_json} unreadable ({exc}); its values are not logged to MLflow", file=sys.stderr)
+        metrics = {}
+    if metrics:
+        parent.log_metrics(metrics, step=n_runs)
+    for path in sorted(fit_dir.iterdir()):
+        if path.is_file() and path.suffix in (".json", ".md", ".png", ".csv"):
+            parent.log_artifact(path, "fit")
 
 
 def _collect(cfg: SweepConfig, points: list[Point], root: Path, parent: Tracker, outcome: Outcome) -> bool:
@@ -147,9 +195,7 @@ def _collect(cfg: SweepConfig, points: list[Point], root: Path, parent: Tracker,
         parent.log_artifact(runs_csv)
         if cfg.fit.enabled:
             fitted = run_fit(cfg.fit.args, runs_csv, root)
-            fit_json = root / "fit" / "fit.json"
-            if fit_json.is_file():
-                parent.log_artifact(fit_json)
+            _log_fit(parent, _fit_out(cfg.fit.args, runs_csv, root), n)
     print(f"sweep {cfg.name}: {len(outcome.finished)} runs finished now, {len(outcome.already)} before, "
           f"{len(outcome.failed)} failed; results under {root}")  # fmt: skip
     return outcome.ok and fitted is not False

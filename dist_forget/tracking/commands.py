@@ -12,7 +12,15 @@ from dist_forget.io import write_json_atomic
 from dist_forget.redact import redact_uri, use_uri
 from dist_forget.tracking.config import ResolvedTracking
 from dist_forget.tracking.fallback import FALLBACK_NAME, Segment, read_segments
-from dist_forget.tracking.tracker import MAX_METRICS_PER_BATCH, MlflowUnavailable, open_run, probe
+from dist_forget.tracking.store import install
+from dist_forget.tracking.tracker import (
+    MAX_METRICS_PER_BATCH,
+    MlflowUnavailable,
+    dataset_inputs,
+    open_run,
+    probe,
+    register,
+)
 
 
 def sync(path: Path, uri: str | None = None) -> int:
@@ -21,6 +29,10 @@ def sync(path: Path, uri: str | None = None) -> int:
     PATH is a run's out_dir or the JSONL itself. The target is --uri, else the URI the run was using,
     else $MLFLOW_TRACKING_URI. A synced file is renamed to *.synced; a sync that failed halfway can be
     rerun (run ids already created are remembered in *.sync.json, repeated metrics are deduplicated).
+
+    Args:
+        path: a run's out_dir, or its mlflow_fallback.jsonl
+        uri: tracking URI to upload to; unset = the URI the run used, else $MLFLOW_TRACKING_URI
     """
     file = path / FALLBACK_NAME if path.is_dir() else path
     if not file.is_file():
@@ -69,6 +81,7 @@ def _upload(seg: Segment, uri: str, known_run_id: str | None, on_created) -> str
     except MlflowUnavailable as exc:
         raise UserError(f"{exc}; fix that (start the server, set its credentials) or pass --uri to another "
                         "one, then rerun sync") from None
+    install()  # a local sqlite store keeps its artifacts beside it (tracking/store.py)
     uri = use_uri(uri)  # userinfo -> MLFLOW_TRACKING_USERNAME/PASSWORD; a stored `***@` takes them from there
     client = MlflowClient(tracking_uri=uri)
     run_id = known_run_id or seg.header.get("run_id")
@@ -90,11 +103,18 @@ def _upload(seg: Segment, uri: str, known_run_id: str | None, on_created) -> str
         client.log_batch(run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
     if seg.tags:
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in seg.tags.items()])
-    for artifact in seg.artifacts:
+    if seg.inputs:
+        client.log_inputs(run_id, datasets=dataset_inputs(seg.inputs))
+    for artifact, folder in seg.artifacts:
         if Path(artifact).is_file():
-            client.log_artifact(run_id, artifact)
+            client.log_artifact(run_id, artifact, folder)
         else:
             warnings.warn(f"artifact {artifact} no longer exists; skipped", RuntimeWarning, stacklevel=2)
+    for record in seg.registrations:
+        if Path(record["path"]).is_dir():
+            register(client, run_id, record)
+        else:
+            warnings.warn(f"model {record['path']} no longer exists; not registered", RuntimeWarning, stacklevel=2)
     if seg.status:
         client.set_terminated(run_id, seg.status)
     return run_id

@@ -20,6 +20,18 @@ from pathlib import Path
 from dist_forget.errors import UserError
 
 PARENT_ENV = "DIST_FORGET_PARENT_RUN_ID"
+ROOT_ENV = "DIST_FORGET_SWEEP_DIR"  # a sweep's folder: its runs tag their paths relative to it
+
+
+def run_root(out_dir: str | Path) -> Path:
+    """What a run's paths are relative to: the sweep folder, else the folder holding out_dir (the store's)."""
+    env = os.environ.get(ROOT_ENV)
+    return Path(env).resolve() if env else Path(out_dir).resolve().parent
+
+
+def relative(path: str | Path, root: Path) -> str:
+    """`path` relative to `root` (with `..` when outside it): a tag that survives moving the whole tree."""
+    return Path(os.path.relpath(Path(path).resolve(), root)).as_posix()
 
 
 @dataclass
@@ -30,8 +42,14 @@ class TrackingConfig:
     run_id: str | None = None
     parent_run_id: str | None = None
     flush_every_s: float = 5.0
+    system_metrics: bool = True  # MLflow's CPU/memory/disk/network/GPU monitor on the run (system/*)
+    system_metrics_interval_s: float = 10.0  # seconds between its samples
+    register_model: str = ""  # register the run's best model (best/) under this registry name; "" = don't
 
     def validate(self) -> None:
+        if self.system_metrics_interval_s <= 0:
+            raise UserError(f"tracking.system_metrics_interval_s = {self.system_metrics_interval_s} must be > 0; "
+                            "try 10")
         if self.flush_every_s <= 0:
             raise UserError(f"tracking.flush_every_s = {self.flush_every_s} must be > 0 seconds; try 5.0")
         if not self.experiment:

@@ -8,7 +8,9 @@ belong to:
   {"type": "run", "uri", "experiment", "run_id" (null if the run was never created), "run_name",
    "parent_run_id", "params", "tags"}
   {"type": "metrics", "step": 12, "timestamp_ms": 1700000000000, "metrics": {"train/loss": 3.2}}
-  {"type": "tags", "tags": {...}}      {"type": "artifact", "path": "/abs/path"}
+  {"type": "tags", "tags": {...}}      {"type": "artifact", "path": "/abs/path", "artifact_path": "fit"}
+  {"type": "inputs", "datasets": [{"name", "digest", "source_type", "source", "profile", "context"}]}
+  {"type": "register", "path": "/abs/best", "name": "registry name", "tags": {...}}
   {"type": "end", "status": "FINISHED"}
 
 The file is created owner-only (0600); its `uri` has any credentials redacted (`http://***@host:port`), and
@@ -70,7 +72,9 @@ class Segment:
     header: dict[str, Any]
     metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, ts_ms, step
     tags: dict[str, str] = field(default_factory=dict)
-    artifacts: list[str] = field(default_factory=list)
+    artifacts: list[tuple[str, str | None]] = field(default_factory=list)  # local path, folder in the run
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    registrations: list[dict[str, Any]] = field(default_factory=list)  # model registry versions to create
     status: str | None = None
 
     @property
@@ -113,7 +117,11 @@ def read_segments(path: Path) -> list[Segment]:
         elif kind == "tags":
             current.tags.update({str(k): str(v) for k, v in record["tags"].items()})
         elif kind == "artifact":
-            current.artifacts.append(str(record["path"]))
+            current.artifacts.append((str(record["path"]), record.get("artifact_path")))
+        elif kind == "register":
+            current.registrations.append(record)
+        elif kind == "inputs":
+            current.inputs.extend(d for d in record.get("datasets", []) if isinstance(d, dict))
         elif kind == "end":
             current.status = str(record["status"])
     return list(segments.values())

@@ -4,6 +4,8 @@ The server runs in its own process group and the whole group is ended on exit, b
 parent alone can leave gunicorn/uvicorn workers behind (platform-facts). Job execution is switched off
 for the same reason. `admin=(user, password)` starts MLflow's basic-auth app (`--app-name basic-auth`,
 users in `<root>/basic_auth.db`) with that admin account: clients then need MLFLOW_TRACKING_USERNAME/PASSWORD.
+`store=FOLDER` serves an existing local store instead (a sweep folder, or a copy of one): its `mlflow.db`
+and the `mlartifacts/` beside it, which is how `mlflow ui` opens it (tracking/store.py).
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ from types import TracebackType
 
 from dist_forget.errors import UserError
 from dist_forget.net import free_port
+from dist_forget.tracking.store import ARTIFACTS_DIR
 
 
 class LocalServer:
     """`with LocalServer(tmp_dir) as server:` → `server.uri` is a live http://127.0.0.1:PORT."""
 
     def __init__(self, root: str | Path, port: int | None = None, start_timeout_s: float = 120.0,
-                 admin: tuple[str, str] | None = None):
+                 admin: tuple[str, str] | None = None, store: str | Path | None = None):
         self.root = Path(root).resolve()
+        self.store = Path(store).resolve() if store is not None else None
         self.admin = admin
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
@@ -40,8 +44,8 @@ class LocalServer:
         cmd = [
             str(mlflow_bin) if mlflow_bin.exists() else "mlflow",
             "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-            "--artifacts-destination", str(self.root / "artifacts"),
+            "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db' if self.store else self.root / 'server.db'}",
+            "--artifacts-destination", str(self.store / ARTIFACTS_DIR if self.store else self.root / "artifacts"),
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--workers", "1",

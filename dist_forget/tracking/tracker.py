@@ -10,19 +10,30 @@ tags and artifacts go through the same queue.
 If MLflow cannot be reached (at start or at any later send), the tracker warns once and from then on
 appends everything to `<out_dir>/mlflow_fallback.jsonl`; training never notices.
 `dist-forget track sync --path <out_dir>` uploads that file later.
+
+A run also gets MLflow's standard source tags (`mlflow.user`, `mlflow.source.name`/`type`, and
+`mlflow.source.git.commit` when this package runs from a git checkout), its dataset inputs
+(`log_inputs`, the runs table's Dataset column) and, when `tracking.system_metrics` is on, MLflow's own
+system-metrics monitor (CPU, memory, disk, network, GPU every `system_metrics_interval_s`; its cost is
+measured in benchmarks/bench_tracking.py).
 """
 
 from __future__ import annotations
 
 import atexit
+import getpass
+import json
 import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +41,7 @@ from dist_forget.errors import UserError
 from dist_forget.redact import auth_header, redact_uri, scrub, split_credentials, use_uri
 from dist_forget.tracking.config import ResolvedTracking, TrackingConfig, resolve
 from dist_forget.tracking.fallback import FALLBACK_NAME, FallbackWriter
+from dist_forget.tracking.store import PROXIED_ROOT, install, sqlite_path
 
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limits on one log_batch request
@@ -49,9 +61,63 @@ class MlflowUnavailable(Exception):
     """MLflow did not answer (or refused); the caller falls back to the JSONL."""
 
 
+def param_string(value: Any) -> str:
+    """One param value as MLflow shows it: lists, tuples and dicts as JSON (`[0.9, 0.95]`), else str."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(list(value) if isinstance(value, tuple) else value, default=str)
+    return str(value)
+
+
 def params_to_strings(params: dict[str, Any]) -> dict[str, str]:
     """MLflow params as strings, every URI in them redacted (a tracking URI may hold a password)."""
-    return {str(k)[:250]: scrub(str(v))[:MAX_PARAM_VALUE] for k, v in params.items()}
+    return {str(k)[:250]: scrub(param_string(v))[:MAX_PARAM_VALUE] for k, v in params.items()}
+
+
+@lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    """HEAD of the git checkout this package runs from (None for an installed wheel or no git)."""
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and len(commit) == 40 else None
+
+
+def source_tags(source_name: str | None = None) -> dict[str, str]:
+    """MLflow's standard provenance tags, as `mlflow.start_run` would set them."""
+    tags = {"mlflow.source.type": "LOCAL",
+            "mlflow.source.name": source_name or Path(sys.argv[0]).name or "python"}  # fmt: skip
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def dataset_inputs(datasets: list[dict[str, Any]]) -> list[Any]:
+    """MLflow `DatasetInput`s from plain records {name, digest, source_type, source, profile, context, tags}:
+    digest (<= 36 characters kept) and profile describe the data, shared by every run of the experiment that
+    uses it; context and tags are this run's (its input tags)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    return [
+        DatasetInput(
+            Dataset(d["name"], d["digest"][:36], d.get("source_type", "local"), d["source"],
+                    d.get("schema"), d.get("profile")),  # fmt: skip
+            [InputTag(MLFLOW_DATASET_CONTEXT, d.get("context", "train")),
+             *(InputTag(str(k), str(v)) for k, v in (d.get("tags") or {}).items())],
+        )
+        for d in datasets
+    ]
 
 
 def probe(uri: str, timeout_s: float = 3.0) -> None:
@@ -98,9 +164,9 @@ def experiment_id(client: Any, name: str, uri: str) -> str:
 
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        location = None
-        if uri.startswith("sqlite:///"):
-            location = Path(uri[len("sqlite:///") :]).parent.joinpath("mlartifacts").as_uri()
+        # A local store addresses artifacts relative to itself (files in mlartifacts/ beside the .db), so
+        # the folder can be copied and opened elsewhere; a server decides its own location.
+        location = PROXIED_ROOT if sqlite_path(uri) is not None else None
         try:
             return client.create_experiment(name, artifact_location=location)
         except MlflowException:  # another process created it between our two calls
@@ -142,6 +208,10 @@ def open_run(
                 stacklevel=3,
             )
         params = {k: v for k, v in params.items() if k not in old}
+        if tags:
+            from mlflow.entities import RunTag
+
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     else:
         exp_id = experiment_id(client, rt.experiment, rt.uri)
         run_tags = dict(tags)
@@ -163,23 +233,33 @@ class Tracker:
         self.fallback_path: Path | None = None
         self._queue: queue.Queue[tuple[Any, ...]] | None = None
         self._thread: threading.Thread | None = None
+        self._monitor: Any = None
         self._finished = False
 
     @classmethod
     def create(
-        cls, cfg: TrackingConfig, rank: int, run_name: str, params: dict[str, Any], out_dir: Path
+        cls,
+        cfg: TrackingConfig,
+        rank: int,
+        run_name: str,
+        params: dict[str, Any],
+        out_dir: Path,
+        tags: dict[str, str] | None = None,
+        source_name: str | None = None,
     ) -> Tracker:
-        """A live tracker on rank 0 when enabled, else a no-op; `params` = the flattened resolved config."""
+        """A live tracker on rank 0 when enabled, else a no-op; `params` = the flattened resolved config,
+        `tags` come on top of the standard source tags (`source_name` = the command, e.g. `dist-forget sweep`)."""
         tracker = cls()
         if not cfg.enabled or rank != 0:
             return tracker
+        install()  # mlflow-artifacts: URIs of a local sqlite store resolve beside its .db
         rt = resolve(cfg, out_dir)
         shown = redact_uri(rt.uri)  # what is printed and stored; MLflow gets the URI without userinfo and
         rt = replace(rt, uri=use_uri(rt.uri))  # the credentials through its environment variables
         for key, value in _HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
         str_params = params_to_strings(params)
-        tags = {"dist_forget.out_dir": str(Path(out_dir).resolve())}
+        tags = {**source_tags(source_name), **{str(k): scrub(str(v)) for k, v in (tags or {}).items()}}
         tracker.uri = shown
         tracker.fallback_path = Path(out_dir) / FALLBACK_NAME
         header = {
@@ -200,6 +280,8 @@ class Tracker:
             client = MlflowClient(tracking_uri=rt.uri)
             tracker.run_id = open_run(client, rt, run_name, str_params, tags)
             fallback.set_header(run_id=tracker.run_id)
+            if cfg.system_metrics:
+                tracker._monitor = start_system_metrics(tracker.run_id, rt, cfg.system_metrics_interval_s)
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - any MLflow failure means "offline", never a crash
@@ -221,13 +303,26 @@ class Tracker:
             stamp = int(time.time() * 1000)
             self._queue.put(("metrics", step, stamp, {k: float(v) for k, v in metrics.items()}))
 
-    def log_artifact(self, path: str | Path) -> None:
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file (into the run's folder `artifact_path`, e.g. `fit`; None = its top level)."""
         if self.active:
-            self._queue.put(("artifact", str(Path(path).resolve())))
+            self._queue.put(("artifact", {"path": str(Path(path).resolve()), "artifact_path": artifact_path}))
+
+    def register_model(self, folder: str | Path, name: str, tags: dict[str, str] | None = None) -> None:
+        """Upload the HF folder as the run's `best_model/` artifacts and make it a new version of registered
+        model `name` in MLflow's model registry (created when missing)."""
+        if self.active:
+            self._queue.put(("register", {"path": str(Path(folder).resolve()), "name": name,
+                                          "tags": {str(k): str(v) for k, v in (tags or {}).items()}}))
+
+    def log_inputs(self, datasets: list[dict[str, Any]]) -> None:
+        """Record the run's datasets (see `dataset_inputs` for the record); MLflow shows them per run."""
+        if self.active and datasets:
+            self._queue.put(("inputs", {"datasets": datasets}))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.active:
-            self._queue.put(("tags", {str(k): str(v) for k, v in tags.items()}))
+            self._queue.put(("tags", {"tags": {str(k): str(v) for k, v in tags.items()}}))
 
     def flush(self) -> None:
         """Block until everything queued so far was sent (or written to the fallback JSONL)."""
@@ -241,7 +336,10 @@ class Tracker:
         if not self.active:
             return
         self._finished = True
-        self._queue.put(("end", status))
+        if self._monitor is not None:  # its last samples land before the run is closed
+            stop_system_metrics(self._monitor)
+            self._monitor = None
+        self._queue.put(("end", {"status": status}))
         self._thread.join()
         atexit.unregister(self.finish)
 
@@ -252,6 +350,52 @@ class Tracker:
         self.finish(
             "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
         )
+
+
+MODEL_ARTIFACT = "best_model"
+
+
+def register(client: Any, run_id: str, record: dict[str, Any]) -> str:
+    """Upload `record["path"]` to the run's `best_model/` and register it as a new version of
+    `record["name"]`; returns the version. Two runs registering a new name at once are fine."""
+    from mlflow.exceptions import MlflowException
+
+    client.log_artifacts(run_id, record["path"], MODEL_ARTIFACT)
+    try:
+        client.create_registered_model(record["name"])
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(record["name"], f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id,
+                                          tags=record.get("tags") or None)  # fmt: skip
+    return str(version.version)
+
+
+def start_system_metrics(run_id: str, rt: ResolvedTracking, interval_s: float) -> Any:
+    """MLflow's own system-metrics monitor on this run (a daemon thread); None if it cannot start."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=bool(rt.run_id),
+                                       tracking_uri=rt.uri)  # fmt: skip
+        monitor.start()
+        return monitor
+    except Exception as exc:  # noqa: BLE001 - e.g. psutil missing: train without system metrics
+        warnings.warn(f"MLflow system metrics not started ({type(exc).__name__}: {scrub(str(exc))[:200]}); "
+                      "set tracking.system_metrics=false to silence this", RuntimeWarning, stacklevel=3)  # fmt: skip
+        return None
+
+
+def stop_system_metrics(monitor: Any) -> None:
+    """Stop the monitor; a run shorter than one sampling interval still gets one sample of each system metric."""
+    try:
+        monitor.finish()
+        if getattr(monitor, "_logging_step", 1) == 0:
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+    except Exception:  # noqa: BLE001 - system metrics are never worth a failed run
+        pass
 
 
 def _warn_offline(uri: str, exc: BaseException, path: Path) -> None:
@@ -303,10 +447,7 @@ class _Sender:
             if op[0] == "flush":
                 op[1].set()
                 continue
-            kind, value = op
-            record = (
-                {"status": value} if kind == "end" else {"tags": value} if kind == "tags" else {"path": value}
-            )
+            kind, record = op
             self._call(kind, record)
             if kind == "end":
                 return
@@ -347,7 +488,11 @@ class _Sender:
         elif kind == "tags":
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in record["tags"].items()])
         elif kind == "artifact":
-            self.client.log_artifact(self.run_id, record["path"])
+            self.client.log_artifact(self.run_id, record["path"], record.get("artifact_path"))
+        elif kind == "inputs":
+            self.client.log_inputs(self.run_id, datasets=dataset_inputs(record["datasets"]))
+        elif kind == "register":
+            register(self.client, self.run_id, record)
 
     def _go_offline(self, exc: BaseException) -> None:
         self.client = None

@@ -9,6 +9,7 @@ are in MLflow's environment variables.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,7 +102,10 @@ def test_right_password_logs_and_leaks_nowhere(tiny_data, base_model, auth_serve
     exp = client.get_experiment_by_name("sec-right")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.params["tracking.uri"] == f"http://***@127.0.0.1:{auth_server.port}"
+    assert not [k for k in run.data.params if k.startswith("tracking.")]  # where to log is no param
+    assert not [v for v in {**run.data.params, **run.data.tags}.values() if SECRET in v]
+    config = client.download_artifacts(run.info.run_id, "run_config.json", str(tmp_path / "dl"))
+    assert json.loads(Path(config).read_text())["tracking"]["uri"] == f"http://***@127.0.0.1:{auth_server.port}"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 4
     # files that hold what came from the environment are the owner's only
     assert (out / "run_config.json").stat().st_mode & 0o077 == 0
@@ -137,5 +141,6 @@ def test_wrong_password_falls_back_then_sync_uploads(tiny_data, base_model, auth
     client = _client(auth_server, monkeypatch)
     (run,) = client.search_runs([client.get_experiment_by_name("sec-wrong").experiment_id])
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 4
-    assert run.data.params["tracking.uri"] == shown
+    assert not [k for k in run.data.params if k.startswith("tracking.")]
+    assert not [v for v in {**run.data.params, **run.data.tags}.values() if SECRET in v or WRONG in v]
     assert _holding(auth_server.root, SECRET) == [] and _holding(auth_server.root, WRONG) == []

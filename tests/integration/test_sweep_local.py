@@ -6,9 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -166,3 +169,63 @@ def test_runs_nest_under_one_mlflow_parent(
     parent = client.get_run(state["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/finished"] == 2
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["runs.csv"]
+
+
+def test_parent_run_holds_the_fit_and_the_store_can_move(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default local store (no server): the parent run gets REPORT.md, the plots, fit.json and the
+    fitted values as metrics; then the sweep folder is moved elsewhere, a fresh `mlflow server` is started
+    on the copy and serves the artifacts through its REST API (nothing points at the old path)."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("FAKE_RUN_SECONDS", "0")
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "DIST_FORGET_PARENT_RUN_ID",
+                "DIST_FORGET_SWEEP_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    sizes = ["cpu-0.03m", "cpu-0.1m", "cpu-0.3m"]
+    config = str(write_sweep(
+        tmp_path,
+        pretrain={"config": str(tmp_path / "cfg.yaml"), "sizes": sizes, "seq_len": 32},
+        grid={"target_tokens": [1000, 100000], "inject_fraction": [0.0, 0.001, 0.01]},
+        fit={"args": ["--runs", "{runs_csv}", "--out", "{sweep_dir}/fit", "--holdout", "largest",
+                      "--bootstrap", "10"]},
+        tracking={"experiment": "portable"},
+    ))  # fmt: skip
+    assert cli_main(["sweep", "--config", config]) == 0
+    sweep = tmp_path / "sweep"
+    assert (sweep / "mlflow.db").is_file() and (sweep / "mlartifacts").is_dir()
+    fit = json.loads((sweep / "fit" / "fit.json").read_text())
+    plots = sorted(p.name for p in (sweep / "fit").glob("*.png"))
+    assert plots
+
+    moved = tmp_path / "elsewhere" / "copy"
+    moved.parent.mkdir()
+    shutil.copytree(sweep, moved)
+    shutil.rmtree(sweep)  # nothing may point back at the original folder
+    with LocalServer(tmp_path / "srv", store=moved) as server:
+        def get(endpoint: str, **query: str) -> bytes:
+            url = f"{server.uri}/{endpoint}?{urllib.parse.urlencode(query)}"
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                return resp.read()
+
+        exp = json.loads(get("api/2.0/mlflow/experiments/get-by-name", experiment_name="portable"))["experiment"]
+        body = json.dumps({"experiment_ids": [exp["experiment_id"]], "filter": "tags.stage = 'sweep'"}).encode()
+        req = urllib.request.Request(f"{server.uri}/api/2.0/mlflow/runs/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            (parent,) = json.loads(resp.read())["runs"]
+        run_id = parent["info"]["run_id"]
+        assert parent["info"]["artifact_uri"].startswith("mlflow-artifacts:/")  # relative to the store
+        metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+        for rec in fit["fits"]:
+            prefix = f"fit/{rec['domain']}/{rec['form']}"
+            for name, value in rec["params"].items():
+                assert metrics[f"{prefix}/{name}"] == pytest.approx(value)
+            assert metrics[f"{prefix}/mre"] == pytest.approx(rec["mre"])
+            assert metrics[f"{prefix}/heldout_mre"] == pytest.approx(rec["holdout"]["mre"])
+            assert metrics[f"{prefix}/warnings"] == len(rec["warnings"])
+        listed = json.loads(get("api/2.0/mlflow/artifacts/list", run_id=run_id, path="fit"))["files"]
+        assert {f["path"] for f in listed} == {f"fit/{n}" for n in ["REPORT.md", "fit.json", *plots]}
+        report = get("get-artifact", path="fit/REPORT.md", run_uuid=run_id).decode()
+        assert report.startswith("# Law fit report") and all(p in report for p in plots)
+        png = get("get-artifact", path=f"fit/{plots[0]}", run_uuid=run_id)
+        assert png.startswith(b"\x89PNG")
+        assert b"run_id" in get("get-artifact", path="runs.csv", run_uuid=run_id)

@@ -87,3 +87,56 @@ def test_sync_to_dead_server_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unreachable.*rerun sync"):
         sync(tmp_path, uri=f"http://127.0.0.1:{free_port()}")
     assert (tmp_path / FALLBACK_NAME).exists()
+
+
+DATASET = {"name": "code", "digest": "ab" * 32, "source_type": "local", "source": '{"uri": "shards/code"}',
+           "profile": '{"splits": {}}', "context": "train", "tags": {"inject_fraction": "0.01"}}
+
+
+def test_params_json_source_tags_inputs_and_a_relative_store(runs_dir: Path) -> None:
+    out = runs_dir / "meta"
+    (out).mkdir()
+    (out / "REPORT.md").write_text("# report\n")
+    cfg = TrackingConfig(flush_every_s=0.05, system_metrics=False)
+    with Tracker.create(cfg, 0, "meta", {"optim.betas": (0.9, 0.95), "grid.p": [0.0, 0.01]}, out,
+                        tags={"stage": "finetune"}, source_name="dist-forget finetune") as tracker:
+        tracker.log_inputs([DATASET])
+        tracker.log_artifact(out / "REPORT.md", "fit")
+    client = MlflowClient(f"sqlite:///{runs_dir / 'mlflow.db'}")
+    run = client.get_run(tracker.run_id)
+    assert run.data.params == {"optim.betas": "[0.9, 0.95]", "grid.p": "[0.0, 0.01]"}
+    tags = run.data.tags
+    assert tags["stage"] == "finetune" and tags["mlflow.source.name"] == "dist-forget finetune"
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.user"]
+    assert len(tags["mlflow.source.git.commit"]) == 40  # the tests run from a git checkout
+    (inp,) = run.inputs.dataset_inputs
+    assert (inp.dataset.name, inp.dataset.digest) == ("code", "ab" * 18)  # MLflow keeps 36 characters
+    assert {t.key: t.value for t in inp.tags} == {"mlflow.data.context": "train", "inject_fraction": "0.01"}
+    # artifacts live beside the store and are addressed relative to it: the folder can move
+    assert run.info.artifact_uri == f"mlflow-artifacts:/{tracker.run_id}/artifacts"
+    assert (runs_dir / "mlartifacts" / tracker.run_id / "artifacts" / "fit" / "REPORT.md").is_file()
+    assert [a.path for a in client.list_artifacts(tracker.run_id, "fit")] == ["fit/REPORT.md"]
+
+
+def test_inputs_artifact_folders_and_registration_survive_the_fallback(runs_dir: Path) -> None:
+    out = runs_dir / "offline-inputs"
+    out.mkdir()
+    (out / "fit.json").write_text("{}")
+    cfg = TrackingConfig(uri=f"http://127.0.0.1:{free_port()}", experiment="offline-inputs", flush_every_s=0.05)
+    with pytest.warns(RuntimeWarning, match="unavailable"):
+        tracker = Tracker.create(cfg, 0, "offline-inputs", {}, out)
+    tracker.log_inputs([DATASET])
+    tracker.log_artifact(out / "fit.json", "fit")
+    (out / "best").mkdir()
+    (out / "best" / "config.json").write_text("{}")
+    tracker.register_model(out / "best", "offline-model", {"best_step": 3})
+    tracker.finish()
+    uri = f"sqlite:///{runs_dir / 'mlflow.db'}"
+    assert cli_main(["track", "sync", "--path", str(out), "--uri", uri]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("offline-inputs").experiment_id])
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["code"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "fit")] == ["fit/fit.json"]
+    (version,) = client.search_model_versions("name='offline-model'")
+    assert version.run_id == run.info.run_id and version.tags == {"best_step": "3"}
+    assert version.source == f"runs:/{run.info.run_id}/best_model"
