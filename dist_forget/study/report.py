@@ -19,9 +19,9 @@ import numpy as np
 
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir, write_json_atomic, write_text_atomic
-from dist_forget.laws.fit import FitConfig
+from dist_forget.laws.fit import FitConfig, check_identifiable
 from dist_forget.laws.forms import get_form
-from dist_forget.laws.pipeline import fit_runs
+from dist_forget.laws.pipeline import fit_runs, runs_for
 from dist_forget.laws.report import _finite, _pct, plot_all, report_markdown
 from dist_forget.laws.table import read_runs
 from dist_forget.schema import METRICS_FILE, read_metrics
@@ -64,11 +64,7 @@ def report(
     runs = fd.runs_of(table)
     print(f"read {len(runs)} runs from {runs_csv}", flush=True)
     cfg = FitConfig(bootstrap=bootstrap, seed=seed, workers=workers)
-    # a form that reads a column older runs lack (kalajdzievski: ft_loss_base) is left out, and said so
-    usable = tuple(f for f in forms if all(c in table.values for c in get_form(f).requires))
-    for f in sorted(set(forms) - set(usable)):
-        print(f"form {f}: left out, the runs table lacks {', '.join(get_form(f).requires)}", flush=True)
-    forms = usable
+    forms = _identifiable(forms, table)
     records = fit_runs(table, forms, cfg, "largest")
     meta = {"source": str(runs_csv), "n_runs": len(table), "delta": cfg.delta, "loss": cfg.loss,
             "bootstrap": bootstrap, "holdout": "largest", "seed": seed, "forms": list(forms)}  # fmt: skip
@@ -86,6 +82,23 @@ def report(
         write_text_atomic(tmp / "REPORT.md", text)
     print(f"wrote {out / 'REPORT.md'} ({len(fit_pngs) + len(study_pngs)} plots) in {time.monotonic() - start:.0f} s")
     return 0
+
+
+def _identifiable(forms: tuple[str, ...], table: Any) -> tuple[str, ...]:
+    """The forms these runs can fit. A study compares every form it can; one the runs cannot identify (a
+    column older runs lack, like kalajdzievski's ft_loss_base, or a knob the sweep never varied, like
+    anchor_decay) is left out and said so, instead of failing the whole report."""
+    usable = []
+    for name in forms:
+        form = get_form(name)
+        try:
+            for domain in table.domains():
+                check_identifiable(form, runs_for(form, table.for_domain(domain)), f"domain {domain!r}")
+        except UserError as exc:
+            print(f"form {name}: left out ({exc})", flush=True)
+            continue
+        usable.append(name)
+    return tuple(usable)
 
 
 def collect_findings(runs: list[fd.Run]) -> dict[str, Any]:
@@ -135,12 +148,16 @@ def _finetune_setup(sweep: Path, runs: list[fd.Run]) -> str:
         return ""
     c = _read_json(cfgs[0])
     o, s, t = c.get("optim", {}), c.get("schedule", {}), c.get("train", {})
+    # the lr may differ by size (finetune.size_overrides); a run folder's name starts with its size
+    lrs = {cfg.parent.name.split("_")[0]: _read_json(cfg).get("optim", {}).get("lr") for cfg in cfgs}
+    lr = (f"{next(iter(lrs.values()))}" if len(set(lrs.values())) == 1
+          else "by size " + ", ".join(f"{size} {v:g}" for size, v in sorted(lrs.items(), key=lambda kv: -kv[1])))
     return (
-        f"Finetuning: {s.get('steps')} steps of {t.get('batch_size')} sequences, AdamW lr {o.get('lr')} "
+        f"Finetuning: at most {s.get('steps')} steps of {t.get('batch_size')} sequences, AdamW lr {lr} "
         f"({s.get('kind')}, warmup {s.get('warmup')}), betas {o.get('betas')}, no weight decay; target and "
         f"English validation loss every {t.get('eval_every')} steps on {t.get('eval_sequences')} held-out "
-        f"sequences each; the reported losses are at the best target-validation step (bottom of the "
-        f"U-curve). Domains {', '.join(sorted({r.domain for r in runs}))}; D ∈ "
+        f"sequences each, early stop after {t.get('patience')} evaluations without a better target loss; the "
+        f"reported losses are at the best target-validation step (bottom of the U-curve). Domains {', '.join(sorted({r.domain for r in runs}))}; D ∈ "
         f"{{{', '.join(f'{d:,.0f}' for d in sorted({r.d for r in runs}))}}} unique target tokens; p ∈ "
         f"{{{', '.join(f'{p:g}' for p in sorted({r.p for r in runs}))}}}; anchor_decay ∈ "
         f"{{{', '.join(f'{a:g}' for a in sorted({r.a for r in runs}))}}}; seeds "

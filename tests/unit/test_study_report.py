@@ -94,3 +94,16 @@ def test_findings_on_runs_off_the_protocol_carry_no_verdict(tmp_path):
     assert "Forgetting shrinks with model size — holds" in text  # not undermined by the injection check
     facts = json.loads((tmp_path / "out" / "findings.json").read_text())
     assert facts["protocol"]["failed"] == ["injection_acts"] and facts["protocol"]["met"] is False
+
+
+def test_forms_these_runs_cannot_identify_are_left_out_and_said_so(tmp_path, capsys):
+    """No Anchored AdamW runs and no ft_loss_base column: the default forms that need them are skipped."""
+    cfg = SyntheticConfig(sizes=(1e5, 3e5, 1e6), tokens=(1e5, 1e6), fractions=(0.0, 0.01), noise=0.001)
+    sweep = make_sweep(tmp_path / "sweep")
+    write_runs_csv(synthetic_runs(cfg), sweep / "runs.csv")
+    assert report(sweep, tmp_path / "out", bootstrap=0) == 0
+    out = capsys.readouterr().out
+    assert "form forgetting-anchored: left out" in out and "form kalajdzievski: left out" in out
+    fits = json.loads((tmp_path / "out" / "fit.json").read_text())["fits"]
+    assert {"finetune", "forgetting", "chinchilla"} <= {f["form"] for f in fits}
+    assert not {"forgetting-anchored", "kalajdzievski"} & {f["form"] for f in fits}
