@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: install data test demo study bench lint clean
+.PHONY: install data test demo study bench gpu-check lint clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,11 @@ study: data
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all
+
+# The GPU path in one run (<= 8 min on one GPU; benchmarks/gpu_check.py): engines, bf16, MFU, logits, resume,
+# tests/gpu. Without CUDA it runs the CPU parts and lists what it skipped. Output: $OUT or work/gpu_check.
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check
 
 lint: install
 	$(BIN)/ruff check .

@@ -20,43 +20,81 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 
-def _model(size: str, vocab: int) -> torch.nn.Module:
+def _model(size: str, vocab: int, device: str = "cpu") -> torch.nn.Module:
     from transformers import LlamaForCausalLM
 
     from dist_forget.models.ladder import hf_config
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(hf_config(size, vocab_size=vocab, max_seq_len=256))
+    with torch.device(device):  # built in place: initializing a large model on the CPU takes seconds
+        return LlamaForCausalLM(hf_config(size, vocab_size=vocab, max_seq_len=256))
 
 
-def bench_step(size: str, vocab: int, steps: int) -> dict[str, float]:
+def bench_step(size: str, vocab: int, steps: int, device: str = "cpu", baseline: str = "foreach"
+               ) -> dict[str, Any]:
+    """Median step time of AnchoredAdamW and of torch AdamW (`baseline`: its "foreach" or "fused"
+    implementation) on identical models and gradients on `device`, and which code path each step takes."""
     from dist_forget.optim import AnchoredAdamW, param_groups
 
-    models = {name: _model(size, vocab) for name in ("adamw", "anchored")}
+    models = {name: _model(size, vocab, device) for name in ("adamw", "anchored")}
     numel = sum(p.numel() for p in models["adamw"].parameters())
     gen = torch.Generator().manual_seed(0)
     for m in models.values():
         for p in m.parameters():
-            p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+            p.grad = (torch.randn(p.shape, generator=gen) * 1e-3).to(device)
     opts = {
         # Baseline: the same two groups, plain decoupled weight decay.
-        "adamw": torch.optim.AdamW(param_groups(models["adamw"], 0.1, 0.0), lr=1e-4, foreach=True),
+        "adamw": torch.optim.AdamW(param_groups(models["adamw"], 0.1, 0.0), lr=1e-4,
+                                   **{baseline: True}),
         "anchored": AnchoredAdamW(param_groups(models["anchored"], 0.1, 0.1), lr=1e-4),
     }
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {k: [] for k in opts}
     for step in range(steps + 2):
         for name, opt in opts.items():
+            sync()
             t0 = time.perf_counter()
             opt.step()
+            sync()
             if step >= 2:  # the first steps allocate state (and capture the anchor)
                 times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"params": numel, "adamw_step_s": med["adamw"], "anchored_step_s": med["anchored"],
-            "ratio": med["anchored"] / med["adamw"]}
+    return {"params": numel, "device": str(device), "baseline": baseline, "adamw_step_s": med["adamw"],
+            "anchored_step_s": med["anchored"], "ratio": med["anchored"] / med["adamw"],
+            "adamw_path": step_path(opts["adamw"]), "anchored_path": step_path(opts["anchored"])}
+
+
+def step_path(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Which implementation one `opt.step()` runs, read off the profiler: `fused` (aten::_fused_adam*),
+    `foreach` (aten::_foreach_* multi-tensor ops) or `per-tensor`; on CUDA also how many kernels it
+    launches and how many of them are multi-tensor-apply kernels (one launch for many tensors)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = any(p.is_cuda for g in opt.param_groups for p in g["params"])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    try:
+        with profile(activities=activities) as prof:
+            opt.step()
+            if cuda:
+                torch.cuda.synchronize()
+        events = list(prof.events())
+    except Exception as exc:  # a profiler that cannot start (no CUPTI) must not cost the timing figures
+        return {"path": "unknown", "foreach_ops": 0, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    kernels = [e.name for e in events if e.device_type == DeviceType.CUDA]
+    ops = [e.name for e in events if e.device_type == DeviceType.CPU]
+    path = ("fused" if any(n.startswith("aten::_fused_adam") for n in ops)
+            else "foreach" if any(n.startswith("aten::_foreach_") for n in ops) else "per-tensor")
+    out: dict[str, Any] = {"path": path, "foreach_ops": sum(n.startswith("aten::_foreach_") for n in ops)}
+    if cuda:
+        out["cuda_kernels"] = len(kernels)
+        out["multi_tensor_kernels"] = sum("multi_tensor_apply" in n for n in kernels)
+    return out
 
 
 def anchor_bytes_world1(size: str, vocab: int) -> dict[str, int]:

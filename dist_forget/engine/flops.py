@@ -1,8 +1,9 @@
 """Model FLOPs per token and the machine's measured peak, for MFU.
 
-MFU = achieved model FLOP/s ÷ peak FLOP/s. The peak is not a datasheet number: it is a large matmul
-timed on this process (fp32 on CPU, bf16 on GPU), so the ratio says how close the loop gets to what this
-machine can really do.
+MFU = achieved model FLOP/s ÷ peak FLOP/s. The trainer's peak is not a datasheet number: it is a large
+matmul timed on this process (fp32 on CPU, bf16 on GPU), so the ratio says how close the loop gets to what
+this machine can really do. `datasheet_peak` is the other convention (the vendor's dense bf16 figure, what
+published MFU numbers divide by), used by the GPU check (benchmarks/gpu_check.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,17 @@ from __future__ import annotations
 import time
 
 import torch
+
+# Dense (no sparsity) bf16 tensor-core FLOP/s from the vendors' datasheets, matched in order against
+# torch.cuda.get_device_name() (first substring that occurs wins: "H100 PCIe" before "H100").
+BF16_DENSE_PEAK: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM (nvidia-smi: "NVIDIA H100 80GB HBM3")
+    ("H200", 989e12),
+    ("H800", 989e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+)
 
 
 def flops_per_token(non_embedding: int, vocab: int, hidden: int, layers: int, seq_len: int) -> float:
@@ -35,3 +47,11 @@ def measure_peak(device: torch.device, size: int = 1024, repeats: int = 10) -> f
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return 2.0 * size**3 / best
+
+
+def datasheet_peak(device_name: str) -> float | None:
+    """The dense bf16 peak FLOP/s of a GPU named `device_name` (BF16_DENSE_PEAK), None if not listed."""
+    for key, peak in BF16_DENSE_PEAK:
+        if key.lower() in device_name.lower():
+            return peak
+    return None

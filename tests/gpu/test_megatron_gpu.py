@@ -116,7 +116,9 @@ def _finetune(tiny_data, base: Path, out: Path, world: int, *extra: str, resume:
            *(["--resume", resume] if resume else []),
            *_overrides(tiny_data, base, out, "engine=megatron", f"parallel.tp={world}", "checkpoint.every=3",
                        "checkpoint.keep=4", *extra)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    # keep an inherited PYTHONPATH: on a GPU machine megatron-core may be there rather than installed
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout
