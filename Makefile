@@ -27,7 +27,8 @@ data: install
 	$(BIN)/dist-forget data prepare --out $(DATA)
 
 test: install
-	$(BIN)/ruff check dist_forget tests tools benchmarks launchers
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check dist_forget tests
 	$(BIN)/python -m pytest -q -ra --timeout 900 tests
 
 demo: install

@@ -161,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     known, rest = parser.parse_known_args(argv)
     words = known._words
     fn = _resolve(known._target)
-    sub = argparse.ArgumentParser(prog="dist-forget " + " ".join(words), description=parse_doc(fn)[0],
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = argparse.ArgumentParser(
+        prog="dist-forget " + " ".join(words),
+        description=parse_doc(fn)[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_signature_arguments(sub, fn)
     ns = sub.parse_args(rest)
     try:

@@ -107,7 +107,7 @@ class ConfigErrors(UserError):
 
 
 def _strip_where(problem: str, where: str) -> str:
-    return problem[len(where) + 2:] if problem.startswith(where + ": ") else problem
+    return problem[len(where) + 2 :] if problem.startswith(where + ": ") else problem
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix: str = "") -> T:
@@ -206,7 +206,9 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
             raise UserError(f"{where}: key {key!r} = {value!r} should be a number (float)")
         return float(value)
     if tp is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        ):
             raise UserError(f"{where}: key {key!r} = {value!r} should be an integer")
         return int(value)
     if tp is bool:

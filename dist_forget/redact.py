@@ -17,7 +17,11 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 MASK = "***"
-USER_ENV, PASSWORD_ENV, TOKEN_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"
+USER_ENV, PASSWORD_ENV, TOKEN_ENV = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
 _SECRET_PARTS = ("token", "password", "passwd", "secret", "key", "auth", "signature", "credential")
 _SECRET_NAMES = ("pwd", "pass", "sig")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")

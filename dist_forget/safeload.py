@@ -48,16 +48,22 @@ def load_pt(path: str | Path, map_location: Any = "cpu", allow: Sequence[Any] = 
     except pickle.UnpicklingError as exc:
         found = _UNSUPPORTED.search(str(exc))
         what = found.group(1) if found else "an object weights-only loading does not allow"
-        raise UnsafeCheckpoint(f"{path}: refused to load: the file asks to import {what}, and a checkpoint may only "
-                        "hold tensors and plain data (loading it could run code); do not use this file, "
-                        "take the checkpoint from a source you trust") from None
+        raise UnsafeCheckpoint(
+            f"{path}: refused to load: the file asks to import {what}, and a checkpoint may only "
+            "hold tensors and plain data (loading it could run code); do not use this file, "
+            "take the checkpoint from a source you trust"
+        ) from None
     except FileNotFoundError:
-        raise UserError(f"{path}: file is missing; the checkpoint is incomplete, use an earlier one") from None
+        raise UserError(
+            f"{path}: file is missing; the checkpoint is incomplete, use an earlier one"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: say which one
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise UserError(f"{path}: cannot be read as a torch checkpoint file ({type(exc).__name__}"
-                        f"{': ' + first if first else ''}); the file is damaged or truncated, "
-                        "use an earlier checkpoint or re-save it") from None
+        raise UserError(
+            f"{path}: cannot be read as a torch checkpoint file ({type(exc).__name__}"
+            f"{': ' + first if first else ''}); the file is damaged or truncated, "
+            "use an earlier checkpoint or re-save it"
+        ) from None
 
 
 def verify_pt_files(files: Iterable[Path], allow: Sequence[Any] = ()) -> None:
@@ -77,8 +83,10 @@ def make_safe_checkpoint_engine(current: Any) -> Any:
     if isinstance(current, SafeCheckpointEngineMixin):
         return current
     if type(current) is not TorchCheckpointEngine:
-        raise UserError(f"DeepSpeed checkpoint engine {type(current).__name__} loads checkpoints without "
-                        "weights_only; use DeepSpeed's default torch checkpoint engine")
+        raise UserError(
+            f"DeepSpeed checkpoint engine {type(current).__name__} loads checkpoints without "
+            "weights_only; use DeepSpeed's default torch checkpoint engine"
+        )
     safe = _safe_engine_class(TorchCheckpointEngine).__new__(_safe_engine_class(TorchCheckpointEngine))
     safe.__dict__.update(current.__dict__)
     return safe

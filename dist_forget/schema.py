@@ -53,9 +53,14 @@ def eval_record(step: int, ft_loss: float, pt_loss: float) -> dict[str, Any]:
     return {"kind": "eval", "step": step, "ft_loss": ft_loss, "pt_loss": pt_loss}
 
 
-def read_metrics(path: str | Path, kind: Kind | None = None, until_step: int | None = None) -> list[dict[str, Any]]:
+def read_metrics(
+    path: str | Path, kind: Kind | None = None, until_step: int | None = None
+) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl in file order: only those of `kind` when given, only those at
     step <= `until_step` when given (what a resume from that step keeps)."""
     records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return [r for r in records
-            if (kind is None or r["kind"] == kind) and (until_step is None or r["step"] <= until_step)]
+    return [
+        r
+        for r in records
+        if (kind is None or r["kind"] == kind) and (until_step is None or r["step"] <= until_step)
+    ]

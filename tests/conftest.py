@@ -28,15 +28,28 @@ def build_tiny_data(root: Path, seq_len: int = 64, vocab_size: int = 512) -> Tin
 
     english, code = DATA / "english.jsonl", DATA / "code.jsonl"
     texts = list(read_documents(english)) + list(read_documents(code))
-    tok_file = train_tokenizer(texts, root / "tokenizer", TokenizerConfig(vocab_size=vocab_size, max_chars=None))
+    tok_file = train_tokenizer(
+        texts, root / "tokenizer", TokenizerConfig(vocab_size=vocab_size, max_chars=None)
+    )
     cfg = ShardConfig(seq_len=seq_len, val_fraction=0.1, rows_per_member=16, sequences_per_shard=256)
     shards = {}
     for name, corpus in (("english", english), ("code", code)):
-        manifest = write_shards(read_documents(corpus), tok_file.parent, root / "shards" / name, name, cfg,
-                                source={"domain": name, "file": corpus.name})
+        manifest = write_shards(
+            read_documents(corpus),
+            tok_file.parent,
+            root / "shards" / name,
+            name,
+            cfg,
+            source={"domain": name, "file": corpus.name},
+        )
         shards[name] = manifest
-    return TinyData(tokenizer_dir=tok_file.parent, english=root / "shards" / "english", code=root / "shards" / "code",
-                    seq_len=seq_len, vocab_size=shards["english"].vocab_size)
+    return TinyData(
+        tokenizer_dir=tok_file.parent,
+        english=root / "shards" / "english",
+        code=root / "shards" / "code",
+        seq_len=seq_len,
+        vocab_size=shards["english"].vocab_size,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +81,20 @@ def base_model(tiny_data: TinyData, tmp_path_factory: pytest.TempPathFactory) ->
 def tiny_finetune_overrides(tiny_data: TinyData, base_model: Path, out: Path, *extra: str) -> list[str]:
     """The smallest real finetune: 4 steps of 4 sequences (2 per micro-batch), evaluation and a
     checkpoint every 2 steps, no MLflow. The peak FLOP/s is fixed so no run times a matmul at start."""
-    return [f"out_dir={out}", f"model.init_from={base_model}", f"data.target={tiny_data.code}",
-            f"data.pretrain={tiny_data.english}", "data.target_tokens=null", "tracking.enabled=false",
-            "train.batch_size=4", "train.micro_batch=2", "train.eval_sequences=8", "train.eval_every=2",
-            "schedule.steps=4", "schedule.warmup=1", "checkpoint.every=2", "train.peak_flops=1e11", *extra]
+    return [
+        f"out_dir={out}",
+        f"model.init_from={base_model}",
+        f"data.target={tiny_data.code}",
+        f"data.pretrain={tiny_data.english}",
+        "data.target_tokens=null",
+        "tracking.enabled=false",
+        "train.batch_size=4",
+        "train.micro_batch=2",
+        "train.eval_sequences=8",
+        "train.eval_every=2",
+        "schedule.steps=4",
+        "schedule.warmup=1",
+        "checkpoint.every=2",
+        "train.peak_flops=1e11",
+        *extra,
+    ]

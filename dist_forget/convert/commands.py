@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def hf_to_megatron(hf: Path, out: Path, tp: int, pp: int = 1, optimizer: bool = False,
-                   overwrite: bool = False) -> int:
+def hf_to_megatron(
+    hf: Path, out: Path, tp: int, pp: int = 1, optimizer: bool = False, overwrite: bool = False
+) -> int:
     """Split a Hugging Face Llama folder into a Megatron folder: --tp ways per matrix, --pp pipeline stages.
 
     With --optimizer, the folder's optimizer.pt (Adam moments, anchor) is sharded too.
@@ -44,8 +45,9 @@ def megatron_to_hf(megatron: Path, out: Path, optimizer: bool = False, overwrite
     return 0
 
 
-def reshard_megatron(checkpoint: Path, out: Path, tp: int, pp: int = 1, world_size: int | None = None,
-                     overwrite: bool = False) -> int:
+def reshard_megatron(
+    checkpoint: Path, out: Path, tp: int, pp: int = 1, world_size: int | None = None, overwrite: bool = False
+) -> int:
     """Rewrite an engine=megatron training checkpoint for another --tp/--pp so `finetune --resume OUT` continues.
 
     Weights, Adam moments, the anchor and the data-stream state are kept exactly. --world-size defaults to
@@ -63,13 +65,21 @@ def reshard_megatron(checkpoint: Path, out: Path, tp: int, pp: int = 1, world_si
 
     s = convert(checkpoint, out, tp=tp, pp=pp, world_size=world_size, overwrite=overwrite)
     a, b = s["from"], s["to"]
-    print(f"wrote {out}: tp={a['tp']} pp={a['pp']} dp={a['dp']} -> tp={b['tp']} pp={b['pp']} dp={b['dp']} "
-          f"({b['world_size']} ranks), optimizer state {s['optimizer_keys']}")
+    print(
+        f"wrote {out}: tp={a['tp']} pp={a['pp']} dp={a['dp']} -> tp={b['tp']} pp={b['pp']} dp={b['dp']} "
+        f"({b['world_size']} ranks), optimizer state {s['optimizer_keys']}"
+    )
     return 0
 
 
-def zero_to_hf(checkpoint: Path, out: Path, hf_config: Path | None = None, tokenizer: Path | None = None,
-               with_optimizer: bool = False, overwrite: bool = False) -> int:
+def zero_to_hf(
+    checkpoint: Path,
+    out: Path,
+    hf_config: Path | None = None,
+    tokenizer: Path | None = None,
+    with_optimizer: bool = False,
+    overwrite: bool = False,
+) -> int:
     """Consolidate a DeepSpeed ZeRO checkpoint (stage 1/2/3, any world size) into a Hugging Face folder.
 
     --hf-config: a transformers config.json (or folder); found next to the checkpoint when omitted.
@@ -85,11 +95,19 @@ def zero_to_hf(checkpoint: Path, out: Path, hf_config: Path | None = None, token
     """
     from dist_forget.convert.zero_to_hf import zero_to_hf_folder
 
-    summary = zero_to_hf_folder(checkpoint, out, hf_config=hf_config, tokenizer=tokenizer,
-                                with_optimizer=with_optimizer, overwrite=overwrite)
+    summary = zero_to_hf_folder(
+        checkpoint,
+        out,
+        hf_config=hf_config,
+        tokenizer=tokenizer,
+        with_optimizer=with_optimizer,
+        overwrite=overwrite,
+    )
     extra = f", optimizer state {summary['optimizer_keys']}" if with_optimizer else ""
-    print(f"wrote {out}: ZeRO-{summary['stage']} x {summary['world_size']} ranks -> "
-          f"{summary['parameters']:,} parameters{extra}")
+    print(
+        f"wrote {out}: ZeRO-{summary['stage']} x {summary['world_size']} ranks -> "
+        f"{summary['parameters']:,} parameters{extra}"
+    )
     return 0
 
 
@@ -107,6 +125,8 @@ def reshard(checkpoint: Path, out: Path, world_size: int, overwrite: bool = Fals
     from dist_forget.convert.reshard import reshard_checkpoint
 
     s = reshard_checkpoint(checkpoint, out, world_size, overwrite=overwrite)
-    print(f"wrote {out}: ZeRO-{s['stage']} {s['from_world_size']} -> {s['to_world_size']} ranks, "
-          f"state {s['state_keys']}")
+    print(
+        f"wrote {out}: ZeRO-{s['stage']} {s['from_world_size']} -> {s['to_world_size']} ranks, "
+        f"state {s['state_keys']}"
+    )
     return 0

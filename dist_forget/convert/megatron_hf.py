@@ -67,13 +67,19 @@ def expected_shapes(dims: LlamaDims) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (dims.vocab, h)}
     for i in range(dims.layers):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
-            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
-            p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
-            p + "mlp.down_proj.weight": (h, f),
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-        })
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (q, h),
+                p + "self_attn.k_proj.weight": (kv, h),
+                p + "self_attn.v_proj.weight": (kv, h),
+                p + "self_attn.o_proj.weight": (h, q),
+                p + "mlp.gate_proj.weight": (f, h),
+                p + "mlp.up_proj.weight": (f, h),
+                p + "mlp.down_proj.weight": (h, f),
+                p + "input_layernorm.weight": (h,),
+                p + "post_attention_layernorm.weight": (h,),
+            }
+        )
     shapes["model.norm.weight"] = (h,)
     return shapes
 
@@ -83,15 +89,21 @@ def check_architecture(state: dict[str, torch.Tensor], dims: LlamaDims, where: s
     want = expected_shapes(dims)
     missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     if missing:
-        raise UserError(f"{where}: tensor {missing[0]!r} is missing for the architecture in its config "
-                        f"({dims.layers} layers, hidden {dims.hidden}); weights and config do not match")
+        raise UserError(
+            f"{where}: tensor {missing[0]!r} is missing for the architecture in its config "
+            f"({dims.layers} layers, hidden {dims.hidden}); weights and config do not match"
+        )
     if extra:
-        raise UserError(f"{where}: tensor {extra[0]!r} is not part of the Llama architecture in its config; "
-                        "only transformers LlamaForCausalLM checkpoints (ladder.hf_config) convert")
+        raise UserError(
+            f"{where}: tensor {extra[0]!r} is not part of the Llama architecture in its config; "
+            "only transformers LlamaForCausalLM checkpoints (ladder.hf_config) convert"
+        )
     for name, shape in want.items():
         if tuple(state[name].shape) != shape:
-            raise UserError(f"{where}: {name} has shape {tuple(state[name].shape)} but the config says "
-                            f"{shape}; weights and config come from different models")
+            raise UserError(
+                f"{where}: {name} has shape {tuple(state[name].shape)} but the config says "
+                f"{shape}; weights and config come from different models"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -101,12 +113,16 @@ def check_architecture(state: dict[str, torch.Tensor], dims: LlamaDims, where: s
 def read_hf_config(folder: Path) -> dict[str, Any]:
     path = Path(folder) / "config.json"
     if not path.is_file():
-        raise UserError(f"{folder} is not a Hugging Face model folder (no config.json); pass the folder "
-                        "that save_pretrained / a run's model export wrote")
+        raise UserError(
+            f"{folder} is not a Hugging Face model folder (no config.json); pass the folder "
+            "that save_pretrained / a run's model export wrote"
+        )
     cfg = json.loads(path.read_text())
     if cfg.get("model_type") != "llama":
-        raise UserError(f"{path}: model_type={cfg.get('model_type')!r}; the Megatron path converts Llama "
-                        "models only (ladder.hf_config, SmolLM2)")
+        raise UserError(
+            f"{path}: model_type={cfg.get('model_type')!r}; the Megatron path converts Llama "
+            "models only (ladder.hf_config, SmolLM2)"
+        )
     return cfg
 
 
@@ -129,8 +145,10 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     lm_head = state.pop("lm_head.weight", None)
     emb = state.get("model.embed_tokens.weight")
     if lm_head is not None and emb is not None and not torch.equal(lm_head, emb):
-        raise UserError(f"{folder}: lm_head.weight differs from model.embed_tokens.weight (untied head); "
-                        "the Megatron path needs tie_word_embeddings=True")
+        raise UserError(
+            f"{folder}: lm_head.weight differs from model.embed_tokens.weight (untied head); "
+            "the Megatron path needs tie_word_embeddings=True"
+        )
     return state
 
 
@@ -155,8 +173,10 @@ def named_optimizer_state(opt: dict[str, Any], names: list[str] | None = None) -
     """A torch optimizer state_dict (+ `param_names`) -> {"state": {name: ...}, "param_groups": [...]}."""
     names = list(names if names is not None else opt["param_names"])
     state = {names[int(i)]: dict(s) for i, s in opt["state"].items()}
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[int(i)] for i in g["params"]]}
-              for g in opt["param_groups"]]
+    groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [names[int(i)] for i in g["params"]]}
+        for g in opt["param_groups"]
+    ]
     return {"format": OPTIM_FORMAT, "state": state, "param_groups": groups}
 
 
@@ -164,22 +184,35 @@ def indexed_optimizer_state(named: dict[str, Any]) -> dict[str, Any]:
     """Inverse of `named_optimizer_state`: indices follow the order of params across param_groups."""
     names = [n for g in named["param_groups"] for n in g["params"]]
     index = {n: i for i, n in enumerate(names)}
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[n] for n in g["params"]]}
-              for g in named["param_groups"]]
-    return {"state": {index[n]: dict(s) for n, s in named["state"].items()}, "param_groups": groups,
-            "param_names": names}
+    groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [index[n] for n in g["params"]]}
+        for g in named["param_groups"]
+    ]
+    return {
+        "state": {index[n]: dict(s) for n, s in named["state"].items()},
+        "param_groups": groups,
+        "param_names": names,
+    }
 
 
-def _shard_named_optim(named: dict[str, Any], shapes: dict[str, tuple[int, ...]], tp: int,
-                       rank: int) -> dict[str, Any]:
+def _shard_named_optim(
+    named: dict[str, Any], shapes: dict[str, tuple[int, ...]], tp: int, rank: int
+) -> dict[str, Any]:
     out_state = {}
     for name, st in named["state"].items():
         if name not in shapes:
-            raise UserError(f"optimizer state names parameter {name!r}, which the model does not have; "
-                            "convert the optimizer file that was saved with these weights")
-        out_state[name] = {k: (shard_tensor(name, v, tp, rank)
-                               if torch.is_tensor(v) and tuple(v.shape) == shapes[name] else v)
-                           for k, v in st.items()}
+            raise UserError(
+                f"optimizer state names parameter {name!r}, which the model does not have; "
+                "convert the optimizer file that was saved with these weights"
+            )
+        out_state[name] = {
+            k: (
+                shard_tensor(name, v, tp, rank)
+                if torch.is_tensor(v) and tuple(v.shape) == shapes[name]
+                else v
+            )
+            for k, v in st.items()
+        }
     return {**named, "state": out_state}
 
 
@@ -193,8 +226,10 @@ def _merge_named_optims(parts: list[dict[str, Any]], shapes: dict[str, tuple[int
                 dim = shard_dim(name)
                 merged[key] = pieces[0].clone() if dim is None or len(pieces) == 1 else torch.cat(pieces, dim)
                 if tuple(merged[key].shape) != shapes[name]:
-                    raise UserError(f"optimizer state {key!r} of {name} merges to shape "
-                                    f"{tuple(merged[key].shape)}, not the parameter's {shapes[name]}")
+                    raise UserError(
+                        f"optimizer state {key!r} of {name} merges to shape "
+                        f"{tuple(merged[key].shape)}, not the parameter's {shapes[name]}"
+                    )
             else:
                 merged[key] = v
         state[name] = merged
@@ -204,7 +239,11 @@ def _merge_named_optims(parts: list[dict[str, Any]], shapes: dict[str, tuple[int
 def _stage_optim(named: dict[str, Any], names: set[str]) -> dict[str, Any]:
     """The part of a named optimizer state that one pipeline stage's parameters own."""
     groups = [{**g, "params": [n for n in g["params"] if n in names]} for g in named["param_groups"]]
-    return {**named, "state": {n: st for n, st in named["state"].items() if n in names}, "param_groups": groups}
+    return {
+        **named,
+        "state": {n: st for n, st in named["state"].items() if n in names},
+        "param_groups": groups,
+    }
 
 
 def _union_groups(stage_groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -233,8 +272,14 @@ def _hf_order(name: str) -> tuple[int, int, str]:
 # the two directions
 
 
-def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1, optimizer: bool = False,
-                   overwrite: bool = False) -> Path:
+def hf_to_megatron(
+    hf_dir: str | Path,
+    out_dir: str | Path,
+    tp: int,
+    pp: int = 1,
+    optimizer: bool = False,
+    overwrite: bool = False,
+) -> Path:
     """Split an HF Llama folder into a tp-way Megatron folder (optionally with its optimizer.pt)."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     cfg = read_hf_config(hf_dir)
@@ -249,8 +294,10 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
     if optimizer:
         opt_path = hf_dir / OPTIM_FILE
         if not opt_path.is_file():
-            raise UserError(f"--optimizer: {opt_path} does not exist; convert without --optimizer or export "
-                            "the optimizer state with the weights")
+            raise UserError(
+                f"--optimizer: {opt_path} does not exist; convert without --optimizer or export "
+                "the optimizer state with the weights"
+            )
         named = load_pt(opt_path)
         if named.get("format") != OPTIM_FORMAT:
             raise UserError(f"{opt_path}: format {named.get('format')!r} is not {OPTIM_FORMAT!r}")
@@ -259,42 +306,60 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
     return out_dir
 
 
-def _write_megatron(tmp: Path, cfg: dict[str, Any], state: dict[str, torch.Tensor], named: dict[str, Any] | None,
-                    tp: int, pp: int, client_state: dict[str, Any]) -> None:
+def _write_megatron(
+    tmp: Path,
+    cfg: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    named: dict[str, Any] | None,
+    tp: int,
+    pp: int,
+    client_state: dict[str, Any],
+) -> None:
     """Write whole HF tensors (and a named optimizer state) as a tp x pp Megatron folder into `tmp`."""
     dims = LlamaDims.from_hf(cfg)
     shapes = expected_shapes(dims)
     for stage in range(pp):
         mine = {n for n in state if stage in stages_of(n, dims.layers, pp)}
         for rank in range(tp):
-            entry: dict[str, Any] = {"model": {n: shard_tensor(n, state[n], tp, rank) for n in state if n in mine},
-                                     "tp": tp, "tp_rank": rank, "pp": pp, "pp_rank": stage,
-                                     "client_state": client_state}
+            entry: dict[str, Any] = {
+                "model": {n: shard_tensor(n, state[n], tp, rank) for n in state if n in mine},
+                "tp": tp,
+                "tp_rank": rank,
+                "pp": pp,
+                "pp_rank": stage,
+                "client_state": client_state,
+            }
             if named is not None:
                 entry["optimizer"] = indexed_optimizer_state(
-                    _shard_named_optim(_stage_optim(named, mine), shapes, tp, rank))
+                    _shard_named_optim(_stage_optim(named, mine), shapes, tp, rank)
+                )
             path = rank_file(tmp, rank, stage, pp)
             path.parent.mkdir(parents=True)
             torch.save(entry, path)
-    (tmp / META_FILE).write_text(json.dumps({"format": FORMAT, "tp": tp, "pp": pp, "hf_config": cfg},
-                                            indent=2) + "\n")
+    (tmp / META_FILE).write_text(
+        json.dumps({"format": FORMAT, "tp": tp, "pp": pp, "hf_config": cfg}, indent=2) + "\n"
+    )
 
 
-def read_megatron(meg_dir: str | Path, optimizer: bool = False
-                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
+def read_megatron(
+    meg_dir: str | Path, optimizer: bool = False
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
     """(hf_config, full HF state dict, named optimizer state or None) of a Megatron folder."""
     cfg, full, named, _ = _read_megatron(meg_dir, optimizer)
     return cfg, full, named
 
 
-def _read_megatron(meg_dir: str | Path, optimizer: bool
-                   ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any]]:
+def _read_megatron(
+    meg_dir: str | Path, optimizer: bool
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any]]:
     """`read_megatron` plus the client state saved with the first rank file (the trainer's, or {})."""
     meg_dir = Path(meg_dir)
     meta_path = meg_dir / META_FILE
     if not meta_path.is_file():
-        raise UserError(f"{meg_dir} is not a Megatron folder of ours (no {META_FILE}); pass a folder written "
-                        "by `convert hf-to-megatron` or a checkpoints/step-XXXXXXXX of engine=megatron")
+        raise UserError(
+            f"{meg_dir} is not a Megatron folder of ours (no {META_FILE}); pass a folder written "
+            "by `convert hf-to-megatron` or a checkpoints/step-XXXXXXXX of engine=megatron"
+        )
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         raise UserError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
@@ -304,38 +369,53 @@ def _read_megatron(meg_dir: str | Path, optimizer: bool
     found = sorted(p.parent.name for p in meg_dir.glob("mp_rank_*/model_optim.pt"))
     want = sorted(rank_file(meg_dir, r, s, pp).parent.name for r in range(tp) for s in range(pp))
     if found != want:
-        raise UserError(f"{meg_dir}: {META_FILE} says tp={tp} pp={pp} (needs {', '.join(want)}) but holds "
-                        f"{', '.join(found) or 'no rank files'}; the folder is incomplete or mixes TP/PP sizes")
+        raise UserError(
+            f"{meg_dir}: {META_FILE} says tp={tp} pp={pp} (needs {', '.join(want)}) but holds "
+            f"{', '.join(found) or 'no rank files'}; the folder is incomplete or mixes TP/PP sizes"
+        )
     ranks: list[dict[str, Any]] = []  # one per TP rank, its stages' tensors united
     client: dict[str, Any] = {}
     for r in range(tp):
-        stages = [load_pt(rank_file(meg_dir, r, st, pp))
-                  for st in range(pp)]
+        stages = [load_pt(rank_file(meg_dir, r, st, pp)) for st in range(pp)]
         if r == 0:  # every rank file of a training checkpoint holds the same client state
             client = dict(stages[0].get("client_state") or {})
         for st, entry in enumerate(stages):
-            if (entry.get("tp"), entry.get("tp_rank"), entry.get("pp", 1), entry.get("pp_rank", 0)) != (tp, r, pp, st):
-                raise UserError(f"{rank_file(meg_dir, r, st, pp)} was written for tp={entry.get('tp')} rank "
-                                f"{entry.get('tp_rank')} pp={entry.get('pp', 1)} stage {entry.get('pp_rank', 0)}, "
-                                f"not tp={tp} rank {r} pp={pp} stage {st}; it comes from another conversion")
+            if (entry.get("tp"), entry.get("tp_rank"), entry.get("pp", 1), entry.get("pp_rank", 0)) != (
+                tp,
+                r,
+                pp,
+                st,
+            ):
+                raise UserError(
+                    f"{rank_file(meg_dir, r, st, pp)} was written for tp={entry.get('tp')} rank "
+                    f"{entry.get('tp_rank')} pp={entry.get('pp', 1)} stage {entry.get('pp_rank', 0)}, "
+                    f"not tp={tp} rank {r} pp={pp} stage {st}; it comes from another conversion"
+                )
         model: dict[str, torch.Tensor] = {}
         for entry in stages:
             for name, t in entry["model"].items():
                 if name in model and not torch.equal(model[name], t):
-                    raise UserError(f"{meg_dir}: the pipeline stages' copies of {name} differ; the rank files "
-                                    "come from different checkpoints")
+                    raise UserError(
+                        f"{meg_dir}: the pipeline stages' copies of {name} differ; the rank files "
+                        "come from different checkpoints"
+                    )
                 model.setdefault(name, t)
         united: dict[str, Any] = {"model": model}
         if all("optimizer" in e for e in stages):
             parts = [named_optimizer_state(e["optimizer"]) for e in stages]
-            united["optimizer"] = {**parts[0], "state": {k: v for p in reversed(parts) for k, v in p["state"].items()},
-                                   "param_groups": _union_groups([p["param_groups"] for p in parts])}
+            united["optimizer"] = {
+                **parts[0],
+                "state": {k: v for p in reversed(parts) for k, v in p["state"].items()},
+                "param_groups": _union_groups([p["param_groups"] for p in parts]),
+            }
         ranks.append(united)
     shards = [entry["model"] for entry in ranks]
     for name in shards[0]:
         if shard_dim(name) is None and not all(torch.equal(s[name], shards[0][name]) for s in shards):
-            raise UserError(f"{meg_dir}: replicated tensor {name} differs between TP ranks; the rank files "
-                            "come from different checkpoints")
+            raise UserError(
+                f"{meg_dir}: replicated tensor {name} differs between TP ranks; the rank files "
+                "come from different checkpoints"
+            )
     full = merge_shards(shards)
     check_architecture(full, dims, str(meg_dir))
     named = None
@@ -346,8 +426,9 @@ def _read_megatron(meg_dir: str | Path, optimizer: bool
     return cfg, full, named, client
 
 
-def megatron_to_hf(meg_dir: str | Path, out_dir: str | Path, optimizer: bool = False,
-                   overwrite: bool = False) -> Path:
+def megatron_to_hf(
+    meg_dir: str | Path, out_dir: str | Path, optimizer: bool = False, overwrite: bool = False
+) -> Path:
     """Merge a Megatron folder's TP shards into an HF Llama folder (optionally with optimizer.pt)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -364,8 +445,14 @@ def megatron_to_hf(meg_dir: str | Path, out_dir: str | Path, optimizer: bool = F
 # a training checkpoint for another tp/pp (and data-parallel) size
 
 
-def reshard_megatron(checkpoint: str | Path, out: str | Path, tp: int, pp: int = 1, world_size: int | None = None,
-                     overwrite: bool = False) -> dict[str, Any]:
+def reshard_megatron(
+    checkpoint: str | Path,
+    out: str | Path,
+    tp: int,
+    pp: int = 1,
+    world_size: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Rewrite an engine=megatron checkpoint for `tp` x `pp` (x data-parallel) ranks; returns a summary.
 
     Weights and every optimizer state (Adam moments, step, the Anchored-AdamW anchor θ₀) are merged to whole
@@ -378,9 +465,11 @@ def reshard_megatron(checkpoint: str | Path, out: str | Path, tp: int, pp: int =
 
     src, dst = Path(checkpoint), Path(out)
     if not (src / META).is_file() or not (src / META_FILE).is_file():
-        raise UserError(f"--checkpoint {src}: not an engine=megatron training checkpoint (needs {META} and "
-                        f"{META_FILE}); pass a checkpoints/step-XXXXXXXX folder, or for a converted folder use "
-                        f"megatron-to-hf then hf-to-megatron --tp {tp}")
+        raise UserError(
+            f"--checkpoint {src}: not an engine=megatron training checkpoint (needs {META} and "
+            f"{META_FILE}); pass a checkpoints/step-XXXXXXXX folder, or for a converted folder use "
+            f"megatron-to-hf then hf-to-megatron --tp {tp}"
+        )
     if dst.resolve() == src.resolve():
         raise UserError(f"--out {dst} is the source checkpoint; write the resharded copy to another folder")
     if dst.exists() and not overwrite:
@@ -395,8 +484,10 @@ def reshard_megatron(checkpoint: str | Path, out: str | Path, tp: int, pp: int =
     check_pp(pp, where="--pp", layers=dims.layers)
     world = world_size if world_size is not None else tp * pp * old_dp
     if world < 1 or world % (tp * pp):
-        raise UserError(f"--world-size {world} is not a multiple of --tp {tp} x --pp {pp}; pass a multiple "
-                        f"of {tp * pp} (data-parallel replicas x model-parallel ranks)")
+        raise UserError(
+            f"--world-size {world} is not a multiple of --tp {tp} x --pp {pp}; pass a multiple "
+            f"of {tp * pp} (data-parallel replicas x model-parallel ranks)"
+        )
     dp = world // (tp * pp)
 
     cfg, full, named, client = _read_megatron(src, optimizer=True)
@@ -405,8 +496,10 @@ def reshard_megatron(checkpoint: str | Path, out: str | Path, tp: int, pp: int =
         from dist_forget.data.mixture import reshard_state_dict
 
         if client["data"].get("fingerprint") != meta.get("data_fingerprint"):
-            raise UserError(f"{src / META}: data_fingerprint does not match the data-stream state saved beside "
-                            "it (the checkpoint was edited or mixed up); reshard an untouched checkpoint")
+            raise UserError(
+                f"{src / META}: data_fingerprint does not match the data-stream state saved beside "
+                "it (the checkpoint was edited or mixed up); reshard an untouched checkpoint"
+            )
         client["data"] = reshard_state_dict(client["data"], dp)
         meta["data_fingerprint"] = client["data"]["fingerprint"]
     if isinstance(client.get("config"), str):  # the recorded run config: say what the new layout is
@@ -423,9 +516,11 @@ def reshard_megatron(checkpoint: str | Path, out: str | Path, tp: int, pp: int =
         if (src / HF_CONFIG).is_file():
             (tmp / HF_CONFIG).write_bytes((src / HF_CONFIG).read_bytes())
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-    return {"from": {"tp": old_tp, "pp": old_pp, "dp": old_dp, "world_size": old_world},
-            "to": {"tp": tp, "pp": pp, "dp": dp, "world_size": world},
-            "optimizer_keys": sorted({k for st in (named or {}).get("state", {}).values() for k in st})}
+    return {
+        "from": {"tp": old_tp, "pp": old_pp, "dp": old_dp, "world_size": old_world},
+        "to": {"tp": tp, "pp": pp, "dp": dp, "world_size": world},
+        "optimizer_keys": sorted({k for st in (named or {}).get("state", {}).values() for k in st}),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -461,7 +556,9 @@ def hf_folder_for_init(meg_dir: str | Path, cache_dir: str | Path) -> Path:
 # the stock GPTModel's optimizer state <-> ours (HF names)
 
 
-def stock_optimizer_to_hf(sd: dict[str, Any], groups: list[list[str]], dims: LlamaDims, tp: int) -> dict[str, Any]:
+def stock_optimizer_to_hf(
+    sd: dict[str, Any], groups: list[list[str]], dims: LlamaDims, tp: int
+) -> dict[str, Any]:
     """A torch optimizer state_dict over GPTModel parameters (`groups`: their names per param group) -> the
     same state over HF-named TP shards, index-keyed with `param_names` (the layout our checkpoints hold)."""
     parts = stock_parts(dims)
@@ -471,31 +568,44 @@ def stock_optimizer_to_hf(sd: dict[str, Any], groups: list[list[str]], dims: Lla
     for sname, st in named["state"].items():
         # scalars (`step`) are cloned per part: torch.save keeps aliasing, and one shared step tensor
         # would then be incremented once per part by the foreach update
-        pieces = {k: (split_stock(sname, v, dims, tp) if torch.is_tensor(v) and v.ndim > 0
-                      else [v.clone() if torch.is_tensor(v) else v for _ in parts[sname]]) for k, v in st.items()}
+        pieces = {
+            k: (
+                split_stock(sname, v, dims, tp)
+                if torch.is_tensor(v) and v.ndim > 0
+                else [v.clone() if torch.is_tensor(v) else v for _ in parts[sname]]
+            )
+            for k, v in st.items()
+        }
         for j, hname in enumerate(parts[sname]):
             state[hname] = {k: v[j] for k, v in pieces.items()}
-    hf_groups = [{**g, "params": sorted((h for s in g["params"] for h in parts[s]), key=order.__getitem__)}
-                 for g in named["param_groups"]]
+    hf_groups = [
+        {**g, "params": sorted((h for s in g["params"] for h in parts[s]), key=order.__getitem__)}
+        for g in named["param_groups"]
+    ]
     return indexed_optimizer_state({"format": OPTIM_FORMAT, "state": state, "param_groups": hf_groups})
 
 
-def stock_optimizer_from_hf(opt: dict[str, Any], groups: list[list[str]], dims: LlamaDims, tp: int,
-                            where: str) -> dict[str, Any]:
+def stock_optimizer_from_hf(
+    opt: dict[str, Any], groups: list[list[str]], dims: LlamaDims, tp: int, where: str
+) -> dict[str, Any]:
     """Inverse of `stock_optimizer_to_hf`, for an optimizer whose param groups hold GPTModel parameters
     named `groups` (in order): a torch state_dict it can load."""
     parts = stock_parts(dims)
     named = named_optimizer_state(opt)
     if len(named["param_groups"]) != len(groups):
-        raise UserError(f"{where}: optimizer state has {len(named['param_groups'])} param groups, this run "
-                        f"{len(groups)}; resume with the same optimizer settings")
+        raise UserError(
+            f"{where}: optimizer state has {len(named['param_groups'])} param groups, this run "
+            f"{len(groups)}; resume with the same optimizer settings"
+        )
     index: dict[str, int] = {}
     out_groups = []
     for saved, names in zip(named["param_groups"], groups):
         want = sorted(h for s in names for h in parts[s])
         if sorted(saved["params"]) != want:
-            raise UserError(f"{where}: optimizer state is for parameters {sorted(saved['params'])[:2]}..., this "
-                            f"model has {want[:2]}...; resume with the same model")
+            raise UserError(
+                f"{where}: optimizer state is for parameters {sorted(saved['params'])[:2]}..., this "
+                f"model has {want[:2]}...; resume with the same model"
+            )
         ids = [index.setdefault(s, len(index)) for s in names]
         out_groups.append({**{k: v for k, v in saved.items() if k != "params"}, "params": ids})
     state = {}
@@ -504,8 +614,12 @@ def stock_optimizer_from_hf(opt: dict[str, Any], groups: list[list[str]], dims: 
         if all(h is None for h in have):
             continue  # never stepped: no state, as in a fresh optimizer
         if any(h is None for h in have):
-            raise UserError(f"{where}: optimizer state covers only part of {sname}'s tensors; the checkpoint "
-                            "is incomplete")
-        state[i] = {k: (fuse_stock(sname, [h[k] for h in have], dims, tp)
-                        if torch.is_tensor(v) and v.ndim > 0 else v) for k, v in have[0].items()}
+            raise UserError(
+                f"{where}: optimizer state covers only part of {sname}'s tensors; the checkpoint "
+                "is incomplete"
+            )
+        state[i] = {
+            k: (fuse_stock(sname, [h[k] for h in have], dims, tp) if torch.is_tensor(v) and v.ndim > 0 else v)
+            for k, v in have[0].items()
+        }
     return {"state": state, "param_groups": out_groups}

@@ -56,8 +56,13 @@ def reshard_checkpoint(src: Path, dst: Path, world_size: int, overwrite: bool = 
 
     model_states = copy.copy(ckpt.model_states[0])
     model_states["dp_world_size"] = w
-    if isinstance(model_states.get("ds_config"), dict) and "train_micro_batch_size_per_gpu" in model_states["ds_config"]:
-        model_states["ds_config"] = dict(model_states["ds_config"])  # informative only; the new run's config rules
+    if (
+        isinstance(model_states.get("ds_config"), dict)
+        and "train_micro_batch_size_per_gpu" in model_states["ds_config"]
+    ):
+        model_states["ds_config"] = dict(
+            model_states["ds_config"]
+        )  # informative only; the new run's config rules
     if model_states.get("data") is not None:
         model_states["data"] = reshard_state_dict(model_states["data"], w)
 
@@ -67,14 +72,18 @@ def reshard_checkpoint(src: Path, dst: Path, world_size: int, overwrite: bool = 
         layouts = []
         for g, shapes in enumerate(ckpt.param_shapes):
             paddings = ckpt.group_paddings(g)
-            flats = {key: _stage12_group_flat(OrderedDict((n, whole[key][n]) for n in shapes), paddings)
-                     for key in keys}
+            flats = {
+                key: _stage12_group_flat(OrderedDict((n, whole[key][n]) for n in shapes), paddings)
+                for key in keys
+            }
             length = flats["fp32"].numel()
             total = math.ceil(length / (ALIGN * w)) * ALIGN * w
             part = total // w
             if total - length >= part and w > 1:
-                raise UserError(f"--world-size {w}: param group {g} has only {length} elements, too few to "
-                                f"partition over {w} ranks (DeepSpeed pads only the last rank); use fewer ranks")
+                raise UserError(
+                    f"--world-size {w}: param group {g} has only {length} elements, too few to "
+                    f"partition over {w} ranks (DeepSpeed pads only the last rank); use fewer ranks"
+                )
             offsets, off = [], 0
             for (name, shape), pad in zip(shapes.items(), paddings):
                 offsets.append((name, off, math.prod(shape)))
@@ -87,8 +96,10 @@ def reshard_checkpoint(src: Path, dst: Path, world_size: int, overwrite: bool = 
             for flats, length, total, part, offsets in layouts:
                 lo, hi = r * part, (r + 1) * part
                 pad = total - length if r == w - 1 else 0
-                padded = {k: torch.cat([f, torch.zeros(total - length, dtype=f.dtype)]) for k, f in flats.items()}
-                fp32_groups.append(padded["fp32"][lo: hi - pad].clone())
+                padded = {
+                    k: torch.cat([f, torch.zeros(total - length, dtype=f.dtype)]) for k, f in flats.items()
+                }
+                fp32_groups.append(padded["fp32"][lo : hi - pad].clone())
                 group_pads.append(pad)
                 state = {k: padded[k][lo:hi].clone() for k in keys if k != "fp32"}
                 state.update(copy.deepcopy(scalars))
@@ -97,12 +108,18 @@ def reshard_checkpoint(src: Path, dst: Path, world_size: int, overwrite: bool = 
             old_base = ckpt.optim[0]["base_optimizer_state"]
             if isinstance(old_base, list):  # elastic layout stores lean (unpadded) per-group states
                 osd["base_optimizer_state"] = [
-                    {k: (v[: v.numel() - p] if torch.is_tensor(v) and v.dim() == 1 else v) for k, v in s.items()}
-                    for s, p in zip(states, group_pads)]
+                    {
+                        k: (v[: v.numel() - p] if torch.is_tensor(v) and v.dim() == 1 else v)
+                        for k, v in s.items()
+                    }
+                    for s, p in zip(states, group_pads)
+                ]
             else:
                 groups = copy.deepcopy(old_base["param_groups"])
                 osd["base_optimizer_state"] = {
-                    "state": {g["params"][0]: s for g, s in zip(groups, states)}, "param_groups": groups}
+                    "state": {g["params"][0]: s for g, s in zip(groups, states)},
+                    "param_groups": groups,
+                }
             osd["single_partition_of_fp32_groups"] = fp32_groups
             osd["group_paddings"] = group_pads
             count = ckpt.optim[0]["partition_count"]
@@ -123,7 +140,7 @@ def reshard_checkpoint(src: Path, dst: Path, world_size: int, overwrite: bool = 
                         t = whole[key][name].reshape(-1)
                         part = math.ceil(t.numel() / w)
                         t = torch.cat([t, torch.zeros(part * w - t.numel(), dtype=t.dtype)])
-                        parts.append(t[r * part:(r + 1) * part])
+                        parts.append(t[r * part : (r + 1) * part])
                     per_key[key] = torch.cat(parts).clone()
                 fp32_flats.append(per_key.pop("fp32"))
                 states[sg] = {**per_key, **copy.deepcopy(scalars)}
@@ -148,8 +165,15 @@ def reshard_checkpoint(src: Path, dst: Path, world_size: int, overwrite: bool = 
             if (src / HF_CONFIG).is_file():
                 shutil.copy2(src / HF_CONFIG, tmp / HF_CONFIG)
             (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-    return {"source": str(src), "out": str(dst), "stage": ckpt.stage, "from_world_size": ckpt.world,
-            "to_world_size": w, "state_keys": ckpt.state_keys(), "files": sorted(files)}
+    return {
+        "source": str(src),
+        "out": str(dst),
+        "stage": ckpt.stage,
+        "from_world_size": ckpt.world,
+        "to_world_size": w,
+        "state_keys": ckpt.state_keys(),
+        "files": sorted(files),
+    }
 
 
 def _engine_meta(src: Path, old_data: Any, new_data: Any, world: int) -> dict[str, Any] | None:
@@ -162,8 +186,10 @@ def _engine_meta(src: Path, old_data: Any, new_data: Any, world: int) -> dict[st
     if meta.get("data_fingerprint") is not None:
         # the stream fingerprint includes the world size: take the data layer's re-keyed one
         if not isinstance(old_data, dict) or old_data.get("fingerprint") != meta["data_fingerprint"]:
-            raise UserError(f"{src / META}: data_fingerprint does not match the data-stream state saved beside "
-                            "it (the checkpoint was edited or mixed up); reshard an untouched checkpoint")
+            raise UserError(
+                f"{src / META}: data_fingerprint does not match the data-stream state saved beside "
+                "it (the checkpoint was edited or mixed up); reshard an untouched checkpoint"
+            )
         meta["data_fingerprint"] = new_data["fingerprint"]
     meta["resharded_from"] = {"path": str(src.resolve()), "world_size": meta.get("world_size")}
     meta["world_size"] = world
@@ -202,7 +228,9 @@ def _stage3_sub_groups(ckpt: ZeroCheckpoint, w: int) -> list[list[str]]:
                 out.append(current)
                 current, acc = [], 0
     if len(out) != len(old_state):
-        raise UserError(f"--world-size {w}: ZeRO-3 would split the parameters into {len(out)} sub-groups instead "
-                        f"of {len(old_state)} (sub_group_size {sub_group_size}); keep a world size with the same "
-                        "split or raise zero_optimization.sub_group_size")
+        raise UserError(
+            f"--world-size {w}: ZeRO-3 would split the parameters into {len(out)} sub-groups instead "
+            f"of {len(old_state)} (sub_group_size {sub_group_size}); keep a world size with the same "
+            "split or raise zero_optimization.sub_group_size"
+        )
     return out

@@ -35,8 +35,10 @@ def load_ds_file(path: Path) -> dict[str, Any]:
 
 
 def _rank_files(ckpt: Path, kind: str) -> list[Path]:
-    files = sorted(ckpt.glob(f"*zero_pp_rank_*_mp_rank_00_{kind}.pt"),
-                   key=lambda p: int(p.name.split("zero_pp_rank_")[1].split("_")[0]))
+    files = sorted(
+        ckpt.glob(f"*zero_pp_rank_*_mp_rank_00_{kind}.pt"),
+        key=lambda p: int(p.name.split("zero_pp_rank_")[1].split("_")[0]),
+    )
     return files
 
 
@@ -53,28 +55,36 @@ class ZeroCheckpoint:
     def load(cls, path: str | Path) -> ZeroCheckpoint:
         path = Path(path)
         if not path.is_dir():
-            raise UserError(f"checkpoint {path} is not a directory; pass a DeepSpeed tag folder "
-                            "such as <run>/checkpoints/step-00000100")
+            raise UserError(
+                f"checkpoint {path} is not a directory; pass a DeepSpeed tag folder "
+                "such as <run>/checkpoints/step-00000100"
+            )
         optim_paths = _rank_files(path, "optim_states")
         if not optim_paths:
-            raise UserError(f"checkpoint {path} has no *_optim_states.pt files; it is not a ZeRO checkpoint "
-                            "(or was saved without optimizer states)")
+            raise UserError(
+                f"checkpoint {path} has no *_optim_states.pt files; it is not a ZeRO checkpoint "
+                "(or was saved without optimizer states)"
+            )
         optim_files = [load_ds_file(p) for p in optim_paths]
         optim = [f[OPTIM] for f in optim_files]
         stage = int(optim[0]["zero_stage"])
         count = optim[0]["partition_count"]
         world = max(count) if isinstance(count, list) else int(count)
         if world != len(optim_paths):
-            raise UserError(f"checkpoint {path}: partition count {world} but {len(optim_paths)} optim files; "
-                            "the save was incomplete, use an earlier checkpoint")
+            raise UserError(
+                f"checkpoint {path}: partition count {world} but {len(optim_paths)} optim files; "
+                "the save was incomplete, use an earlier checkpoint"
+            )
         if stage == 3:
             model_paths = _rank_files(path, "model_states")
         else:
             model_paths = [path / "mp_rank_00_model_states.pt"]
         missing = [p for p in model_paths if not p.is_file()]
         if missing or not model_paths:
-            raise UserError(f"checkpoint {path}: model states file missing ({missing[0] if missing else '*'}); "
-                            "the save was incomplete, use an earlier checkpoint")
+            raise UserError(
+                f"checkpoint {path}: model states file missing ({missing[0] if missing else '*'}); "
+                "the save was incomplete, use an earlier checkpoint"
+            )
         model_states = [load_ds_file(p) for p in model_paths]
         return cls(path, stage, world, model_states, optim, optim_files)
 
@@ -115,8 +125,10 @@ class ZeroCheckpoint:
             else:
                 state = self._base_state(rank, group)
                 if key not in state:
-                    raise UserError(f"checkpoint {self.path}: rank {rank} group {group} has no {key!r} "
-                                    "optimizer state; it was not written by AnchoredAdamW")
+                    raise UserError(
+                        f"checkpoint {self.path}: rank {rank} group {group} has no {key!r} "
+                        "optimizer state; it was not written by AnchoredAdamW"
+                    )
                 t = state[key]
                 base = self.optim[rank]["base_optimizer_state"]
                 if isinstance(base, dict):  # rigid layout keeps the last rank's padding: drop it
@@ -131,8 +143,10 @@ class ZeroCheckpoint:
         parts = []
         for sub in sorted(base["state"]):
             if key not in base["state"][sub]:
-                raise UserError(f"checkpoint {self.path}: rank {rank} sub-group {sub} has no {key!r} "
-                                "optimizer state; it was not written by AnchoredAdamW")
+                raise UserError(
+                    f"checkpoint {self.path}: rank {rank} sub-group {sub} has no {key!r} "
+                    "optimizer state; it was not written by AnchoredAdamW"
+                )
             parts.append(base["state"][sub][key].reshape(-1))
         return torch.cat(parts)
 
@@ -145,11 +159,13 @@ class ZeroCheckpoint:
                 offset = 0
                 for (name, shape), pad in zip(shapes.items(), self.group_paddings(g)):
                     n = math.prod(shape)
-                    out[name] = flat[offset: offset + n].view(shape).clone()
+                    out[name] = flat[offset : offset + n].view(shape).clone()
                     offset += n + pad
                 if offset - (self.group_paddings(g)[-1] if shapes else 0) > flat.numel():
-                    raise UserError(f"checkpoint {self.path}: group {g} holds {flat.numel()} values, fewer than "
-                                    "its parameters need; the files do not belong together")
+                    raise UserError(
+                        f"checkpoint {self.path}: group {g} holds {flat.numel()} values, fewer than "
+                        "its parameters need; the files do not belong together"
+                    )
         else:
             flats = [self._stage3_rank_flat(key, r) for r in range(self.world)]
             offset = 0
@@ -157,7 +173,7 @@ class ZeroCheckpoint:
                 for name, shape in shapes.items():
                     n = math.prod(shape)
                     part = math.ceil(n / self.world)
-                    whole = torch.cat([f[offset: offset + part] for f in flats])
+                    whole = torch.cat([f[offset : offset + part] for f in flats])
                     out[name] = whole[:n].view(shape).clone()
                     offset += part
         return out
@@ -166,13 +182,20 @@ class ZeroCheckpoint:
         """Whole per-parameter optimizer state in the shared HF-side format (see convert/megatron_hf.py)."""
         per_key = {key: self.consolidate(key) for key in self.state_keys()}
         scalars = self.scalar_state()
-        state = {name: {**{k: v.clone() if torch.is_tensor(v) else v for k, v in scalars.items()},
-                        **{key: per_key[key][name] for key in per_key}}
-                 for shapes in self.param_shapes for name in shapes}
+        state = {
+            name: {
+                **{k: v.clone() if torch.is_tensor(v) else v for k, v in scalars.items()},
+                **{key: per_key[key][name] for key in per_key},
+            }
+            for shapes in self.param_shapes
+            for name in shapes
+        }
         base = self.optim[0]["base_optimizer_state"] if self.stage <= 2 else self.optim[0][OPTIM]
         hyper = base["param_groups"] if isinstance(base, dict) else [{} for _ in self.param_shapes]
-        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(shapes)}
-                  for g, shapes in zip(hyper, self.param_shapes)]
+        groups = [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": list(shapes)}
+            for g, shapes in zip(hyper, self.param_shapes)
+        ]
         return {"format": "dist-forget-named-optim-v1", "state": state, "param_groups": groups}
 
     def shared_params(self) -> dict[str, str]:
@@ -184,8 +207,10 @@ class ZeroCheckpoint:
         frozen = self.model_states[0].get("frozen_param_shapes")
         if frozen:
             if self.stage == 3:
-                raise UserError(f"checkpoint {self.path}: frozen parameters under ZeRO-3 are not supported; "
-                                "unfreeze them or convert with DeepSpeed's zero_to_fp32")
+                raise UserError(
+                    f"checkpoint {self.path}: frozen parameters under ZeRO-3 are not supported; "
+                    "unfreeze them or convert with DeepSpeed's zero_to_fp32"
+                )
             module = self.model_states[0]["module"]
             for name in frozen:
                 sd[name] = module[name].float().clone()
@@ -197,8 +222,15 @@ class ZeroCheckpoint:
 
 
 def _find_hf_config(ckpt: Path, hf_config: Path | None) -> dict[str, Any]:
-    candidates = [hf_config] if hf_config is not None else [
-        d / name for d in (ckpt, ckpt.parent, ckpt.parent.parent) for name in ("hf_config.json", "config.json")]
+    candidates = (
+        [hf_config]
+        if hf_config is not None
+        else [
+            d / name
+            for d in (ckpt, ckpt.parent, ckpt.parent.parent)
+            for name in ("hf_config.json", "config.json")
+        ]
+    )
     for cand in candidates:
         path = cand / "config.json" if cand.is_dir() else cand
         if path.is_file():
@@ -207,12 +239,20 @@ def _find_hf_config(ckpt: Path, hf_config: Path | None) -> dict[str, Any]:
                 return data
             if hf_config is not None:
                 raise UserError(f"--hf-config {path}: no 'model_type' key, not a transformers config.json")
-    raise UserError(f"no transformers config.json found for {ckpt} (looked in it and its two parents); "
-                    "pass --hf-config PATH (a config.json or a model folder)")
+    raise UserError(
+        f"no transformers config.json found for {ckpt} (looked in it and its two parents); "
+        "pass --hf-config PATH (a config.json or a model folder)"
+    )
 
 
-def zero_to_hf_folder(checkpoint: Path, out: Path, hf_config: Path | None = None, tokenizer: Path | None = None,
-                      with_optimizer: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def zero_to_hf_folder(
+    checkpoint: Path,
+    out: Path,
+    hf_config: Path | None = None,
+    tokenizer: Path | None = None,
+    with_optimizer: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Write `out/` = model.safetensors + config.json (+ tokenizer, + optimizer.safetensors). Returns a summary."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -227,26 +267,43 @@ def zero_to_hf_folder(checkpoint: Path, out: Path, hf_config: Path | None = None
     expected = model.state_dict()
     for name, tensor in sd.items():
         if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
-            raise UserError(f"checkpoint parameter {name!r} has shape {tuple(tensor.shape)} but the config "
-                            f"builds {tuple(expected[name].shape)}; pass the config the run was trained with")
+            raise UserError(
+                f"checkpoint parameter {name!r} has shape {tuple(tensor.shape)} but the config "
+                f"builds {tuple(expected[name].shape)}; pass the config the run was trained with"
+            )
     missing, unexpected = model.load_state_dict(sd, strict=False)
     tied = set(ckpt.shared_params())
-    missing = [m for m in missing if m not in tied and not (getattr(cfg, "tie_word_embeddings", False)
-                                                          and m == "lm_head.weight")]
+    missing = [
+        m
+        for m in missing
+        if m not in tied and not (getattr(cfg, "tie_word_embeddings", False) and m == "lm_head.weight")
+    ]
     if missing or unexpected:
         bad = (missing or unexpected)[0]
-        raise UserError(f"checkpoint and config disagree on parameter {bad!r} "
-                        f"({'missing from' if missing else 'unknown to'} the checkpoint); pass the matching --hf-config")
-    summary: dict[str, Any] = {"checkpoint": str(checkpoint), "stage": ckpt.stage, "world_size": ckpt.world,
-                               "parameters": sum(t.numel() for n, t in sd.items() if n not in tied)}
+        raise UserError(
+            f"checkpoint and config disagree on parameter {bad!r} "
+            f"({'missing from' if missing else 'unknown to'} the checkpoint); pass the matching --hf-config"
+        )
+    summary: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "stage": ckpt.stage,
+        "world_size": ckpt.world,
+        "parameters": sum(t.numel() for n, t in sd.items() if n not in tied),
+    }
     with atomic_dir(out, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tok_dir = tokenizer if tokenizer.is_dir() else tokenizer.parent
-            copied = [f for f in tok_dir.iterdir() if f.is_file() and f.name.startswith(
-                ("tokenizer", "special_tokens", "vocab", "merges", "added_tokens"))]
+            copied = [
+                f
+                for f in tok_dir.iterdir()
+                if f.is_file()
+                and f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "added_tokens"))
+            ]
             if not copied:
-                raise UserError(f"--tokenizer {tokenizer}: no tokenizer files (tokenizer.json, vocab, ...) there")
+                raise UserError(
+                    f"--tokenizer {tokenizer}: no tokenizer files (tokenizer.json, vocab, ...) there"
+                )
             for f in copied:
                 shutil.copy2(f, tmp / f.name)
             summary["tokenizer_files"] = sorted(f.name for f in copied)

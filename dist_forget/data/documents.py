@@ -24,7 +24,9 @@ def corpus_file(path: str | Path) -> Path:
     if path.is_dir():
         path = path / DOCUMENTS
     if not path.is_file():
-        raise UserError(f"corpus {path} does not exist; run `dist-forget data fetch` or pass a .jsonl/.txt file")
+        raise UserError(
+            f"corpus {path} does not exist; run `dist-forget data fetch` or pass a .jsonl/.txt file"
+        )
     if path.suffix not in (".jsonl", ".txt"):
         raise UserError(f"corpus {path}: unknown format {path.suffix!r}; use documents.jsonl or a .txt file")
     return path

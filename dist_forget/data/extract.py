@@ -61,9 +61,12 @@ def chunk_lines(lines: Iterable[str], max_chars: int = 8_000) -> Iterator[str]:
 
 # ----------------------------------------------------------------------------------------- SWORD
 
+
 def sword_entries(module_dir: str) -> Iterator[str]:
     """Raw entries of a SWORD zText/zCom module (zlib blocks plus a verse index; 10- or 12-byte index)."""
-    for vidx in sorted(glob.glob(os.path.join(module_dir, "*.bzv")) + glob.glob(os.path.join(module_dir, "*.czv"))):
+    for vidx in sorted(
+        glob.glob(os.path.join(module_dir, "*.bzv")) + glob.glob(os.path.join(module_dir, "*.czv"))
+    ):
         four = vidx.endswith(".czv")  # zText4/zCom4 store 4-byte entry sizes
         base = vidx[:-1]
         with open(base + "s", "rb") as fh:
@@ -72,20 +75,20 @@ def sword_entries(module_dir: str) -> Iterator[str]:
             db = fh.read()
         with open(vidx, "rb") as fh:
             vb = fh.read()
-        blocks = [struct.unpack("<III", ib[i:i + 12]) for i in range(0, len(ib) - 11, 12)]
+        blocks = [struct.unpack("<III", ib[i : i + 12]) for i in range(0, len(ib) - 11, 12)]
         cache: dict[int, bytes] = {}
         step = 12 if four else 10
         for i in range(0, len(vb) - step + 1, step):
             if four:
-                b, off, size = struct.unpack("<III", vb[i:i + 12])
+                b, off, size = struct.unpack("<III", vb[i : i + 12])
             else:
-                b, off, size = struct.unpack("<IIH", vb[i:i + 10])
+                b, off, size = struct.unpack("<IIH", vb[i : i + 10])
             if size == 0 or b >= len(blocks):
                 continue
             if b not in cache:
                 o, s, _ = blocks[b]
-                cache = {b: zlib.decompress(db[o:o + s])}
-            yield cache[b][off:off + size].decode("utf-8", "replace")
+                cache = {b: zlib.decompress(db[o : o + s])}
+            yield cache[b][off : off + size].decode("utf-8", "replace")
 
 
 def _clean_osis(text: str) -> str:
@@ -108,6 +111,7 @@ def sword_text(module_dir: str) -> Iterator[str]:
 
 # ----------------------------------------------------------------------------------- R data / HTML
 
+
 def read_rdb(prefix: str) -> dict[str, Any]:
     """Objects of an R lazy-load database (`data/Rdata.rdb` + `.rdx`) without R, via PyPI `rdata`."""
     import warnings
@@ -122,7 +126,7 @@ def read_rdb(prefix: str) -> dict[str, Any]:
             rdb = fh.read()
         out = {}
         for name, (off, length) in index["variables"].items():
-            chunk = rdb[int(off):int(off) + int(length)]
+            chunk = rdb[int(off) : int(off) + int(length)]
             out[name] = rdata.conversion.convert(rdata.parser.parse_data(zlib.decompress(chunk[4:])))
     return out
 
@@ -137,12 +141,28 @@ def html_to_text(source: str) -> str:
 
 # ----------------------------------------------------------------------------------------- roff
 
-_ROFF_ESCAPES = [(re.compile(a), b) for a, b in [
-    (r"\\f[BIRP]|\\f\(..|\\f\[[^\]]*\]", ""), (r"\\\(em|\\\[em\]", "—"), (r"\\\(en", "–"), (r"\\-", "-"),
-    (r"\\\(aq", "'"), (r"\\\(dq", '"'), (r"\\\(lq|\\\(rq", '"'), (r"\\\(bu", "•"), (r"\\&", ""),
-    (r"\\e", "\\\\"), (r"\\ ", " "), (r"\\\(co", "©"), (r"\\\*\(..|\\\*.", ""), (r"\\s[-+]?\d", ""),
-    (r"\\[|^%c]", ""), (r"\\\(..", ""), (r"\\\[[^\]]*\]", ""),
-]]
+_ROFF_ESCAPES = [
+    (re.compile(a), b)
+    for a, b in [
+        (r"\\f[BIRP]|\\f\(..|\\f\[[^\]]*\]", ""),
+        (r"\\\(em|\\\[em\]", "—"),
+        (r"\\\(en", "–"),
+        (r"\\-", "-"),
+        (r"\\\(aq", "'"),
+        (r"\\\(dq", '"'),
+        (r"\\\(lq|\\\(rq", '"'),
+        (r"\\\(bu", "•"),
+        (r"\\&", ""),
+        (r"\\e", "\\\\"),
+        (r"\\ ", " "),
+        (r"\\\(co", "©"),
+        (r"\\\*\(..|\\\*.", ""),
+        (r"\\s[-+]?\d", ""),
+        (r"\\[|^%c]", ""),
+        (r"\\\(..", ""),
+        (r"\\\[[^\]]*\]", ""),
+    ]
+]
 _ROFF_MACRO = re.compile(r"[.'](SH|SS|B|I|BR|IR|RB|BI|IB|RI|TP|PP|P|LP|IP|nf|fi|br|sp|TH)\b\s*(.*)")
 
 

@@ -61,10 +61,15 @@ class Manifest:
     def compute_fingerprint(self) -> str:
         """sha256 over everything that decides the token content (not provenance or paths)."""
         content = {
-            "format": self.format, "tokenizer_sha256": self.tokenizer_sha256, "seq_len": self.seq_len,
-            "dtype": self.dtype, "rows_per_member": self.rows_per_member,
-            "splits": {name: [(s.file, s.sequences, s.sha256) for s in split.shards]
-                       for name, split in sorted(self.splits.items())},
+            "format": self.format,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "seq_len": self.seq_len,
+            "dtype": self.dtype,
+            "rows_per_member": self.rows_per_member,
+            "splits": {
+                name: [(s.file, s.sequences, s.sha256) for s in split.shards]
+                for name, split in sorted(self.splits.items())
+            },
         }
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
@@ -99,24 +104,32 @@ def read_manifest(directory: str | Path) -> Manifest:
     if path.name != MANIFEST:
         path = path / MANIFEST
     if not path.is_file():
-        raise UserError(f"shard manifest {path} does not exist; build shards with `dist-forget data shard` "
-                        "(or `dist-forget data prepare`)")
+        raise UserError(
+            f"shard manifest {path} does not exist; build shards with `dist-forget data shard` "
+            "(or `dist-forget data prepare`)"
+        )
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise _bad(path, "is not valid JSON") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise _bad(path, f"format is {raw.get('format') if isinstance(raw, dict) else None!r}, expected {FORMAT!r}")
+        raise _bad(
+            path, f"format is {raw.get('format') if isinstance(raw, dict) else None!r}, expected {FORMAT!r}"
+        )
     try:
-        splits = {name: SplitInfo(**{**s, "shards": [ShardInfo(**x) for x in s["shards"]]})
-                  for name, s in raw["splits"].items()}
+        splits = {
+            name: SplitInfo(**{**s, "shards": [ShardInfo(**x) for x in s["shards"]]})
+            for name, s in raw["splits"].items()
+        }
         manifest = Manifest(**{**raw, "splits": splits}, directory=path.parent)
     except (KeyError, TypeError) as exc:
         raise _bad(path, f"missing or unexpected field ({exc})") from None
     if manifest.dtype not in ("uint16", "uint32"):
         raise _bad(path, f"dtype {manifest.dtype!r} is not uint16 or uint32")
     if manifest.seq_len < 1 or manifest.rows_per_member < 1:
-        raise _bad(path, f"seq_len={manifest.seq_len}, rows_per_member={manifest.rows_per_member} must be >= 1")
+        raise _bad(
+            path, f"seq_len={manifest.seq_len}, rows_per_member={manifest.rows_per_member} must be >= 1"
+        )
     for name, split in manifest.splits.items():
         for shard in split.shards:
             if Path(shard.file).name != shard.file:
@@ -131,12 +144,18 @@ def read_manifest(directory: str | Path) -> Manifest:
 def check_compatible(target: Manifest, pretrain: Manifest) -> None:
     """Two shard sets mixed into one stream must share the tokenizer and the sequence length."""
     if target.seq_len != pretrain.seq_len:
-        raise UserError(f"seq_len mismatch: {target.where} has {target.seq_len}, {pretrain.where} has "
-                        f"{pretrain.seq_len}; re-shard one of them with --seq-len {target.seq_len}")
+        raise UserError(
+            f"seq_len mismatch: {target.where} has {target.seq_len}, {pretrain.where} has "
+            f"{pretrain.seq_len}; re-shard one of them with --seq-len {target.seq_len}"
+        )
     if target.tokenizer_sha256 != pretrain.tokenizer_sha256:
-        raise UserError(f"tokenizer mismatch: {target.where} (tokenizer {target.tokenizer_sha256[:12]}) and "
-                        f"{pretrain.where} (tokenizer {pretrain.tokenizer_sha256[:12]}) were tokenized "
-                        "differently; re-shard both with the same --tokenizer")
+        raise UserError(
+            f"tokenizer mismatch: {target.where} (tokenizer {target.tokenizer_sha256[:12]}) and "
+            f"{pretrain.where} (tokenizer {pretrain.tokenizer_sha256[:12]}) were tokenized "
+            "differently; re-shard both with the same --tokenizer"
+        )
     if target.dtype != pretrain.dtype:
-        raise UserError(f"dtype mismatch: {target.where} is {target.dtype}, {pretrain.where} is {pretrain.dtype}; "
-                        "re-shard both with the same tokenizer")
+        raise UserError(
+            f"dtype mismatch: {target.where} is {target.dtype}, {pretrain.where} is {pretrain.dtype}; "
+            "re-shard both with the same tokenizer"
+        )

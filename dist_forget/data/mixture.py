@@ -52,9 +52,13 @@ class MixtureConfig:  # YAML section `data:` of train configs
         if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
             raise UserError(f"data.inject_fraction = {p!r} must be in [0, 1) (0.01 = 1 % pretraining data)")
         if p > 0 and not self.pretrain:
-            raise UserError(f"data.inject_fraction = {p} needs data.pretrain, the shard dir of the pretraining mix")
+            raise UserError(
+                f"data.inject_fraction = {p} needs data.pretrain, the shard dir of the pretraining mix"
+            )
         if self.target_tokens is not None and self.target_tokens <= 0:
-            raise UserError(f"data.target_tokens = {self.target_tokens} must be positive (or null for the whole split)")
+            raise UserError(
+                f"data.target_tokens = {self.target_tokens} must be positive (or null for the whole split)"
+            )
 
 
 @dataclass
@@ -98,7 +102,9 @@ class _EpochPermutations:
 
     def lookup(self, ordinals: np.ndarray) -> np.ndarray:
         epochs, pos = np.divmod(ordinals, self.n)
-        if len(ordinals) and epochs[0] == epochs[-1]:  # ordinals ascend, so this is the common one-epoch batch
+        if (
+            len(ordinals) and epochs[0] == epochs[-1]
+        ):  # ordinals ascend, so this is the common one-epoch batch
             return self(int(epochs[0]))[pos]
         out = np.empty_like(ordinals)
         for e in np.unique(epochs):
@@ -113,9 +119,13 @@ class MixedStream:
     def __init__(self, cfg: MixtureConfig, rank: int = 0, world_size: int = 1):
         cfg.validate()
         if world_size < 1 or not 0 <= rank < world_size:
-            raise UserError(f"rank {rank} / world_size {world_size}: need world_size >= 1 and 0 <= rank < world_size")
+            raise UserError(
+                f"rank {rank} / world_size {world_size}: need world_size >= 1 and 0 <= rank < world_size"
+            )
         if not cfg.target:
-            raise UserError("data.target is empty; set it to a shard dir with manifest.json (e.g. work/data/shards/code)")
+            raise UserError(
+                "data.target is empty; set it to a shard dir with manifest.json (e.g. work/data/shards/code)"
+            )
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.target_manifest = read_manifest(cfg.target)
         self.pretrain_manifest: Manifest | None = read_manifest(cfg.pretrain) if cfg.pretrain else None
@@ -125,19 +135,25 @@ class MixedStream:
         self.vocab_size = self.target_manifest.vocab_size
         self.frac = exact_fraction(cfg.inject_fraction)
         if cfg.inject_fraction > 0 and self.frac == 0:
-            raise UserError(f"data.inject_fraction = {cfg.inject_fraction} is below 1e-6, the finest fraction the exact "
-                            "stream represents; use 0 or at least 1e-6")
+            raise UserError(
+                f"data.inject_fraction = {cfg.inject_fraction} is below 1e-6, the finest fraction the exact "
+                "stream represents; use 0 or at least 1e-6"
+            )
         self.target = ShardSet(self.target_manifest, "train")
         n_train = len(self.target)
         available = n_train * self.seq_len
         want = cfg.target_tokens if cfg.target_tokens is not None else available
         self.target_sequences = math.ceil(want / self.seq_len)
         if self.target_sequences > n_train:
-            raise UserError(f"data.target_tokens = {want} exceeds the target train split of {self.target_manifest.where}, "
-                            f"which has {available} tokens ({n_train} sequences of {self.seq_len}); "
-                            f"use target_tokens <= {available}")
+            raise UserError(
+                f"data.target_tokens = {want} exceeds the target train split of {self.target_manifest.where}, "
+                f"which has {available} tokens ({n_train} sequences of {self.seq_len}); "
+                f"use target_tokens <= {available}"
+            )
         self.unique_target_tokens = self.target_sequences * self.seq_len
-        self._subset = np.random.default_rng([cfg.seed, _TARGET_SUBSET]).permutation(n_train)[: self.target_sequences]
+        self._subset = np.random.default_rng([cfg.seed, _TARGET_SUBSET]).permutation(n_train)[
+            : self.target_sequences
+        ]
         self._target_order = _EpochPermutations(self.target_sequences, cfg.seed, _TARGET_EPOCH)
         self.pretrain: ShardSet | None = None
         self._pretrain_order: _EpochPermutations | None = None
@@ -147,7 +163,9 @@ class MixedStream:
             self._pretrain_order = _EpochPermutations(len(self.pretrain), cfg.seed, _PRETRAIN_EPOCH)
         self.fingerprint_parts = {
             "target": self.target_manifest.fingerprint,
-            "pretrain": self.pretrain_manifest.fingerprint if self.pretrain_manifest and self.frac > 0 else None,
+            "pretrain": self.pretrain_manifest.fingerprint
+            if self.pretrain_manifest and self.frac > 0
+            else None,
             "inject_fraction": f"{self.frac.numerator}/{self.frac.denominator}",
             "target_tokens": self.unique_target_tokens,
             "seed": cfg.seed,
@@ -212,27 +230,48 @@ class MixedStream:
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "consumed": self.consumed, "world_size": self.world_size,
-                "fingerprint": self.fingerprint, "fingerprint_parts": dict(self.fingerprint_parts)}
+        return {
+            "version": STATE_VERSION,
+            "consumed": self.consumed,
+            "world_size": self.world_size,
+            "fingerprint": self.fingerprint,
+            "fingerprint_parts": dict(self.fingerprint_parts),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "fingerprint_parts" not in state:
-            raise UserError("data stream state is not a dist-forget stream state (version "
-                            f"{state.get('version') if isinstance(state, dict) else None!r}); resume from a checkpoint "
-                            "written by this version or start a new run")
+        if (
+            not isinstance(state, dict)
+            or state.get("version") != STATE_VERSION
+            or "fingerprint_parts" not in state
+        ):
+            raise UserError(
+                "data stream state is not a dist-forget stream state (version "
+                f"{state.get('version') if isinstance(state, dict) else None!r}); resume from a checkpoint "
+                "written by this version or start a new run"
+            )
         parts = state["fingerprint_parts"]
         if _hash_parts(parts) != state.get("fingerprint"):
-            raise UserError("data stream state: fingerprint does not match its parts (the checkpoint was edited); "
-                            "start a new run")
+            raise UserError(
+                "data stream state: fingerprint does not match its parts (the checkpoint was edited); "
+                "start a new run"
+            )
         if parts.get("world_size") != self.world_size:
-            raise UserError(f"data stream state was saved with world_size {parts.get('world_size')}, this run has "
-                            f"{self.world_size}; reshard the checkpoint (`dist-forget convert reshard`) or use "
-                            f"{parts.get('world_size')} ranks")
-        diffs = [f"{k} (checkpoint {parts.get(k)!r}, now {v!r})" for k, v in self.fingerprint_parts.items()
-                 if parts.get(k) != v]
+            raise UserError(
+                f"data stream state was saved with world_size {parts.get('world_size')}, this run has "
+                f"{self.world_size}; reshard the checkpoint (`dist-forget convert reshard`) or use "
+                f"{parts.get('world_size')} ranks"
+            )
+        diffs = [
+            f"{k} (checkpoint {parts.get(k)!r}, now {v!r})"
+            for k, v in self.fingerprint_parts.items()
+            if parts.get(k) != v
+        ]
         if diffs:
-            raise UserError("data stream state does not match this data config: " + "; ".join(diffs)
-                            + "; resume with the same data config and shards, or start a new run")
+            raise UserError(
+                "data stream state does not match this data config: "
+                + "; ".join(diffs)
+                + "; resume with the same data config and shards, or start a new run"
+            )
         consumed = state.get("consumed")
         if not isinstance(consumed, int) or consumed < 0:
             raise UserError(f"data stream state: consumed = {consumed!r} must be a non-negative integer")
@@ -248,11 +287,21 @@ def reshard_state_dict(state: dict[str, Any], new_world_size: int) -> dict[str, 
     if new_world_size < 1:
         raise UserError(f"new world size {new_world_size} must be >= 1")
     parts = dict(state["fingerprint_parts"], world_size=new_world_size)
-    return {**state, "world_size": new_world_size, "fingerprint_parts": parts, "fingerprint": _hash_parts(parts)}
+    return {
+        **state,
+        "world_size": new_world_size,
+        "fingerprint_parts": parts,
+        "fingerprint": _hash_parts(parts),
+    }
 
 
-def validation_batches(shard_dir: str | Path, micro_batch_size: int, max_sequences: int | None = None,
-                       rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
+def validation_batches(
+    shard_dir: str | Path,
+    micro_batch_size: int,
+    max_sequences: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[torch.Tensor]:
     """The val split in fixed order: rank r gets sequences r, r+W, ... of the first `max_sequences`.
 
     Ranks may get one sequence more or less than each other when the count is not divisible by W:
@@ -262,11 +311,13 @@ def validation_batches(shard_dir: str | Path, micro_batch_size: int, max_sequenc
         raise UserError(f"micro_batch_size = {micro_batch_size} must be >= 1")
     shards = ShardSet(shard_dir, "val")
     if len(shards) == 0:
-        raise UserError(f"{shards.manifest.where} has no validation sequences; re-shard with --val-fraction > 0")
+        raise UserError(
+            f"{shards.manifest.where} has no validation sequences; re-shard with --val-fraction > 0"
+        )
     n = len(shards) if max_sequences is None else min(max_sequences, len(shards))
     mine = np.arange(rank, n, world_size, dtype=np.int64)
     for start in range(0, len(mine), micro_batch_size):
-        yield torch.from_numpy(shards.gather(mine[start:start + micro_batch_size]).astype(np.int64))
+        yield torch.from_numpy(shards.gather(mine[start : start + micro_batch_size]).astype(np.int64))
 
 
 class MixedStreamDataset(torch.utils.data.IterableDataset):
@@ -277,8 +328,15 @@ class MixedStreamDataset(torch.utils.data.IterableDataset):
     Start from a saved stream position with `start_consumed` (MixedStream.state_dict()["consumed"]).
     """
 
-    def __init__(self, cfg: MixtureConfig, micro_batch_size: int, rank: int = 0, world_size: int = 1,
-                 start_consumed: int = 0, num_batches: int | None = None):
+    def __init__(
+        self,
+        cfg: MixtureConfig,
+        micro_batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_consumed: int = 0,
+        num_batches: int | None = None,
+    ):
         super().__init__()
         self.cfg, self.micro_batch_size = cfg, micro_batch_size
         self.rank, self.world_size = rank, world_size

@@ -38,7 +38,9 @@ class ShardConfig:
     seed: int = 0  # picks the validation documents
     rows_per_member: int = 0  # 0 = auto: about 32 KiB per tar member
     sequences_per_shard: int = 0  # 0 = auto: about 8 MiB per shard
-    max_chars: int | None = None  # cap big corpora: keep an even spread of documents up to ~this many characters
+    max_chars: int | None = (
+        None  # cap big corpora: keep an even spread of documents up to ~this many characters
+    )
 
     def validate(self) -> None:
         if self.seq_len < 2:
@@ -62,8 +64,10 @@ def _pick_val(n_docs: int, cfg: ShardConfig) -> np.ndarray:
     if cfg.val_fraction == 0.0:
         return mask
     if n_docs < 2:
-        raise UserError(f"corpus has {n_docs} document(s); holding out validation by document needs >= 2 "
-                        "(or pass --val-fraction 0)")
+        raise UserError(
+            f"corpus has {n_docs} document(s); holding out validation by document needs >= 2 "
+            "(or pass --val-fraction 0)"
+        )
     n_val = min(n_docs - 1, max(1, round(n_docs * cfg.val_fraction)))
     mask[np.random.default_rng([cfg.seed, 0x5A11]).permutation(n_docs)[:n_val]] = True
     return mask
@@ -90,8 +94,8 @@ class _SplitWriter:
             stream = np.concatenate(self.buffer)
             n_full = len(stream) // chunk
             for m in range(n_full):
-                self._member(stream[m * chunk:(m + 1) * chunk].reshape(self.rows, self.seq_len))
-            rest = stream[n_full * chunk:]
+                self._member(stream[m * chunk : (m + 1) * chunk].reshape(self.rows, self.seq_len))
+            rest = stream[n_full * chunk :]
             self.buffer, self.buffered = [rest], len(rest)
 
     def _member(self, rows: np.ndarray) -> None:
@@ -111,9 +115,16 @@ class _SplitWriter:
         if self.writer is None:
             return
         self.writer.close()
-        self.info.shards.append(ShardInfo(
-            file=self.path.name, sequences=self.shard_rows, tokens=self.shard_rows * self.seq_len,
-            members=self.shard_members, bytes=self.path.stat().st_size, sha256=file_sha256(self.path)))
+        self.info.shards.append(
+            ShardInfo(
+                file=self.path.name,
+                sequences=self.shard_rows,
+                tokens=self.shard_rows * self.seq_len,
+                members=self.shard_members,
+                bytes=self.path.stat().st_size,
+                sha256=file_sha256(self.path),
+            )
+        )
         self.info.sequences += self.shard_rows
         self.info.tokens += self.shard_rows * self.seq_len
         self.writer, self.shard_rows, self.shard_members = None, 0, 0
@@ -128,9 +139,16 @@ class _SplitWriter:
         return self.info
 
 
-def write_shards(documents: Iterable[str], tokenizer: str | Path, out_dir: str | Path, domain: str,
-                 cfg: ShardConfig | None = None, source: dict[str, Any] | None = None,
-                 progress: Progress | None = None, overwrite: bool = True) -> Manifest:
+def write_shards(
+    documents: Iterable[str],
+    tokenizer: str | Path,
+    out_dir: str | Path,
+    domain: str,
+    cfg: ShardConfig | None = None,
+    source: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    overwrite: bool = True,
+) -> Manifest:
     """Tokenize `documents` and write train/val shards plus `manifest.json` into `out_dir` (atomically)."""
     cfg = cfg or ShardConfig()
     cfg.validate()
@@ -149,16 +167,20 @@ def write_shards(documents: Iterable[str], tokenizer: str | Path, out_dir: str |
         docs = [d for i, d in enumerate(docs) if int((i + 1) * keep) > int(i * keep)]
         chars = sum(len(d) for d in docs)
     if not docs:
-        raise UserError(f"corpus for domain {domain!r} is empty (no non-empty documents); check the corpus file")
+        raise UserError(
+            f"corpus for domain {domain!r} is empty (no non-empty documents); check the corpus file"
+        )
     is_val = _pick_val(len(docs), cfg)
     out_dir = Path(out_dir)
     started = time.perf_counter()
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        writers = {name: _SplitWriter(tmp, name, cfg.seq_len, dtype, rows, per_shard) for name in ("train", "val")}
+        writers = {
+            name: _SplitWriter(tmp, name, cfg.seq_len, dtype, rows, per_shard) for name in ("train", "val")
+        }
         batch = 256
         n_tokens = chars_done = 0
         for start in range(0, len(docs), batch):
-            chunk = docs[start:start + batch]
+            chunk = docs[start : start + batch]
             for k, enc in enumerate(tok.encode_batch(chunk, add_special_tokens=False)):
                 ids = np.asarray(enc.ids + [eos], dtype=dtype)
                 n_tokens += len(ids)
@@ -168,21 +190,38 @@ def write_shards(documents: Iterable[str], tokenizer: str | Path, out_dir: str |
             chars_done += sum(len(d) for d in chunk)
             if progress:
                 elapsed = time.perf_counter() - started
-                progress({"domain": domain, "documents": min(start + batch, len(docs)), "of": len(docs),
-                          "tokens": n_tokens, "tokens_per_s": n_tokens / max(elapsed, 1e-9),
-                          "eta_s": elapsed / chars_done * (chars - chars_done)})
+                progress(
+                    {
+                        "domain": domain,
+                        "documents": min(start + batch, len(docs)),
+                        "of": len(docs),
+                        "tokens": n_tokens,
+                        "tokens_per_s": n_tokens / max(elapsed, 1e-9),
+                        "eta_s": elapsed / chars_done * (chars - chars_done),
+                    }
+                )
         splits = {name: w.finish() for name, w in writers.items()}
         if splits["train"].sequences == 0:
-            raise UserError(f"corpus for domain {domain!r} has {n_tokens} tokens, fewer than one training "
-                            f"sequence of seq_len={cfg.seq_len}; use a bigger corpus or a smaller --seq-len")
+            raise UserError(
+                f"corpus for domain {domain!r} has {n_tokens} tokens, fewer than one training "
+                f"sequence of seq_len={cfg.seq_len}; use a bigger corpus or a smaller --seq-len"
+            )
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             src = tok_file.parent / name
             if src.is_file():  # downstream tools (HF export) look for the tokenizer beside the data
                 shutil.copyfile(src, tmp / name)
         manifest = Manifest(
-            domain=domain, tokenizer_sha256=file_sha256(tok_file), vocab_size=vocab, eos_id=eos,
-            seq_len=cfg.seq_len, dtype=dtype.name, rows_per_member=rows, val_fraction=cfg.val_fraction,
-            split_seed=cfg.seed, splits=splits, source=dict(source or {}),
+            domain=domain,
+            tokenizer_sha256=file_sha256(tok_file),
+            vocab_size=vocab,
+            eos_id=eos,
+            seq_len=cfg.seq_len,
+            dtype=dtype.name,
+            rows_per_member=rows,
+            val_fraction=cfg.val_fraction,
+            split_seed=cfg.seed,
+            splits=splits,
+            source=dict(source or {}),
         )
         manifest.save(tmp)
     manifest.directory = out_dir
@@ -209,37 +248,49 @@ class _OpenShard:
         if _VERIFIED.get(key) != info.sha256:
             digest = file_sha256(path)
             if digest != info.sha256:
-                raise UserError(f"shard {path} sha256 {digest[:12]}... differs from its manifest "
-                                f"({info.sha256[:12]}...): the file is corrupt or was replaced; re-run "
-                                "`dist-forget data shard` for this domain")
+                raise UserError(
+                    f"shard {path} sha256 {digest[:12]}... differs from its manifest "
+                    f"({info.sha256[:12]}...): the file is corrupt or was replaced; re-run "
+                    "`dist-forget data shard` for this domain"
+                )
             _VERIFIED[key] = digest
         starts: list[np.ndarray] = []
         try:
             with tarfile.open(path, "r:") as tar, open(path, "rb") as raw:
                 for member in tar:
                     if not _safe_member(member.name):
-                        raise UserError(f"shard {path} has member {member.name!r} with '..' or an absolute path; "
-                                        "refusing to read it")
+                        raise UserError(
+                            f"shard {path} has member {member.name!r} with '..' or an absolute path; "
+                            "refusing to read it"
+                        )
                     if not member.isfile() or not member.name.endswith(".npy"):
                         continue
                     raw.seek(member.offset_data)
                     version = np.lib.format.read_magic(raw)
-                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shape, fortran, file_dtype = read_header(raw)
                     header = raw.tell() - member.offset_data
                     if fortran or len(shape) != 2 or shape[1] != seq_len or file_dtype != dtype:
-                        raise UserError(f"shard {path} member {member.name!r} holds {file_dtype}{list(shape)}, "
-                                        f"not {dtype.name}[k, {seq_len}]; re-run `dist-forget data shard`")
+                        raise UserError(
+                            f"shard {path} member {member.name!r} holds {file_dtype}{list(shape)}, "
+                            f"not {dtype.name}[k, {seq_len}]; re-run `dist-forget data shard`"
+                        )
                     first = (member.offset_data + header) // dtype.itemsize
                     starts.append(first + np.arange(shape[0], dtype=np.int64) * seq_len)
         except (tarfile.TarError, ValueError, OSError, EOFError) as exc:
-            raise UserError(f"shard {path} is not a readable tar of .npy members ({exc}); "
-                            "re-run `dist-forget data shard`") from None
+            raise UserError(
+                f"shard {path} is not a readable tar of .npy members ({exc}); re-run `dist-forget data shard`"
+            ) from None
         self.starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
         if len(self.starts) != info.sequences:
-            raise UserError(f"shard {path} holds {len(self.starts)} sequences, its manifest says {info.sequences}; "
-                            "re-run `dist-forget data shard`")
+            raise UserError(
+                f"shard {path} holds {len(self.starts)} sequences, its manifest says {info.sequences}; "
+                "re-run `dist-forget data shard`"
+            )
         # a plain ndarray over the mapping: np.memmap's own __getitem__ costs more than the gather itself
         self.data = np.memmap(path, dtype=dtype, mode="r").view(np.ndarray)
         self.offsets = np.arange(seq_len, dtype=np.int64)
@@ -295,4 +346,3 @@ class ShardSet:
     def iter_sequential(self, batch: int) -> Iterator[np.ndarray]:
         for start in range(0, self.num_sequences, batch):
             yield self.gather(np.arange(start, min(start + batch, self.num_sequences)))
-

@@ -32,9 +32,13 @@ class TokenizerConfig:
 
     def validate(self) -> None:
         if self.vocab_size < 257:
-            raise UserError(f"tokenizer vocab_size={self.vocab_size} is below 257 (256 bytes + EOS); use e.g. 8192")
+            raise UserError(
+                f"tokenizer vocab_size={self.vocab_size} is below 257 (256 bytes + EOS); use e.g. 8192"
+            )
         if self.vocab_size > 65535:
-            raise UserError(f"tokenizer vocab_size={self.vocab_size}: shards store uint16 ids; use at most 65535")
+            raise UserError(
+                f"tokenizer vocab_size={self.vocab_size}: shards store uint16 ids; use at most 65535"
+            )
 
 
 def _limited(texts: Iterable[str], max_chars: int | None) -> Iterator[str]:
@@ -48,8 +52,9 @@ def _limited(texts: Iterable[str], max_chars: int | None) -> Iterator[str]:
         yield text
 
 
-def train_tokenizer(texts: Iterable[str], out_dir: str | Path, cfg: TokenizerConfig | None = None,
-                    overwrite: bool = True) -> Path:
+def train_tokenizer(
+    texts: Iterable[str], out_dir: str | Path, cfg: TokenizerConfig | None = None, overwrite: bool = True
+) -> Path:
     """Train a byte-level BPE on `texts` and save it (atomically) as a HF fast tokenizer in `out_dir`."""
     cfg = cfg or TokenizerConfig()
     cfg.validate()
@@ -57,8 +62,11 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, cfg: TokenizerCon
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     seen = {"n": 0}
 
@@ -75,12 +83,18 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, cfg: TokenizerCon
         tok.save(str(tmp / TOKENIZER_FILE))
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
-            "eos_token": EOS, "bos_token": EOS, "unk_token": EOS, "pad_token": EOS,
-            "model_max_length": 1_000_000, "clean_up_tokenization_spaces": False,
+            "eos_token": EOS,
+            "bos_token": EOS,
+            "unk_token": EOS,
+            "pad_token": EOS,
+            "model_max_length": 1_000_000,
+            "clean_up_tokenization_spaces": False,
         }
         (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "special_tokens_map.json").write_text(json.dumps(
-            {"eos_token": EOS, "bos_token": EOS, "unk_token": EOS, "pad_token": EOS}, indent=2) + "\n")
+        (tmp / "special_tokens_map.json").write_text(
+            json.dumps({"eos_token": EOS, "bos_token": EOS, "unk_token": EOS, "pad_token": EOS}, indent=2)
+            + "\n"
+        )
     return out_dir / TOKENIZER_FILE
 
 
@@ -106,7 +120,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     try:
         tok = Tokenizer.from_file(str(file))
     except Exception:  # the Rust error is a long serde message; the fix is always the same
-        raise UserError(f"tokenizer {file} is not a valid tokenizer.json; rebuild it with `dist-forget data tokenizer`") from None
+        raise UserError(
+            f"tokenizer {file} is not a valid tokenizer.json; rebuild it with `dist-forget data tokenizer`"
+        ) from None
     if tok.token_to_id(EOS) is None:
         raise UserError(f"tokenizer {file} has no {EOS} token; rebuild it with `dist-forget data tokenizer`")
     return tok

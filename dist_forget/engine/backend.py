@@ -62,7 +62,9 @@ class ParallelConfig:
     zero_stage: int = 0  # deepspeed: 0 = plain data parallel, 1/2/3 shard optimizer/gradients/weights
     tp: int = 1  # megatron: tensor-parallel size
     pp: int = 1  # megatron: pipeline-parallel size
-    impl: Literal["local", "stock"] = "local"  # megatron: our TP layers (CPU+GPU) or megatron-core's GPTModel (GPU)
+    impl: Literal["local", "stock"] = (
+        "local"  # megatron: our TP layers (CPU+GPU) or megatron-core's GPTModel (GPU)
+    )
 
     def validate(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -111,8 +113,13 @@ class Backend(ABC):
     def init_distributed(self) -> None: ...
 
     @abstractmethod
-    def build(self, model_factory: ModelFactory, optimizer_factory: OptimizerFactory, micro_batch: int,
-              grad_accum: int) -> None: ...
+    def build(
+        self,
+        model_factory: ModelFactory,
+        optimizer_factory: OptimizerFactory,
+        micro_batch: int,
+        grad_accum: int,
+    ) -> None: ...
 
     @abstractmethod
     def train_step(self, micro_batches: Sequence[Tensor], lr: float) -> StepResult: ...
@@ -162,11 +169,20 @@ class Backend(ABC):
         world of one on a free local port), pick the device, and return the process-group backend:
         NCCL with one GPU per local rank, else gloo with one share of the CPU cores per rank."""
         if "RANK" not in os.environ:
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+            os.environ.update(
+                RANK="0",
+                WORLD_SIZE="1",
+                LOCAL_RANK="0",
+                LOCAL_WORLD_SIZE="1",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(free_port()),
+            )
         rank, world, local_rank, local_world = env_world()
         self.rank, self.world_size, self.local_rank = rank, world, local_rank
-        self.dp_rank, self.dp_size = rank, world  # model-parallel backends narrow these once their groups exist
+        self.dp_rank, self.dp_size = (
+            rank,
+            world,
+        )  # model-parallel backends narrow these once their groups exist
         if torch.cuda.is_available():
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)

@@ -56,8 +56,14 @@ class CheckpointManager:
         path = self.root / name
         return path.read_text().strip() if path.is_file() else None
 
-    def save(self, step: int, client_state: dict[str, Any], meta: dict[str, Any], is_best: bool,
-             hf_config: dict[str, Any] | None = None) -> Path:
+    def save(
+        self,
+        step: int,
+        client_state: dict[str, Any],
+        meta: dict[str, Any],
+        is_best: bool,
+        hf_config: dict[str, Any] | None = None,
+    ) -> Path:
         tag, tmp = tag_of(step), f".tmp-{tag_of(step)}"
         rank0 = self.backend.rank == 0
         if rank0:
@@ -106,8 +112,10 @@ class CheckpointManager:
             shutil.rmtree(self.root / tmp, ignore_errors=True)
         prev = self.read_pointer("latest")
         still = f"the previous checkpoint {self.root / prev} still loads" if prev else "no earlier checkpoint"
-        raise UserError(f"saving checkpoint {self.root / tag} failed ({error or 'on another rank'}); "
-                        f"{still}; free disk space and rerun with --resume auto")
+        raise UserError(
+            f"saving checkpoint {self.root / tag} failed ({error or 'on another rank'}); "
+            f"{still}; free disk space and rerun with --resume auto"
+        )
 
     def _retain(self) -> None:
         retain(self.root, self.keep)
@@ -136,7 +144,7 @@ def clean_leftovers(root: Path) -> list[str]:
     if not root.is_dir():
         return done
     for old in sorted(root.glob(".old-step-*")):
-        final = root / old.name[len(".old-"):]
+        final = root / old.name[len(".old-") :]
         if old.is_dir() and not final.exists():  # killed between the two renames of _publish: put it back
             old.rename(final)
             done.append(f"restored {final.name}")
@@ -174,8 +182,11 @@ def verify_checkpoint(path: Path) -> str | None:
     else:
         expected = ["mp_rank_00_model_states.pt"]
     if engine == "deepspeed" and stage:
-        expected += [f"{'bf16_' if (path / 'bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt').exists() else ''}"
-                     f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(int(world or 1))]
+        expected += [
+            f"{'bf16_' if (path / 'bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt').exists() else ''}"
+            f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
+            for r in range(int(world or 1))
+        ]
     missing = [name for name in expected if not (path / name).exists()]
     if missing or not files:
         return f"incomplete: {(missing or ['*.pt'])[0]} is missing"
@@ -204,8 +215,10 @@ def prepare_resume(resume: str, root: Path, keep: int, say: Callable[[str], Any]
     if resume != "auto":
         problem = verify_checkpoint(Path(resume))
         if problem:
-            raise UserError(f"--resume {resume}: the checkpoint is not usable ({problem}); "
-                            "pass --resume auto or another checkpoints/step-XXXXXXXX folder")
+            raise UserError(
+                f"--resume {resume}: the checkpoint is not usable ({problem}); "
+                "pass --resume auto or another checkpoints/step-XXXXXXXX folder"
+            )
         return
     pointer = root / "latest"
     named = pointer.read_text(errors="replace").strip() if pointer.is_file() else None
@@ -234,8 +247,10 @@ def prepare_resume(resume: str, root: Path, keep: int, say: Callable[[str], Any]
             break
         problems.append(f"{tag} ({problem})")
     if chosen is None:
-        raise UserError(f"--resume auto: no intact checkpoint in {root}: {'; '.join(problems)}; delete the broken "
-                        "ones (or the whole folder to start over) or pass --resume PATH")
+        raise UserError(
+            f"--resume auto: no intact checkpoint in {root}: {'; '.join(problems)}; delete the broken "
+            "ones (or the whole folder to start over) or pass --resume PATH"
+        )
     aside = [t for t in tags if step_of(t) > step_of(chosen)]
     for tag in aside:  # else retention would count them as the newest and delete intact ones
         shutil.rmtree(root / f".broken-{tag}", ignore_errors=True)
@@ -243,8 +258,10 @@ def prepare_resume(resume: str, root: Path, keep: int, say: Callable[[str], Any]
     write_text_atomic(pointer, chosen + "\n")
     retain(root, keep)
     moved = f"; set aside {', '.join('.broken-' + t for t in aside)}" if aside else ""
-    say(f"resume: latest checkpoint {first} is not usable; resuming from {root / chosen}, the newest "
-        f"intact checkpoint{moved}")
+    say(
+        f"resume: latest checkpoint {first} is not usable; resuming from {root / chosen}, the newest "
+        f"intact checkpoint{moved}"
+    )
 
 
 def resolve_resume(resume: str, root: Path) -> Path | None:
@@ -259,8 +276,10 @@ def resolve_resume(resume: str, root: Path) -> Path | None:
     else:
         path = Path(resume)
     if not (path / META).is_file():
-        raise UserError(f"--resume {resume}: {path} is not a complete checkpoint (no {META}); "
-                        "pass auto or a checkpoints/step-XXXXXXXX folder")
+        raise UserError(
+            f"--resume {resume}: {path} is not a complete checkpoint (no {META}); "
+            "pass auto or a checkpoints/step-XXXXXXXX folder"
+        )
     return path
 
 
@@ -268,24 +287,40 @@ def read_meta(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / META).read_text())
 
 
-def check_compatible(meta: dict[str, Any], path: Path, *, model: dict[str, Any], fingerprint: str,
-                     world_size: int, engine: str, zero_stage: int) -> None:
+def check_compatible(
+    meta: dict[str, Any],
+    path: Path,
+    *,
+    model: dict[str, Any],
+    fingerprint: str,
+    world_size: int,
+    engine: str,
+    zero_stage: int,
+) -> None:
     """Refuse to resume from a checkpoint that another model, data stream or world size wrote."""
     if meta.get("model") != model:
-        raise UserError(f"checkpoint {path} holds another model ({_describe(meta.get('model'))}) than this "
-                        f"config ({_describe(model)}); use that model's config or another out_dir")
+        raise UserError(
+            f"checkpoint {path} holds another model ({_describe(meta.get('model'))}) than this "
+            f"config ({_describe(model)}); use that model's config or another out_dir"
+        )
     if meta.get("world_size") != world_size:
-        raise UserError(f"checkpoint {path} was written by {meta.get('world_size')} ranks, this run has "
-                        f"{world_size}; run `dist-forget convert reshard --checkpoint {path} --out DIR "
-                        f"--world-size {world_size}` and resume from DIR, or launch {meta.get('world_size')} ranks")
+        raise UserError(
+            f"checkpoint {path} was written by {meta.get('world_size')} ranks, this run has "
+            f"{world_size}; run `dist-forget convert reshard --checkpoint {path} --out DIR "
+            f"--world-size {world_size}` and resume from DIR, or launch {meta.get('world_size')} ranks"
+        )
     if meta.get("data_fingerprint") != fingerprint:
-        raise UserError(f"checkpoint {path} was trained on data stream {meta.get('data_fingerprint')}, this "
-                        f"config gives {fingerprint} (data, p, D, seed or shards changed); restore the data "
-                        "settings or start a new out_dir")
+        raise UserError(
+            f"checkpoint {path} was trained on data stream {meta.get('data_fingerprint')}, this "
+            f"config gives {fingerprint} (data, p, D, seed or shards changed); restore the data "
+            "settings or start a new out_dir"
+        )
     if meta.get("engine") != engine or meta.get("zero_stage") != zero_stage:
-        raise UserError(f"checkpoint {path} was written by engine={meta.get('engine')} "
-                        f"zero_stage={meta.get('zero_stage')}, this run uses engine={engine} "
-                        f"zero_stage={zero_stage}; resume with the same engine settings")
+        raise UserError(
+            f"checkpoint {path} was written by engine={meta.get('engine')} "
+            f"zero_stage={meta.get('zero_stage')}, this run uses engine={engine} "
+            f"zero_stage={zero_stage}; resume with the same engine settings"
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -295,5 +330,7 @@ def _first_line(exc: BaseException) -> str:
 def _describe(sig: Any) -> str:
     if not isinstance(sig, dict):
         return "unknown"
-    return (f"{sig.get('size') or sig.get('architecture')}: hidden {sig.get('hidden')}, layers {sig.get('layers')}, "
-            f"vocab {sig.get('vocab')}, N {sig.get('non_embedding_params')}")
+    return (
+        f"{sig.get('size') or sig.get('architecture')}: hidden {sig.get('hidden')}, layers {sig.get('layers')}, "
+        f"vocab {sig.get('vocab')}, N {sig.get('non_embedding_params')}"
+    )

@@ -28,8 +28,10 @@ class ModelConfig:
 
     def validate(self) -> None:
         if not self.size and not self.init_from:
-            raise UserError("model: set model.size (a ladder name, e.g. cpu-1m) or model.init_from "
-                            "(a run folder, an HF folder or smollm2)")
+            raise UserError(
+                "model: set model.size (a ladder name, e.g. cpu-1m) or model.init_from "
+                "(a run folder, an HF folder or smollm2)"
+            )
 
 
 @dataclass
@@ -44,7 +46,9 @@ class OptimConfig:
     def validate(self) -> None:
         for name in ("lr", "eps", "weight_decay", "anchor_decay", "grad_clip"):
             if getattr(self, name) < 0 or (name == "lr" and self.lr == 0):
-                raise UserError(f"optim.{name} = {getattr(self, name)} must be {'> 0' if name == 'lr' else '>= 0'}")
+                raise UserError(
+                    f"optim.{name} = {getattr(self, name)} must be {'> 0' if name == 'lr' else '>= 0'}"
+                )
 
 
 @dataclass
@@ -89,7 +93,9 @@ class CheckpointConfig:
 
     def validate(self) -> None:
         if self.every < 0 or self.keep < 1:
-            raise UserError(f"checkpoint.every = {self.every} must be >= 0 and checkpoint.keep = {self.keep} >= 1")
+            raise UserError(
+                f"checkpoint.every = {self.every} must be >= 0 and checkpoint.keep = {self.keep} >= 1"
+            )
 
 
 @dataclass
@@ -109,10 +115,14 @@ class RunConfig:
 
     def validate(self) -> None:
         if not self.data.target:
-            raise UserError("data.target is empty; set it to a shard folder (with manifest.json), "
-                            "e.g. data.target=work/data/shards/code")
+            raise UserError(
+                "data.target is empty; set it to a shard folder (with manifest.json), "
+                "e.g. data.target=work/data/shards/code"
+            )
         if self.train.batch_size % self.train.micro_batch:
-            raise UserError(f"train.batch_size = {self.train.batch_size} is not a multiple of "
-                            f"train.micro_batch = {self.train.micro_batch}")
+            raise UserError(
+                f"train.batch_size = {self.train.batch_size} is not a multiple of "
+                f"train.micro_batch = {self.train.micro_batch}"
+            )
         if self.engine != "deepspeed" and self.parallel.zero_stage:
             raise UserError(f"parallel.zero_stage = {self.parallel.zero_stage} needs engine=deepspeed")

@@ -46,8 +46,13 @@ class DeepSpeedBackend(Backend):
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
-    def build(self, model_factory: ModelFactory, optimizer_factory: OptimizerFactory, micro_batch: int,
-              grad_accum: int) -> None:
+    def build(
+        self,
+        model_factory: ModelFactory,
+        optimizer_factory: OptimizerFactory,
+        micro_batch: int,
+        grad_accum: int,
+    ) -> None:
         import deepspeed
 
         model = model_factory()
@@ -63,8 +68,9 @@ class DeepSpeedBackend(Backend):
             "steps_per_print": 2**31 - 1,
             "wall_clock_breakdown": False,
         }
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                                 config=ds_config)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=ds_config
+        )
         # DeepSpeed's TorchCheckpointEngine unpickles with weights_only=False: load through ours instead
         self.engine.checkpoint_engine = make_safe_checkpoint_engine(self.engine.checkpoint_engine)
         self.engine.train()
@@ -110,11 +116,14 @@ class DeepSpeedBackend(Backend):
     def load(self, root: Path, tag: str) -> dict[str, Any]:
         # every rank checks every file first, so a bad file stops all ranks with the same error
         verify_pt_files((Path(root) / tag).glob("*.pt"), allow=deepspeed_safe_globals())
-        path, client_state = self.engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
-                                                         load_lr_scheduler_states=False)
+        path, client_state = self.engine.load_checkpoint(
+            str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
         if path is None:
-            raise UserError(f"checkpoint {Path(root) / tag} could not be loaded by DeepSpeed; "
-                            "check that it was written by engine=deepspeed with the same parallel.zero_stage")
+            raise UserError(
+                f"checkpoint {Path(root) / tag} could not be loaded by DeepSpeed; "
+                "check that it was written by engine=deepspeed with the same parallel.zero_stage"
+            )
         return dict(client_state or {})
 
     def close(self) -> None:
@@ -130,8 +139,11 @@ class DeepSpeedBackend(Backend):
 
         module = self.engine.module
         params = list(module.parameters())
-        gather = (deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-                  if self.cfg.parallel.zero_stage == 3 else _Null())
+        gather = (
+            deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+            if self.cfg.parallel.zero_stage == 3
+            else _Null()
+        )
         with gather:
             if self.rank != 0:
                 return {}

@@ -70,16 +70,20 @@ class MegatronBackend(Backend):
         if self.stock:  # before any process group: a CPU machine gets the one-line reason at once
             M.require_cuda_for_stock()
             if self.pp != 1:
-                raise UserError(f"parallel.impl=stock supports parallel.pp=1 only (got {self.pp}); use "
-                                "parallel.impl=local for pipeline parallelism")
+                raise UserError(
+                    f"parallel.impl=stock supports parallel.pp=1 only (got {self.pp}); use "
+                    "parallel.impl=local for pipeline parallelism"
+                )
         self.tp_rank, self.pp_rank = 0, 0
 
     def init_distributed(self) -> None:
         _, world, _, _ = env_world()
         mp = self.tp * self.pp
         if world % mp:
-            raise UserError(f"parallel.tp={self.tp} x parallel.pp={self.pp} does not divide the number of "
-                            f"processes {world}; launch a multiple of {mp} ranks (torchrun --nproc_per_node {mp})")
+            raise UserError(
+                f"parallel.tp={self.tp} x parallel.pp={self.pp} does not divide the number of "
+                f"processes {world}; launch a multiple of {mp} ranks (torchrun --nproc_per_node {mp})"
+            )
         backend = self._join_world()
         if not dist.is_initialized():
             dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
@@ -90,8 +94,13 @@ class MegatronBackend(Backend):
 
     # -- model ---------------------------------------------------------------------------------------
 
-    def build(self, model_factory: ModelFactory, optimizer_factory: OptimizerFactory, micro_batch: int,
-              grad_accum: int) -> None:
+    def build(
+        self,
+        model_factory: ModelFactory,
+        optimizer_factory: OptimizerFactory,
+        micro_batch: int,
+        grad_accum: int,
+    ) -> None:
         # Every rank builds the full HF model (same seed or same pretrained folder => same weights) and
         # keeps only its slice: TP init then equals the 1-rank init exactly.
         hf = model_factory()
@@ -205,7 +214,7 @@ class MegatronBackend(Backend):
         flat /= self.dp_size
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
     def _clip_grads(self) -> float:
@@ -270,17 +279,27 @@ class MegatronBackend(Backend):
     # -- checkpoints -----------------------------------------------------------------------------------
 
     def meta(self) -> dict[str, Any]:
-        return {"format": FORMAT, "tp": self.tp, "pp": self.cfg.parallel.pp,
-                "hf_config": self.hf_config.to_dict()}
+        return {
+            "format": FORMAT,
+            "tp": self.tp,
+            "pp": self.cfg.parallel.pp,
+            "hf_config": self.hf_config.to_dict(),
+        }
 
     def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None:
         d = Path(root) / tag
         if self.dp_rank == 0:  # data-parallel replicas hold identical shards: one copy per (TP, PP) rank
             path = rank_file(d, self.tp_rank, self.pp_rank, self.pp)
             path.parent.mkdir(parents=True, exist_ok=True)
-            state = {"model": self.model.shard_state_dict(), "optimizer": self._named_optimizer_state(),
-                     "tp": self.tp, "tp_rank": self.tp_rank, "pp": self.pp, "pp_rank": self.pp_rank,
-                     "client_state": client_state}
+            state = {
+                "model": self.model.shard_state_dict(),
+                "optimizer": self._named_optimizer_state(),
+                "tp": self.tp,
+                "tp_rank": self.tp_rank,
+                "pp": self.pp,
+                "pp_rank": self.pp_rank,
+                "client_state": client_state,
+            }
             torch.save(state, path)
             if self.rank == 0:
                 write_json_atomic(d / META_FILE, self.meta())
@@ -303,14 +322,17 @@ class MegatronBackend(Backend):
         self.model.load_shard(state["model"], where=where)
         opt = state["optimizer"]
         if self.stock:
-            self.optimizer.load_state_dict(stock_optimizer_from_hf(opt, self._group_names(), self.model.dims,
-                                                                   self.tp, where))
+            self.optimizer.load_state_dict(
+                stock_optimizer_from_hf(opt, self._group_names(), self.model.dims, self.tp, where)
+            )
             return dict(state.get("client_state") or {})
         names = opt.pop("param_names", None)
         ordered = [n for g in self._group_names() for n in g]
         if names is not None and names != ordered:
-            raise UserError(f"{where}: optimizer state is for parameters "
-                            f"{names[:2]}..., this model has {ordered[:2]}...; resume with the same model")
+            raise UserError(
+                f"{where}: optimizer state is for parameters "
+                f"{names[:2]}..., this model has {ordered[:2]}...; resume with the same model"
+            )
         self.optimizer.load_state_dict(opt)
         return dict(state.get("client_state") or {})
 
@@ -320,8 +342,9 @@ class MegatronBackend(Backend):
             from megatron.core import parallel_state as ps
 
             stages: list[Any] = [None] * self.pp
-            dist.all_gather_object(stages, {k: v.cpu() for k, v in full.items()},
-                                   group=ps.get_pipeline_model_parallel_group())
+            dist.all_gather_object(
+                stages, {k: v.cpu() for k, v in full.items()}, group=ps.get_pipeline_model_parallel_group()
+            )
             full = {k: v for stage in stages for k, v in stage.items()}
         if self.rank != 0:
             return {}
@@ -330,24 +353,31 @@ class MegatronBackend(Backend):
         return out
 
 
-def load_rank_state(d: Path, tp_rank: int, tp: int, pp_rank: int = 0, pp: int = 1,
-                    device: Any = "cpu") -> dict[str, Any]:
+def load_rank_state(
+    d: Path, tp_rank: int, tp: int, pp_rank: int = 0, pp: int = 1, device: Any = "cpu"
+) -> dict[str, Any]:
     """Read one (TP, PP) rank's file of a Megatron checkpoint, refusing one made for another TP/PP size."""
     import json
 
     meta_path = Path(d) / META_FILE
     if not meta_path.is_file():
-        raise UserError(f"{d} is not a Megatron checkpoint of ours (no {META_FILE}); pass a folder written "
-                        "by engine=megatron or `dist-forget convert hf-to-megatron`")
+        raise UserError(
+            f"{d} is not a Megatron checkpoint of ours (no {META_FILE}); pass a folder written "
+            "by engine=megatron or `dist-forget convert hf-to-megatron`"
+        )
     meta = json.loads(meta_path.read_text())
     if meta.get("tp") != tp:
-        raise UserError(f"{d} was converted/saved for tp={meta.get('tp')}, this run uses parallel.tp={tp}; "
-                        f"run `dist-forget convert reshard-megatron --checkpoint {d} --out DIR --tp {tp} --pp {pp}` "
-                        f"and resume from DIR, or set parallel.tp={meta.get('tp')}")
+        raise UserError(
+            f"{d} was converted/saved for tp={meta.get('tp')}, this run uses parallel.tp={tp}; "
+            f"run `dist-forget convert reshard-megatron --checkpoint {d} --out DIR --tp {tp} --pp {pp}` "
+            f"and resume from DIR, or set parallel.tp={meta.get('tp')}"
+        )
     if meta.get("pp", 1) != pp:
-        raise UserError(f"{d} was converted/saved for pp={meta.get('pp', 1)}, this run uses parallel.pp={pp}; "
-                        f"run `dist-forget convert reshard-megatron --checkpoint {d} --out DIR --tp {tp} --pp {pp}` "
-                        f"and resume from DIR, or set parallel.pp={meta.get('pp', 1)}")
+        raise UserError(
+            f"{d} was converted/saved for pp={meta.get('pp', 1)}, this run uses parallel.pp={pp}; "
+            f"run `dist-forget convert reshard-megatron --checkpoint {d} --out DIR --tp {tp} --pp {pp}` "
+            f"and resume from DIR, or set parallel.pp={meta.get('pp', 1)}"
+        )
     path = rank_file(d, tp_rank, pp_rank, pp)
     if not path.is_file():
         raise UserError(f"{path} is missing; the checkpoint {d} is incomplete for tp={tp} pp={pp}")

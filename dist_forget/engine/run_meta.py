@@ -90,8 +90,14 @@ def dataset_record(manifest: Manifest, context: str, out_dir: str | Path, **tags
     file = manifest.directory / MANIFEST
     sha = _sha256(file)
     splits = {name: {"sequences": s.sequences, "tokens": s.tokens} for name, s in manifest.splits.items()}
-    prof = {"manifest_sha256": sha, "fingerprint": manifest.fingerprint, "seq_len": manifest.seq_len,
-            "vocab_size": manifest.vocab_size, "tokenizer_sha256": manifest.tokenizer_sha256, "splits": splits}
+    prof = {
+        "manifest_sha256": sha,
+        "fingerprint": manifest.fingerprint,
+        "seq_len": manifest.seq_len,
+        "vocab_size": manifest.vocab_size,
+        "tokenizer_sha256": manifest.tokenizer_sha256,
+        "splits": splits,
+    }
     return {"name": manifest.domain, "digest": sha, "source_type": "local",
             "source": json.dumps({"uri": relative(manifest.directory, run_root(out_dir))}),
             "profile": json.dumps(prof), "context": context,
@@ -101,10 +107,25 @@ def dataset_record(manifest: Manifest, context: str, out_dir: str | Path, **tags
 def datasets(stream: Any, inject_fraction: float, out_dir: str | Path) -> list[dict[str, Any]]:
     """The target shards (context `train`) and the pretraining shards (`injected` at p > 0, else `eval`:
     they still measure forgetting)."""
-    records = [dataset_record(stream.target_manifest, "train", out_dir, role="target",
-                              target_tokens=stream.unique_target_tokens, inject_fraction=inject_fraction)]
+    records = [
+        dataset_record(
+            stream.target_manifest,
+            "train",
+            out_dir,
+            role="target",
+            target_tokens=stream.unique_target_tokens,
+            inject_fraction=inject_fraction,
+        )
+    ]
     if stream.pretrain_manifest is not None:
         context = "injected" if inject_fraction > 0 else "eval"
-        records.append(dataset_record(stream.pretrain_manifest, context, out_dir, role="pretraining",
-                                      inject_fraction=inject_fraction))
+        records.append(
+            dataset_record(
+                stream.pretrain_manifest,
+                context,
+                out_dir,
+                role="pretraining",
+                inject_fraction=inject_fraction,
+            )
+        )
     return records

@@ -34,12 +34,19 @@ class SingleBackend(Backend):
     def init_distributed(self) -> None:
         _, world, _, _ = env_world()
         if world > 1:
-            raise UserError(f"engine = single runs one process but WORLD_SIZE = {world}; "
-                            "set engine=deepspeed to train on several ranks")
+            raise UserError(
+                f"engine = single runs one process but WORLD_SIZE = {world}; "
+                "set engine=deepspeed to train on several ranks"
+            )
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    def build(self, model_factory: ModelFactory, optimizer_factory: OptimizerFactory, micro_batch: int,
-              grad_accum: int) -> None:
+    def build(
+        self,
+        model_factory: ModelFactory,
+        optimizer_factory: OptimizerFactory,
+        micro_batch: int,
+        grad_accum: int,
+    ) -> None:
         self.model = model_factory().to(self.device)
         self.model.train()
         self.optimizer = optimizer_factory(self.model)
@@ -84,8 +91,10 @@ class SingleBackend(Backend):
     def load(self, root: Path, tag: str) -> dict[str, Any]:
         path = Path(root) / tag / MODEL_FILE
         if not path.is_file():
-            raise UserError(f"checkpoint {path.parent} has no {MODEL_FILE}; was it written by engine=single? "
-                            "resume with the engine that wrote it")
+            raise UserError(
+                f"checkpoint {path.parent} has no {MODEL_FILE}; was it written by engine=single? "
+                "resume with the engine that wrote it"
+            )
         state = load_pt(path, map_location=self.device)
         self.model.load_state_dict(state.pop("module"))
         self.optimizer.load_state_dict(state.pop("optimizer"))

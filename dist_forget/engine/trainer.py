@@ -97,8 +97,16 @@ class _NullTracker:
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
-def _tracker(cfg: RunConfig, rank: int, run_name: str, out: Path, resumed_run_id: str | None, mode: str,
-             sig: dict[str, Any], stream: MixedStream) -> Any:
+def _tracker(
+    cfg: RunConfig,
+    rank: int,
+    run_name: str,
+    out: Path,
+    resumed_run_id: str | None,
+    mode: str,
+    sig: dict[str, Any],
+    stream: MixedStream,
+) -> Any:
     """Rank 0's MLflow tracker; a resume continues the run id its checkpoint recorded (unless the config or
     $MLFLOW_RUN_ID names one). Params are the config as written, so a resume does not 'change' them."""
     if not cfg.tracking.enabled:
@@ -112,8 +120,15 @@ def _tracker(cfg: RunConfig, rank: int, run_name: str, out: Path, resumed_run_id
 
     flat = flatten(redact_tree(to_dict(cfg)))  # a tracking URI's password never becomes a param
     params, tags = params_and_tags(flat, mode, sig, stream.unique_target_tokens, out)
-    tracker = Tracker.create(tracking, rank=rank, run_name=run_name, params=params, out_dir=out, tags=tags,
-                             source_name=f"dist-forget {mode}")
+    tracker = Tracker.create(
+        tracking,
+        rank=rank,
+        run_name=run_name,
+        params=params,
+        out_dir=out,
+        tags=tags,
+        source_name=f"dist-forget {mode}",
+    )
     if rank == 0:
         tracker.log_inputs(datasets(stream, cfg.data.inject_fraction, out))
     return tracker
@@ -130,7 +145,9 @@ def _init_folder(cfg: RunConfig, mode: str) -> Path | None:
     m = cfg.model
     if mode == "pretrain":
         if m.init_from or not m.size:
-            raise UserError("pretrain starts from scratch: set model.size (e.g. cpu-1m) and leave model.init_from empty")
+            raise UserError(
+                "pretrain starts from scratch: set model.size (e.g. cpu-1m) and leave model.init_from empty"
+            )
         return None
     if not m.init_from:
         raise UserError("finetune needs model.init_from: a pretrain run folder, an HF folder, or smollm2")
@@ -146,9 +163,15 @@ def _model_factory(cfg: RunConfig, folder: Path | None, stream: MixedStream) -> 
         from dist_forget.models.ladder import shape_of
 
         want, have = shape_of(m.size), model.config
-        if (want.hidden, want.layers, want.ffn) != (have.hidden_size, have.num_hidden_layers, have.intermediate_size):
-            raise UserError(f"model.init_from = {m.init_from} is not size {m.size} (hidden {have.hidden_size}, "
-                            f"layers {have.num_hidden_layers}); drop model.size or pick the matching one")
+        if (want.hidden, want.layers, want.ffn) != (
+            have.hidden_size,
+            have.num_hidden_layers,
+            have.intermediate_size,
+        ):
+            raise UserError(
+                f"model.init_from = {m.init_from} is not size {m.size} (hidden {have.hidden_size}, "
+                f"layers {have.num_hidden_layers}); drop model.size or pick the matching one"
+            )
     return model
 
 
@@ -163,18 +186,24 @@ def _check_tokenizer(folder: Path | None, stream: MixedStream) -> None:
     have = file_sha256(tok)
     for manifest in filter(None, (stream.target_manifest, stream.pretrain_manifest)):
         if manifest.tokenizer_sha256 != have:
-            raise UserError(f"{manifest.where}: shards tokenized with tokenizer sha256 {manifest.tokenizer_sha256}, "
-                            f"but the model's {tok} has sha256 {have}; re-shard with the model's tokenizer "
-                            f"(`dist-forget data shard --tokenizer {folder} ...`) or start from the matching model")
+            raise UserError(
+                f"{manifest.where}: shards tokenized with tokenizer sha256 {manifest.tokenizer_sha256}, "
+                f"but the model's {tok} has sha256 {have}; re-shard with the model's tokenizer "
+                f"(`dist-forget data shard --tokenizer {folder} ...`) or start from the matching model"
+            )
 
 
 def _check_fits(model: Any, stream: MixedStream, where: str) -> None:
     if stream.vocab_size > model.config.vocab_size:
-        raise UserError(f"data.target shards use a {stream.vocab_size}-token vocabulary but {where} has "
-                        f"{model.config.vocab_size}: build the shards with the model's tokenizer")
+        raise UserError(
+            f"data.target shards use a {stream.vocab_size}-token vocabulary but {where} has "
+            f"{model.config.vocab_size}: build the shards with the model's tokenizer"
+        )
     if stream.seq_len > getattr(model.config, "max_position_embeddings", stream.seq_len):
-        raise UserError(f"sequence length {stream.seq_len} exceeds {where}'s max_position_embeddings "
-                        f"{model.config.max_position_embeddings}")
+        raise UserError(
+            f"sequence length {stream.seq_len} exceeds {where}'s max_position_embeddings "
+            f"{model.config.max_position_embeddings}"
+        )
 
 
 def _make_optimizer(cfg: RunConfig) -> Any:
@@ -184,8 +213,14 @@ def _make_optimizer(cfg: RunConfig) -> Any:
 
     def factory(model: torch.nn.Module) -> torch.optim.Optimizer:
         groups = param_groups(model, weight_decay=o.weight_decay, anchor_decay=o.anchor_decay)
-        return AnchoredAdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
-                             anchor_decay=o.anchor_decay)
+        return AnchoredAdamW(
+            groups,
+            lr=o.lr,
+            betas=o.betas,
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            anchor_decay=o.anchor_decay,
+        )
 
     return factory
 
@@ -224,7 +259,9 @@ def _fmt_time(seconds: float) -> str:
 def train(cfg: RunConfig, mode: Literal["pretrain", "finetune"], resume: str = "none") -> dict[str, Any]:
     """Run `cfg` to the end (or early stop); returns the summary row (on every rank)."""
     precision = _precision(cfg)
-    backend = make_backend(cfg.engine, BackendConfig(cfg.parallel, precision, cfg.optim.grad_clip, cfg.train.seed))
+    backend = make_backend(
+        cfg.engine, BackendConfig(cfg.parallel, precision, cfg.optim.grad_clip, cfg.train.seed)
+    )
     backend.init_distributed()
     try:
         with ExitStack() as cleanup:
@@ -234,7 +271,9 @@ def train(cfg: RunConfig, mode: Literal["pretrain", "finetune"], resume: str = "
 
 
 def _end_status(exc_type: type[BaseException] | None) -> str:
-    return "FINISHED" if exc_type is None else "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+    return (
+        "FINISHED" if exc_type is None else "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+    )
 
 
 def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: ExitStack) -> dict[str, Any]:
@@ -252,11 +291,15 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
             error = str(exc)
     (failed,) = backend.all_reduce_sum([1.0 if error else 0.0])  # also the barrier before the others read
     if failed:
-        raise UserError(error or f"rank 0 found no usable checkpoint to resume from in {ckpt_root} (see its error)")
+        raise UserError(
+            error or f"rank 0 found no usable checkpoint to resume from in {ckpt_root} (see its error)"
+        )
     resume_path = resolve_resume(resume, ckpt_root)
     if resume_path is None and resume == "none" and (ckpt_root / "latest").is_file():
-        raise UserError(f"out_dir {out} already holds checkpoints; pass --resume auto to continue it "
-                        "or choose another out_dir")
+        raise UserError(
+            f"out_dir {out} already holds checkpoints; pass --resume auto to continue it "
+            "or choose another out_dir"
+        )
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
     backend.barrier()
@@ -266,8 +309,10 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
     stream.verify()  # every shard's hash and layout now, not after the model is built and evaluated
     per_step_micro = t.micro_batch * backend.dp_size
     if t.batch_size % per_step_micro:
-        raise UserError(f"train.batch_size = {t.batch_size} is not a multiple of train.micro_batch "
-                        f"({t.micro_batch}) × {backend.dp_size} data-parallel ranks; change either")
+        raise UserError(
+            f"train.batch_size = {t.batch_size} is not a multiple of train.micro_batch "
+            f"({t.micro_batch}) × {backend.dp_size} data-parallel ranks; change either"
+        )
     grad_accum = t.batch_size // per_step_micro
 
     init_dir = _init_folder(cfg, mode)
@@ -277,11 +322,19 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
     sig = hf.signature(model, cfg.model.size)
     hf_config = model.config
     n_params = sig["non_embedding_params"]
-    fpt = flops_per_token(n_params, hf_config.vocab_size, hf_config.hidden_size, hf_config.num_hidden_layers,
-                          stream.seq_len)
+    fpt = flops_per_token(
+        n_params, hf_config.vocab_size, hf_config.hidden_size, hf_config.num_hidden_layers, stream.seq_len
+    )
     if resume_path is not None:  # refuse a mismatch before the backend builds (and shards) anything
-        check_compatible(read_meta(resume_path), resume_path, model=sig, fingerprint=stream.fingerprint,
-                         world_size=backend.world_size, engine=cfg.engine, zero_stage=cfg.parallel.zero_stage)
+        check_compatible(
+            read_meta(resume_path),
+            resume_path,
+            model=sig,
+            fingerprint=stream.fingerprint,
+            world_size=backend.world_size,
+            engine=cfg.engine,
+            zero_stage=cfg.parallel.zero_stage,
+        )
     handover = [model]
     del model  # the backend owns it from here (and may wrap or shard it): keep no second reference
     backend.build(handover.pop, _make_optimizer(cfg), t.micro_batch, grad_accum)
@@ -309,20 +362,34 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
     pretrain_val = cfg.data.pretrain or cfg.data.target
 
     def evaluate() -> tuple[float, float]:
-        kw = dict(micro_batch_size=t.micro_batch, max_sequences=t.eval_sequences, rank=backend.dp_rank,
-                  world_size=backend.dp_size)
+        kw = dict(
+            micro_batch_size=t.micro_batch,
+            max_sequences=t.eval_sequences,
+            rank=backend.dp_rank,
+            world_size=backend.dp_size,
+        )
         ft = backend.eval_loss(validation_batches(target_val, **kw))
         pt = ft if pretrain_val == target_val else backend.eval_loss(validation_batches(pretrain_val, **kw))
         return ft, pt
 
     def client_state() -> dict[str, Any]:
         # train state as a JSON string: weights_only loading accepts it, and inf/nan survive
-        return {"data": stream.state_dict(), "train": json.dumps(asdict(state)), "config": json.dumps(safe_cfg)}
+        return {
+            "data": stream.state_dict(),
+            "train": json.dumps(asdict(state)),
+            "config": json.dumps(safe_cfg),
+        }
 
     def meta() -> dict[str, Any]:
-        return {"model": sig, "data_fingerprint": stream.fingerprint,
-                "world_size": backend.world_size, "engine": cfg.engine, "zero_stage": cfg.parallel.zero_stage,
-                "config": safe_cfg, "mode": mode}
+        return {
+            "model": sig,
+            "data_fingerprint": stream.fingerprint,
+            "world_size": backend.world_size,
+            "engine": cfg.engine,
+            "zero_stage": cfg.parallel.zero_stage,
+            "config": safe_cfg,
+            "mode": mode,
+        }
 
     def export(folder: str) -> None:
         sd = backend.full_state_dict()  # collective
@@ -343,18 +410,25 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         if mode == "finetune":  # how far the pretraining loss rose above the starting model's
             values["val/forgetting"] = pt - state.pt_loss_base
         tracker.log_metrics(values, step)
-        say(f"eval step {step}: ft_loss {ft:.4f}  pt_loss {pt:.4f}  (best ft {state.best_ft:.4f} at step "
-            f"{state.best_step}{', new best' if best else ''})", flush=True)
+        say(
+            f"eval step {step}: ft_loss {ft:.4f}  pt_loss {pt:.4f}  (best ft {state.best_ft:.4f} at step "
+            f"{state.best_step}{', new best' if best else ''})",
+            flush=True,
+        )
         return best
 
     if resume_path is None:
         state.ft_loss_base, state.pt_loss_base = evaluate()
-        say(f"{mode}: {cfg.engine} x{backend.world_size} ({backend.cfg.precision}), N = {n_params:,} non-embedding params "
+        say(
+            f"{mode}: {cfg.engine} x{backend.world_size} ({backend.cfg.precision}), N = {n_params:,} non-embedding params "
             f"({sig['total_params']:,} total), {s.steps} steps x {t.batch_size} seq x {stream.seq_len} tokens, "
             f"grad_accum {grad_accum}; start: ft_loss {state.ft_loss_base:.4f} pt_loss {state.pt_loss_base:.4f}",
-            flush=True)
+            flush=True,
+        )
         on_eval(0, (state.ft_loss_base, state.pt_loss_base))
-        tracker.log_metrics({"val/pt_loss_base": state.pt_loss_base, "val/ft_loss_base": state.ft_loss_base}, 0)
+        tracker.log_metrics(
+            {"val/pt_loss_base": state.pt_loss_base, "val/ft_loss_base": state.ft_loss_base}, 0
+        )
 
     peak = t.peak_flops or measure_peak(backend.device) * backend.world_size
     timer = _Timer()
@@ -374,24 +448,34 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         if not math.isfinite(result.loss):
             last = ckpt.read_pointer("latest")
             tracker.finish("FAILED")
-            raise UserError(f"training loss became {result.loss} at step {step_index + 1}; the last good "
-                            f"checkpoint is {ckpt_root / last if last else 'none'}; lower optim.lr or raise "
-                            "schedule.warmup, then --resume auto")
+            raise UserError(
+                f"training loss became {result.loss} at step {step_index + 1}; the last good "
+                f"checkpoint is {ckpt_root / last if last else 'none'}; lower optim.lr or raise "
+                "schedule.warmup, then --resume auto"
+            )
         state.step += 1
         state.sequences += int(n_seq)
         state.pretrain_sequences += int(n_pre)
         timer.add(dt)
         tok_s = tokens_per_step / timer.mean()
-        metrics = {"loss": result.loss, "lr": lr, "grad_norm": result.grad_norm, "tokens_per_s": tok_s,
-                   "mfu": fpt * tok_s / peak, "inject_fraction": n_pre / n_seq,
-                   "inject_fraction_cum": state.pretrain_sequences / state.sequences,
-                   "injected_sequences": float(state.pretrain_sequences)}
+        metrics = {
+            "loss": result.loss,
+            "lr": lr,
+            "grad_norm": result.grad_norm,
+            "tokens_per_s": tok_s,
+            "mfu": fpt * tok_s / peak,
+            "inject_fraction": n_pre / n_seq,
+            "inject_fraction_cum": state.pretrain_sequences / state.sequences,
+            "injected_sequences": float(state.pretrain_sequences),
+        }
         log.write(train_record(state.step, metrics))
         tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, state.step)
         eta = timer.mean() * (s.steps - state.step)
-        say(f"step {state.step}/{s.steps} | loss {result.loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
+        say(
+            f"step {state.step}/{s.steps} | loss {result.loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
             f"MFU {metrics['mfu']:.1%} | inject {metrics['inject_fraction_cum']:.4f} | ETA {_fmt_time(eta)}",
-            flush=True)
+            flush=True,
+        )
 
         final = state.step == s.steps
         is_eval = final or (t.eval_every and state.step % t.eval_every == 0)
@@ -412,42 +496,63 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         ckpt.save(state.step, client_state(), meta(), is_best=False, hf_config=hf_config.to_dict())
     export("model")
 
-    summary = summary_row({
-        "domain": cfg.domain or Path(cfg.data.target).name,
-        "model_params": n_params,
-        "target_tokens": stream.unique_target_tokens,
-        "inject_fraction": cfg.data.inject_fraction,
-        "anchor_decay": cfg.optim.anchor_decay,
-        "ft_loss": state.best_ft,
-        "pt_loss": state.best_pt,
-        "pt_loss_base": state.pt_loss_base,
-        "ft_loss_base": state.ft_loss_base,
-        "steps": state.best_step,
-        "run_id": state.mlflow_run_id or f"local:{out.resolve()}",
-    })
+    summary = summary_row(
+        {
+            "domain": cfg.domain or Path(cfg.data.target).name,
+            "model_params": n_params,
+            "target_tokens": stream.unique_target_tokens,
+            "inject_fraction": cfg.data.inject_fraction,
+            "anchor_decay": cfg.optim.anchor_decay,
+            "ft_loss": state.best_ft,
+            "pt_loss": state.best_pt,
+            "pt_loss_base": state.pt_loss_base,
+            "ft_loss_base": state.ft_loss_base,
+            "steps": state.best_step,
+            "run_id": state.mlflow_run_id or f"local:{out.resolve()}",
+        }
+    )
     if rank0:
         write_json_atomic(out / SUMMARY_FILE, summary)
-        report = {**asdict(state), "mode": mode, "steps_trained": state.step, "stopped_early": stopped_early,
-                  "total_params": sig["total_params"], "world_size": backend.world_size, "engine": cfg.engine,
-                  "tokens_per_s": tokens_per_step / timer.mean() if timer.times else None,
-                  "wall_s": time.perf_counter() - wall0,
-                  "inject_fraction_observed": (state.pretrain_sequences / state.sequences
-                                               if state.sequences else None)}
+        report = {
+            **asdict(state),
+            "mode": mode,
+            "steps_trained": state.step,
+            "stopped_early": stopped_early,
+            "total_params": sig["total_params"],
+            "world_size": backend.world_size,
+            "engine": cfg.engine,
+            "tokens_per_s": tokens_per_step / timer.mean() if timer.times else None,
+            "wall_s": time.perf_counter() - wall0,
+            "inject_fraction_observed": (
+                state.pretrain_sequences / state.sequences if state.sequences else None
+            ),
+        }
         write_json_atomic(out / "report.json", report)
         best = {"best/ft_loss": state.best_ft, "best/step": float(state.best_step)}
         if mode == "finetune":
-            best.update({"best/pt_loss": state.best_pt, "best/forgetting": state.best_pt - state.pt_loss_base,
-                         "best/injected_sequences": float(state.pretrain_sequences_at_best)})
+            best.update(
+                {
+                    "best/pt_loss": state.best_pt,
+                    "best/forgetting": state.best_pt - state.pt_loss_base,
+                    "best/injected_sequences": float(state.pretrain_sequences_at_best),
+                }
+            )
         tracker.log_metrics(best, state.best_step)
         if cfg.tracking.register_model and (out / "best").is_dir():
-            tracker.register_model(out / "best", cfg.tracking.register_model,
-                                   {"best_step": state.best_step, "ft_loss": state.best_ft, "pt_loss": state.best_pt})
+            tracker.register_model(
+                out / "best",
+                cfg.tracking.register_model,
+                {"best_step": state.best_step, "ft_loss": state.best_ft, "pt_loss": state.best_pt},
+            )
         plot = _plot(out / METRICS_FILE, out / "loss_curves.png")
         for path in (out / SUMMARY_FILE, out / "report.json", plot):
             tracker.log_artifact(path)
-        say(f"done: {state.step} steps; best target loss {state.best_ft:.4f} at step {state.best_step} "
+        say(
+            f"done: {state.step} steps; best target loss {state.best_ft:.4f} at step {state.best_step} "
             f"(pretraining loss there {state.best_pt:.4f}, base {state.pt_loss_base:.4f}, forgetting "
-            f"{state.best_pt - state.pt_loss_base:+.4f} nats/token); summary {out / SUMMARY_FILE}", flush=True)
+            f"{state.best_pt - state.pt_loss_base:+.4f} nats/token); summary {out / SUMMARY_FILE}",
+            flush=True,
+        )
     log.close()
     tracker.finish("FINISHED")
     return summary
@@ -466,7 +571,9 @@ def _plot(metrics: Path, path: Path) -> Path:
         ax.plot(*zip(*train_pts), lw=0.8, alpha=0.6, label="train loss")
     if evals:
         ax.plot([r["step"] for r in evals], [r["ft_loss"] for r in evals], "o-", label="target validation")
-        ax.plot([r["step"] for r in evals], [r["pt_loss"] for r in evals], "s-", label="pretraining validation")
+        ax.plot(
+            [r["step"] for r in evals], [r["pt_loss"] for r in evals], "s-", label="pretraining validation"
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.legend()

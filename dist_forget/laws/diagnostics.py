@@ -52,20 +52,24 @@ def diagnose(form: LawForm, theta: np.ndarray, record: dict[str, Any], cols: Col
                 change = np.max(np.abs(form.predict(moved, cols) / predicted - 1.0))
             if abs(float(v) - bound) <= BOUND_TOL or (p.log and side == "lower" and change < VANISHED):
                 shown = float(p.to_value(bound))
-                out.append(warning(
-                    "param_at_bound",
-                    f"{p.name} = {values[p.name]:.4g} sits on the {side} bound {shown:.4g} of its search box "
-                    f"(in effect: its term changes no prediction by {100 * VANISHED:g} %): the runs do not "
-                    f"determine it",
-                    [p.name],
-                ))
+                out.append(
+                    warning(
+                        "param_at_bound",
+                        f"{p.name} = {values[p.name]:.4g} sits on the {side} bound {shown:.4g} of its search box "
+                        f"(in effect: its term changes no prediction by {100 * VANISHED:g} %): the runs do not "
+                        f"determine it",
+                        [p.name],
+                    )
+                )
     for p in form.params:
         if not p.log and values[p.name] < EXPONENT_MIN:
-            out.append(warning(
-                "exponent_near_zero",
-                f"{p.name} = {values[p.name]:.3g} < {EXPONENT_MIN}: the effect it stands for is absent in these runs",
-                [p.name],
-            ))
+            out.append(
+                warning(
+                    "exponent_near_zero",
+                    f"{p.name} = {values[p.name]:.3g} < {EXPONENT_MIN}: the effect it stands for is absent in these runs",
+                    [p.name],
+                )
+            )
     ci = record.get("ci95") or {}
     for p in form.params:
         lo_hi = ci.get(p.name)
@@ -73,28 +77,34 @@ def diagnose(form: LawForm, theta: np.ndarray, record: dict[str, Any], cols: Col
             continue
         lo, hi = float(lo_hi[0]), float(lo_hi[1])
         if lo <= 0 or not np.isfinite(hi) or hi / lo > CI_RATIO_MAX:
-            out.append(warning(
-                "ci_too_wide",
-                f"{p.name}'s 95 % interval [{lo:.3g}, {hi:.3g}] spans more than {CI_RATIO_MAX:.0f}x",
-                [p.name],
-            ))
+            out.append(
+                warning(
+                    "ci_too_wide",
+                    f"{p.name}'s 95 % interval [{lo:.3g}, {hi:.3g}] spans more than {CI_RATIO_MAX:.0f}x",
+                    [p.name],
+                )
+            )
     sizes = len(np.unique(cols["model_params"]))
     if "model_params" in form.varies and sizes < MIN_SIZES and N_EXPONENT in form.param_names:
-        out.append(warning(
-            "too_few_sizes",
-            f"{sizes} distinct model sizes: {N_EXPONENT} is not identifiable from fewer than {MIN_SIZES}",
-            [N_EXPONENT],
-        ))
+        out.append(
+            warning(
+                "too_few_sizes",
+                f"{sizes} distinct model sizes: {N_EXPONENT} is not identifiable from fewer than {MIN_SIZES}",
+                [N_EXPONENT],
+            )
+        )
     held = record.get("holdout") or {}
     if held and held.get("mre") is not None and record.get("mre") is not None:
         if held["mre"] > max(HOLDOUT_RATIO_MAX * record["mre"], HOLDOUT_FLOOR):
-            out.append(warning(
-                "holdout_worse_than_noise",
-                f"held-out MRE {100 * held['mre']:.2f} % is over {HOLDOUT_RATIO_MAX:.0f}x the in-sample "
-                f"{100 * record['mre']:.2f} % (and over {100 * HOLDOUT_FLOOR:g} %): the law does not extrapolate "
-                f"to the held-out size",
-                list(form.param_names),
-            ))
+            out.append(
+                warning(
+                    "holdout_worse_than_noise",
+                    f"held-out MRE {100 * held['mre']:.2f} % is over {HOLDOUT_RATIO_MAX:.0f}x the in-sample "
+                    f"{100 * record['mre']:.2f} % (and over {100 * HOLDOUT_FLOOR:g} %): the law does not extrapolate "
+                    f"to the held-out size",
+                    list(form.param_names),
+                )
+            )
     return out
 
 

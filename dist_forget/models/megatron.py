@@ -88,8 +88,10 @@ class LlamaDims:
             )
         for key, want in (("attention_bias", False), ("mlp_bias", False), ("hidden_act", "silu")):
             if d.get(key, want) != want:
-                raise UserError(f"model config {key}={d.get(key)!r} is not supported by the Megatron path; "
-                                f"it needs {key}={want!r} (ladder.hf_config)")
+                raise UserError(
+                    f"model config {key}={d.get(key)!r} is not supported by the Megatron path; "
+                    f"it needs {key}={want!r} (ladder.hf_config)"
+                )
         heads = int(d["num_attention_heads"])
         return cls(
             vocab=int(d["vocab_size"]),
@@ -109,11 +111,17 @@ class LlamaDims:
         if tp < 1:
             raise UserError(f"{where}={tp}: must be >= 1")
         if not self.tied:
-            raise UserError("model config tie_word_embeddings=False is not supported by the Megatron path; "
-                            "use tied embeddings (ladder.hf_config)")
-        for dim, value in (("num_attention_heads", self.heads), ("num_key_value_heads", self.kv_heads),
-                           ("hidden_size", self.hidden), ("intermediate_size (ffn)", self.ffn),
-                           ("vocab_size", self.vocab)):
+            raise UserError(
+                "model config tie_word_embeddings=False is not supported by the Megatron path; "
+                "use tied embeddings (ladder.hf_config)"
+            )
+        for dim, value in (
+            ("num_attention_heads", self.heads),
+            ("num_key_value_heads", self.kv_heads),
+            ("hidden_size", self.hidden),
+            ("intermediate_size (ffn)", self.ffn),
+            ("vocab_size", self.vocab),
+        ):
             if value % tp:
                 raise UserError(
                     f"{where}={tp} does not divide the model's {dim}={value}; choose a tp that divides "
@@ -125,8 +133,10 @@ def check_pp(pp: int, where: str = "parallel.pp", layers: int | None = None) -> 
     if pp < 1:
         raise UserError(f"{where}={pp}: must be >= 1")
     if layers is not None and layers % pp:
-        raise UserError(f"{where}={pp} does not divide the model's num_hidden_layers={layers}; choose a pp "
-                        "that divides it (each pipeline stage holds the same number of layers)")
+        raise UserError(
+            f"{where}={pp} does not divide the model's num_hidden_layers={layers}; choose a pp "
+            "that divides it (each pipeline stage holds the same number of layers)"
+        )
 
 
 def stage_layers(layers: int, pp: int, pp_rank: int) -> range:
@@ -161,27 +171,34 @@ def init_model_parallel(tp: int, pp: int = 1) -> None:
     check_pp(pp)
     world = dist.get_world_size()
     if world % (tp * pp):
-        raise UserError(f"parallel.tp={tp} x parallel.pp={pp} does not divide the number of processes {world}; "
-                        f"launch a multiple of {tp * pp} ranks")
+        raise UserError(
+            f"parallel.tp={tp} x parallel.pp={pp} does not divide the number of processes {world}; "
+            f"launch a multiple of {tp * pp} ranks"
+        )
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     # Gloo groups for the distributed optimizer are not needed and cost start-up time.
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                                             create_gloo_process_groups=False)
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, create_gloo_process_groups=False
+    )
 
 
 def pp_rank_size() -> tuple[int, int]:
     from megatron.core import parallel_state
 
-    return (parallel_state.get_pipeline_model_parallel_rank(),
-            parallel_state.get_pipeline_model_parallel_world_size())
+    return (
+        parallel_state.get_pipeline_model_parallel_rank(),
+        parallel_state.get_pipeline_model_parallel_world_size(),
+    )
 
 
 def tp_rank_size() -> tuple[int, int]:
     from megatron.core import parallel_state
 
-    return (parallel_state.get_tensor_model_parallel_rank(),
-            parallel_state.get_tensor_model_parallel_world_size())
+    return (
+        parallel_state.get_tensor_model_parallel_rank(),
+        parallel_state.get_tensor_model_parallel_world_size(),
+    )
 
 
 def dp_rank_size() -> tuple[int, int]:
@@ -233,22 +250,34 @@ def _mp_config(tp: int, dtype: torch.dtype, on_gpu: bool):
     from megatron.core import ModelParallelConfig
 
     # perform_initialization=False: weights come from an HF model (same seed => same init as 1 rank).
-    return ModelParallelConfig(tensor_model_parallel_size=tp, use_cpu_initialization=not on_gpu,
-                               perform_initialization=False, params_dtype=dtype)
+    return ModelParallelConfig(
+        tensor_model_parallel_size=tp,
+        use_cpu_initialization=not on_gpu,
+        perform_initialization=False,
+        params_dtype=dtype,
+    )
 
 
 def _col(cfg, inp: int, out: int):
     from megatron.core.tensor_parallel import ColumnParallelLinear
 
-    return ColumnParallelLinear(inp, out, config=cfg, init_method=nn.init.zeros_, bias=False,
-                                gather_output=False)
+    return ColumnParallelLinear(
+        inp, out, config=cfg, init_method=nn.init.zeros_, bias=False, gather_output=False
+    )
 
 
 def _row(cfg, inp: int, out: int):
     from megatron.core.tensor_parallel import RowParallelLinear
 
-    return RowParallelLinear(inp, out, config=cfg, init_method=nn.init.zeros_, bias=False,
-                             input_is_parallel=True, skip_bias_add=False)
+    return RowParallelLinear(
+        inp,
+        out,
+        config=cfg,
+        init_method=nn.init.zeros_,
+        bias=False,
+        input_is_parallel=True,
+        skip_bias_add=False,
+    )
 
 
 class Attention(nn.Module):
@@ -312,10 +341,12 @@ class Trunk(nn.Module):
 
         first, last = pp_rank == 0, pp_rank == pp - 1
         if first or last:
-            self.embed_tokens = VocabParallelEmbedding(dims.vocab, dims.hidden, init_method=nn.init.zeros_,
-                                                       config=cfg)
-        self.layers = nn.ModuleDict({str(i): Block(dims, tp, cfg, dtype)
-                                     for i in stage_layers(dims.layers, pp, pp_rank)})
+            self.embed_tokens = VocabParallelEmbedding(
+                dims.vocab, dims.hidden, init_method=nn.init.zeros_, config=cfg
+            )
+        self.layers = nn.ModuleDict(
+            {str(i): Block(dims, tp, cfg, dtype) for i in stage_layers(dims.layers, pp, pp_rank)}
+        )
         if last:
             self.norm = RMSNorm(dims.hidden, dims.rms_eps, dtype)
         self.rotary = Rotary(dims.head_dim, dims.rope_theta)
@@ -405,8 +436,10 @@ class MegatronLlama(nn.Module):
     def load_full(self, full: dict[str, torch.Tensor], where: str = "HF state") -> None:
         """Take this rank's slice (of this stage) of an unsharded HF state dict."""
         own = self.shard_state_dict()
-        self.load_shard(shard_state({k: v for k, v in full.items() if k in own}, self.tp, self.tp_rank,
-                                    where=where), where=where)
+        self.load_shard(
+            shard_state({k: v for k, v in full.items() if k in own}, self.tp, self.tp_rank, where=where),
+            where=where,
+        )
 
     def gather_full(self) -> dict[str, torch.Tensor]:
         """The unsharded HF state dict (a collective over the TP group; every TP rank gets it)."""
@@ -414,7 +447,9 @@ class MegatronLlama(nn.Module):
 
     def gather_grads(self) -> dict[str, torch.Tensor]:
         """The unsharded gradients in HF names (collective over the TP group; for checks)."""
-        return gather_tp({n: p.grad.detach() for n, p in self.named_parameters() if p.grad is not None}, self.tp)
+        return gather_tp(
+            {n: p.grad.detach() for n, p in self.named_parameters() if p.grad is not None}, self.tp
+        )
 
 
 def vocab_parallel_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -422,7 +457,9 @@ def vocab_parallel_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
     targets = input_ids[:, 1:].contiguous()
-    return vocab_parallel_cross_entropy(logits[:, :-1, :].float().contiguous(), targets).sum(), targets.numel()
+    return vocab_parallel_cross_entropy(
+        logits[:, :-1, :].float().contiguous(), targets
+    ).sum(), targets.numel()
 
 
 def check_shard(own: dict[str, torch.Tensor], shard: dict[str, torch.Tensor], tp: int, where: str) -> None:
@@ -430,12 +467,15 @@ def check_shard(own: dict[str, torch.Tensor], shard: dict[str, torch.Tensor], tp
     missing, extra = sorted(set(own) - set(shard)), sorted(set(shard) - set(own))
     if missing or extra:
         what = f"lacks {missing[0]!r}" if missing else f"has unexpected {extra[0]!r}"
-        raise UserError(f"{where}: shard {what}; it was made for another architecture, convert from "
-                        "the matching HF model")
+        raise UserError(
+            f"{where}: shard {what}; it was made for another architecture, convert from the matching HF model"
+        )
     for name, tensor in shard.items():
         if tuple(tensor.shape) != tuple(own[name].shape):
-            raise UserError(f"{where}: {name} has shape {tuple(tensor.shape)} but this model's TP={tp} "
-                            f"shard needs {tuple(own[name].shape)}; convert it for tp={tp}")
+            raise UserError(
+                f"{where}: {name} has shape {tuple(tensor.shape)} but this model's TP={tp} "
+                f"shard needs {tuple(own[name].shape)}; convert it for tp={tp}"
+            )
 
 
 def gather_tp(tensors: dict[str, torch.Tensor], tp: int) -> dict[str, torch.Tensor]:
@@ -468,8 +508,10 @@ def shard_tensor(name: str, t: torch.Tensor, tp: int, rank: int) -> torch.Tensor
     if dim is None or tp == 1:
         return t.clone()
     if t.shape[dim] % tp:
-        raise UserError(f"{name}: dimension {dim} of size {t.shape[dim]} does not divide by tp={tp}; "
-                        "choose a tp that divides it")
+        raise UserError(
+            f"{name}: dimension {dim} of size {t.shape[dim]} does not divide by tp={tp}; "
+            "choose a tp that divides it"
+        )
     return t.chunk(tp, dim=dim)[rank].clone()
 
 
@@ -502,25 +544,50 @@ def build_stock_gpt(hf_cfg: Any, dtype: torch.dtype = torch.float32):
     _, tp = tp_rank_size()
     d.check_tp(tp)
     cfg = TransformerConfig(
-        num_layers=d.layers, hidden_size=d.hidden, num_attention_heads=d.heads,
-        num_query_groups=d.kv_heads, ffn_hidden_size=d.ffn, kv_channels=d.head_dim,
-        normalization="RMSNorm", layernorm_epsilon=d.rms_eps, gated_linear_unit=True,
-        activation_func=F.silu, add_bias_linear=False, hidden_dropout=0.0, attention_dropout=0.0,
-        tensor_model_parallel_size=tp, params_dtype=dtype, bf16=dtype == torch.bfloat16,
-        apply_rope_fusion=False, bias_activation_fusion=False, masked_softmax_fusion=False,
-        persist_layer_norm=False, bias_dropout_fusion=False, gradient_accumulation_fusion=False,
-        use_cpu_initialization=True, perform_initialization=False,
+        num_layers=d.layers,
+        hidden_size=d.hidden,
+        num_attention_heads=d.heads,
+        num_query_groups=d.kv_heads,
+        ffn_hidden_size=d.ffn,
+        kv_channels=d.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=d.rms_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=tp,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        apply_rope_fusion=False,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        bias_dropout_fusion=False,
+        gradient_accumulation_fusion=False,
+        use_cpu_initialization=True,
+        perform_initialization=False,
     )
-    return GPTModel(config=cfg, transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
-                    vocab_size=d.vocab, max_sequence_length=4096, position_embedding_type="rope",
-                    rotary_base=int(d.rope_theta), share_embeddings_and_output_weights=True,
-                    pre_process=True, post_process=True)
+    return GPTModel(
+        config=cfg,
+        transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+        vocab_size=d.vocab,
+        max_sequence_length=4096,
+        position_embedding_type="rope",
+        rotary_base=int(d.rope_theta),
+        share_embeddings_and_output_weights=True,
+        pre_process=True,
+        post_process=True,
+    )
 
 
 def require_cuda_for_stock() -> None:
     if not torch.cuda.is_available():
-        raise UserError("parallel.impl=stock (megatron-core's GPTModel) needs a GPU: its attention, rotary "
-                        "embedding and RNG tracker allocate on CUDA; on this machine use parallel.impl=local")
+        raise UserError(
+            "parallel.impl=stock (megatron-core's GPTModel) needs a GPU: its attention, rotary "
+            "embedding and RNG tracker allocate on CUDA; on this machine use parallel.impl=local"
+        )
 
 
 # The stock GPTModel's tensors (TP-local) and the HF tensors each is made of, in fusion order: QKV is fused
@@ -582,7 +649,9 @@ def stock_shard_to_hf(stock: dict[str, torch.Tensor], dims: LlamaDims, tp: int) 
     return out
 
 
-def hf_to_stock_shard(full: dict[str, torch.Tensor], hf_cfg: Any, tp: int, rank: int) -> dict[str, torch.Tensor]:
+def hf_to_stock_shard(
+    full: dict[str, torch.Tensor], hf_cfg: Any, tp: int, rank: int
+) -> dict[str, torch.Tensor]:
     """Whole HF tensors -> the stock GPTModel's state for TP rank `rank`."""
     d = LlamaDims.from_hf(hf_cfg)
     return hf_shard_to_stock(shard_state(full, tp, rank), d, tp)
@@ -605,8 +674,10 @@ class StockLlama(nn.Module):
         self.tp_rank, self.tp = tp_rank_size()
         self.pp_rank, self.pp = pp_rank_size()
         if self.pp != 1:
-            raise UserError(f"parallel.impl=stock supports parallel.pp=1 only (got {self.pp}); use "
-                            "parallel.impl=local for pipeline parallelism")
+            raise UserError(
+                f"parallel.impl=stock supports parallel.pp=1 only (got {self.pp}); use "
+                "parallel.impl=local for pipeline parallelism"
+            )
         self.first = self.last = True
         # Its attention forks megatron's model-parallel CUDA RNG stream (for dropout, even at p = 0).
         model_parallel_cuda_manual_seed(seed)
@@ -615,7 +686,9 @@ class StockLlama(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
-        return self.gpt(input_ids=input_ids, position_ids=pos, attention_mask=None)  # causal mask built inside
+        return self.gpt(
+            input_ids=input_ids, position_ids=pos, attention_mask=None
+        )  # causal mask built inside
 
     loss_from_logits = staticmethod(vocab_parallel_loss)
 
@@ -641,8 +714,12 @@ class StockLlama(nn.Module):
                 param.copy_(stock[name])
 
     def load_full(self, full: dict[str, torch.Tensor], where: str = "HF state") -> None:
-        self.load_shard(shard_state({k: v for k, v in full.items() if k != "lm_head.weight"}, self.tp,
-                                    self.tp_rank, where=where), where=where)
+        self.load_shard(
+            shard_state(
+                {k: v for k, v in full.items() if k != "lm_head.weight"}, self.tp, self.tp_rank, where=where
+            ),
+            where=where,
+        )
 
     def gather_full(self) -> dict[str, torch.Tensor]:
         return gather_tp({k: v.detach() for k, v in self.shard_state_dict().items()}, self.tp)

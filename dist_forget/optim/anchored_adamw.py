@@ -26,8 +26,9 @@ from dist_forget.errors import UserError
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "anchor")
 
 
-def _check_hparams(lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
-                   anchor_decay: float) -> None:
+def _check_hparams(
+    lr: float, betas: tuple[float, float], eps: float, weight_decay: float, anchor_decay: float
+) -> None:
     if not lr > 0.0:
         raise ValueError(f"AnchoredAdamW: lr={lr!r} must be > 0")
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
@@ -49,25 +50,36 @@ class AnchoredAdamW(torch.optim.Optimizer):
     toward the true θ₀.
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, anchor_decay: float = 0.0):
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        anchor_decay: float = 0.0,
+    ):
         _check_hparams(lr, tuple(betas), eps, weight_decay, anchor_decay)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        anchor_decay=anchor_decay)
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, anchor_decay=anchor_decay
+        )
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_hparams(group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"],
-                       group["anchor_decay"])
+        _check_hparams(
+            group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"], group["anchor_decay"]
+        )
 
     # --- anchor -------------------------------------------------------------------------------------
     def set_anchor(self, param: Tensor, value: Tensor) -> None:
         """Use `value` (e.g. the pretrained weights) as θ₀ for `param` instead of its value at step 1."""
         if tuple(value.shape) != tuple(param.shape):
-            raise UserError(f"anchor for {self._name_of(param)}: shape {tuple(value.shape)} does not "
-                            f"match the parameter's {tuple(param.shape)}; pass the matching pretrained tensor")
+            raise UserError(
+                f"anchor for {self._name_of(param)}: shape {tuple(value.shape)} does not "
+                f"match the parameter's {tuple(param.shape)}; pass the matching pretrained tensor"
+            )
         self.state[param]["anchor"] = value.detach().to(device=param.device, dtype=param.dtype).clone()
 
     def _name_of(self, param: Tensor) -> str:
@@ -98,12 +110,16 @@ class AnchoredAdamW(torch.optim.Optimizer):
                     continue
                 for key in STATE_KEYS:
                     if key not in state:
-                        raise UserError(f"optimizer checkpoint: {self._name_of(p)} has no {key!r} state; "
-                                        "resume from a checkpoint written by AnchoredAdamW")
+                        raise UserError(
+                            f"optimizer checkpoint: {self._name_of(p)} has no {key!r} state; "
+                            "resume from a checkpoint written by AnchoredAdamW"
+                        )
                     if tuple(state[key].shape) != tuple(p.shape):
-                        raise UserError(f"optimizer checkpoint: {key!r} of {self._name_of(p)} has shape "
-                                        f"{tuple(state[key].shape)}, the parameter {tuple(p.shape)}; "
-                                        "resume with the model and world size it was saved with (or reshard it)")
+                        raise UserError(
+                            f"optimizer checkpoint: {key!r} of {self._name_of(p)} has shape "
+                            f"{tuple(state[key].shape)}, the parameter {tuple(p.shape)}; "
+                            "resume with the model and world size it was saved with (or reshard it)"
+                        )
 
     # --- the update ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -167,9 +183,14 @@ class AnchoredAdamW(torch.optim.Optimizer):
         torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, anchor_decay: float, no_decay_1d: bool = True,
-                 no_decay_weight_decay: float = 0.0, no_decay_anchor_decay: float = 0.0
-                 ) -> list[dict[str, Any]]:
+def param_groups(
+    model: torch.nn.Module,
+    weight_decay: float,
+    anchor_decay: float,
+    no_decay_1d: bool = True,
+    no_decay_weight_decay: float = 0.0,
+    no_decay_anchor_decay: float = 0.0,
+) -> list[dict[str, Any]]:
     """Two groups for AnchoredAdamW: ≥2-D weights get the decays; 1-D tensors (biases, norm gains) get
     `no_decay_*` (0 by default), since pulling a norm gain toward 0 or θ₀ is not what regularizes.
 

@@ -49,12 +49,16 @@ def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.0, b
     print("== demo 1/4: real text -> tokenizer -> shards", flush=True)
     prepare(out=DEMO_DATA, domains=DEMO_DOMAINS)
 
-    print("\n== demo 2/4: pretrain the ladder, finetune the grid, fit the laws (held out: largest size)",
-          flush=True)
+    print(
+        "\n== demo 2/4: pretrain the ladder, finetune the grid, fit the laws (held out: largest size)",
+        flush=True,
+    )
     fit_args = ["--runs", "{runs_csv}", "--out", "{sweep_dir}/fit", "--holdout", "largest",
                 "--bootstrap", str(bootstrap)]  # fmt: skip
     if sweep(config, overrides=[f"fit.args={json.dumps(fit_args)}"]) != 0:
-        raise UserError(f"the demo sweep failed; see the run logs under {root} and rerun `make demo` to resume")
+        raise UserError(
+            f"the demo sweep failed; see the run logs under {root} and rerun `make demo` to resume"
+        )
     code = summarize(root, max_forgetting)
     print(f"\ndemo done in {(time.monotonic() - started) / 60:.1f} min. Report: {root / 'fit' / 'REPORT.md'}; "
           f"runs table: {root / 'runs.csv'}; MLflow: experiment {cfg.tracking.experiment!r}. The full study "
@@ -91,34 +95,50 @@ def summarize(root: Path, max_forgetting: float = 0.0) -> int:
     print(f"  forgetting (nats/token) at D = {d_max:,.0f}:")
     print("    N        " + "".join(f"{f'p = {100 * p:g} %':<10}" for p in ps))
     for n in sizes:
-        print(f"    {n:<8,.0f} " + "".join(f"{forgetting.get((n, d_max, p), float('nan')):<10.3f}" for p in ps))
+        print(
+            f"    {n:<8,.0f} " + "".join(f"{forgetting.get((n, d_max, p), float('nan')):<10.3f}" for p in ps)
+        )
     degenerate = False  # the forgetting law carries the answer: a warning there refuses it
     for rec in fits:
         params = ", ".join(f"{k}={v:.4g} [{rec['ci95'][k][0]:.3g}, {rec['ci95'][k][1]:.3g}]"
                            for k, v in rec["params"].items())  # fmt: skip
         held = rec.get("holdout") or {}
-        print(f"  {rec['law']:<10} {rec['formula']}\n    {params}\n    in-sample MRE {100 * rec['mre']:.2f} %, "
-              f"held-out MRE on N={sizes[-1]:,.0f} (fitted without it) {100 * held.get('mre', float('nan')):.2f} %")
+        print(
+            f"  {rec['law']:<10} {rec['formula']}\n    {params}\n    in-sample MRE {100 * rec['mre']:.2f} %, "
+            f"held-out MRE on N={sizes[-1]:,.0f} (fitted without it) {100 * held.get('mre', float('nan')):.2f} %"
+        )
         for text in format_warnings(rec):
             degenerate = degenerate or rec["law"] == "forgetting"
             print(f"    WARNING {text}")
     plot = root / "fit" / f"forgetting_vs_p_{domain}_forgetting.png"
     print(f"  plot (forgetting vs p per N, fitted curves over the runs): {plot}")
     if degenerate or not proto["met"]:
-        why = "forgetting-law warnings above" if degenerate else f"protocol not met: {', '.join(proto['failed'])}"
-        print(f"\n  These runs cannot answer the paper's questions ({why}); the planner refuses rather than "
-              "print a meaningless p. More sizes, steps or data would; see `make study`.")
+        why = (
+            "forgetting-law warnings above"
+            if degenerate
+            else f"protocol not met: {', '.join(proto['failed'])}"
+        )
+        print(
+            f"\n  These runs cannot answer the paper's questions ({why}); the planner refuses rather than "
+            "print a meaningless p. More sizes, steps or data would; see `make study`."
+        )
         return 1
     if max_forgetting <= 0:
         at_p0 = forgetting.get((sizes[-1], d_max, 0.0), 0.0)
         if at_p0 <= 0:
-            raise UserError("the demo sweep measured no forgetting at p = 0 on its largest size; pass "
-                            "--max-forgetting EPS to ask the planner anyway")
+            raise UserError(
+                "the demo sweep measured no forgetting at p = 0 on its largest size; pass "
+                "--max-forgetting EPS to ask the planner anyway"
+            )
         max_forgetting = at_p0 / 2
         print(f"  measured forgetting at p = 0 there: {at_p0:.4f} nats/token; budget = half of it")
-    print(f"\n  planner: smallest p keeping forgetting <= {max_forgetting:.4f} nats/token for "
-          f"N={sizes[-1]:,.0f}, D={d_max:,.0f} on {domain}:")
-    answer = plan(fits, domain, sizes[-1], d_max, max_forgetting=max_forgetting, where=str(root / "fit" / "fit.json"))
+    print(
+        f"\n  planner: smallest p keeping forgetting <= {max_forgetting:.4f} nats/token for "
+        f"N={sizes[-1]:,.0f}, D={d_max:,.0f} on {domain}:"
+    )
+    answer = plan(
+        fits, domain, sizes[-1], d_max, max_forgetting=max_forgetting, where=str(root / "fit" / "fit.json")
+    )
     print("  " + format_plan(answer).replace("\n", "\n  "))
     return 0 if answer["reachable"] else 1
 

@@ -92,8 +92,10 @@ def trend(runs: list[Run], along: str, decreasing: bool, p: float = 0.0) -> dict
             ratios.append(hi / lo)
     share = float(np.mean(agree)) if agree else float("nan")
     return {
-        "series": [{"domain": k[0], "fixed": k[1], "points": dict(sorted(v.items()))}
-                   for k, v in sorted(series.items())],
+        "series": [
+            {"domain": k[0], "fixed": k[1], "points": dict(sorted(v.items()))}
+            for k, v in sorted(series.items())
+        ],
         "share_agreeing": share,
         "n_series": len(agree),
         "mean_ratio_last_first": float(np.mean(ratios)) if ratios else float("nan"),
@@ -137,7 +139,9 @@ def anchored_vs_injection(runs: list[Run]) -> dict[str, Any]:
     for r in runs:
         if r.a == 0 or r.p != 0:
             continue
-        rivals = [x for x in runs if x.a == 0 and (x.domain, x.n, x.d, x.seed) == (r.domain, r.n, r.d, r.seed)]
+        rivals = [
+            x for x in runs if x.a == 0 and (x.domain, x.n, x.d, x.seed) == (r.domain, r.n, r.d, r.seed)
+        ]
         if not rivals:
             continue
         best = min(rivals, key=lambda x: abs(x.ft - r.ft))

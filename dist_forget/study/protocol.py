@@ -37,9 +37,23 @@ class ProtocolSpec:
 UNDERMINES = {
     "ladder_trained": ("forgetting_vs_size", "laws"),
     "ladder_ordered": ("forgetting_vs_size", "laws"),
-    "u_curve_bottom": ("forgetting_vs_size", "forgetting_vs_data", "injection", "ft_not_hurt", "anchor", "laws"),
+    "u_curve_bottom": (
+        "forgetting_vs_size",
+        "forgetting_vs_data",
+        "injection",
+        "ft_not_hurt",
+        "anchor",
+        "laws",
+    ),
     "injection_acts": ("injection", "ft_not_hurt"),
-    "eval_sequences": ("forgetting_vs_size", "forgetting_vs_data", "injection", "ft_not_hurt", "anchor", "laws"),
+    "eval_sequences": (
+        "forgetting_vs_size",
+        "forgetting_vs_data",
+        "injection",
+        "ft_not_hurt",
+        "anchor",
+        "laws",
+    ),
 }
 
 
@@ -58,7 +72,11 @@ def ladder(sweep: Path) -> list[dict[str, Any]]:
     """One row per pretrained size, smallest N first: N, total params, tokens, tokens/param, val loss."""
     rows = []
     for run in _run_dirs(sweep, "pretrain"):
-        summary, rep, cfg = _read(run / "summary.json"), _read(run / "report.json"), _read(run / "run_config.json")
+        summary, rep, cfg = (
+            _read(run / "summary.json"),
+            _read(run / "report.json"),
+            _read(run / "run_config.json"),
+        )
         manifest = _read(Path(cfg.get("data", {}).get("target", "")) / "manifest.json")
         tokens = int(rep.get("sequences", 0)) * int(manifest.get("seq_len", 0))
         total = int(rep.get("total_params", 0))
@@ -74,7 +92,11 @@ def finetunes(sweep: Path) -> list[dict[str, Any]]:
     """One row per finetune: its best and last step, injected sequences by the best step, eval size."""
     rows = []
     for run in _run_dirs(sweep, "finetune"):
-        summary, rep, cfg = _read(run / "summary.json"), _read(run / "report.json"), _read(run / "run_config.json")
+        summary, rep, cfg = (
+            _read(run / "summary.json"),
+            _read(run / "report.json"),
+            _read(run / "run_config.json"),
+        )
         p = float(summary.get("inject_fraction", 0.0))
         batch = int(cfg.get("train", {}).get("batch_size", 0))
         best = int(rep.get("best_step", summary.get("steps", 0)))
@@ -99,7 +121,8 @@ def check(sweep: Path, spec: ProtocolSpec = ProtocolSpec()) -> dict[str, Any]:
         injected[f"{p:g}"] = {"min": min(counts), "mean": sum(counts) / len(counts), "runs": len(counts)}
     one_pct = injected.get("0.01")
     checks = {
-        "ladder_trained": bool(rungs) and all(r["tokens_per_param"] >= spec.min_tokens_per_param for r in rungs),
+        "ladder_trained": bool(rungs)
+        and all(r["tokens_per_param"] >= spec.min_tokens_per_param for r in rungs),
         "ladder_ordered": len(rungs) >= 2 and all(g > spec.min_ladder_gap for g in gaps),
         "u_curve_bottom": bool(runs) and sum(before_last) / len(runs) >= spec.min_share_best_before_last,
         "injection_acts": one_pct is not None and one_pct["min"] >= spec.min_injected,

@@ -80,7 +80,9 @@ def report(
         if notes:
             write_text_atomic(tmp / "NOTES.md", notes)
         write_text_atomic(tmp / "REPORT.md", text)
-    print(f"wrote {out / 'REPORT.md'} ({len(fit_pngs) + len(study_pngs)} plots) in {time.monotonic() - start:.0f} s")
+    print(
+        f"wrote {out / 'REPORT.md'} ({len(fit_pngs) + len(study_pngs)} plots) in {time.monotonic() - start:.0f} s"
+    )
     return 0
 
 
@@ -131,7 +133,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _ladder_rows(sweep: Path) -> list[str]:
     rows = ["| size | N (non-embedding) | total params | pretraining tokens | steps | English val loss |",
             "|---|---|---|---|---|---|"]  # fmt: skip
-    pre = sorted((sweep / "pretrain").glob("*/summary.json"), key=lambda p: _read_json(p).get("model_params", 0))
+    pre = sorted(
+        (sweep / "pretrain").glob("*/summary.json"), key=lambda p: _read_json(p).get("model_params", 0)
+    )
     for path in pre:
         s, rep = _read_json(path), _read_json(path.parent / "report.json")
         cfg = _read_json(path.parent / "run_config.json")
@@ -150,8 +154,11 @@ def _finetune_setup(sweep: Path, runs: list[fd.Run]) -> str:
     o, s, t = c.get("optim", {}), c.get("schedule", {}), c.get("train", {})
     # the lr may differ by size (finetune.size_overrides); a run folder's name starts with its size
     lrs = {cfg.parent.name.split("_")[0]: _read_json(cfg).get("optim", {}).get("lr") for cfg in cfgs}
-    lr = (f"{next(iter(lrs.values()))}" if len(set(lrs.values())) == 1
-          else "by size " + ", ".join(f"{size} {v:g}" for size, v in sorted(lrs.items(), key=lambda kv: -kv[1])))
+    lr = (
+        f"{next(iter(lrs.values()))}"
+        if len(set(lrs.values())) == 1
+        else "by size " + ", ".join(f"{size} {v:g}" for size, v in sorted(lrs.items(), key=lambda kv: -kv[1]))
+    )
     return (
         f"Finetuning: at most {s.get('steps')} steps of {t.get('batch_size')} sequences, AdamW lr {lr} "
         f"({s.get('kind')}, warmup {s.get('warmup')}), betas {o.get('betas')}, no weight decay; target and "
@@ -256,8 +263,10 @@ def report_text(
             "target sequences make up D and their order; a law cannot predict one run better than this."
         )
     if "laws" in facts["protocol"]["undermined"]:
-        lines.append(f"- **Protocol not met** ({', '.join(facts['protocol']['failed'])}): these errors say how well "
-                     "each form describes these runs, not whether the paper's laws extrapolate.")
+        lines.append(
+            f"- **Protocol not met** ({', '.join(facts['protocol']['failed'])}): these errors say how well "
+            "each form describes these runs, not whether the paper's laws extrapolate."
+        )
     lines += ["", "## The paper's findings, checked", ""]
     lines += _findings_text(facts)
     if notes:
@@ -266,7 +275,13 @@ def report_text(
     fit_md = report_markdown(records, meta, []).split("\n", 2)[2]  # drop its title line
     lines += [fit_md.replace("## ", "### "), "", "## Plots", ""]
     lines += [f"![{p}]({p})" for p in study_pngs + fit_pngs]
-    lines += ["", "## Runs", "", "| run | ft_loss | pt_loss | pt_loss_base | forgetting |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| run | ft_loss | pt_loss | pt_loss_base | forgetting |",
+        "|---|---|---|---|---|",
+    ]
     for r in sorted(runs, key=lambda r: (r.n, r.domain, r.d, r.p, r.a, r.seed)):
         lines.append(f"| {r.name} | {r.ft:.4f} | {r.pt:.4f} | {r.pt0:.4f} | {r.forgetting:+.4f} |")
     return "\n".join(lines) + "\n"
@@ -298,10 +313,14 @@ def _protocol_text(proto: dict[str, Any]) -> list[str]:
         "",
     ]
     if proto["met"]:
-        lines.append("The protocol is met: the findings below are evidence on the paper's questions at this scale.")
+        lines.append(
+            "The protocol is met: the findings below are evidence on the paper's questions at this scale."
+        )
     else:
-        lines.append(f"**Protocol not met** ({', '.join(proto['failed'])}): the findings these checks undermine "
-                     "carry no verdict (\"protocol not met\"); what the runs alone would say is shown beside it.")
+        lines.append(
+            f"**Protocol not met** ({', '.join(proto['failed'])}): the findings these checks undermine "
+            'carry no verdict ("protocol not met"); what the runs alone would say is shown beside it.'
+        )
     return lines + [""]
 
 
@@ -335,8 +354,11 @@ def _findings_text(facts: dict[str, Any]) -> list[str]:
     one = inj.get("0.01")
     if one and one["n_pairs"]:
         removed = one["forgetting_removed_mean"]
-        v = _verdict(facts, "injection",
-                     "holds" if removed >= 0.5 else "partly holds" if removed >= 0.25 else "does not hold")
+        v = _verdict(
+            facts,
+            "injection",
+            "holds" if removed >= 0.5 else "partly holds" if removed >= 0.25 else "does not hold",
+        )
         lines.append(
             f"**3. p = 1 % removes most forgetting — {v}.** Over {one['n_pairs']} pairs (same domain, N, D, "
             f"seed; p = 1 % vs 0) it removes {_pct(removed)} of the forgetting on average (range "
@@ -350,7 +372,9 @@ def _findings_text(facts: dict[str, Any]) -> list[str]:
     for key, e in inj.items():
         if not e["n_pairs"]:
             continue
-        v = _verdict(facts, "ft_not_hurt", "holds" if e["ft_change_mean"] <= FT_TOLERANCE else "does not hold")
+        v = _verdict(
+            facts, "ft_not_hurt", "holds" if e["ft_change_mean"] <= FT_TOLERANCE else "does not hold"
+        )
         lines.append(
             f"**4. Injection does not hurt the target loss (p = {float(key):g}) — {v}.** Mean relative change of "
             f"the best target loss {e['ft_change_mean']:+.2%} (largest {e['ft_change_max']:+.2%}; not worse in "
@@ -416,7 +440,9 @@ def plot_study(out: Path, runs: list[fd.Run], sweep: Path) -> list[str]:
             if r.domain != domain or r.seed != 0:
                 continue
             marker = "o" if r.a == 0 else "^"
-            ax.scatter(r.ft, r.forgetting, color=colors[r.n], marker=marker, s=12 + 120 * r.p + 4 * np.log1p(r.a))
+            ax.scatter(
+                r.ft, r.forgetting, color=colors[r.n], marker=marker, s=12 + 120 * r.p + 4 * np.log1p(r.a)
+            )
         ax.set_xlabel("best target loss (nats/token)")
         ax.set_title(f"{domain}: forgetting vs target loss")
     axes[0][0].set_ylabel("forgetting (nats/token)")
@@ -448,7 +474,9 @@ def plot_study(out: Path, runs: list[fd.Run], sweep: Path) -> list[str]:
     return written
 
 
-def _curves(sweep: Path, runs: list[fd.Run]) -> dict[str, tuple[float, float, list[int], list[float], list[float]]]:
+def _curves(
+    sweep: Path, runs: list[fd.Run]
+) -> dict[str, tuple[float, float, list[int], list[float], list[float]]]:
     """Eval curves of the smallest D on the first domain, every size, p = 0 and the largest p."""
     if not runs:
         return {}

@@ -122,7 +122,9 @@ def _parent_tracker(cfg: SweepConfig, root: Path, config: str, points: list[Poin
         if leaked is not None:
             os.environ["MLFLOW_RUN_ID"] = leaked
     if parent.run_id:
-        write_json_atomic(state_path, {**state, "parent_run_id": parent.run_id, "tracking_uri": redact_uri(tcfg.uri)})
+        write_json_atomic(
+            state_path, {**state, "parent_run_id": parent.run_id, "tracking_uri": redact_uri(tcfg.uri)}
+        )
     return parent
 
 

@@ -120,8 +120,10 @@ def expand(cfg: SweepConfig) -> list[Point]:
             )
         for size in ft.size_overrides:
             if size not in sizes and size not in (cfg.pretrain.sizes if cfg.pretrain else []):
-                raise UserError(f"sweep finetune.size_overrides: {size!r} is not a size of this sweep "
-                                f"({', '.join(sizes)})")
+                raise UserError(
+                    f"sweep finetune.size_overrides: {size!r} is not a size of this sweep "
+                    f"({', '.join(sizes)})"
+                )
         for domain in domains:
             if domain not in ft.domains:
                 raise UserError(

@@ -79,8 +79,10 @@ def _upload(seg: Segment, uri: str, known_run_id: str | None, on_created) -> str
     try:
         probe(uri)
     except MlflowUnavailable as exc:
-        raise UserError(f"{exc}; fix that (start the server, set its credentials) or pass --uri to another "
-                        "one, then rerun sync") from None
+        raise UserError(
+            f"{exc}; fix that (start the server, set its credentials) or pass --uri to another "
+            "one, then rerun sync"
+        ) from None
     install()  # a local sqlite store keeps its artifacts beside it (tracking/store.py)
     uri = use_uri(uri)  # userinfo -> MLFLOW_TRACKING_USERNAME/PASSWORD; a stored `***@` takes them from there
     client = MlflowClient(tracking_uri=uri)
@@ -114,7 +116,9 @@ def _upload(seg: Segment, uri: str, known_run_id: str | None, on_created) -> str
         if Path(record["path"]).is_dir():
             register(client, run_id, record)
         else:
-            warnings.warn(f"model {record['path']} no longer exists; not registered", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"model {record['path']} no longer exists; not registered", RuntimeWarning, stacklevel=2
+            )
     if seg.status:
         client.set_terminated(run_id, seg.status)
     return run_id

@@ -48,8 +48,9 @@ class TrackingConfig:
 
     def validate(self) -> None:
         if self.system_metrics_interval_s <= 0:
-            raise UserError(f"tracking.system_metrics_interval_s = {self.system_metrics_interval_s} must be > 0; "
-                            "try 10")
+            raise UserError(
+                f"tracking.system_metrics_interval_s = {self.system_metrics_interval_s} must be > 0; try 10"
+            )
         if self.flush_every_s <= 0:
             raise UserError(f"tracking.flush_every_s = {self.flush_every_s} must be > 0 seconds; try 5.0")
         if not self.experiment:

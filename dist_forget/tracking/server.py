@@ -28,8 +28,14 @@ from dist_forget.tracking.store import ARTIFACTS_DIR
 class LocalServer:
     """`with LocalServer(tmp_dir) as server:` → `server.uri` is a live http://127.0.0.1:PORT."""
 
-    def __init__(self, root: str | Path, port: int | None = None, start_timeout_s: float = 120.0,
-                 admin: tuple[str, str] | None = None, store: str | Path | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        port: int | None = None,
+        start_timeout_s: float = 120.0,
+        admin: tuple[str, str] | None = None,
+        store: str | Path | None = None,
+    ):
         self.root = Path(root).resolve()
         self.store = Path(store).resolve() if store is not None else None
         self.admin = admin
@@ -54,7 +60,9 @@ class LocalServer:
         if self.admin is not None:  # the auth app reads its admin account from these on first start
             cmd += ["--app-name", "basic-auth"]
             env.update(MLFLOW_AUTH_ADMIN_USERNAME=self.admin[0], MLFLOW_AUTH_ADMIN_PASSWORD=self.admin[1])
-            env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(16))  # its CSRF key: one per server
+            env.setdefault(
+                "MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(16)
+            )  # its CSRF key: one per server
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True

@@ -111,10 +111,18 @@ def dataset_inputs(datasets: list[dict[str, Any]]) -> list[Any]:
 
     return [
         DatasetInput(
-            Dataset(d["name"], d["digest"][:36], d.get("source_type", "local"), d["source"],
-                    d.get("schema"), d.get("profile")),  # fmt: skip
-            [InputTag(MLFLOW_DATASET_CONTEXT, d.get("context", "train")),
-             *(InputTag(str(k), str(v)) for k, v in (d.get("tags") or {}).items())],
+            Dataset(
+                d["name"],
+                d["digest"][:36],
+                d.get("source_type", "local"),
+                d["source"],
+                d.get("schema"),
+                d.get("profile"),
+            ),  # fmt: skip
+            [
+                InputTag(MLFLOW_DATASET_CONTEXT, d.get("context", "train")),
+                *(InputTag(str(k), str(v)) for k, v in (d.get("tags") or {}).items()),
+            ],
         )
         for d in datasets
     ]
@@ -137,7 +145,9 @@ def probe(uri: str, timeout_s: float = 3.0) -> None:
     except OSError as exc:
         raise MlflowUnavailable(f"{shown} is unreachable ({scrub(str(exc))})") from None
     headers = _basic(user, password or "") if user else auth_header()
-    request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1", headers=headers)
+    request = urllib.request.Request(
+        base + "/api/2.0/mlflow/experiments/search?max_results=1", headers=headers
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s):
             return
@@ -312,8 +322,16 @@ class Tracker:
         """Upload the HF folder as the run's `best_model/` artifacts and make it a new version of registered
         model `name` in MLflow's model registry (created when missing)."""
         if self.active:
-            self._queue.put(("register", {"path": str(Path(folder).resolve()), "name": name,
-                                          "tags": {str(k): str(v) for k, v in (tags or {}).items()}}))
+            self._queue.put(
+                (
+                    "register",
+                    {
+                        "path": str(Path(folder).resolve()),
+                        "name": name,
+                        "tags": {str(k): str(v) for k, v in (tags or {}).items()},
+                    },
+                )
+            )
 
     def log_inputs(self, datasets: list[dict[str, Any]]) -> None:
         """Record the run's datasets (see `dataset_inputs` for the record); MLflow shows them per run."""

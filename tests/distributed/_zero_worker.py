@@ -22,7 +22,7 @@ def batch(step: int, rank: int, world: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(10_000 + step)
     tokens = torch.randint(0, VOCAB, (GLOBAL_BATCH, SEQ), generator=gen)
     per = GLOBAL_BATCH // world
-    return tokens[rank * per:(rank + 1) * per]
+    return tokens[rank * per : (rank + 1) * per]
 
 
 def probe_tokens() -> torch.Tensor:
@@ -38,7 +38,9 @@ def main() -> None:
     ap.add_argument("--resume-tag", default="")
     ap.add_argument("--out", type=Path, required=True, help="results; stage s uses <out>/stage<s>")
     ap.add_argument("--anchor-decay", type=float, default=0.5)
-    ap.add_argument("--check-resume", action="store_true", help="then load save-at into a new engine and rerun")
+    ap.add_argument(
+        "--check-resume", action="store_true", help="then load save-at into a new engine and rerun"
+    )
     args = ap.parse_args()
 
     import deepspeed
@@ -55,10 +57,13 @@ def main() -> None:
 
     def run_stage(stage: int) -> None:
         ckpt, out = args.ckpt / f"stage{stage}", args.out / f"stage{stage}"
+
         def build(seed: int):
             torch.manual_seed(seed)
             model = LlamaForCausalLM(hf_config("cpu-0.03m", vocab_size=VOCAB, max_seq_len=SEQ))
-            opt = AnchoredAdamW(param_groups(model, weight_decay=0.01, anchor_decay=args.anchor_decay), lr=3e-3)
+            opt = AnchoredAdamW(
+                param_groups(model, weight_decay=0.01, anchor_decay=args.anchor_decay), lr=3e-3
+            )
             config = {
                 "train_batch_size": GLOBAL_BATCH,
                 "train_micro_batch_size_per_gpu": GLOBAL_BATCH // world,
@@ -83,10 +88,18 @@ def main() -> None:
                 dist.all_reduce(mean)
                 losses[step] = float(mean) / world
                 if step == args.save_at:
-                    data = {"world_size": world, "consumed": step * GLOBAL_BATCH,
-                            "fingerprint_parts": {"world_size": world, "seed": 0}, "fingerprint": ""}
-                    engine.save_checkpoint(str(ckpt), tag=f"step-{step:08d}",
-                                           client_state={"step": step, "data": data}, save_latest=False)
+                    data = {
+                        "world_size": world,
+                        "consumed": step * GLOBAL_BATCH,
+                        "fingerprint_parts": {"world_size": world, "seed": 0},
+                        "fingerprint": "",
+                    }
+                    engine.save_checkpoint(
+                        str(ckpt),
+                        tag=f"step-{step:08d}",
+                        client_state={"step": step, "data": data},
+                        save_latest=False,
+                    )
                     # Every rank joins the probe forward (ZeRO-3 gathers weights collectively).
                     with torch.no_grad():
                         logits = engine(input_ids=probe_tokens()).logits
@@ -116,19 +129,29 @@ def main() -> None:
                 resumed = train(engine2, int(client["step"]) + 1)
 
         base = engine.optimizer.optimizer  # our AnchoredAdamW, holding this rank's flat partitions
-        state_numel = {key: sum(s[key].numel() for s in base.state.values() if key in s)
-                       for key in ("anchor", "exp_avg", "exp_avg_sq")}
+        state_numel = {
+            key: sum(s[key].numel() for s in base.state.values() if key in s)
+            for key in ("anchor", "exp_avg", "exp_avg_sq")
+        }
         flat = getattr(engine.optimizer, "single_partition_of_fp32_groups", None)
         if flat is None:  # ZeRO-3 names its fp32 partitions differently
             flat = engine.optimizer.fp32_partitioned_groups_flat
         partition_numel = sum(p.numel() for p in flat)
-        result = {"rank": rank, "world": world, "losses": losses, "resumed_losses": resumed, "state_numel": state_numel,
-                  "anchor_bytes": sum(s["anchor"].numel() * s["anchor"].element_size()
-                                      for s in base.state.values() if "anchor" in s),
-                  "partition_numel": partition_numel,
-                  "model_numel": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
-                                     for p in engine.module.parameters()),
-                  "data_state": data_state}
+        result = {
+            "rank": rank,
+            "world": world,
+            "losses": losses,
+            "resumed_losses": resumed,
+            "state_numel": state_numel,
+            "anchor_bytes": sum(
+                s["anchor"].numel() * s["anchor"].element_size() for s in base.state.values() if "anchor" in s
+            ),
+            "partition_numel": partition_numel,
+            "model_numel": sum(
+                p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in engine.module.parameters()
+            ),
+            "data_state": data_state,
+        }
         (out / f"rank{rank}.json").write_text(json.dumps(result))
 
     for stage in args.stages:

@@ -19,20 +19,38 @@ from dist_forget.net import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-
-def run_ranks(script: str | Path, args: list[str], world: int, timeout: float = 300.0,
-              env: dict[str, str] | None = None) -> list[str]:
+def run_ranks(
+    script: str | Path, args: list[str], world: int, timeout: float = 300.0, env: dict[str, str] | None = None
+) -> list[str]:
     """Start `world` ranks of `python script *args`; return each rank's combined stdout+stderr."""
     port = str(free_port())
-    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": str(world),
-            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
+    base = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+        "WORLD_SIZE": str(world),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "DS_ACCELERATOR": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        **(env or {}),
+    }
     procs = []
     for rank in range(world):
         rank_env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
-        procs.append(subprocess.Popen([sys.executable, str(script), *args], env=rank_env, cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), *args],
+                env=rank_env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs, failed = [], False
     for proc in procs:
         try:
@@ -46,8 +64,10 @@ def run_ranks(script: str | Path, args: list[str], world: int, timeout: float = 
         outputs.append(out)
         failed |= proc.returncode != 0
     if failed:
-        tails = "\n".join(f"--- rank {r} (rc {p.returncode}) ---\n{o[-3000:]}"
-                          for r, (p, o) in enumerate(zip(procs, outputs)))
+        tails = "\n".join(
+            f"--- rank {r} (rc {p.returncode}) ---\n{o[-3000:]}"
+            for r, (p, o) in enumerate(zip(procs, outputs))
+        )
         pytest.fail(f"{script} failed on {world} ranks:\n{tails}", pytrace=False)
     return outputs
 
@@ -65,9 +85,25 @@ def zero_run(tmp_path_factory):
 
     def get(stage: int) -> tuple[Path, Path]:
         if not state:
-            run_ranks(ZERO_WORKER, ["--stages", "1", "2", "3", "--steps", str(ZERO_STEPS), "--save-at",
-                                    str(ZERO_SAVE_AT), "--ckpt", str(root / "ckpt"), "--out", str(root / "out"),
-                                    "--check-resume"], world=2)
+            run_ranks(
+                ZERO_WORKER,
+                [
+                    "--stages",
+                    "1",
+                    "2",
+                    "3",
+                    "--steps",
+                    str(ZERO_STEPS),
+                    "--save-at",
+                    str(ZERO_SAVE_AT),
+                    "--ckpt",
+                    str(root / "ckpt"),
+                    "--out",
+                    str(root / "out"),
+                    "--check-resume",
+                ],
+                world=2,
+            )
             state["done"] = True
         return root / "ckpt" / f"stage{stage}", root / "out" / f"stage{stage}"
 

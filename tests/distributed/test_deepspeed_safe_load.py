@@ -30,12 +30,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def _one_rank_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}.items():
+    for key, value in {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "DS_ACCELERATOR": "cpu",
+    }.items():
         monkeypatch.setenv(key, value)
 
 
-def test_deepspeed_load_refuses_code_in_any_checkpoint_file(tiny_data, base_model, tmp_path, monkeypatch, capsys):
+def test_deepspeed_load_refuses_code_in_any_checkpoint_file(
+    tiny_data, base_model, tmp_path, monkeypatch, capsys
+):
     _one_rank_env(monkeypatch)
     out = tmp_path / "run"
     overrides = tiny_finetune_overrides(tiny_data, base_model, out, *DS)
@@ -51,14 +60,17 @@ def test_deepspeed_load_refuses_code_in_any_checkpoint_file(tiny_data, base_mode
         roots[name] = (root, plant(root / ckpt.name / name, tmp_path / f"pwned-{name}"))
 
     # DeepSpeed's own API, with no check of ours before it: the engine we give it loads weights-only
-    backend = make_backend("deepspeed", BackendConfig(cfg.parallel, "fp32", cfg.optim.grad_clip, cfg.train.seed))
+    backend = make_backend(
+        "deepspeed", BackendConfig(cfg.parallel, "fp32", cfg.optim.grad_clip, cfg.train.seed)
+    )
     backend.init_distributed()
     try:
         backend.build(lambda: hf.load_folder(base_model), _make_optimizer(cfg), cfg.train.micro_batch, 2)
         for name, (root, evil) in roots.items():
             with pytest.raises(UnsafeCheckpoint) as exc:
-                backend.engine.load_checkpoint(str(root), tag=ckpt.name, load_optimizer_states=True,
-                                               load_lr_scheduler_states=False)
+                backend.engine.load_checkpoint(
+                    str(root), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=False
+                )
             assert_refused(exc.value, evil, tmp_path / f"pwned-{name}")
         # and the intact checkpoint still loads through it
         client = backend.load(ckpt.parent, ckpt.name)
@@ -69,6 +81,9 @@ def test_deepspeed_load_refuses_code_in_any_checkpoint_file(tiny_data, base_mode
     # the CLI: --resume auto of a run whose latest checkpoint was tampered with
     evil = plant(ckpt / FILES[1], tmp_path / "pwned-cli")
     _one_rank_env(monkeypatch)
-    assert cli.main(["finetune", "--config", str(CONFIG), *overrides, "schedule.steps=4", "--resume", "auto"]) == 2
+    assert (
+        cli.main(["finetune", "--config", str(CONFIG), *overrides, "schedule.steps=4", "--resume", "auto"])
+        == 2
+    )
     (err,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]  # one line
     assert_refused(err, evil, tmp_path / "pwned-cli")

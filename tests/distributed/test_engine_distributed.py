@@ -44,8 +44,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def _overrides(tiny_data, base_model: Path, out: Path, *extra: str) -> list[str]:
-    return tiny_finetune_overrides(tiny_data, base_model, out, "data.inject_fraction=0.25", "optim.anchor_decay=0.1",
-                                   f"checkpoint.every={CKPT_AT}", f"schedule.steps={STEPS}", *extra)
+    return tiny_finetune_overrides(
+        tiny_data,
+        base_model,
+        out,
+        "data.inject_fraction=0.25",
+        "optim.anchor_decay=0.1",
+        f"checkpoint.every={CKPT_AT}",
+        f"schedule.steps={STEPS}",
+        *extra,
+    )
 
 
 def _argv(tiny_data, base_model: Path, out: Path, *extra: str) -> list[str]:
@@ -65,8 +73,15 @@ def _close(a: dict[int, float], b: dict[int, float]) -> None:
 
 def _one_rank_env(monkeypatch) -> None:
     """engine=deepspeed in this process as a world of one; the env is restored after the test."""
-    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}.items():
+    for key, value in {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "DS_ACCELERATOR": "cpu",
+    }.items():
         monkeypatch.setenv(key, value)
 
 
@@ -98,12 +113,38 @@ def test_two_node_launch_matches_two_ranks(tiny_data, base_model, zero2_run, tmp
     """Two torchrun invocations, one per "node" (static rendezvous on loopback), one rank each."""
     out = tmp_path / "nodes"
     port = str(free_port())
-    cmds = [[str(BIN / "torchrun"), "--nnodes", "2", "--node-rank", str(r), "--nproc-per-node", "1",
-             "--master-addr", "127.0.0.1", "--master-port", port, "-m", "dist_forget.cli",
-             *_argv(tiny_data, base_model, out, *TWO_RANK)] for r in (0, 1)]
+    cmds = [
+        [
+            str(BIN / "torchrun"),
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(r),
+            "--nproc-per-node",
+            "1",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            port,
+            "-m",
+            "dist_forget.cli",
+            *_argv(tiny_data, base_model, out, *TWO_RANK),
+        ]
+        for r in (0, 1)
+    ]
     env = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen(c, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True) for c in cmds]
+    procs = [
+        subprocess.Popen(
+            c,
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for c in cmds
+    ]
     try:
         outs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
@@ -119,9 +160,13 @@ def test_two_node_launch_matches_two_ranks(tiny_data, base_model, zero2_run, tmp
 def test_sigkill_then_resume_auto_equals_uninterrupted(tiny_data, base_model, single_run, tmp_path):
     out = tmp_path / "killed"
     argv = _argv(tiny_data, base_model, out)
-    proc = subprocess.Popen([sys.executable, "-m", "dist_forget.cli", *argv], cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dist_forget.cli", *argv],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     # kill right after step 3 is logged: one step past the step-2 checkpoint, before the last one
     while time.monotonic() < deadline and proc.poll() is None:
@@ -137,8 +182,9 @@ def test_sigkill_then_resume_auto_equals_uninterrupted(tiny_data, base_model, si
     assert _losses(out) == _losses(single_run)  # bit-identical: same process count, fp32, CPU
 
 
-def test_other_world_size_needs_reshard_then_resumes_like_two_ranks(tiny_data, base_model, zero2_run, tmp_path,
-                                                                     monkeypatch, capsys):
+def test_other_world_size_needs_reshard_then_resumes_like_two_ranks(
+    tiny_data, base_model, zero2_run, tmp_path, monkeypatch, capsys
+):
     """2-rank ZeRO-2 stopped at step 2 → `convert reshard --world-size 1` → `finetune --resume DIR` on 1 process
     continues with the uninterrupted 2-rank losses. (The step-2 checkpoint of the uninterrupted run is
     byte-for-byte what a run stopped after step 2 leaves.)"""
@@ -152,7 +198,12 @@ def test_other_world_size_needs_reshard_then_resumes_like_two_ranks(tiny_data, b
     assert "dist-forget convert reshard" in err and "--world-size 1" in err
 
     resharded = tmp_path / "w1"
-    assert cli.main(["convert", "reshard", "--checkpoint", str(src), "--out", str(resharded), "--world-size", "1"]) == 0
+    assert (
+        cli.main(
+            ["convert", "reshard", "--checkpoint", str(src), "--out", str(resharded), "--world-size", "1"]
+        )
+        == 0
+    )
     meta, old = read_meta(resharded), read_meta(src)
     assert (meta["world_size"], old["world_size"]) == (1, 2)  # the source is only read
     assert meta["data_fingerprint"] != old["data_fingerprint"] and meta["model"] == old["model"]

@@ -75,8 +75,9 @@ def test_hf_megatron_hf_round_trip_is_exact(hf_dir: Path, tmp_path: Path) -> Non
 
 def test_megatron_hf_megatron_round_trip_is_exact(hf_dir: Path, tmp_path: Path) -> None:
     meg = C.hf_to_megatron(hf_dir, tmp_path / "meg", tp=2, optimizer=True)
-    back = C.hf_to_megatron(C.megatron_to_hf(meg, tmp_path / "hf2", optimizer=True), tmp_path / "meg2",
-                            tp=2, optimizer=True)
+    back = C.hf_to_megatron(
+        C.megatron_to_hf(meg, tmp_path / "hf2", optimizer=True), tmp_path / "meg2", tp=2, optimizer=True
+    )
     for r in range(2):
         x = torch.load(C.rank_file(meg, r), weights_only=True)
         y = torch.load(C.rank_file(back, r), weights_only=True)
@@ -115,10 +116,23 @@ def test_tp_not_dividing_names_the_dimension(hf_dir: Path, tmp_path: Path, tp: i
 
 
 def test_each_split_dimension_is_named() -> None:
-    base = dict(vocab=64, hidden=32, layers=1, heads=4, kv_heads=4, ffn=96, head_dim=8, rms_eps=1e-5,
-                rope_theta=1e4, tied=True)
-    for field, value, dim in [("vocab", 66, "vocab_size"), ("ffn", 90, "intermediate_size"),
-                              ("kv_heads", 2, "num_key_value_heads")]:
+    base = dict(
+        vocab=64,
+        hidden=32,
+        layers=1,
+        heads=4,
+        kv_heads=4,
+        ffn=96,
+        head_dim=8,
+        rms_eps=1e-5,
+        rope_theta=1e4,
+        tied=True,
+    )
+    for field, value, dim in [
+        ("vocab", 66, "vocab_size"),
+        ("ffn", 90, "intermediate_size"),
+        ("kv_heads", 2, "num_key_value_heads"),
+    ]:
         dims = LlamaDims(**{**base, field: value})
         with pytest.raises(UserError, match=dim):
             dims.check_tp(4)
@@ -134,12 +148,18 @@ def test_pp_not_dividing_layers_names_the_dimension(hf_dir: Path, tmp_path: Path
 def test_pipeline_split_round_trip_is_exact(hf_dir: Path, tmp_path: Path) -> None:
     meg = C.hf_to_megatron(hf_dir, tmp_path / "meg", tp=2, pp=2, optimizer=True)
     assert sorted(p.name for p in meg.glob("mp_rank_*")) == [
-        "mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
+        "mp_rank_00_000",
+        "mp_rank_00_001",
+        "mp_rank_01_000",
+        "mp_rank_01_001",
+    ]
     first = torch.load(C.rank_file(meg, 1, 0, 2), weights_only=True)["model"]
     last = torch.load(C.rank_file(meg, 1, 1, 2), weights_only=True)["model"]
     assert {"model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight"} <= set(first)
     assert "model.layers.1.mlp.up_proj.weight" not in first and "model.norm.weight" not in first
-    assert {"model.layers.1.mlp.up_proj.weight", "model.embed_tokens.weight", "model.norm.weight"} <= set(last)
+    assert {"model.layers.1.mlp.up_proj.weight", "model.embed_tokens.weight", "model.norm.weight"} <= set(
+        last
+    )
     back = C.megatron_to_hf(meg, tmp_path / "hf2", optimizer=True)
     a, b = C.read_hf_weights(hf_dir), C.read_hf_weights(back)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -189,13 +209,20 @@ def test_cli_and_tool_scripts(hf_dir: Path, tmp_path: Path, monkeypatch: pytest.
 
     from dist_forget.cli import main
 
-    assert main(["convert", "hf-to-megatron", "--hf", str(hf_dir), "--out", str(tmp_path / "m"), "--tp", "2"]) == 0
-    assert main(["convert", "hf-to-megatron", "--hf", str(hf_dir), "--out", str(tmp_path / "x"),
-                 "--tp", "3"]) == 2
+    assert (
+        main(["convert", "hf-to-megatron", "--hf", str(hf_dir), "--out", str(tmp_path / "m"), "--tp", "2"])
+        == 0
+    )
+    assert (
+        main(["convert", "hf-to-megatron", "--hf", str(hf_dir), "--out", str(tmp_path / "x"), "--tp", "3"])
+        == 2
+    )
     assert not (tmp_path / "x").exists()
     # the thin tools/ script, run as a script (in-process: a fresh interpreter costs ~20 s of imports)
     tool = Path(__file__).resolve().parents[2] / "tools" / "megatron_to_hf.py"
-    monkeypatch.setattr("sys.argv", [str(tool), "--megatron", str(tmp_path / "m"), "--out", str(tmp_path / "h")])
+    monkeypatch.setattr(
+        "sys.argv", [str(tool), "--megatron", str(tmp_path / "m"), "--out", str(tmp_path / "h")]
+    )
     with pytest.raises(SystemExit) as done:
         runpy.run_path(str(tool), run_name="__main__")
     assert done.value.code == 0

@@ -32,12 +32,24 @@ CONFIG = REPO / "configs" / "finetune" / "tiny.yaml"
 TOL = 2e-5
 
 
-
 def _overrides(tiny_data, base: Path, out: Path, *extra: str) -> list[str]:
-    return [f"out_dir={out}", f"model.init_from={base}", f"data.target={tiny_data.code}",
-            f"data.pretrain={tiny_data.english}", "data.target_tokens=null", "data.inject_fraction=0.25",
-            "tracking.enabled=false", "train.batch_size=4", "train.micro_batch=2", "train.eval_sequences=8",
-            "train.eval_every=3", "schedule.steps=6", "schedule.warmup=1", "optim.anchor_decay=0.1", *extra]
+    return [
+        f"out_dir={out}",
+        f"model.init_from={base}",
+        f"data.target={tiny_data.code}",
+        f"data.pretrain={tiny_data.english}",
+        "data.target_tokens=null",
+        "data.inject_fraction=0.25",
+        "tracking.enabled=false",
+        "train.batch_size=4",
+        "train.micro_batch=2",
+        "train.eval_sequences=8",
+        "train.eval_every=3",
+        "schedule.steps=6",
+        "schedule.warmup=1",
+        "optim.anchor_decay=0.1",
+        *extra,
+    ]
 
 
 def _losses(out: Path) -> dict[int, float]:
@@ -56,10 +68,27 @@ def runs(tiny_data, tmp_path_factory) -> SimpleNamespace:
     train(load_config(RunConfig, CONFIG, _overrides(tiny_data, base, single)), "finetune")
 
     tp2 = root / "tp2"
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port",
-           str(free_port()), "-m", "dist_forget.cli", "finetune", "--config", str(CONFIG),
-           *_overrides(tiny_data, base, tp2, "engine=megatron", "parallel.tp=2", "checkpoint.every=3",
-                       "checkpoint.keep=4")]
+    cmd = [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "dist_forget.cli",
+        "finetune",
+        "--config",
+        str(CONFIG),
+        *_overrides(
+            tiny_data,
+            base,
+            tp2,
+            "engine=megatron",
+            "parallel.tp=2",
+            "checkpoint.every=3",
+            "checkpoint.keep=4",
+        ),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -86,24 +115,36 @@ def test_tp2_finetune_via_cli_matches_single_process(runs) -> None:
 
 def _world_of_one(monkeypatch) -> None:
     """engine=megatron in this process as a world of one (restored after the test)."""
-    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1"),
-                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port()))):
+    for key, value in (
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_RANK", "0"),
+        ("LOCAL_WORLD_SIZE", "1"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", str(free_port())),
+    ):
         monkeypatch.setenv(key, value)
 
 
-def test_tp2_checkpoint_resharded_to_tp1_resumes_like_the_uninterrupted_run(runs, tiny_data, monkeypatch) -> None:
+def test_tp2_checkpoint_resharded_to_tp1_resumes_like_the_uninterrupted_run(
+    runs, tiny_data, monkeypatch
+) -> None:
     from dist_forget.cli import main
 
     ckpt = runs.tp2 / "checkpoints" / "step-00000003"
     resharded = runs.root / "tp1-from-step3"
-    assert main(["convert", "reshard-megatron", "--checkpoint", str(ckpt), "--out", str(resharded),
-                 "--tp", "1"]) == 0
+    assert (
+        main(["convert", "reshard-megatron", "--checkpoint", str(ckpt), "--out", str(resharded), "--tp", "1"])
+        == 0
+    )
     assert json.loads((resharded / "megatron.json").read_text())["tp"] == 1
     assert json.loads((resharded / "meta.json").read_text())["world_size"] == 1
 
     _world_of_one(monkeypatch)
     out = runs.root / "resumed-tp1"
-    cfg = load_config(RunConfig, CONFIG, _overrides(tiny_data, runs.base, out, "engine=megatron", "parallel.tp=1"))
+    cfg = load_config(
+        RunConfig, CONFIG, _overrides(tiny_data, runs.base, out, "engine=megatron", "parallel.tp=1")
+    )
     train(cfg, "finetune", resume=str(resharded))
     got, want = _losses(out), _losses(runs.tp2)
     assert got.keys() == {4, 5, 6}
@@ -133,7 +174,9 @@ def test_reshard_to_more_data_parallel_ranks_keeps_every_state_exactly(runs, tin
     old = torch.load(ckpt / "mp_rank_00" / "model_optim.pt", weights_only=True)["client_state"]
     run = load_config(RunConfig, CONFIG, _overrides(tiny_data, runs.base, out))
     assert meta["world_size"] == 2
-    assert meta["data_fingerprint"] == client["data"]["fingerprint"] == MixedStream(run.data, 0, 2).fingerprint
+    assert (
+        meta["data_fingerprint"] == client["data"]["fingerprint"] == MixedStream(run.data, 0, 2).fingerprint
+    )
     assert client["data"]["consumed"] == old["data"]["consumed"] and client["train"] == old["train"]
 
 
@@ -145,10 +188,12 @@ def test_reshard_bad_input_is_one_line_and_writes_nothing(runs) -> None:
     bad = runs.root / "bad"
     converted = runs.root / "converted"
     hf_to_megatron(runs.base, converted, tp=2)
-    cases = [((ckpt, bad), {"tp": 4}, "does not divide the model's num_attention_heads=2"),
-             ((ckpt, bad), {"tp": 2, "world_size": 3}, "--world-size 3 is not a multiple"),
-             ((converted, bad), {"tp": 1}, "not an engine=megatron training checkpoint"),
-             ((ckpt, ckpt), {"tp": 1}, "is the source checkpoint")]
+    cases = [
+        ((ckpt, bad), {"tp": 4}, "does not divide the model's num_attention_heads=2"),
+        ((ckpt, bad), {"tp": 2, "world_size": 3}, "--world-size 3 is not a multiple"),
+        ((converted, bad), {"tp": 1}, "not an engine=megatron training checkpoint"),
+        ((ckpt, ckpt), {"tp": 1}, "is the source checkpoint"),
+    ]
     for args, kw, message in cases:
         with pytest.raises(UserError, match=message) as info:
             reshard_megatron(*args, **kw)
@@ -161,8 +206,11 @@ def test_megatron_folder_as_init_from_gives_the_hf_folders_first_step(runs, tiny
 
     meg = hf_to_megatron(runs.base, runs.root / "base-tp2", tp=2)
     out = runs.root / "from-megatron"
-    cfg = load_config(RunConfig, CONFIG, _overrides(tiny_data, meg, out, "schedule.steps=1",
-                                                    f"model.cache_dir={runs.root / 'cache'}"))
+    cfg = load_config(
+        RunConfig,
+        CONFIG,
+        _overrides(tiny_data, meg, out, "schedule.steps=1", f"model.cache_dir={runs.root / 'cache'}"),
+    )
     train(cfg, "finetune")
     assert _losses(out)[1] == _losses(runs.single)[1]  # same weights, same batch: bit-identical
     assert len(list((runs.root / "cache").glob("megatron-base-tp2-*/config.json"))) == 1
@@ -175,6 +223,7 @@ def test_tp_pp_not_dividing_the_world_fails_before_training(tiny_data, tmp_path:
 
     for tp, pp in ((3, 1), (1, 2)):
         backend = MegatronBackend(BackendConfig(ParallelConfig(tp=tp, pp=pp), "fp32", 1.0, 0))
-        with pytest.raises(UserError, match=f"parallel.tp={tp} x parallel.pp={pp} does not divide the number "
-                                            "of processes 1"):
+        with pytest.raises(
+            UserError, match=f"parallel.tp={tp} x parallel.pp={pp} does not divide the number of processes 1"
+        ):
             backend.init_distributed()

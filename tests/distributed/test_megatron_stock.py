@@ -43,7 +43,9 @@ def test_hf_and_stock_shards_map_both_ways_exactly() -> None:
         # GPTModel's fused QKV rows per query group: [q of the group's heads; k; v]
         qkv = stock["decoder.layers.0.self_attention.linear_qkv.weight"].view(1, 4, 8, 32)[0]
         q = hf_shard["model.layers.0.self_attn.q_proj.weight"].view(2, 8, 32)
-        assert torch.equal(qkv[:2], q) and torch.equal(qkv[2], hf_shard["model.layers.0.self_attn.k_proj.weight"])
+        assert torch.equal(qkv[:2], q) and torch.equal(
+            qkv[2], hf_shard["model.layers.0.self_attn.k_proj.weight"]
+        )
         back = M.stock_shard_to_hf(stock, dims, TP)
         assert back.keys() == hf_shard.keys() and all(torch.equal(back[k], hf_shard[k]) for k in back)
 
@@ -59,8 +61,10 @@ def test_stock_optimizer_state_maps_to_hf_names_and_back_exactly() -> None:
     def make() -> tuple[AnchoredAdamW, list[list[str]], list[torch.nn.Parameter]]:
         params = {n: torch.nn.Parameter(t.clone()) for n, t in stock.items()}
         names = [[n for n in params if params[n].ndim > 1], [n for n in params if params[n].ndim == 1]]
-        groups = [{"params": [params[n] for n in names[0]], "anchor_decay": 0.1},
-                  {"params": [params[n] for n in names[1]], "anchor_decay": 0.0}]
+        groups = [
+            {"params": [params[n] for n in names[0]], "anchor_decay": 0.1},
+            {"params": [params[n] for n in names[1]], "anchor_decay": 0.0},
+        ]
         return AnchoredAdamW(groups, lr=1e-2, weight_decay=0.01), names, list(params.values())
 
     opt, names, params = make()
@@ -78,8 +82,10 @@ def test_stock_optimizer_state_maps_to_hf_names_and_back_exactly() -> None:
     hf_names = on_disk["param_names"]
     assert set(hf_names) == {h for hs in M.stock_parts(dims).values() for h in hs}
     index = {n: i for i, n in enumerate(hf_names)}
-    q, k = on_disk["state"][index["model.layers.1.self_attn.q_proj.weight"]], \
-        on_disk["state"][index["model.layers.1.self_attn.k_proj.weight"]]
+    q, k = (
+        on_disk["state"][index["model.layers.1.self_attn.q_proj.weight"]],
+        on_disk["state"][index["model.layers.1.self_attn.k_proj.weight"]],
+    )
     assert q["step"].data_ptr() != k["step"].data_ptr()  # one step counter per tensor, not shared
     assert set(q) == {"step", "exp_avg", "exp_avg_sq", "anchor"} and q["anchor"].shape == (16, 32)
 
@@ -96,7 +102,9 @@ def test_stock_impl_without_cuda_is_one_line_error_naming_the_fix() -> None:
     from dist_forget.engine.backend import BackendConfig, ParallelConfig, make_backend
     from dist_forget.errors import UserError
 
-    with pytest.raises(UserError, match=r"parallel.impl=stock .* needs a GPU.*use parallel.impl=local") as info:
+    with pytest.raises(
+        UserError, match=r"parallel.impl=stock .* needs a GPU.*use parallel.impl=local"
+    ) as info:
         make_backend("megatron", BackendConfig(ParallelConfig(tp=1, impl="stock"), "fp32", 1.0, 0))
     assert "\n" not in str(info.value)
 

@@ -35,8 +35,9 @@ def optimizer_factory(model: torch.nn.Module) -> torch.optim.Optimizer:
     from dist_forget.optim import AnchoredAdamW, param_groups
 
     # anchor_decay and weight_decay on, so the sharded anchor takes part in every update
-    return AnchoredAdamW(param_groups(model, 0.01, 0.5), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.01,
-                         anchor_decay=0.5)
+    return AnchoredAdamW(
+        param_groups(model, 0.01, 0.5), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.01, anchor_decay=0.5
+    )
 
 
 def backend_config(tp: int, pp: int = 1):
@@ -86,16 +87,21 @@ def rank_main(work: Path) -> None:
         if step + 1 == SPLIT:
             backend.save(work / "ckpt", "step-3", {"step": SPLIT})
             backend.barrier()
-    out.update(losses=[r.loss for r in results], norms=[r.grad_norm for r in results],
-               state=backend.full_state_dict(), eval=backend.eval_loss(batches(0)))
+    out.update(
+        losses=[r.loss for r in results],
+        norms=[r.grad_norm for r in results],
+        state=backend.full_state_dict(),
+        eval=backend.eval_loss(batches(0)),
+    )
 
     # resume: new backend objects (fresh weights from another seed, fresh optimizer) + the checkpoint
     again = MegatronBackend(backend_config(tp=2))
     again.init_distributed()  # the process group exists: only megatron's groups are rebuilt
     again.build(lambda: hf.build(SIZE, VOCAB, SEQ, seed=123), optimizer_factory, MICRO, ACCUM)
     client = again.load(work / "ckpt", "step-3")
-    out["resumed_losses"] = [again.train_step(batches(step), lr_at(step)).loss
-                             for step in range(client["step"], STEPS)]
+    out["resumed_losses"] = [
+        again.train_step(batches(step), lr_at(step)).loss for step in range(client["step"], STEPS)
+    ]
     out["resumed_state"] = again.full_state_dict()
 
     # tp=1 x dp=2 on the same two processes: each rank takes one of the step's two micro-batches
@@ -143,8 +149,12 @@ def reference() -> dict[str, object]:
     backend.init_distributed()
     backend.build(lambda: hf.build(SIZE, VOCAB, SEQ, seed=7), optimizer_factory, MICRO, ACCUM)
     results = [backend.train_step(batches(step), lr_at(step)) for step in range(STEPS)]
-    return {"losses": [r.loss for r in results], "norms": [r.grad_norm for r in results],
-            "state": backend.full_state_dict(), "eval": backend.eval_loss(batches(0))}
+    return {
+        "losses": [r.loss for r in results],
+        "norms": [r.grad_norm for r in results],
+        "state": backend.full_state_dict(),
+        "eval": backend.eval_loss(batches(0)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +192,7 @@ def test_hf_to_stock_gptmodel_mapping_fits_megatron_core(launched) -> None:
 def test_tp2_finetune_takes_the_single_rank_loss_steps(launched, reference) -> None:
     _, got, _ = launched
     ref_losses, got_losses = torch.tensor(reference["losses"]), torch.tensor(got["losses"])
-    assert torch.allclose(got_losses, ref_losses, atol=LOSS_ATOL, rtol=0), (got_losses - ref_losses)
+    assert torch.allclose(got_losses, ref_losses, atol=LOSS_ATOL, rtol=0), got_losses - ref_losses
     assert torch.allclose(torch.tensor(got["norms"]), torch.tensor(reference["norms"]), rtol=1e-5)
     assert got_losses[-1] < got_losses[0] - 0.1  # it learns (the batches repeat, so it can)
     assert abs(got["eval"] - reference["eval"]) < LOSS_ATOL
@@ -193,7 +203,7 @@ def test_tp2_finetune_takes_the_single_rank_loss_steps(launched, reference) -> N
 def test_data_parallel_megatron_matches_single_rank(launched, reference) -> None:
     _, got, _ = launched
     ref_losses, dp_losses = torch.tensor(reference["losses"]), torch.tensor(got["dp_losses"])
-    assert torch.allclose(dp_losses, ref_losses, atol=LOSS_ATOL, rtol=0), (dp_losses - ref_losses)
+    assert torch.allclose(dp_losses, ref_losses, atol=LOSS_ATOL, rtol=0), dp_losses - ref_losses
     for name, w in reference["state"].items():
         assert torch.allclose(got["dp_state"][name], w, atol=1e-5, rtol=0), name
 
@@ -203,12 +213,15 @@ def test_pipeline_parallel_matches_single_rank(launched, reference) -> None:
 
     work, got, _ = launched
     ref_losses, pp_losses = torch.tensor(reference["losses"]), torch.tensor(got["pp_losses"])
-    assert torch.allclose(pp_losses, ref_losses, atol=LOSS_ATOL, rtol=0), (pp_losses - ref_losses)
+    assert torch.allclose(pp_losses, ref_losses, atol=LOSS_ATOL, rtol=0), pp_losses - ref_losses
     assert abs(got["pp_eval"] - reference["eval"]) < LOSS_ATOL
     for name, w in reference["state"].items():
         assert torch.allclose(got["pp_state"][name], w, atol=1e-5, rtol=0), name
     # its checkpoint: one file per stage, mergeable to the same weights and the full optimizer state
-    assert sorted(p.name for p in (work / "ckpt" / "pp2").glob("mp_rank_*")) == ["mp_rank_00_000", "mp_rank_00_001"]
+    assert sorted(p.name for p in (work / "ckpt" / "pp2").glob("mp_rank_*")) == [
+        "mp_rank_00_000",
+        "mp_rank_00_001",
+    ]
     _, full, named = read_megatron(work / "ckpt" / "pp2", optimizer=True)
     assert all(torch.equal(full[k], got["pp_state"][k]) for k in full)
     assert set(named["state"]) == set(full)

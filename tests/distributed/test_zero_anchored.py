@@ -65,8 +65,17 @@ def test_zero_to_hf_loads_in_transformers_with_the_engine_logits(zero_run, stage
 
     cfg.write_text(hf_config("cpu-0.03m", vocab_size=VOCAB, max_seq_len=16).to_json_string())
     out = tmp_path / "hf"
-    args = ["convert", "zero-to-hf", "--checkpoint", str(ckpt), "--out", str(out), "--hf-config", str(cfg),
-            "--with-optimizer"]
+    args = [
+        "convert",
+        "zero-to-hf",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--hf-config",
+        str(cfg),
+        "--with-optimizer",
+    ]
     assert cli_main(args) == 0
     assert "30,880 parameters" in capsys.readouterr().out
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
@@ -93,10 +102,16 @@ def test_zero_to_hf_loads_in_transformers_with_the_engine_logits(zero_run, stage
 
 def test_zero_to_hf_bad_input_is_one_line(zero_run, tmp_path, capsys):
     ckpt_root, _ = zero_run(1)
-    assert cli_main(["convert", "zero-to-hf", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        cli_main(["convert", "zero-to-hf", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    )
     assert "no *_optim_states.pt" in capsys.readouterr().err
     # No transformers config next to a raw DeepSpeed checkpoint: say how to pass one.
-    assert cli_main(["convert", "zero-to-hf", "--checkpoint", str(ckpt_root / TAG),
-                     "--out", str(tmp_path / "o")]) == 2
+    assert (
+        cli_main(
+            ["convert", "zero-to-hf", "--checkpoint", str(ckpt_root / TAG), "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
     assert "--hf-config" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

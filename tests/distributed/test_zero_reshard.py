@@ -29,8 +29,22 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def _resume(stages: list[int], world: int, ckpt_root: Path, out: Path) -> None:
-    run_ranks(ZERO_WORKER, ["--stages", *map(str, stages), "--steps", str(ZERO_STEPS), "--resume-tag", TAG,
-                            "--ckpt", str(ckpt_root), "--out", str(out)], world=world)
+    run_ranks(
+        ZERO_WORKER,
+        [
+            "--stages",
+            *map(str, stages),
+            "--steps",
+            str(ZERO_STEPS),
+            "--resume-tag",
+            TAG,
+            "--ckpt",
+            str(ckpt_root),
+            "--out",
+            str(out),
+        ],
+        world=world,
+    )
 
 
 @pytest.mark.parametrize("world, stages", [(1, [2, 3]), (3, [1, 3])])
@@ -58,8 +72,14 @@ def test_resharded_checkpoint_resumes_like_the_uninterrupted_run(zero_run, tmp_p
 def test_reshard_round_trip_2_1_2_is_bit_exact(zero_run, tmp_path, stage, capsys):
     src = zero_run(stage)[0] / TAG
     one, two = tmp_path / "w1", tmp_path / "w2"
-    assert cli_main(["convert", "reshard", "--checkpoint", str(src), "--out", str(one), "--world-size", "1"]) == 0
-    assert cli_main(["convert", "reshard", "--checkpoint", str(one), "--out", str(two), "--world-size", "2"]) == 0
+    assert (
+        cli_main(["convert", "reshard", "--checkpoint", str(src), "--out", str(one), "--world-size", "1"])
+        == 0
+    )
+    assert (
+        cli_main(["convert", "reshard", "--checkpoint", str(one), "--out", str(two), "--world-size", "2"])
+        == 0
+    )
     assert "1 -> 2 ranks" in capsys.readouterr().out
     a, b, mid = ZeroCheckpoint.load(src), ZeroCheckpoint.load(two), ZeroCheckpoint.load(one)
     assert (mid.world, b.world) == (1, 2)
@@ -78,18 +98,30 @@ def test_reshard_bad_requests_leave_the_source_untouched(zero_run, tmp_path, cap
     src = zero_run(1)[0] / TAG
     before = _digest(src)
     out = tmp_path / "o"
-    assert cli_main(["convert", "reshard", "--checkpoint", str(src), "--out", str(out), "--world-size", "0"]) == 2
+    assert (
+        cli_main(["convert", "reshard", "--checkpoint", str(src), "--out", str(out), "--world-size", "0"])
+        == 2
+    )
     assert "--world-size 0 must be >= 1" in capsys.readouterr().err
     # More ranks than a parameter group can be split over (DeepSpeed pads only the last rank).
-    assert cli_main(["convert", "reshard", "--checkpoint", str(src), "--out", str(out), "--world-size", "64"]) == 2
+    assert (
+        cli_main(["convert", "reshard", "--checkpoint", str(src), "--out", str(out), "--world-size", "64"])
+        == 2
+    )
     assert "too few to partition over 64 ranks" in capsys.readouterr().err
     assert not out.exists()
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    assert cli_main(["convert", "reshard", "--checkpoint", str(src), "--out", str(out), "--world-size", "1"]) == 2
+    assert (
+        cli_main(["convert", "reshard", "--checkpoint", str(src), "--out", str(out), "--world-size", "1"])
+        == 2
+    )
     assert "pass --overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "x"
-    assert cli_main(["convert", "reshard", "--checkpoint", str(src), "--out", str(src), "--world-size", "1"]) == 2
+    assert (
+        cli_main(["convert", "reshard", "--checkpoint", str(src), "--out", str(src), "--world-size", "1"])
+        == 2
+    )
     assert _digest(src) == before
 
 

@@ -89,9 +89,13 @@ if __name__ == "__main__":
 from dist_forget.net import free_port  # noqa: E402
 from tests.distributed.conftest import run_ranks  # noqa: E402
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(),
-    reason="needs CUDA: NCCL and megatron-core's stock GPTModel (its attention allocates on the GPU)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="needs CUDA: NCCL and megatron-core's stock GPTModel (its attention allocates on the GPU)",
+    ),
+]
 
 
 def test_megatron_on_nccl_and_stock_gptmodel_match_hf(tmp_path: Path) -> None:
@@ -111,14 +115,36 @@ def _finetune(tiny_data, base: Path, out: Path, world: int, *extra: str, resume:
 
     from tests.distributed.test_megatron_finetune import CONFIG, REPO, _overrides
 
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(world), "--master_port",
-           str(free_port()), "-m", "dist_forget.cli", "finetune", "--config", str(CONFIG),
-           *(["--resume", resume] if resume else []),
-           *_overrides(tiny_data, base, out, "engine=megatron", f"parallel.tp={world}", "checkpoint.every=3",
-                       "checkpoint.keep=4", *extra)]
+    cmd = [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--nproc_per_node",
+        str(world),
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "dist_forget.cli",
+        "finetune",
+        "--config",
+        str(CONFIG),
+        *(["--resume", resume] if resume else []),
+        *_overrides(
+            tiny_data,
+            base,
+            out,
+            "engine=megatron",
+            f"parallel.tp={world}",
+            "checkpoint.every=3",
+            "checkpoint.keep=4",
+            *extra,
+        ),
+    ]
     # keep an inherited PYTHONPATH: on a GPU machine megatron-core may be there rather than installed
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))),
+    }
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout
@@ -134,9 +160,11 @@ def test_stock_gptmodel_finetune_on_nccl_fp32_bf16_and_resume(tiny_data, tmp_pat
     base = tmp_path / "base"
     hf.build("cpu-0.03m", tiny_data.vocab_size, tiny_data.seq_len, seed=0).save_pretrained(base)
     losses, stdout = {}, {}
-    for name, extra in (("local-fp32", ("parallel.impl=local", "train.precision=fp32")),
-                        ("stock-fp32", ("parallel.impl=stock", "train.precision=fp32")),
-                        ("stock-bf16", ("parallel.impl=stock", "train.precision=bf16"))):
+    for name, extra in (
+        ("local-fp32", ("parallel.impl=local", "train.precision=fp32")),
+        ("stock-fp32", ("parallel.impl=stock", "train.precision=fp32")),
+        ("stock-bf16", ("parallel.impl=stock", "train.precision=bf16")),
+    ):
         stdout[name] = _finetune(tiny_data, base, tmp_path / name, world, *extra)
         losses[name] = _losses(tmp_path / name)
     print({k: list(v.values()) for k, v in losses.items()})
@@ -149,8 +177,15 @@ def test_stock_gptmodel_finetune_on_nccl_fp32_bf16_and_resume(tiny_data, tmp_pat
     assert (tmp_path / "stock-bf16" / "summary.json").is_file()
 
     ckpt = tmp_path / "stock-fp32" / "checkpoints" / "step-00000003"
-    _finetune(tiny_data, base, tmp_path / "resumed", world, "parallel.impl=stock", "train.precision=fp32",
-              resume=str(ckpt))
+    _finetune(
+        tiny_data,
+        base,
+        tmp_path / "resumed",
+        world,
+        "parallel.impl=stock",
+        "train.precision=fp32",
+        resume=str(ckpt),
+    )
     resumed = _losses(tmp_path / "resumed")
     assert resumed.keys() == {4, 5, 6}
     assert max(abs(resumed[k] - stock[k]) for k in resumed) < 1e-4

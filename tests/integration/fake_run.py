@@ -44,7 +44,9 @@ def main(argv: list[str]) -> int:
     if os.environ.get("FAKE_TRACK") == "1":
         from dist_forget.tracking import Tracker, TrackingConfig
 
-        with Tracker.create(TrackingConfig(flush_every_s=0.1, system_metrics=False), 0, kv["name"], kv, out) as tracker:
+        with Tracker.create(
+            TrackingConfig(flush_every_s=0.1, system_metrics=False), 0, kv["name"], kv, out
+        ) as tracker:
             tracker.log_metrics({"val/ft_loss": summary.get("ft_loss", 0.0)}, step=10)
             summary["run_id"] = tracker.run_id
     write_json_atomic(out / "summary.json", summary)

@@ -75,4 +75,6 @@ def torchrun(
     """`nnodes` torchrun invocations (c10d rendezvous on loopback), `nproc` ranks each."""
     endpoint = f"127.0.0.1:{free_port()}"
     env = _env(NPROC=str(nproc), NNODES=str(nnodes), RDZV_ENDPOINT=endpoint, RDZV_ID=f"test-{os.getpid()}")
-    return run_together([([str(LAUNCHERS / "torchrun.sh"), *args], env) for _ in range(nnodes)], timeout_s=timeout_s)
+    return run_together(
+        [([str(LAUNCHERS / "torchrun.sh"), *args], env) for _ in range(nnodes)], timeout_s=timeout_s
+    )

@@ -37,14 +37,27 @@ def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_engine_logs_resumes_into_the_same_run_and_falls_back(mlflow_server: LocalServer, tiny_data, tmp_path,
-                                                             monkeypatch, one_thread, base_model):
+def test_engine_logs_resumes_into_the_same_run_and_falls_back(
+    mlflow_server: LocalServer, tiny_data, tmp_path, monkeypatch, one_thread, base_model
+):
     out = tmp_path / "run"
-    overrides = tiny_finetune_overrides(tiny_data, base_model, out, "data.inject_fraction=0.25",
-                                        "tracking.enabled=true", f"tracking.experiment={EXPERIMENT}",
-                                        "tracking.flush_every_s=0.2", "tracking.system_metrics_interval_s=0.5")
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "DIST_FORGET_PARENT_RUN_ID",
-                "DIST_FORGET_SWEEP_DIR"):
+    overrides = tiny_finetune_overrides(
+        tiny_data,
+        base_model,
+        out,
+        "data.inject_fraction=0.25",
+        "tracking.enabled=true",
+        f"tracking.experiment={EXPERIMENT}",
+        "tracking.flush_every_s=0.2",
+        "tracking.system_metrics_interval_s=0.5",
+    )
+    for var in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_RUN_ID",
+        "MLFLOW_EXPERIMENT_NAME",
+        "DIST_FORGET_PARENT_RUN_ID",
+        "DIST_FORGET_SWEEP_DIR",
+    ):
         monkeypatch.delenv(var, raising=False)
 
     # 1. online; Ctrl-C when step 4 would start (steps 1-3 logged, checkpoint at step 2)
@@ -73,15 +86,24 @@ def test_engine_logs_resumes_into_the_same_run_and_falls_back(mlflow_server: Loc
     assert not {"out_dir", "model.init_from", "data.target", "data.pretrain"} & set(params)
     assert not [v for v in params.values() if str(tmp_path) in v]  # no path of this machine
     assert {k: tags[k] for k in ("stage", "domain", "size", "inject_fraction", "anchor_decay", "seed")} == {
-        "stage": "finetune", "domain": "code", "size": "cpu-0.03m", "inject_fraction": "0.25",
-        "anchor_decay": "0.0", "seed": "0"}
-    assert tags["dist_forget.path.out_dir"] == "run" and not tags["dist_forget.path.data.target"].startswith("/")
+        "stage": "finetune",
+        "domain": "code",
+        "size": "cpu-0.03m",
+        "inject_fraction": "0.25",
+        "anchor_decay": "0.0",
+        "seed": "0",
+    }
+    assert tags["dist_forget.path.out_dir"] == "run" and not tags["dist_forget.path.data.target"].startswith(
+        "/"
+    )
     assert tags["mlflow.source.name"] == "dist-forget finetune" and tags["mlflow.user"]
     assert len(tags["mlflow.source.git.commit"]) == 40  # the tests run from a git checkout
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"code", "english"}
     contexts = {name: {t.key: t.value for t in d.tags} for name, d in inputs.items()}
-    assert contexts["code"]["mlflow.data.context"] == "train" and contexts["code"]["inject_fraction"] == "0.25"
+    assert (
+        contexts["code"]["mlflow.data.context"] == "train" and contexts["code"]["inject_fraction"] == "0.25"
+    )
     assert contexts["english"]["mlflow.data.context"] == "injected"
     profile = json.loads(inputs["code"].dataset.profile)
     assert profile["splits"]["train"]["tokens"] > 0
@@ -101,7 +123,9 @@ def test_engine_logs_resumes_into_the_same_run_and_falls_back(mlflow_server: Loc
     assert json.loads((out / "summary.json").read_text())["run_id"] == run_id
     records = [json.loads(ln) for ln in (out / FALLBACK_NAME).read_text().splitlines()]
     assert records[0]["type"] == "run" and records[0]["run_id"] == run_id
-    assert sorted({r["step"] for r in records if r["type"] == "metrics" and "train/loss" in r["metrics"]}) == [3, 4]
+    assert sorted(
+        {r["step"] for r in records if r["type"] == "metrics" and "train/loss" in r["metrics"]}
+    ) == [3, 4]
     assert records[-1] == {"type": "end", "status": "FINISHED"}
 
     # 3. sync: everything lands in the one run
@@ -112,11 +136,26 @@ def test_engine_logs_resumes_into_the_same_run_and_falls_back(mlflow_server: Loc
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert len(client.search_runs([run.info.experiment_id])) == 1
-    assert set(_steps(client, run_id, "train/loss")) == {1, 2, 3, 4}  # step 3 twice: before and after the stop
+    assert set(_steps(client, run_id, "train/loss")) == {
+        1,
+        2,
+        3,
+        4,
+    }  # step 3 twice: before and after the stop
     step3 = {m.value for m in client.get_metric_history(run_id, "train/loss") if m.step == 3}
     assert len(step3) == 1  # the resumed step 3 repeats the interrupted one exactly
-    for key in ("train/loss", "val/ft_loss", "val/pt_loss", "train/inject_fraction", "train/inject_fraction_cum",
-                "train/tokens_per_s", "train/lr", "train/mfu", "train/injected_sequences", "val/pt_loss_base"):
+    for key in (
+        "train/loss",
+        "val/ft_loss",
+        "val/pt_loss",
+        "train/inject_fraction",
+        "train/inject_fraction_cum",
+        "train/tokens_per_s",
+        "train/lr",
+        "train/mfu",
+        "train/injected_sequences",
+        "val/pt_loss_base",
+    ):
         assert key in run.data.metrics, key
     assert _steps(client, run_id, "val/ft_loss") == [0, 2, 4] == _steps(client, run_id, "val/forgetting")
     base = run.data.metrics["val/pt_loss_base"]

@@ -29,20 +29,39 @@ def _strict(text: str) -> dict:
 
 def test_gpu_check_cpu_mode_runs_the_cpu_parts_and_lists_the_skipped(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
-    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--cpu", "--out", str(tmp_path)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    env.update(
+        PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--cpu", "--out", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
     result = _strict((tmp_path / "gpu_check.json").read_text())
-    assert result["schema"] == 1 and result["mode"] == "cpu" and result["ok"] is True and result["failed"] == []
+    assert (
+        result["schema"] == 1 and result["mode"] == "cpu" and result["ok"] is True and result["failed"] == []
+    )
     assert result["device"]["type"] == "cpu" and result["device"]["peak_flops"] > 0
-    assert result["versions"]["torch"] and result["versions"]["deepspeed"] and result["versions"]["megatron-core"]
+    assert (
+        result["versions"]["torch"]
+        and result["versions"]["deepspeed"]
+        and result["versions"]["megatron-core"]
+    )
     parts = result["parts"]
     assert list(parts) == ["optimizer", "logits", "engines", "resume", "tests_gpu"]
     assert all(set(p) == PART_KEYS for p in parts.values())
     assert {n: p["status"] for n, p in parts.items()} == {
-        "optimizer": "ok", "logits": "ok", "engines": "ok", "resume": "ok", "tests_gpu": "skipped"}
+        "optimizer": "ok",
+        "logits": "ok",
+        "engines": "ok",
+        "resume": "ok",
+        "tests_gpu": "skipped",
+    }
 
     # every skipped part or item: one line of the table with its reason
     skipped = [("tests_gpu", parts["tests_gpu"]["reason"])]
@@ -50,7 +69,9 @@ def test_gpu_check_cpu_mode_runs_the_cpu_parts_and_lists_the_skipped(tmp_path: P
     assert len(skipped) == 4  # tests/gpu, the stock GPTModel's logits, bf16 finetunes + MFU, megatron stock
     table = (tmp_path / "gpu_check.txt").read_text().strip()
     assert table in proc.stdout
-    lines = [ln for ln in table.splitlines() if ln.split()[1:2] == ["skipped"] or ln.split()[:1] == ["skipped"]]
+    lines = [
+        ln for ln in table.splitlines() if ln.split()[1:2] == ["skipped"] or ln.split()[:1] == ["skipped"]
+    ]
     assert len(lines) == len(skipped), lines
     for _, reason in skipped:
         assert "needs CUDA" in reason

@@ -44,8 +44,16 @@ pytestmark = pytest.mark.slow
 README = ROOT / "README.md"
 DATA = ROOT / "tests" / "data"
 
-RUN = ["schedule.steps=4", "schedule.warmup=1", "train.batch_size=4", "train.micro_batch=2", "train.eval_every=2",
-       "train.eval_sequences=8", "checkpoint.every=2", "train.peak_flops=1e11"]  # peak fixed: no matmul timing
+RUN = [
+    "schedule.steps=4",
+    "schedule.warmup=1",
+    "train.batch_size=4",
+    "train.micro_batch=2",
+    "train.eval_every=2",
+    "train.eval_sequences=8",
+    "checkpoint.every=2",
+    "train.peak_flops=1e11",
+]  # peak fixed: no matmul timing
 SWEEP_RUN = ["train.eval_sequences=8", "train.peak_flops=1e11", "tracking.enabled=false"]
 SWEEP = [
     "tracking.enabled=false",
@@ -62,7 +70,10 @@ SWEEP = [
 ]  # fmt: skip
 # (a README line matching the pattern) -> the size words added to it; the first match wins
 SIZES: list[tuple[str, list[str]]] = [
-    (r"^dist-forget data prepare", ["--domains", "english", "code", "--vocab-size", "512", "--seq-len", "64"]),
+    (
+        r"^dist-forget data prepare",
+        ["--domains", "english", "code", "--vocab-size", "512", "--seq-len", "64"],
+    ),
     (r"^dist-forget data preview", ["--target-tokens", "4096"]),
     (r"^dist-forget (pretrain|finetune) .*--resume auto", [*RUN, "schedule.steps=6"]),  # continues 4 -> 6
     (r"^dist-forget (pretrain|finetune) ", RUN),
@@ -119,9 +130,16 @@ def launcher_lines() -> list[Line]:
 def _env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # dist-forget, deepspeed
+    env["PATH"] = os.pathsep.join(
+        [str(Path(sys.executable).parent), env.get("PATH", "")]
+    )  # dist-forget, deepspeed
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "DIST_FORGET_PARENT_RUN_ID"):
+    for var in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_RUN_ID",
+        "MLFLOW_EXPERIMENT_NAME",
+        "DIST_FORGET_PARENT_RUN_ID",
+    ):
         env.pop(var, None)
     env.update(extra)
     return env
@@ -133,10 +151,16 @@ def _split_env(words: list[str]) -> tuple[dict[str, str], list[str]]:
     return dict(w.split("=", 1) for w in words[:n]), words[n:]
 
 
-def _run(line: Line, scratch: Path, ok: tuple[int, ...] = (0,), **env: str) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(line.words, cwd=scratch, env=_env(**env), capture_output=True, text=True, timeout=600)
-    assert res.returncode in ok, (f"README line failed (exit {res.returncode}): {line.text}\nran: "
-                                  f"{shlex.join(line.words)}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+def _run(
+    line: Line, scratch: Path, ok: tuple[int, ...] = (0,), **env: str
+) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(
+        line.words, cwd=scratch, env=_env(**env), capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode in ok, (
+        f"README line failed (exit {res.returncode}): {line.text}\nran: "
+        f"{shlex.join(line.words)}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    )
     return res
 
 
@@ -184,8 +208,11 @@ def test_the_pipeline_block_runs_in_order(scratch: Path) -> None:
     # what each step left for the next (the README's story, not the details: other tests have those)
     assert json.loads((work / "data/shards/code/manifest.json").read_text())["seq_len"] == 64
     tiny = work / "runs" / "finetune-tiny"
-    train_steps = [json.loads(ln)["step"] for ln in (tiny / "metrics.jsonl").read_text().splitlines()
-                   if json.loads(ln)["kind"] == "train"]
+    train_steps = [
+        json.loads(ln)["step"]
+        for ln in (tiny / "metrics.jsonl").read_text().splitlines()
+        if json.loads(ln)["kind"] == "train"
+    ]
     assert train_steps == [1, 2, 3, 4, 5, 6]  # the --resume auto line continued the 4-step run
     assert json.loads((tiny / "summary.json").read_text())["anchor_decay"] == 0.1
     assert list(tiny.glob("mlflow_fallback.jsonl.synced*")), "track sync uploaded nothing"
@@ -209,7 +236,9 @@ def test_single_node_launcher_lines_run(scratch: Path) -> None:
         launched = Line(line.text, [*words, f"out_dir=work/launch-{i}"])
         _run(launched, scratch, MASTER_PORT=port, RDZV_ENDPOINT=f"127.0.0.1:{port}", **assign)
         summary = json.loads((scratch / "work" / f"launch-{i}" / "summary.json").read_text())
-        assert summary["model_params"] == pretrained["model_params"]  # finetuned the README's pretrained model
+        assert (
+            summary["model_params"] == pretrained["model_params"]
+        )  # finetuned the README's pretrained model
         report = json.loads((scratch / "work" / f"launch-{i}" / "report.json").read_text())
         assert (report["world_size"], report["engine"]) == (int(assign["NPROC"]), "deepspeed")
         ran += 1

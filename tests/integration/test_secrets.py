@@ -29,8 +29,15 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "finetune" / "tiny.yaml"
 USER, SECRET, WRONG = "admin", "Sup3r-S3cret-Pa55word", "Wr0ng-Guess-Pa55word"
-ENV_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-            "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "DIST_FORGET_PARENT_RUN_ID")
+ENV_KEYS = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "DIST_FORGET_PARENT_RUN_ID",
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +60,36 @@ def _uri(server: LocalServer, password: str) -> str:
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
-    base.update(PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
-                DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, "-m", "dist_forget.cli", *args], env={**base, **(env or {})}, cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    base.update(
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS="1",
+        DS_ACCELERATOR="cpu",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "dist_forget.cli", *args],
+        env={**base, **(env or {})},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
-def _finetune(tiny_data, base_model: Path, out: Path, uri: str, experiment: str) -> subprocess.CompletedProcess[str]:
-    overrides = tiny_finetune_overrides(tiny_data, base_model, out, "tracking.enabled=true", f"tracking.uri={uri}",
-                                        f"tracking.experiment={experiment}", "tracking.flush_every_s=0.2")
+def _finetune(
+    tiny_data, base_model: Path, out: Path, uri: str, experiment: str
+) -> subprocess.CompletedProcess[str]:
+    overrides = tiny_finetune_overrides(
+        tiny_data,
+        base_model,
+        out,
+        "tracking.enabled=true",
+        f"tracking.uri={uri}",
+        f"tracking.experiment={experiment}",
+        "tracking.flush_every_s=0.2",
+    )
     return _cli("finetune", "--config", str(CONFIG), *overrides)
 
 
@@ -86,8 +114,14 @@ def test_probe_sends_the_uri_credentials(auth_server: LocalServer, clean_env: No
         probe(auth_server.uri)
 
 
-def test_right_password_logs_and_leaks_nowhere(tiny_data, base_model, auth_server: LocalServer, tmp_path: Path,
-                                              clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_right_password_logs_and_leaks_nowhere(
+    tiny_data,
+    base_model,
+    auth_server: LocalServer,
+    tmp_path: Path,
+    clean_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     out = tmp_path / "run"
     proc = _finetune(tiny_data, base_model, out, _uri(auth_server, SECRET), "sec-right")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -105,16 +139,23 @@ def test_right_password_logs_and_leaks_nowhere(tiny_data, base_model, auth_serve
     assert not [k for k in run.data.params if k.startswith("tracking.")]  # where to log is no param
     assert not [v for v in {**run.data.params, **run.data.tags}.values() if SECRET in v]
     config = client.download_artifacts(run.info.run_id, "run_config.json", str(tmp_path / "dl"))
-    assert json.loads(Path(config).read_text())["tracking"]["uri"] == f"http://***@127.0.0.1:{auth_server.port}"
+    assert (
+        json.loads(Path(config).read_text())["tracking"]["uri"] == f"http://***@127.0.0.1:{auth_server.port}"
+    )
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 4
     # files that hold what came from the environment are the owner's only
     assert (out / "run_config.json").stat().st_mode & 0o077 == 0
     assert (out / "checkpoints").stat().st_mode & 0o077 == 0
 
 
-def test_wrong_password_falls_back_then_sync_uploads(tiny_data, base_model, auth_server: LocalServer,
-                                                     tmp_path: Path, clean_env: None,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_password_falls_back_then_sync_uploads(
+    tiny_data,
+    base_model,
+    auth_server: LocalServer,
+    tmp_path: Path,
+    clean_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     out = tmp_path / "run"
     shown = f"http://***@127.0.0.1:{auth_server.port}"
     proc = _finetune(tiny_data, base_model, out, _uri(auth_server, WRONG), "sec-wrong")
@@ -127,15 +168,25 @@ def test_wrong_password_falls_back_then_sync_uploads(tiny_data, base_model, auth
         assert secret not in proc.stdout + proc.stderr
         assert _holding(tmp_path, secret) == []
 
-    bad = _cli("track", "sync", "--path", str(out),
-               env={"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": WRONG})
+    bad = _cli(
+        "track",
+        "sync",
+        "--path",
+        str(out),
+        env={"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": WRONG},
+    )
     assert bad.returncode == 2
     err = bad.stderr.strip()
     assert len(err.splitlines()) == 1 and shown in err and "refused" in err and WRONG not in err
     assert fallback.is_file()
 
-    good = _cli("track", "sync", "--path", str(out),
-                env={"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": SECRET})
+    good = _cli(
+        "track",
+        "sync",
+        "--path",
+        str(out),
+        env={"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": SECRET},
+    )
     assert good.returncode == 0, good.stderr[-3000:]
     assert SECRET not in good.stdout + good.stderr and shown in good.stdout
     client = _client(auth_server, monkeypatch)

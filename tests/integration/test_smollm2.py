@@ -64,8 +64,12 @@ def test_folder_is_a_plain_hf_folder_that_init_from_resolves(folder: Path) -> No
         assert (folder / name).is_file(), name
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config  # de-quantized: an ordinary fp32 checkpoint
-    assert (config["model_type"], config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (
-        "llama", 576, 30, 49152)
+    assert (
+        config["model_type"],
+        config["hidden_size"],
+        config["num_hidden_layers"],
+        config["vocab_size"],
+    ) == ("llama", 576, 30, 49152)
     assert resolve_init("smollm2", CACHE) == folder
 
 

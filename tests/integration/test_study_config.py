@@ -56,7 +56,9 @@ def test_sweep_config_runs_at_toy_scale(name, tiny_data, tmp_path):
                     and p.values["inject_fraction"] == 0.01)  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for point in (pretrain, finetune):
-        argv = [sys.executable, *point.argv[1:], *TOY] if point.argv[0] == sys.executable else point.argv + TOY
+        argv = (
+            [sys.executable, *point.argv[1:], *TOY] if point.argv[0] == sys.executable else point.argv + TOY
+        )
         res = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert json.loads(point.summary.read_text())["model_params"] > 0

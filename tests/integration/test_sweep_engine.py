@@ -101,15 +101,28 @@ def test_real_sweep_as_a_researcher_reads_it_in_mlflow(tiny_data, tmp_path: Path
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(doc))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DIST_FORGET_"))}
-    res = subprocess.run([sys.executable, "-m", "dist_forget.cli", "sweep", "--config", str(config)], cwd=ROOT,
-                         env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "dist_forget.cli", "sweep", "--config", str(config)],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
     base = mlflow_server.uri
     exp = rest(base, "experiments/get-by-name", experiment_name="sweep-engine-mlflow")["experiment"]
-    runs = {r["info"]["run_name"]: r for r in rest(base, "runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]}
-    assert set(runs) == {"sweep-engine-mlflow", "pretrain-cpu-0.03m", "cpu-0.03m_code_D2048_p0_a0_s0",
-                         "cpu-0.03m_code_D2048_p0.25_a0_s0"}
+    runs = {
+        r["info"]["run_name"]: r
+        for r in rest(base, "runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+    }
+    assert set(runs) == {
+        "sweep-engine-mlflow",
+        "pretrain-cpu-0.03m",
+        "cpu-0.03m_code_D2048_p0_a0_s0",
+        "cpu-0.03m_code_D2048_p0.25_a0_s0",
+    }
 
     def kv(run: dict, part: str) -> dict[str, str]:
         return {x["key"]: x["value"] for x in run["data"].get(part, [])}
@@ -134,24 +147,41 @@ def test_real_sweep_as_a_researcher_reads_it_in_mlflow(tiny_data, tmp_path: Path
     assert not [v for v in list(params.values()) + list(tags.values()) if str(tmp_path) in v]
     assert tags["mlflow.source.name"] == "dist-forget finetune" and "mlflow.user" in tags
 
-    history = rest(base, "metrics/get-history", run_id=ft["info"]["run_id"], metric_key="val/forgetting")["metrics"]
+    history = rest(base, "metrics/get-history", run_id=ft["info"]["run_id"], metric_key="val/forgetting")[
+        "metrics"
+    ]
     pt = rest(base, "metrics/get-history", run_id=ft["info"]["run_id"], metric_key="val/pt_loss")["metrics"]
     pt0 = kv(ft, "metrics")["val/pt_loss_base"]
     assert sorted(m["step"] for m in history) == [0, 2, 4, 6]
     by_step = {m["step"]: m["value"] for m in pt}
     assert all(abs(m["value"] - (by_step[m["step"]] - pt0)) < 1e-9 for m in history)
     metrics = kv(ft, "metrics")
-    assert {"best/ft_loss", "best/pt_loss", "best/forgetting", "best/step", "train/injected_sequences"} <= set(metrics)
+    assert {
+        "best/ft_loss",
+        "best/pt_loss",
+        "best/forgetting",
+        "best/step",
+        "train/injected_sequences",
+    } <= set(metrics)
     assert metrics["train/injected_sequences"] == 6  # 6 steps x 4 sequences at p = 0.25
     assert "val/forgetting" not in kv(pre, "metrics")
 
     inputs = {d["dataset"]["name"]: d for d in ft["inputs"]["dataset_inputs"]}
     assert set(inputs) == {"code", "english"}
     input_tags = {n: {t["key"]: t["value"] for t in d["tags"]} for n, d in inputs.items()}
-    assert input_tags["english"] == {"mlflow.data.context": "injected", "role": "pretraining", "inject_fraction": "0.25"}
-    assert input_tags["code"]["mlflow.data.context"] == "train" and input_tags["code"]["target_tokens"] == "2048"
+    assert input_tags["english"] == {
+        "mlflow.data.context": "injected",
+        "role": "pretraining",
+        "inject_fraction": "0.25",
+    }
+    assert (
+        input_tags["code"]["mlflow.data.context"] == "train" and input_tags["code"]["target_tokens"] == "2048"
+    )
     profile = json.loads(inputs["code"]["dataset"]["profile"])
-    assert profile["splits"]["train"]["tokens"] > 0 and inputs["code"]["dataset"]["digest"] == profile["manifest_sha256"][:36]
+    assert (
+        profile["splits"]["train"]["tokens"] > 0
+        and inputs["code"]["dataset"]["digest"] == profile["manifest_sha256"][:36]
+    )
 
     versions = rest(base, "model-versions/search", filter="name='tiny-ft'")["model_versions"]
     finetunes = {runs[n]["info"]["run_id"] for n in runs if n.startswith("cpu-")}

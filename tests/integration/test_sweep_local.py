@@ -171,14 +171,21 @@ def test_runs_nest_under_one_mlflow_parent(
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["runs.csv"]
 
 
-def test_parent_run_holds_the_fit_and_the_store_can_move(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parent_run_holds_the_fit_and_the_store_can_move(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The default local store (no server): the parent run gets REPORT.md, the plots, fit.json and the
     fitted values as metrics; then the sweep folder is moved elsewhere, a fresh `mlflow server` is started
     on the copy and serves the artifacts through its REST API (nothing points at the old path)."""
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("FAKE_RUN_SECONDS", "0")
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "DIST_FORGET_PARENT_RUN_ID",
-                "DIST_FORGET_SWEEP_DIR"):
+    for var in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLFLOW_RUN_ID",
+        "DIST_FORGET_PARENT_RUN_ID",
+        "DIST_FORGET_SWEEP_DIR",
+    ):
         monkeypatch.delenv(var, raising=False)
     sizes = ["cpu-0.03m", "cpu-0.1m", "cpu-0.3m"]
     config = str(write_sweep(
@@ -201,15 +208,23 @@ def test_parent_run_holds_the_fit_and_the_store_can_move(tmp_path: Path, monkeyp
     shutil.copytree(sweep, moved)
     shutil.rmtree(sweep)  # nothing may point back at the original folder
     with LocalServer(tmp_path / "srv", store=moved) as server:
+
         def get(endpoint: str, **query: str) -> bytes:
             url = f"{server.uri}/{endpoint}?{urllib.parse.urlencode(query)}"
             with urllib.request.urlopen(url, timeout=30) as resp:
                 return resp.read()
 
-        exp = json.loads(get("api/2.0/mlflow/experiments/get-by-name", experiment_name="portable"))["experiment"]
-        body = json.dumps({"experiment_ids": [exp["experiment_id"]], "filter": "tags.stage = 'sweep'"}).encode()
-        req = urllib.request.Request(f"{server.uri}/api/2.0/mlflow/runs/search", data=body,
-                                     headers={"Content-Type": "application/json"})
+        exp = json.loads(get("api/2.0/mlflow/experiments/get-by-name", experiment_name="portable"))[
+            "experiment"
+        ]
+        body = json.dumps(
+            {"experiment_ids": [exp["experiment_id"]], "filter": "tags.stage = 'sweep'"}
+        ).encode()
+        req = urllib.request.Request(
+            f"{server.uri}/api/2.0/mlflow/runs/search",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=30) as resp:
             (parent,) = json.loads(resp.read())["runs"]
         run_id = parent["info"]["run_id"]

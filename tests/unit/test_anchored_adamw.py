@@ -48,9 +48,15 @@ def test_update_equals_hand_written_reference_over_25_steps_with_groups():
     weights = [p for p in model.parameters() if p.ndim >= 2]
     others = [p for p in model.parameters() if p.ndim < 2]
     lr, betas, eps = 3e-2, (0.8, 0.95), 1e-6
-    opt = AnchoredAdamW([{"params": weights, "weight_decay": 0.1, "anchor_decay": 0.5},
-                         {"params": others, "weight_decay": 0.0, "anchor_decay": 2.0}],
-                        lr=lr, betas=betas, eps=eps)
+    opt = AnchoredAdamW(
+        [
+            {"params": weights, "weight_decay": 0.1, "anchor_decay": 0.5},
+            {"params": others, "weight_decay": 0.0, "anchor_decay": 2.0},
+        ],
+        lr=lr,
+        betas=betas,
+        eps=eps,
+    )
     params = weights + others
     hp = [(0.1, 0.5)] * len(weights) + [(0.0, 2.0)] * len(others)
     history = []
@@ -59,8 +65,9 @@ def test_update_equals_hand_written_reference_over_25_steps_with_groups():
         history.append([p.grad.clone() for p in params])
         opt.step()
     start = [p.detach().clone() for p in _model().parameters()]
-    start = [start[i] for i, p in enumerate(_model().parameters()) if p.ndim >= 2] + \
-            [start[i] for i, p in enumerate(_model().parameters()) if p.ndim < 2]
+    start = [start[i] for i, p in enumerate(_model().parameters()) if p.ndim >= 2] + [
+        start[i] for i, p in enumerate(_model().parameters()) if p.ndim < 2
+    ]
     expected = _reference(start, history, hp, lr, betas, eps)
     for p, e in zip(params, expected):
         torch.testing.assert_close(p.detach().double(), e, atol=2e-6, rtol=0)
@@ -140,15 +147,21 @@ def test_state_dict_round_trip_continues_identically():
 
 def test_checkpoint_without_anchor_or_with_wrong_shape_names_the_parameter():
     model = _model()
-    named = [{"params": [p for _, p in model.named_parameters()],
-              "param_names": [n for n, _ in model.named_parameters()]}]
+    named = [
+        {
+            "params": [p for _, p in model.named_parameters()],
+            "param_names": [n for n, _ in model.named_parameters()],
+        }
+    ]
     opt = AnchoredAdamW(named, lr=1e-2)
     _grads(model, 0)
     opt.step()
     sd = copy.deepcopy(opt.state_dict())
     del sd["state"][2]["anchor"]
-    fresh = AnchoredAdamW([{"params": list(model.parameters()),
-                            "param_names": [n for n, _ in model.named_parameters()]}], lr=1e-2)
+    fresh = AnchoredAdamW(
+        [{"params": list(model.parameters()), "param_names": [n for n, _ in model.named_parameters()]}],
+        lr=1e-2,
+    )
     with pytest.raises(UserError, match=r"'1\.weight'.*no 'anchor'"):
         fresh.load_state_dict(sd)
     sd = copy.deepcopy(opt.state_dict())
@@ -163,11 +176,17 @@ def test_checkpoint_without_anchor_or_with_wrong_shape_names_the_parameter():
         plain.load_state_dict(adamw.state_dict())
 
 
-@pytest.mark.parametrize("kwargs, culprit", [
-    ({"lr": 0.0}, "lr=0.0"), ({"lr": -1.0}, "lr=-1.0"), ({"anchor_decay": -0.1}, "anchor_decay=-0.1"),
-    ({"betas": (1.0, 0.9)}, r"betas=\(1.0, 0.9\)"), ({"betas": (0.9, -0.1)}, r"betas=\(0.9, -0.1\)"),
-    ({"weight_decay": -1.0}, "weight_decay=-1.0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, culprit",
+    [
+        ({"lr": 0.0}, "lr=0.0"),
+        ({"lr": -1.0}, "lr=-1.0"),
+        ({"anchor_decay": -0.1}, "anchor_decay=-0.1"),
+        ({"betas": (1.0, 0.9)}, r"betas=\(1.0, 0.9\)"),
+        ({"betas": (0.9, -0.1)}, r"betas=\(0.9, -0.1\)"),
+        ({"weight_decay": -1.0}, "weight_decay=-1.0"),
+    ],
+)
 def test_bad_hyperparameters_raise_value_error_naming_the_value(kwargs, culprit):
     with pytest.raises(ValueError, match=culprit):
         AnchoredAdamW(_model().parameters(), **kwargs)

@@ -14,8 +14,14 @@ from dist_forget import cli
 from dist_forget.errors import UserError
 
 
-def _example(out: Path, size: int = 3, mode: Literal["a", "b"] = "a", verbose: bool = False,
-             names: list[str] | None = None, overrides: list[str] | None = None) -> int:
+def _example(
+    out: Path,
+    size: int = 3,
+    mode: Literal["a", "b"] = "a",
+    verbose: bool = False,
+    names: list[str] | None = None,
+    overrides: list[str] | None = None,
+) -> int:
     """Example command."""
     if size < 0:
         raise UserError(f"--size {size} must be >= 0")
@@ -26,9 +32,17 @@ def _example(out: Path, size: int = 3, mode: Literal["a", "b"] = "a", verbose: b
 def test_signature_becomes_flags():
     parser = argparse.ArgumentParser()
     cli.add_signature_arguments(parser, _example)
-    ns = parser.parse_args(["k=v", "--out", "x", "--size", "5", "--mode", "b", "--verbose", "--names", "p", "q"])
-    assert vars(ns) == {"out": Path("x"), "size": 5, "mode": "b", "verbose": True, "names": ["p", "q"],
-                        "overrides": ["k=v"]}
+    ns = parser.parse_args(
+        ["k=v", "--out", "x", "--size", "5", "--mode", "b", "--verbose", "--names", "p", "q"]
+    )
+    assert vars(ns) == {
+        "out": Path("x"),
+        "size": 5,
+        "mode": "b",
+        "verbose": True,
+        "names": ["p", "q"],
+        "overrides": ["k=v"],
+    }
     with pytest.raises(SystemExit):
         parser.parse_args(["--size", "5"])  # --out is required
 

@@ -14,9 +14,25 @@ DATA = Path(__file__).parents[1] / "data"
 
 
 def test_preview_json(tiny_data, capsys):
-    rc = main(["data", "preview", "--target", str(tiny_data.code), "--pretrain", str(tiny_data.english),
-               "--inject-fraction", "0.01", "--target-tokens", str(100 * tiny_data.seq_len), "--steps", "50",
-               "--global-batch", "20", "--json"])
+    rc = main(
+        [
+            "data",
+            "preview",
+            "--target",
+            str(tiny_data.code),
+            "--pretrain",
+            str(tiny_data.english),
+            "--inject-fraction",
+            "0.01",
+            "--target-tokens",
+            str(100 * tiny_data.seq_len),
+            "--steps",
+            "50",
+            "--global-batch",
+            "20",
+            "--json",
+        ]
+    )
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["sequences"] == 1000 and out["pretrain_sequences"] == 10
@@ -27,18 +43,36 @@ def test_preview_json(tiny_data, capsys):
 
 
 def test_preview_table(tiny_data, capsys):
-    assert main(["data", "preview", "--target", str(tiny_data.code), "--steps", "3", "--global-batch", "4"]) == 0
+    assert (
+        main(["data", "preview", "--target", str(tiny_data.code), "--steps", "3", "--global-batch", "4"]) == 0
+    )
     assert "target_epochs" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--inject-fraction", "1.0"], "inject_fraction"),
-    (["--inject-fraction", "-0.5"], "inject_fraction"),
-    (["--target-tokens", "999999999"], "exceeds the target train split"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--inject-fraction", "1.0"], "inject_fraction"),
+        (["--inject-fraction", "-0.5"], "inject_fraction"),
+        (["--target-tokens", "999999999"], "exceeds the target train split"),
+    ],
+)
 def test_preview_bad_input_is_one_line_exit_2(tiny_data, capsys, args, needle):
-    rc = main(["data", "preview", "--target", str(tiny_data.code), "--pretrain", str(tiny_data.english),
-               "--steps", "1", "--global-batch", "1", *args])
+    rc = main(
+        [
+            "data",
+            "preview",
+            "--target",
+            str(tiny_data.code),
+            "--pretrain",
+            str(tiny_data.english),
+            "--steps",
+            "1",
+            "--global-batch",
+            "1",
+            *args,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and err.count("\n") == 1 and err.startswith("error: ")
 
@@ -51,14 +85,56 @@ def test_unknown_domain(tmp_path, capsys):
 
 
 def test_tokenizer_and_shard_commands(tmp_path, capsys):
-    assert main(["data", "tokenizer", "--corpus", str(DATA / "english.jsonl"), str(DATA / "code.jsonl"),
-                 "--out", str(tmp_path / "tok"), "--vocab-size", "400"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "tokenizer",
+                "--corpus",
+                str(DATA / "english.jsonl"),
+                str(DATA / "code.jsonl"),
+                "--out",
+                str(tmp_path / "tok"),
+                "--vocab-size",
+                "400",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "tok" / "tokenizer.json").is_file()
-    assert main(["data", "shard", "--corpus", str(DATA / "code.jsonl"), "--tokenizer", str(tmp_path / "tok"),
-                 "--out", str(tmp_path / "code"), "--seq-len", "32"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "shard",
+                "--corpus",
+                str(DATA / "code.jsonl"),
+                "--tokenizer",
+                str(tmp_path / "tok"),
+                "--out",
+                str(tmp_path / "code"),
+                "--seq-len",
+                "32",
+            ]
+        )
+        == 0
+    )
     m = read_manifest(tmp_path / "code")
     assert m.domain == "code" and m.seq_len == 32 and m.vocab_size == 400
     assert "train_seq" in capsys.readouterr().out
-    assert main(["data", "shard", "--corpus", str(tmp_path / "none.jsonl"), "--tokenizer", str(tmp_path / "tok"),
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "shard",
+                "--corpus",
+                str(tmp_path / "none.jsonl"),
+                "--tokenizer",
+                str(tmp_path / "tok"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "none.jsonl does not exist" in capsys.readouterr().err

@@ -23,7 +23,7 @@ def test_chunk_text_keeps_every_paragraph_and_respects_the_cap():
 
 
 def test_roff_to_text_and_dedupe():
-    roff = '.TH LS 1\n.SH NAME\nls \\- Verzeichnisinhalte auflisten\n.SH BESCHREIBUNG\n.B ls\nzeigt \\fBDateien\\fR an.\n'
+    roff = ".TH LS 1\n.SH NAME\nls \\- Verzeichnisinhalte auflisten\n.SH BESCHREIBUNG\n.B ls\nzeigt \\fBDateien\\fR an.\n"
     text = extract.roff_to_text(roff)
     assert "NAME" in text and "ls - Verzeichnisinhalte auflisten" in text and "zeigt Dateien an." in text
     docs = list(extract.dedupe_paragraphs(["a\n\nboilerplate", "b\n\nboilerplate", "boilerplate"]))
@@ -50,10 +50,18 @@ def _apt_ready() -> str | None:
 @pytest.mark.skipif(_apt_ready() is not None, reason=str(_apt_ready()))
 def test_fetch_a_real_small_package_is_recorded_and_idempotent(tmp_path, monkeypatch):
     def devil(roots):
-        yield from extract.chunk_text(corpora._read(roots["dict-devil"] / "usr/share/dictd/devil.dict.dz", "gz"))
+        yield from extract.chunk_text(
+            corpora._read(roots["dict-devil"] / "usr/share/dictd/devil.dict.dz", "gz")
+        )
 
-    spec = corpora.Domain("devil", "target", "Devil's Dictionary", "public domain",
-                          (corpora.Package("deb", "dict-devil", licence="public domain"),), devil)
+    spec = corpora.Domain(
+        "devil",
+        "target",
+        "Devil's Dictionary",
+        "public domain",
+        (corpora.Package("deb", "dict-devil", licence="public domain"),),
+        devil,
+    )
     monkeypatch.setitem(corpora.SOURCES, "devil", spec)
     logs: list[str] = []
     first = corpora.build_domain("devil", tmp_path, log=logs.append)
@@ -68,8 +76,14 @@ def test_fetch_a_real_small_package_is_recorded_and_idempotent(tmp_path, monkeyp
 
 @pytest.mark.skipif(_apt_ready() is not None, reason=str(_apt_ready()))
 def test_missing_package_names_the_package(tmp_path, monkeypatch):
-    spec = corpora.Domain("ghost", "target", "", "none",
-                          (corpora.Package("deb", "no-such-package-dist-forget"),), lambda roots: iter(()))
+    spec = corpora.Domain(
+        "ghost",
+        "target",
+        "",
+        "none",
+        (corpora.Package("deb", "no-such-package-dist-forget"),),
+        lambda roots: iter(()),
+    )
     monkeypatch.setitem(corpora.SOURCES, "ghost", spec)
     with pytest.raises(UserError, match="no-such-package-dist-forget"):
         corpora.build_domain("ghost", tmp_path, log=lambda s: None)

@@ -27,14 +27,22 @@ DATA = Path(__file__).parents[1] / "data"
 
 
 def _cfg(tiny_data, p=0.05, d=None, seed=0) -> MixtureConfig:
-    return MixtureConfig(target=str(tiny_data.code), pretrain=str(tiny_data.english), inject_fraction=p,
-                         target_tokens=d, seed=seed)
+    return MixtureConfig(
+        target=str(tiny_data.code),
+        pretrain=str(tiny_data.english),
+        inject_fraction=p,
+        target_tokens=d,
+        seed=seed,
+    )
 
 
 def _take(stream: MixedStream, steps: int, b: int):
     batches = [stream.next_batch(b) for _ in range(steps)]
-    return (torch.cat([x.input_ids for x in batches]), torch.cat([x.is_pretrain for x in batches]),
-            torch.cat([x.global_indices for x in batches]))
+    return (
+        torch.cat([x.input_ids for x in batches]),
+        torch.cat([x.is_pretrain for x in batches]),
+        torch.cat([x.global_indices for x in batches]),
+    )
 
 
 @pytest.mark.parametrize("p", [0.0, 0.001, 0.01, 0.05, 0.5])
@@ -56,8 +64,13 @@ def test_fraction_is_exact_at_every_prefix(tiny_data, p):
 def test_pretrain_sequences_come_from_pretrain_shards(tiny_data):
     stream = MixedStream(_cfg(tiny_data, 0.5))
     ids, is_pre, _ = _take(stream, 10, 8)
-    english = {tuple(r) for r in ShardSet(tiny_data.english).gather(np.arange(len(ShardSet(tiny_data.english)))).tolist()}
-    code = {tuple(r) for r in ShardSet(tiny_data.code).gather(np.arange(len(ShardSet(tiny_data.code)))).tolist()}
+    english = {
+        tuple(r)
+        for r in ShardSet(tiny_data.english).gather(np.arange(len(ShardSet(tiny_data.english)))).tolist()
+    }
+    code = {
+        tuple(r) for r in ShardSet(tiny_data.code).gather(np.arange(len(ShardSet(tiny_data.code)))).tolist()
+    }
     assert all(tuple(r) in english for r in ids[is_pre].tolist())
     assert all(tuple(r) in code for r in ids[~is_pre].tolist())
 
@@ -104,7 +117,9 @@ def test_two_ranks_two_workers_no_overlap_no_gap(tiny_data):
     cfg, b, n = _cfg(tiny_data, 0.05), 3, 10
     seen = []
     for rank in range(2):
-        ds = MixedStreamDataset(cfg, micro_batch_size=b, rank=rank, world_size=2, start_consumed=6, num_batches=n)
+        ds = MixedStreamDataset(
+            cfg, micro_batch_size=b, rank=rank, world_size=2, start_consumed=6, num_batches=n
+        )
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
         batches = list(loader)
         reference = MixedStream(cfg, rank=rank, world_size=2)
@@ -136,7 +151,7 @@ def test_resume_at_a_random_step_is_bit_exact(tiny_data):
         for r, s in enumerate(resumed):
             rest = _take(s, 60 - stop, 5)
             for got, want in zip(rest, expected[r]):
-                assert torch.equal(got, want[stop * 5:])
+                assert torch.equal(got, want[stop * 5 :])
 
 
 def test_reshard_continues_the_same_global_stream(tiny_data):
@@ -154,11 +169,14 @@ def test_reshard_continues_the_same_global_stream(tiny_data):
         MixedStream(cfg).load_state_dict(two[0].state_dict())
 
 
-@pytest.mark.parametrize("change,field", [
-    ({"inject_fraction": 0.01}, "inject_fraction"),
-    ({"seed": 3}, "seed"),
-    ({"target_tokens": 64 * 50}, "target_tokens"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"inject_fraction": 0.01}, "inject_fraction"),
+        ({"seed": 3}, "seed"),
+        ({"target_tokens": 64 * 50}, "target_tokens"),
+    ],
+)
 def test_fingerprint_mismatch_is_refused(tiny_data, change, field):
     saved = MixedStream(_cfg(tiny_data, 0.05))
     saved.next_batch(4)
@@ -170,8 +188,13 @@ def test_fingerprint_mismatch_is_refused(tiny_data, change, field):
 
 def test_fingerprint_names_changed_shards(tiny_data, tmp_path):
     saved = MixedStream(_cfg(tiny_data, 0.05)).state_dict()
-    write_shards(read_documents(DATA / "code.jsonl"), tiny_data.tokenizer_dir, tmp_path / "code2", "code",
-                 ShardConfig(seq_len=tiny_data.seq_len, seed=1))
+    write_shards(
+        read_documents(DATA / "code.jsonl"),
+        tiny_data.tokenizer_dir,
+        tmp_path / "code2",
+        "code",
+        ShardConfig(seq_len=tiny_data.seq_len, seed=1),
+    )
     cfg = MixtureConfig(target=str(tmp_path / "code2"), pretrain=str(tiny_data.english), inject_fraction=0.05)
     with pytest.raises(UserError, match="target"):
         MixedStream(cfg).load_state_dict(saved)
@@ -202,15 +225,23 @@ def test_seq_len_and_tokenizer_mismatch_between_manifests(tiny_data, tmp_path):
     docs = list(read_documents(DATA / "code.jsonl"))
     write_shards(docs, tiny_data.tokenizer_dir, tmp_path / "code32", "code", ShardConfig(seq_len=32))
     with pytest.raises(UserError, match="seq_len mismatch.*--seq-len"):
-        MixedStream(MixtureConfig(target=str(tmp_path / "code32"), pretrain=str(tiny_data.english),
-                                  inject_fraction=0.1))
+        MixedStream(
+            MixtureConfig(
+                target=str(tmp_path / "code32"), pretrain=str(tiny_data.english), inject_fraction=0.1
+            )
+        )
     from dist_forget.data.tokenizer import TokenizerConfig, train_tokenizer
 
     train_tokenizer(docs, tmp_path / "tok300", TokenizerConfig(vocab_size=300, max_chars=None))
-    write_shards(docs, tmp_path / "tok300", tmp_path / "code300", "code", ShardConfig(seq_len=tiny_data.seq_len))
+    write_shards(
+        docs, tmp_path / "tok300", tmp_path / "code300", "code", ShardConfig(seq_len=tiny_data.seq_len)
+    )
     with pytest.raises(UserError, match="tokenizer mismatch"):
-        MixedStream(MixtureConfig(target=str(tmp_path / "code300"), pretrain=str(tiny_data.english),
-                                  inject_fraction=0.1))
+        MixedStream(
+            MixtureConfig(
+                target=str(tmp_path / "code300"), pretrain=str(tiny_data.english), inject_fraction=0.1
+            )
+        )
 
 
 def test_validation_batches_are_deterministic_and_partitioned(tiny_data):
@@ -219,8 +250,10 @@ def test_validation_batches_are_deterministic_and_partitioned(tiny_data):
     assert torch.equal(a, b) and a.dtype == torch.int64 and a.shape[1] == tiny_data.seq_len
     val = ShardSet(tiny_data.code, "val")
     assert torch.equal(a, torch.from_numpy(val.gather(np.arange(len(val))).astype(np.int64)))
-    parts = [torch.cat(list(validation_batches(tiny_data.code, 4, max_sequences=51, rank=r, world_size=2)))
-             for r in range(2)]
+    parts = [
+        torch.cat(list(validation_batches(tiny_data.code, 4, max_sequences=51, rank=r, world_size=2)))
+        for r in range(2)
+    ]
     assert len(parts[0]) + len(parts[1]) == 51
     assert torch.equal(parts[0], a[0:51:2]) and torch.equal(parts[1], a[1:51:2])
 
@@ -228,8 +261,16 @@ def test_validation_batches_are_deterministic_and_partitioned(tiny_data):
 def test_mixture_config_loads_as_a_yaml_section(tiny_data):
     from dist_forget.config import load_config
 
-    cfg = load_config(MixtureConfig, None, [f"target={tiny_data.code}", "inject_fraction=0.01",
-                                            f"pretrain={tiny_data.english}", "target_tokens=6400"])
+    cfg = load_config(
+        MixtureConfig,
+        None,
+        [
+            f"target={tiny_data.code}",
+            "inject_fraction=0.01",
+            f"pretrain={tiny_data.english}",
+            "target_tokens=6400",
+        ],
+    )
     assert cfg.inject_fraction == 0.01 and cfg.target_tokens == 6400
     with pytest.raises(UserError, match=r"inject_fraction = 2.0 must be in \[0, 1\)"):
         load_config(MixtureConfig, None, ["inject_fraction=2.0"])

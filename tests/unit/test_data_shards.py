@@ -30,7 +30,9 @@ def _copy(src: Path, dst: Path) -> Path:
 def test_manifest_describes_the_shards(tiny_data):
     m = read_manifest(tiny_data.code)
     assert m.seq_len == tiny_data.seq_len and m.dtype == "uint16" and m.vocab_size == tiny_data.vocab_size
-    assert m.splits["train"].documents + m.splits["val"].documents == len(list(read_documents(DATA / "code.jsonl")))
+    assert m.splits["train"].documents + m.splits["val"].documents == len(
+        list(read_documents(DATA / "code.jsonl"))
+    )
     assert m.splits["val"].documents >= 1 and len(m.splits["train"].shards) > 1
     for split in m.splits.values():
         assert split.tokens == split.sequences * m.seq_len
@@ -43,8 +45,12 @@ def test_random_access_matches_a_plain_webdataset_read(tiny_data):
 
     m = read_manifest(tiny_data.english)
     urls = [str(tiny_data.english / s.file) for s in m.splits["train"].shards]
-    plain = np.concatenate([x["npy"] for x in wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.single_node_only)
-                            .decode()])
+    plain = np.concatenate(
+        [
+            x["npy"]
+            for x in wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.single_node_only).decode()
+        ]
+    )
     shards = ShardSet(tiny_data.english)
     assert np.array_equal(shards.gather(np.arange(len(shards))), plain)
     idx = np.random.default_rng(0).permutation(len(shards))[:100]
@@ -57,7 +63,9 @@ def test_token_stream_is_documents_with_eos(tiny_data):
     m = read_manifest(tiny_data.code)
     tok = Tokenizer.from_file(str(tiny_data.tokenizer_dir / "tokenizer.json"))
     train = ShardSet(tiny_data.code)
-    pieces = tok.decode(train.gather(np.arange(len(train))).reshape(-1).tolist(), skip_special_tokens=False).split(EOS)
+    pieces = tok.decode(
+        train.gather(np.arange(len(train))).reshape(-1).tolist(), skip_special_tokens=False
+    ).split(EOS)
     originals = list(read_documents(DATA / "code.jsonl"))
     is_val = _pick_val(len(originals), ShardConfig(val_fraction=m.val_fraction, seed=m.split_seed))
     train_docs = [d for d, v in zip(originals, is_val) if not v]
@@ -83,9 +91,17 @@ def test_validation_is_held_out_by_document(tiny_data):
 
 
 def test_shards_are_reproducible(tiny_data, tmp_path):
-    cfg = ShardConfig(seq_len=tiny_data.seq_len, val_fraction=0.1, rows_per_member=16, sequences_per_shard=256)
-    m = write_shards(read_documents(DATA / "code.jsonl"), tiny_data.tokenizer_dir, tmp_path / "again", "code", cfg,
-                     source={"domain": "code", "file": "code.jsonl"})
+    cfg = ShardConfig(
+        seq_len=tiny_data.seq_len, val_fraction=0.1, rows_per_member=16, sequences_per_shard=256
+    )
+    m = write_shards(
+        read_documents(DATA / "code.jsonl"),
+        tiny_data.tokenizer_dir,
+        tmp_path / "again",
+        "code",
+        cfg,
+        source={"domain": "code", "file": "code.jsonl"},
+    )
     assert m.fingerprint == read_manifest(tiny_data.code).fingerprint
 
 

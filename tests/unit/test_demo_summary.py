@@ -41,8 +41,14 @@ def test_laws_that_can_answer_end_on_a_plan_with_p_in_0_1(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "forgetting, changes, reason",
-    [({"A": 2.0, "alpha": 0.0, "beta": 0.3, "B": 1000.0}, {}, "forgetting-law warnings above"),  # no size effect
-     (None, {"best": (100, 300)}, "protocol not met: u_curve_bottom")],  # fmt: skip
+    [
+        (
+            {"A": 2.0, "alpha": 0.0, "beta": 0.3, "B": 1000.0},
+            {},
+            "forgetting-law warnings above",
+        ),  # no size effect
+        (None, {"best": (100, 300)}, "protocol not met: u_curve_bottom"),
+    ],  # fmt: skip
 )
 def test_runs_that_cannot_answer_say_why_and_print_no_plan(tmp_path, capsys, forgetting, changes, reason):
     root = finished_sweep(tmp_path, forgetting, **changes)

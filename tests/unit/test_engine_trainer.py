@@ -58,7 +58,11 @@ def test_finetune_writes_summary_with_the_runs_table_columns(full_run, base_mode
     evals = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if r["kind"] == "eval"]
     best = min(evals, key=lambda r: r["ft_loss"])
-    assert (summary["ft_loss"], summary["pt_loss"], summary["steps"]) == (best["ft_loss"], best["pt_loss"], best["step"])
+    assert (summary["ft_loss"], summary["pt_loss"], summary["steps"]) == (
+        best["ft_loss"],
+        best["pt_loss"],
+        best["step"],
+    )
     assert summary["pt_loss_base"] == evals[0]["pt_loss"]
     ckpts = run / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step-00000004"
@@ -72,8 +76,19 @@ def test_finetune_writes_summary_with_the_runs_table_columns(full_run, base_mode
 def test_injection_fraction_is_exact(tiny_data, base_model, tmp_path):
     """p = 0.01 with 100 sequences per step: every step holds exactly one pretraining sequence."""
     out = tmp_path / "p"
-    train(_cfg(tiny_data, base_model, out, "train.batch_size=100", "train.micro_batch=50", "schedule.steps=2",
-               "train.eval_every=0", "checkpoint.every=0"), "finetune")
+    train(
+        _cfg(
+            tiny_data,
+            base_model,
+            out,
+            "train.batch_size=100",
+            "train.micro_batch=50",
+            "schedule.steps=2",
+            "train.eval_every=0",
+            "checkpoint.every=0",
+        ),
+        "finetune",
+    )
     steps = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     fractions = [r["inject_fraction"] for r in steps if r["kind"] == "train"]
     assert fractions == [0.01, 0.01]
@@ -91,8 +106,9 @@ def test_resume_gives_identical_losses(tiny_data, base_model, full_run, tmp_path
     assert (part / "checkpoints" / "latest").read_text().strip() == "step-00000004"
 
 
-def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_data, base_model, full_run, tmp_path,
-                                                              monkeypatch):
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(
+    tiny_data, base_model, full_run, tmp_path, monkeypatch
+):
     """The disk fills up in the middle of the step-4 save: the kernel refuses writes past 64 KiB (RLIMIT_FSIZE,
     with SIGXFSZ ignored so write() fails instead of killing the process). The run stops with one line naming
     the step-2 checkpoint, which is untouched, and --resume auto from it gives the uninterrupted losses."""
@@ -149,12 +165,15 @@ def test_nan_loss_stops_naming_the_step(tiny_data, base_model, tmp_path):
         train(_cfg(tiny_data, broken, tmp_path / "n"), "finetune")
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("optim.lrr=1", "lrr"),
-    ("optim.lr=fast", "optim.lr"),
-    ("train.batch_size=5", "train.batch_size"),
-    ("engine=horovod", "engine"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("optim.lrr=1", "lrr"),
+        ("optim.lr=fast", "optim.lr"),
+        ("train.batch_size=5", "train.batch_size"),
+        ("engine=horovod", "engine"),
+    ],
+)
 def test_config_errors_are_one_line(tiny_data, base_model, tmp_path, capsys, override, needle):
     argv = ["finetune", "--config", str(CONFIG), *_overrides(tiny_data, base_model, tmp_path / "c"), override]
     assert cli.main(argv) == 2

@@ -18,7 +18,9 @@ def _codes(records, form: str) -> dict[str, list[str]]:
 
 
 def test_a_clean_table_from_known_laws_has_no_warning():
-    records = fit_runs(synthetic_runs(SyntheticConfig()), ["finetune", "forgetting"], CFG, "largest", progress=False)
+    records = fit_runs(
+        synthetic_runs(SyntheticConfig()), ["finetune", "forgetting"], CFG, "largest", progress=False
+    )
     assert all(r["warnings"] == [] for r in records), [r["warnings"] for r in records]
 
 
@@ -62,7 +64,9 @@ def test_fit_cli_prints_warnings_and_report_lists_them(tmp_path, capsys, flag):
     from dist_forget import cli
 
     runs = synthetic_runs(SyntheticConfig(sizes=(1e5, 1e6)))
-    rows = ["domain,model_params,target_tokens,inject_fraction,anchor_decay,ft_loss,pt_loss,pt_loss_base,steps,run_id"]
+    rows = [
+        "domain,model_params,target_tokens,inject_fraction,anchor_decay,ft_loss,pt_loss,pt_loss_base,steps,run_id"
+    ]
     v = runs.values
     rows += [
         f"wiki,{v['model_params'][i]},{v['target_tokens'][i]},{v['inject_fraction'][i]},0,{v['ft_loss'][i]},"

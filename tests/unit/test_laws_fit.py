@@ -26,8 +26,11 @@ def test_reproduces_epoch_chinchilla_refit():
 def test_gradient_is_exact():
     runs = synthetic_runs(SyntheticConfig(fractions=(0.0, 0.01)))
     for name, form in FORMS.items():
-        cols = dict(runs.values, anchor_decay=np.linspace(0.0, 0.1, len(runs)),
-                    ft_loss_base=runs.values["ft_loss"] + np.linspace(0.2, 1.0, len(runs)))
+        cols = dict(
+            runs.values,
+            anchor_decay=np.linspace(0.0, 0.1, len(runs)),
+            ft_loss_base=runs.values["ft_loss"] + np.linspace(0.2, 1.0, len(runs)),
+        )
         obj = Objective(form, cols, runs.values[form.target], FitConfig(loss="squared"))
         theta = np.array([np.mean(p.grid) * 0.5 + 0.1 for p in form.params])
         _, grad = obj(theta)

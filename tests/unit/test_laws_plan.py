@@ -82,7 +82,10 @@ def test_unreachable_budget_says_what_p_100_percent_gives(fits, capsys, tmp_path
             "--max-forgetting", "1e-4"]  # fmt: skip
     assert cli.main(argv) == 1
     text = capsys.readouterr().out
-    assert f"not reachable by injection alone at N=1e+05, D=1e+07: predicted forgetting at p = 100 % is {at_p1:.4g}" in text
+    assert (
+        f"not reachable by injection alone at N=1e+05, D=1e+07: predicted forgetting at p = 100 % is {at_p1:.4g}"
+        in text
+    )
     assert "e+2" not in text.split("is", 1)[1]  # no astronomically large "p" anywhere
     assert cli.main([*argv, "--json"]) == 1
     answer = json.loads(capsys.readouterr().out)
@@ -122,7 +125,8 @@ def test_a_finetune_fit_warning_withholds_only_the_predicted_finetune_loss(fits)
     assert out["ft_loss_withheld"].startswith("ci_too_wide") and out["warnings"][0]["form"] == "finetune"
     assert "predicted finetune loss: withheld, the finetune fit carries ci_too_wide" in format_plan(out)
     assert plan(bad, "wiki", 3e6, 1e6, max_forgetting=0.05, force=True)["predicted_ft_loss"] == pytest.approx(
-        clean["predicted_ft_loss"])
+        clean["predicted_ft_loss"]
+    )
 
 
 def test_planner_ignores_a_warning_on_a_parameter_it_does_not_use(fits):

@@ -32,7 +32,9 @@ def test_area_imports_only_what_lies_below_it(area):
     for path in sorted((PACKAGE / area).rglob("*.py")):
         for name in _imports(path):
             bad = [f for f in FORBIDDEN[area] if name == f or name.startswith(f + ".")]
-            assert not bad, f"{path.relative_to(PACKAGE.parent)} imports {name}, which {area}/ must not depend on"
+            assert not bad, (
+                f"{path.relative_to(PACKAGE.parent)} imports {name}, which {area}/ must not depend on"
+            )
 
 
 def test_schema_needs_only_the_standard_library():

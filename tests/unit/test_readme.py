@@ -40,7 +40,7 @@ def test_readme_commands_parse():
         assert key is not None, f"README shows an unknown command: dist-forget {' '.join(words)}"
         parser = argparse.ArgumentParser(exit_on_error=False)
         cli.add_signature_arguments(parser, cli._resolve(cli.COMMANDS[key]))
-        parser.parse_args(words[len(key):])  # raises on an unknown flag or a badly typed value
+        parser.parse_args(words[len(key) :])  # raises on an unknown flag or a badly typed value
 
 
 LAUNCHED = re.compile(r"(?:^|\s)launchers/(?:deepspeed\.sh|torchrun\.sh|slurm\.sbatch)\s+(.*)$")
@@ -51,7 +51,9 @@ def _launcher_lines() -> list[tuple[str, str]]:
     comments of the launchers themselves (the words after a launcher are a dist-forget command line)."""
     found = []
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
-    sources = [("README.md", [ln for b in blocks for ln in b.splitlines() if not ln.lstrip().startswith("#")])]
+    sources = [
+        ("README.md", [ln for b in blocks for ln in b.splitlines() if not ln.lstrip().startswith("#")])
+    ]
     for script in ("deepspeed.sh", "torchrun.sh", "slurm.sbatch"):
         lines = (ROOT / "launchers" / script).read_text().splitlines()
         sources.append((f"launchers/{script}", [ln.lstrip("#") for ln in lines if ln.startswith("#")]))
@@ -63,7 +65,9 @@ def _launcher_lines() -> list[tuple[str, str]]:
     return found
 
 
-@pytest.mark.parametrize(("where", "args"), _launcher_lines(), ids=[f"{w}-{i}" for i, (w, _) in enumerate(_launcher_lines())])
+@pytest.mark.parametrize(
+    ("where", "args"), _launcher_lines(), ids=[f"{w}-{i}" for i, (w, _) in enumerate(_launcher_lines())]
+)
 def test_launcher_examples_are_valid_command_lines(where: str, args: str):
     words = shlex.split(args)
     key = next((k for k in cli.COMMANDS if tuple(words[: len(k)]) == k), None)
@@ -71,7 +75,7 @@ def test_launcher_examples_are_valid_command_lines(where: str, args: str):
     parser = argparse.ArgumentParser(exit_on_error=False)
     cli.add_signature_arguments(parser, cli._resolve(cli.COMMANDS[key]))
     try:
-        ns = parser.parse_args(words[len(key):])
+        ns = parser.parse_args(words[len(key) :])
     except (argparse.ArgumentError, SystemExit) as exc:
         pytest.fail(f"{where}: `dist-forget {args}` does not parse ({exc})")
     if "..." not in words:  # a whole example: its config and overrides load (keys and types checked)

@@ -13,8 +13,19 @@ from dist_forget.laws import table
 
 def test_the_law_table_reads_the_columns_the_schema_defines():
     assert table.REQUIRED_COLUMNS is schema.REQUIRED_COLUMNS and table.SUMMARY_KEYS is schema.SUMMARY_KEYS
-    assert schema.SUMMARY_KEYS == ("domain", "model_params", "target_tokens", "inject_fraction", "anchor_decay",
-                                   "ft_loss", "pt_loss", "pt_loss_base", "ft_loss_base", "steps", "run_id")
+    assert schema.SUMMARY_KEYS == (
+        "domain",
+        "model_params",
+        "target_tokens",
+        "inject_fraction",
+        "anchor_decay",
+        "ft_loss",
+        "pt_loss",
+        "pt_loss_base",
+        "ft_loss_base",
+        "steps",
+        "run_id",
+    )
 
 
 def test_summary_row_orders_the_keys_and_refuses_others():
@@ -27,9 +38,21 @@ def test_summary_row_orders_the_keys_and_refuses_others():
 
 
 def test_a_summary_row_is_a_valid_runs_table_row(tmp_path: Path):
-    row = schema.summary_row({"domain": "code", "model_params": 26784, "target_tokens": 2048,
-                              "inject_fraction": 0.01, "anchor_decay": 0.0, "ft_loss": 3.2, "pt_loss": 4.1,
-                              "pt_loss_base": 4.0, "ft_loss_base": 3.9, "steps": 6, "run_id": "local:x"})
+    row = schema.summary_row(
+        {
+            "domain": "code",
+            "model_params": 26784,
+            "target_tokens": 2048,
+            "inject_fraction": 0.01,
+            "anchor_decay": 0.0,
+            "ft_loss": 3.2,
+            "pt_loss": 4.1,
+            "pt_loss_base": 4.0,
+            "ft_loss_base": 3.9,
+            "steps": 6,
+            "run_id": "local:x",
+        }
+    )
     (tmp_path / schema.SUMMARY_FILE).write_text(json.dumps(row))
     runs = table.read_runs(tmp_path)
     assert runs.run_id == ["local:x"] and runs.values["pt_loss"][0] == 4.1
@@ -38,8 +61,12 @@ def test_a_summary_row_is_a_valid_runs_table_row(tmp_path: Path):
 
 def test_read_metrics_filters_by_kind_and_step(tmp_path: Path):
     path = tmp_path / schema.METRICS_FILE
-    records = [schema.eval_record(0, 5.0, 4.0), schema.train_record(1, {"loss": 5.5, "lr": 1e-3}),
-               schema.train_record(2, {"loss": float("nan"), "lr": 1e-3}), schema.eval_record(2, 4.5, 4.2)]
+    records = [
+        schema.eval_record(0, 5.0, 4.0),
+        schema.train_record(1, {"loss": 5.5, "lr": 1e-3}),
+        schema.train_record(2, {"loss": float("nan"), "lr": 1e-3}),
+        schema.eval_record(2, 4.5, 4.2),
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + "\n")  # a blank line is skipped
     assert [r["step"] for r in schema.read_metrics(path)] == [0, 1, 2, 2]
     assert schema.read_metrics(path, "eval") == [records[0], records[3]]

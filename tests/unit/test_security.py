@@ -90,6 +90,7 @@ def _losses(out: Path) -> dict[int, float]:
 
 # ---------------------------------------------------------------------- 1. no code runs from a checkpoint
 
+
 def test_load_pt_refuses_code_and_names_damaged_files(tmp_path):
     marker = tmp_path / "pwned"
     evil = plant(tmp_path / "evil.pt", marker)
@@ -163,8 +164,11 @@ def megatron_folder(tmp_path) -> tuple[Path, Path, Path]:
 @pytest.mark.parametrize("command", ["megatron-to-hf", "reshard-megatron"])
 def test_megatron_converters_refuse_a_crafted_rank_file(megatron_folder, tmp_path, capsys, command):
     folder, evil, marker = megatron_folder
-    args = (["--megatron", str(folder)] if command == "megatron-to-hf"
-            else ["--checkpoint", str(folder), "--tp", "1"])
+    args = (
+        ["--megatron", str(folder)]
+        if command == "megatron-to-hf"
+        else ["--checkpoint", str(folder), "--tp", "1"]
+    )
     assert cli.main(["convert", command, *args, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -185,7 +189,9 @@ def test_zero_converters_refuse_a_crafted_file(tmp_path, capsys, command, kind):
         torch.save({"optimizer_state_dict": {"zero_stage": 2, "partition_count": 1}}, optim)
         evil = plant(ckpt / "mp_rank_00_model_states.pt", marker)
     args = ["--world-size", "1"] if command == "reshard" else []
-    assert cli.main(["convert", command, "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), *args]) == 2
+    assert (
+        cli.main(["convert", command, "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), *args]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert_refused(err, evil, marker)
@@ -200,11 +206,17 @@ def test_hf_to_megatron_refuses_crafted_weights(tmp_path, capsys):
     (folder / "model.safetensors").unlink()  # an older HF folder: weights in pytorch_model.bin, a pickle
     marker = tmp_path / "pwned"
     evil = plant(folder / "pytorch_model.bin", marker)
-    assert cli.main(["convert", "hf-to-megatron", "--hf", str(folder), "--out", str(tmp_path / "m"), "--tp", "1"]) == 2
+    assert (
+        cli.main(
+            ["convert", "hf-to-megatron", "--hf", str(folder), "--out", str(tmp_path / "m"), "--tp", "1"]
+        )
+        == 2
+    )
     assert_refused(capsys.readouterr().err.strip(), evil, marker)
 
 
 # ---------------------------------------------------------------------- 4. tokenizer identity
+
 
 def test_shards_from_another_tokenizer_of_the_same_size_are_refused(tiny_data, base_model, tmp_path):
     from dist_forget.data.documents import read_documents
@@ -215,14 +227,28 @@ def test_shards_from_another_tokenizer_of_the_same_size_are_refused(tiny_data, b
     model = tmp_path / "model"  # a model folder that ships its tokenizer, as every export of ours does
     shutil.copytree(base_model, model)
     shutil.copy(tiny_data.tokenizer_dir / "tokenizer.json", model / "tokenizer.json")
-    other_tok = train_tokenizer(read_documents(DATA / "code.jsonl"), tmp_path / "other_tok",
-                                TokenizerConfig(vocab_size=tiny_data.vocab_size, max_chars=None))
+    other_tok = train_tokenizer(
+        read_documents(DATA / "code.jsonl"),
+        tmp_path / "other_tok",
+        TokenizerConfig(vocab_size=tiny_data.vocab_size, max_chars=None),
+    )
     other = tmp_path / "shards" / "code"
-    manifest = write_shards(read_documents(DATA / "code.jsonl"), other_tok.parent, other, "code",
-                            ShardConfig(seq_len=tiny_data.seq_len, val_fraction=0.1, rows_per_member=16))
+    manifest = write_shards(
+        read_documents(DATA / "code.jsonl"),
+        other_tok.parent,
+        other,
+        "code",
+        ShardConfig(seq_len=tiny_data.seq_len, val_fraction=0.1, rows_per_member=16),
+    )
     assert manifest.vocab_size <= tiny_data.vocab_size  # the size check alone lets these through
-    cfg = _cfg(tiny_data, model, tmp_path / "run", f"data.target={other}", "data.inject_fraction=0",
-               "data.pretrain=null")
+    cfg = _cfg(
+        tiny_data,
+        model,
+        tmp_path / "run",
+        f"data.target={other}",
+        "data.inject_fraction=0",
+        "data.pretrain=null",
+    )
     with pytest.raises(UserError) as exc:
         train(cfg, "finetune")
     text = str(exc.value)
@@ -233,6 +259,7 @@ def test_shards_from_another_tokenizer_of_the_same_size_are_refused(tiny_data, b
 
 
 # ---------------------------------------------------------------------- 5. a broken `latest` falls back
+
 
 def test_resume_auto_falls_back_from_a_truncated_latest(tiny_data, base_model, run4, tmp_path, capsys):
     out = _copy(run4, tmp_path)
@@ -272,10 +299,16 @@ def test_startup_tidies_killed_saves_and_keep_holds(tiny_data, base_model, run4,
     shutil.copytree(ckpts / "step-00000004", ckpts / ".tmp-step-00000006")
     shutil.copytree(ckpts / "step-00000002", ckpts / ".old-step-00000002")
     (ckpts / ".latest.abc123.tmp").write_text("step-000")
-    shutil.copytree(ckpts / "step-00000002", ckpts / "step-00000001")  # published, then killed before retention
+    shutil.copytree(
+        ckpts / "step-00000002", ckpts / "step-00000001"
+    )  # published, then killed before retention
     shutil.copytree(ckpts / "step-00000002", ckpts / "step-00000003")
     done = clean_leftovers(ckpts)
-    assert sorted(done) == ["removed .latest.abc123.tmp", "removed .old-step-00000002", "removed .tmp-step-00000006"]
+    assert sorted(done) == [
+        "removed .latest.abc123.tmp",
+        "removed .old-step-00000002",
+        "removed .tmp-step-00000006",
+    ]
     # killed between the renames of a re-save: the old copy is the only one, so it comes back
     (ckpts / "step-00000004").rename(ckpts / ".old-step-00000004")
     assert clean_leftovers(ckpts) == ["restored step-00000004"]
@@ -291,12 +324,24 @@ def test_startup_tidies_killed_saves_and_keep_holds(tiny_data, base_model, run4,
 
 # ---------------------------------------------------------------------- 6. errors together, shards first
 
+
 def test_unknown_key_and_bad_values_are_reported_together(tmp_path, capsys):
-    argv = ["finetune", "--config", str(CONFIG), "optim.lrr=1", "train.batch_size=-1", "tracking.flush_every_s=x"]
+    argv = [
+        "finetune",
+        "--config",
+        str(CONFIG),
+        "optim.lrr=1",
+        "train.batch_size=-1",
+        "tracking.flush_every_s=x",
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "3 problems" in err
-    assert "unknown key 'optim.lrr'" in err and "train.batch_size = -1" in err and "tracking.flush_every_s" in err
+    assert (
+        "unknown key 'optim.lrr'" in err
+        and "train.batch_size = -1" in err
+        and "tracking.flush_every_s" in err
+    )
 
 
 def test_corrupt_shards_are_found_before_the_model_is_built(tiny_data, tmp_path):

@@ -20,8 +20,13 @@ def run(n, d, p=0.0, a=0.0, seed=0, ft=3.0, f=0.5, domain="code"):
 
 
 def test_trend_reads_endpoints_of_each_series():
-    runs = [run(1e4, 1e4, f=0.8), run(3e4, 1e4, f=0.6), run(1e5, 1e4, f=0.4),  # shrinks with N
-            run(1e4, 1e5, f=0.9), run(1e5, 1e5, f=1.0)]  # grows with N
+    runs = [
+        run(1e4, 1e4, f=0.8),
+        run(3e4, 1e4, f=0.6),
+        run(1e5, 1e4, f=0.4),  # shrinks with N
+        run(1e4, 1e5, f=0.9),
+        run(1e5, 1e5, f=1.0),
+    ]  # grows with N
     t = fd.trend(runs, "n", decreasing=True)
     assert t["n_series"] == 2 and t["share_agreeing"] == 0.5 and t["verdict"] == "mixed"
     assert t["mean_ratio_last_first"] == pytest.approx((0.4 / 0.8 + 1.0 / 0.9) / 2)
@@ -29,9 +34,12 @@ def test_trend_reads_endpoints_of_each_series():
 
 
 def test_injection_pairs_only_runs_that_differ_in_p():
-    runs = [run(1e4, 1e4, f=0.8, ft=3.0), run(1e4, 1e4, p=0.01, f=0.2, ft=3.03),
-            run(1e4, 1e4, p=0.01, seed=1, f=0.1),  # no p = 0 partner with seed 1: not paired
-            run(1e4, 1e4, a=10.0, f=0.3)]
+    runs = [
+        run(1e4, 1e4, f=0.8, ft=3.0),
+        run(1e4, 1e4, p=0.01, f=0.2, ft=3.03),
+        run(1e4, 1e4, p=0.01, seed=1, f=0.1),  # no p = 0 partner with seed 1: not paired
+        run(1e4, 1e4, a=10.0, f=0.3),
+    ]
     e = fd.injection_effect(runs, 0.01)
     assert e["n_pairs"] == 1
     assert e["forgetting_removed_mean"] == pytest.approx(0.75)
@@ -39,8 +47,12 @@ def test_injection_pairs_only_runs_that_differ_in_p():
 
 
 def test_anchored_run_meets_the_injection_run_with_the_closest_target_loss():
-    runs = [run(1e4, 1e4, ft=3.00, f=0.8), run(1e4, 1e4, p=0.01, ft=3.10, f=0.5),
-            run(1e4, 1e4, p=0.05, ft=3.30, f=0.2), run(1e4, 1e4, a=10.0, ft=3.12, f=0.4)]
+    runs = [
+        run(1e4, 1e4, ft=3.00, f=0.8),
+        run(1e4, 1e4, p=0.01, ft=3.10, f=0.5),
+        run(1e4, 1e4, p=0.05, ft=3.30, f=0.2),
+        run(1e4, 1e4, a=10.0, ft=3.12, f=0.4),
+    ]
     pairs = fd.anchored_vs_injection(runs)["pairs"]
     assert len(pairs) == 1 and pairs[0]["rival_p"] == 0.01
     assert pairs[0]["forgetting_diff"] == pytest.approx(-0.1)
@@ -57,8 +69,13 @@ def test_noise_floor_and_identity_check():
 
 
 def test_report_on_runs_from_known_laws_states_the_findings(tmp_path):
-    cfg = SyntheticConfig(sizes=(1e5, 3e5, 1e6, 3e6), tokens=(1e5, 1e6, 1e7), fractions=(0.0, 0.01, 0.05),
-                          domains=("code", "legal"), noise=0.001)
+    cfg = SyntheticConfig(
+        sizes=(1e5, 3e5, 1e6, 3e6),
+        tokens=(1e5, 1e6, 1e7),
+        fractions=(0.0, 0.01, 0.05),
+        domains=("code", "legal"),
+        noise=0.001,
+    )
     sweep = make_sweep(tmp_path / "sweep")  # run files that meet the protocol
     write_runs_csv(synthetic_runs(cfg), sweep / "runs.csv")
     out = tmp_path / "report"
@@ -74,7 +91,7 @@ def test_report_on_runs_from_known_laws_states_the_findings(tmp_path):
     facts = json.loads((out / "findings.json").read_text())
     assert facts["protocol"]["met"] is True and "## Protocol (checked in the run data)" in text
     removed = facts["injection"]["0.01"]["forgetting_removed_mean"]
-    assert removed == pytest.approx(1 - 11 ** -0.4, abs=0.02)  # 1 - (1 + B p)^-alpha
+    assert removed == pytest.approx(1 - 11**-0.4, abs=0.02)  # 1 - (1 + B p)^-alpha
     assert (out / "runs.csv").read_text() == (sweep / "runs.csv").read_text()
     assert (out / "study_forgetting_vs_D.png").stat().st_size > 1000
     (out / "NOTES.md").write_text("Why the numbers look like this.\n")

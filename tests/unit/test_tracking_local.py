@@ -89,8 +89,15 @@ def test_sync_to_dead_server_is_a_user_error(tmp_path: Path) -> None:
     assert (tmp_path / FALLBACK_NAME).exists()
 
 
-DATASET = {"name": "code", "digest": "ab" * 32, "source_type": "local", "source": '{"uri": "shards/code"}',
-           "profile": '{"splits": {}}', "context": "train", "tags": {"inject_fraction": "0.01"}}
+DATASET = {
+    "name": "code",
+    "digest": "ab" * 32,
+    "source_type": "local",
+    "source": '{"uri": "shards/code"}',
+    "profile": '{"splits": {}}',
+    "context": "train",
+    "tags": {"inject_fraction": "0.01"},
+}
 
 
 def test_params_json_source_tags_inputs_and_a_relative_store(runs_dir: Path) -> None:
@@ -98,8 +105,15 @@ def test_params_json_source_tags_inputs_and_a_relative_store(runs_dir: Path) -> 
     (out).mkdir()
     (out / "REPORT.md").write_text("# report\n")
     cfg = TrackingConfig(flush_every_s=0.05, system_metrics=False)
-    with Tracker.create(cfg, 0, "meta", {"optim.betas": (0.9, 0.95), "grid.p": [0.0, 0.01]}, out,
-                        tags={"stage": "finetune"}, source_name="dist-forget finetune") as tracker:
+    with Tracker.create(
+        cfg,
+        0,
+        "meta",
+        {"optim.betas": (0.9, 0.95), "grid.p": [0.0, 0.01]},
+        out,
+        tags={"stage": "finetune"},
+        source_name="dist-forget finetune",
+    ) as tracker:
         tracker.log_inputs([DATASET])
         tracker.log_artifact(out / "REPORT.md", "fit")
     client = MlflowClient(f"sqlite:///{runs_dir / 'mlflow.db'}")
@@ -122,7 +136,9 @@ def test_inputs_artifact_folders_and_registration_survive_the_fallback(runs_dir:
     out = runs_dir / "offline-inputs"
     out.mkdir()
     (out / "fit.json").write_text("{}")
-    cfg = TrackingConfig(uri=f"http://127.0.0.1:{free_port()}", experiment="offline-inputs", flush_every_s=0.05)
+    cfg = TrackingConfig(
+        uri=f"http://127.0.0.1:{free_port()}", experiment="offline-inputs", flush_every_s=0.05
+    )
     with pytest.warns(RuntimeWarning, match="unavailable"):
         tracker = Tracker.create(cfg, 0, "offline-inputs", {}, out)
     tracker.log_inputs([DATASET])

@@ -13,8 +13,9 @@ from dist_forget.sweep.collect import fit_metrics
 SIG = {"hidden": 32, "layers": 2, "ffn": 96, "non_embedding_params": 26784, "total_params": 43168}
 
 
-def test_finetune_params_are_the_config_and_the_model_tags_are_the_axes(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_finetune_params_are_the_config_and_the_model_tags_are_the_axes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DIST_FORGET_SWEEP_DIR", str(tmp_path))
     base = tmp_path / "pretrain" / "cpu-0.03m"
     base.mkdir(parents=True)
@@ -25,21 +26,34 @@ def test_finetune_params_are_the_config_and_the_model_tags_are_the_axes(tmp_path
             "data.target_tokens": 20000, "optim.betas": (0.9, 0.95), "optim.anchor_decay": 0.0, "train.seed": 1,
             "tracking.uri": "http://h:5000", "tracking.parent_run_id": None}  # fmt: skip
     params, tags = params_and_tags(flat, "finetune", SIG, 20032, tmp_path / "finetune" / "x")
-    assert not {"out_dir", "model.init_from", "model.cache_dir", "data.target", "tracking.uri",
-                "tracking.parent_run_id"} & set(params)
+    assert not {
+        "out_dir",
+        "model.init_from",
+        "model.cache_dir",
+        "data.target",
+        "tracking.uri",
+        "tracking.parent_run_id",
+    } & set(params)
     assert params["data.pretrain"] is None and params["optim.betas"] == (0.9, 0.95)  # JSON'd by the tracker
     assert (params["model.size"], params["model.params_non_embedding"], params["model.params_total"]) == (
-        "cpu-0.03m", 26784, 43168)
+        "cpu-0.03m",
+        26784,
+        43168,
+    )
     assert {k: tags[k] for k in ("stage", "domain", "size", "target_tokens", "inject_fraction", "anchor_decay",
                                  "seed")} == {"stage": "finetune", "domain": "code", "size": "cpu-0.03m",
                                               "target_tokens": "20000", "inject_fraction": "0.01",
                                               "anchor_decay": "0.0", "seed": "1"}  # fmt: skip
     assert tags["dist_forget.path.out_dir"] == "finetune/x"
     assert tags["dist_forget.path.model.init_from"] == "pretrain/cpu-0.03m"
-    assert tags["dist_forget.path.data.target"] == "shards/code" and tags["dist_forget.base_run_id"] == "abc123"
+    assert (
+        tags["dist_forget.path.data.target"] == "shards/code" and tags["dist_forget.base_run_id"] == "abc123"
+    )
 
 
-def test_a_named_model_stays_a_param_and_names_the_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_named_model_stays_a_param_and_names_the_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DIST_FORGET_SWEEP_DIR", raising=False)
     sig = {**SIG, "hidden": 576, "layers": 30, "ffn": 1536}
