@@ -64,19 +64,18 @@ def _read(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _run_dirs(sweep: Path, stage: str) -> list[Path]:
-    return sorted(p.parent for p in (sweep / stage).glob("*/summary.json"))
+def _runs(sweep: Path, stage: str) -> list[tuple[Path, dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """(folder, summary.json, report.json, run_config.json) of every finished run of a stage."""
+    dirs = sorted(p.parent for p in (sweep / stage).glob("*/summary.json"))
+    return [
+        (d, _read(d / "summary.json"), _read(d / "report.json"), _read(d / "run_config.json")) for d in dirs
+    ]
 
 
 def ladder(sweep: Path) -> list[dict[str, Any]]:
     """One row per pretrained size, smallest N first: N, total params, tokens, tokens/param, val loss."""
     rows = []
-    for run in _run_dirs(sweep, "pretrain"):
-        summary, rep, cfg = (
-            _read(run / "summary.json"),
-            _read(run / "report.json"),
-            _read(run / "run_config.json"),
-        )
+    for run, summary, rep, cfg in _runs(sweep, "pretrain"):
         manifest = _read(Path(cfg.get("data", {}).get("target", "")) / "manifest.json")
         tokens = int(rep.get("sequences", 0)) * int(manifest.get("seq_len", 0))
         total = int(rep.get("total_params", 0))
@@ -91,12 +90,7 @@ def ladder(sweep: Path) -> list[dict[str, Any]]:
 def finetunes(sweep: Path) -> list[dict[str, Any]]:
     """One row per finetune: its best and last step, injected sequences by the best step, eval size."""
     rows = []
-    for run in _run_dirs(sweep, "finetune"):
-        summary, rep, cfg = (
-            _read(run / "summary.json"),
-            _read(run / "report.json"),
-            _read(run / "run_config.json"),
-        )
+    for run, summary, rep, cfg in _runs(sweep, "finetune"):
         p = float(summary.get("inject_fraction", 0.0))
         batch = int(cfg.get("train", {}).get("batch_size", 0))
         best = int(rep.get("best_step", summary.get("steps", 0)))

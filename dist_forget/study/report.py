@@ -133,16 +133,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _ladder_rows(sweep: Path) -> list[str]:
     rows = ["| size | N (non-embedding) | total params | pretraining tokens | steps | English val loss |",
             "|---|---|---|---|---|---|"]  # fmt: skip
-    pre = sorted(
-        (sweep / "pretrain").glob("*/summary.json"), key=lambda p: _read_json(p).get("model_params", 0)
-    )
-    for path in pre:
-        s, rep = _read_json(path), _read_json(path.parent / "report.json")
-        cfg = _read_json(path.parent / "run_config.json")
-        manifest = _read_json(Path(cfg.get("data", {}).get("target", "")) / "manifest.json")
-        tokens = rep.get("sequences", 0) * manifest.get("seq_len", 0)
-        rows.append(f"| {path.parent.name} | {s.get('model_params', 0):,.0f} | {rep.get('total_params', 0):,} | "
-                    f"{tokens:,} | {rep.get('step', '?')} | {_f(s.get('pt_loss', float('nan')))} |")  # fmt: skip
+    for r in protocol.ladder(sweep):
+        rows.append(f"| {r['size']} | {r['model_params']:,.0f} | {r['total_params']:,} | {r['tokens']:,} | "
+                    f"{r['steps'] or '?'} | {_f(r['pt_loss'])} |")  # fmt: skip
     return rows
 
 
