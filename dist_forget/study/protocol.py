@@ -57,7 +57,8 @@ UNDERMINES = {
 }
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A run file's JSON, or {} when it is missing or unreadable (a run still in progress)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -68,7 +69,8 @@ def _runs(sweep: Path, stage: str) -> list[tuple[Path, dict[str, Any], dict[str,
     """(folder, summary.json, report.json, run_config.json) of every finished run of a stage."""
     dirs = sorted(p.parent for p in (sweep / stage).glob("*/summary.json"))
     return [
-        (d, _read(d / "summary.json"), _read(d / "report.json"), _read(d / "run_config.json")) for d in dirs
+        (d, read_json(d / "summary.json"), read_json(d / "report.json"), read_json(d / "run_config.json"))
+        for d in dirs
     ]
 
 
@@ -76,7 +78,7 @@ def ladder(sweep: Path) -> list[dict[str, Any]]:
     """One row per pretrained size, smallest N first: N, total params, tokens, tokens/param, val loss."""
     rows = []
     for run, summary, rep, cfg in _runs(sweep, "pretrain"):
-        manifest = _read(Path(cfg.get("data", {}).get("target", "")) / "manifest.json")
+        manifest = read_json(Path(cfg.get("data", {}).get("target", "")) / "manifest.json")
         tokens = int(rep.get("sequences", 0)) * int(manifest.get("seq_len", 0))
         total = int(rep.get("total_params", 0))
         rows.append({

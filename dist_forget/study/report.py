@@ -9,7 +9,6 @@ except NOTES.md: a discussion written by hand, kept and shown in REPORT.md after
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -123,13 +122,6 @@ def _f(x: float, digits: int = 3) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _ladder_rows(sweep: Path) -> list[str]:
     rows = ["| size | N (non-embedding) | total params | pretraining tokens | steps | English val loss |",
             "|---|---|---|---|---|---|"]  # fmt: skip
@@ -143,10 +135,10 @@ def _finetune_setup(sweep: Path, runs: list[fd.Run]) -> str:
     cfgs = sorted((sweep / "finetune").glob("*/run_config.json"))
     if not cfgs:
         return ""
-    c = _read_json(cfgs[0])
+    c = protocol.read_json(cfgs[0])
     o, s, t = c.get("optim", {}), c.get("schedule", {}), c.get("train", {})
     # the lr may differ by size (finetune.size_overrides); a run folder's name starts with its size
-    lrs = {cfg.parent.name.split("_")[0]: _read_json(cfg).get("optim", {}).get("lr") for cfg in cfgs}
+    lrs = {cfg.parent.name.split("_")[0]: protocol.read_json(cfg).get("optim", {}).get("lr") for cfg in cfgs}
     lr = (
         f"{next(iter(lrs.values()))}"
         if len(set(lrs.values())) == 1
