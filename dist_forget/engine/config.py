@@ -74,6 +74,9 @@ class TrainConfig:
     eval_every: int = 10  # steps between evaluations (0: only at the start and the end)
     eval_sequences: int = 64  # validation sequences per split and evaluation
     patience: int = 0  # stop after this many evaluations without a better target loss; 0 = never
+    # ...and only once the target loss has risen this far (nats/token) above its best: a slow descent
+    # that wobbles within eval noise is not the bottom of the U-curve (0 = any non-improvement counts)
+    stop_rise: float = 0.0
     seed: int = 0  # model init
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
     peak_flops: float = 0.0  # FLOP/s for MFU; 0 = measure a matmul on this machine at start
@@ -82,8 +85,8 @@ class TrainConfig:
         for name in ("batch_size", "micro_batch", "eval_sequences"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} = {getattr(self, name)} must be >= 1")
-        if self.eval_every < 0 or self.patience < 0:
-            raise UserError("train.eval_every and train.patience must be >= 0")
+        if self.eval_every < 0 or self.patience < 0 or self.stop_rise < 0:
+            raise UserError("train.eval_every, train.patience and train.stop_rise must be >= 0")
 
 
 @dataclass

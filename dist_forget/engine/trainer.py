@@ -68,6 +68,7 @@ class TrainState:
     pt_loss_base: float = math.nan
     ft_loss_base: float = math.nan
     bad_evals: int = 0
+    rise_after_best: float = 0.0  # highest target loss since the best evaluation, minus the best
     sequences: int = 0
     pretrain_sequences: int = 0
     pretrain_sequences_at_best: int = 0  # injected by the best step: does injection have room to act?
@@ -402,9 +403,11 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         best = ft < state.best_ft
         if best:
             state.best_ft, state.best_pt, state.best_step, state.bad_evals = ft, pt, step, 0
+            state.rise_after_best = 0.0
             state.pretrain_sequences_at_best = state.pretrain_sequences
         else:
             state.bad_evals += 1
+            state.rise_after_best = max(state.rise_after_best, ft - state.best_ft)
         log.write(eval_record(step, ft, pt))
         values = {"val/ft_loss": ft, "val/pt_loss": pt, "val/best_ft_loss": state.best_ft}
         if mode == "finetune":  # how far the pretraining loss rose above the starting model's
@@ -480,8 +483,9 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         final = state.step == s.steps
         is_eval = final or (t.eval_every and state.step % t.eval_every == 0)
         best = on_eval(state.step) if is_eval else False
-        if t.patience and state.bad_evals >= t.patience:
-            say(f"early stop: {state.bad_evals} evaluations without a better target loss", flush=True)
+        if t.patience and state.bad_evals >= t.patience and state.rise_after_best >= t.stop_rise:
+            say(f"early stop: {state.bad_evals} evaluations without a better target loss, which rose "
+                f"{state.rise_after_best:.4f} above its best", flush=True)  # fmt: skip
             stopped_early = True
         every = cfg.checkpoint.every and state.step % cfg.checkpoint.every == 0
         if best or every or final or stopped_early:

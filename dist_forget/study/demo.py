@@ -84,9 +84,9 @@ def summarize(root: Path, max_forgetting: float = 0.0) -> int:
         print(f"  {'ok  ' if ok else 'FAIL'} {name}")
     losses = ", ".join(f"N={float(n):,.0f}: {v:.3f}" for n, v in proto["pretrain_loss_by_size"].items())
     one = proto["injected_at_best"].get("0.01", {})
-    print(f"  English val loss by size {losses}; best step before the last in "
-          f"{100 * proto['share_best_before_last']:.0f} % of finetunes; p = 1 % injected >= {one.get('min', 0)} "
-          f"sequences by the best step")  # fmt: skip
+    print(f"  English val loss by size {losses}; past the U-curve bottom (best eval before the last, then a "
+          f"rise >= {proto['thresholds']['min_rise']:g} nats) in {100 * proto['share_past_bottom']:.0f} % of "
+          f"finetunes; p = 1 % injected >= {one.get('min', 0)} sequences by the best step")  # fmt: skip
 
     print("\n== demo 4/4: what the runs and the fitted laws say", flush=True)
     forgetting = {(float(r["model_params"]), float(r["target_tokens"]), float(r["inject_fraction"])):

@@ -3,9 +3,10 @@
 A finding answers the paper's question only when the runs follow the paper's protocol:
 - the ladder is trained well for its size: >= `min_tokens_per_param` pretraining tokens per *total*
   parameter, and the pretraining validation loss falls with N at every rung by more than eval noise;
-- every finetune reaches the bottom of its U-curve: its best target evaluation comes before its last
-  (a run whose best is its last evaluation was still improving, so its "best" losses are not the
-  paper's measurement point);
+- every finetune reaches the bottom of its U-curve: its best target evaluation comes before its last,
+  and the target loss then rose by more than eval noise (a run whose best is its last evaluation was
+  still improving, and one stopped on a wobble of a slow descent would have gone lower: either way its
+  "best" losses are not the paper's measurement point);
 - injection has room to act: by its best step every p = 1 % run has seen >= `min_injected` pretraining
   sequences (1 % of a 240-sequence finetune is 2 sequences: nothing can be concluded from that);
 - evaluations average over >= `min_eval_sequences` held-out sequences per side.
@@ -23,12 +24,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dist_forget.schema import METRICS_FILE, read_metrics
+
 
 @dataclass(frozen=True)
 class ProtocolSpec:
     min_tokens_per_param: float = 20.0  # pretraining tokens per total (embedding included) parameter
     min_ladder_gap: float = 0.02  # nats/token between rungs; an eval mean over >= 128 x 128 tokens is ~0.01
-    min_share_best_before_last: float = 0.95
+    min_share_best_before_last: float = 0.95  # share of finetunes past the bottom of their U-curve
+    min_rise: float = 0.01  # nats/token the target loss must rise after its best (eval noise is ~0.01)
     min_injected: int = 20  # pretraining sequences by the best step, at p = 1 %
     min_eval_sequences: int = 128
 
@@ -89,8 +93,23 @@ def ladder(sweep: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["model_params"])
 
 
+def rise_after_best(run: Path) -> float:
+    """How far the target validation loss rose above its best at any later evaluation (nats/token),
+    from the run's metrics.jsonl; nan without evaluations."""
+    try:
+        evals = read_metrics(run / METRICS_FILE, kind="eval")
+    except (OSError, ValueError):
+        return math.nan
+    if not evals:
+        return math.nan
+    losses = [e["ft_loss"] for e in evals]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    return max(losses[best + 1 :], default=losses[best]) - losses[best]
+
+
 def finetunes(sweep: Path) -> list[dict[str, Any]]:
-    """One row per finetune: its best and last step, injected sequences by the best step, eval size."""
+    """One row per finetune: its best and last step, the target loss's rise after the best, injected
+    sequences by the best step, eval size."""
     rows = []
     for run, summary, rep, cfg in _runs(sweep, "finetune"):
         p = float(summary.get("inject_fraction", 0.0))
@@ -100,7 +119,8 @@ def finetunes(sweep: Path) -> list[dict[str, Any]]:
         injected = rep.get("pretrain_sequences_at_best", math.floor(best * batch * p + 1e-9))
         rows.append({
             "run": run.name, "inject_fraction": p, "best_step": best, "last_step": int(rep.get("step", best)),
-            "injected_at_best": int(injected), "eval_sequences": int(cfg.get("train", {}).get("eval_sequences", 0)),
+            "rise_after_best": rise_after_best(run), "injected_at_best": int(injected),
+            "eval_sequences": int(cfg.get("train", {}).get("eval_sequences", 0)),
         })  # fmt: skip
     return rows
 
@@ -111,6 +131,7 @@ def check(sweep: Path, spec: ProtocolSpec = ProtocolSpec()) -> dict[str, Any]:
     losses = [r["pt_loss"] for r in rungs]
     gaps = [a - b for a, b in zip(losses, losses[1:])]
     before_last = [r["best_step"] < r["last_step"] for r in runs]
+    past_bottom = [ok and r["rise_after_best"] >= spec.min_rise for r, ok in zip(runs, before_last)]
     injected: dict[str, dict[str, float]] = {}
     for p in sorted({r["inject_fraction"] for r in runs if r["inject_fraction"] > 0}):
         counts = [r["injected_at_best"] for r in runs if r["inject_fraction"] == p]
@@ -120,7 +141,7 @@ def check(sweep: Path, spec: ProtocolSpec = ProtocolSpec()) -> dict[str, Any]:
         "ladder_trained": bool(rungs)
         and all(r["tokens_per_param"] >= spec.min_tokens_per_param for r in rungs),
         "ladder_ordered": len(rungs) >= 2 and all(g > spec.min_ladder_gap for g in gaps),
-        "u_curve_bottom": bool(runs) and sum(before_last) / len(runs) >= spec.min_share_best_before_last,
+        "u_curve_bottom": bool(runs) and sum(past_bottom) / len(runs) >= spec.min_share_best_before_last,
         "injection_acts": one_pct is not None and one_pct["min"] >= spec.min_injected,
         "eval_sequences": bool(runs) and min(r["eval_sequences"] for r in runs) >= spec.min_eval_sequences,
     }
@@ -130,7 +151,8 @@ def check(sweep: Path, spec: ProtocolSpec = ProtocolSpec()) -> dict[str, Any]:
         "pretrain_tokens_per_param": {f"{r['model_params']:.0f}": r["tokens_per_param"] for r in rungs},
         "pretrain_loss_gaps": gaps,
         "share_best_before_last": sum(before_last) / len(runs) if runs else math.nan,
-        "runs_best_at_last": [r["run"] for r, ok in zip(runs, before_last) if not ok],
+        "share_past_bottom": sum(past_bottom) / len(runs) if runs else math.nan,
+        "runs_not_past_bottom": [r["run"] for r, ok in zip(runs, past_bottom) if not ok],
         "injected_at_best": injected,
         "eval_sequences": min((r["eval_sequences"] for r in runs), default=0),
         "thresholds": asdict(spec),

@@ -9,6 +9,7 @@ except NOTES.md: a discussion written by hand, kept and shown in REPORT.md after
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from pathlib import Path
@@ -289,7 +290,9 @@ def _protocol_text(proto: dict[str, Any]) -> list[str]:
         f"| ladder ordered | English val loss by N {losses or '–'} | falls by > {th['min_ladder_gap']:g} nats "
         f"at every rung | {mark[c['ladder_ordered']]} |",
         f"| U-curve bottom reached | best eval before the last in {_pct(proto['share_best_before_last'])} of "
-        f"finetunes | ≥ {_pct(th['min_share_best_before_last'])} | {mark[c['u_curve_bottom']]} |",
+        f"finetunes, and the target loss then rose ≥ {th['min_rise']:g} nats in "
+        f"{_pct(proto.get('share_past_bottom', math.nan))} | ≥ {_pct(th['min_share_best_before_last'])} | "
+        f"{mark[c['u_curve_bottom']]} |",
         f"| injection acts | p = 1 % runs injected {inj['min'] if inj else '–'} (min), "
         f"{_f(inj['mean'], 1) if inj else '–'} (mean) sequences by their best step | ≥ {th['min_injected']} | "
         f"{mark[c['injection_acts']]} |",

@@ -50,7 +50,7 @@ def test_sweep_config_runs_at_toy_scale(name, tiny_data, tmp_path):
         cfg = _run_config(point.argv)
         assert cfg.train.eval_sequences >= 128  # the protocol's eval size survives the overrides
         if point.stage == "finetune":
-            assert cfg.train.patience > 0 and cfg.train.batch_size >= 16
+            assert cfg.train.patience > 0 and cfg.train.stop_rise > 0 and cfg.train.batch_size >= 16
     pretrain = next(p for p in points if p.stage == "pretrain")
     finetune = next(p for p in points if p.stage == "finetune" and p.needs == pretrain.name
                     and p.values["inject_fraction"] == 0.01)  # fmt: skip

@@ -189,3 +189,19 @@ def test_schedule_warmup_then_cosine_to_floor():
     assert lrs[:3] == [0.5, 1.0, 1.0]
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] > 0.1
     assert lr_at(10, 1.0, s) == pytest.approx(0.1)
+
+
+def test_early_stop_waits_for_the_target_loss_to_rise_by_stop_rise(tiny_data, base_model, tmp_path):
+    """patience alone stops on the first evaluation that is no better; with stop_rise the run goes on until
+    the target loss has risen that far above its best (a U-curve, not a wobble), here never."""
+    common = ("optim.lr=0.05", "schedule.kind=constant", "schedule.steps=12", "train.eval_every=1",
+              "train.patience=1")  # fmt: skip
+    train(_cfg(tiny_data, base_model, tmp_path / "a", *common), "finetune")
+    eager = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert eager["stopped_early"] and eager["step"] < 12 and eager["bad_evals"] == 1
+    train(_cfg(tiny_data, base_model, tmp_path / "b", *common, "train.stop_rise=100"), "finetune")
+    patient = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert not patient["stopped_early"] and patient["step"] == 12
+    # the losses agree up to where the eager run stopped: stop_rise changes when to stop, nothing else
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert all(a[s] == b[s] for s in a)

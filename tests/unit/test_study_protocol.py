@@ -19,8 +19,17 @@ def _write(folder: Path, summary: dict, report: dict, config: dict) -> None:
     (folder / "run_config.json").write_text(json.dumps(config))
 
 
+def _eval_curve(folder: Path, best: int, last: int, rise: float) -> None:
+    """A target-validation U-curve evaluated every 50 steps: down to 3.0 at `best`, then up by `rise`."""
+    steps = list(range(50, last + 1, 50))
+    lines = [{"kind": "eval", "step": s, "pt_loss": 4.0,
+              "ft_loss": 3.0 + (best - s) / 1000 if s <= best else 3.0 + rise * (s - best) / (last - best)}
+             for s in steps]  # fmt: skip
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
 def make_sweep(root: Path, losses=(4.5, 4.3, 4.0), tokens_per_param=20.0, best=(100, 200), last=300,
-               injected=25, eval_sequences=128) -> Path:  # fmt: skip
+               injected=25, eval_sequences=128, rise=0.05) -> Path:  # fmt: skip
     shards = root / "shards"
     shards.mkdir(parents=True)
     (shards / "manifest.json").write_text(json.dumps({"seq_len": SEQ_LEN}))
@@ -36,6 +45,7 @@ def make_sweep(root: Path, losses=(4.5, 4.3, 4.0), tokens_per_param=20.0, best=(
                    {"inject_fraction": p, "model_params": 10_000 * 3**i, "steps": b},
                    {"best_step": b, "step": last, "pretrain_sequences_at_best": inj},
                    {"train": {"batch_size": 16, "eval_sequences": eval_sequences}})  # fmt: skip
+            _eval_curve(root / "finetune" / f"run{i}_p{p:g}", b, last, rise)
     return root
 
 
@@ -44,7 +54,7 @@ def test_a_sweep_on_the_protocol_meets_it(tmp_path):
     assert out["met"] is True and out["failed"] == [] and out["undermined"] == []
     assert out["pretrain_loss_by_size"] == {"10000": 4.5, "30000": 4.3, "90000": 4.0}
     assert all(x >= 20 for x in out["pretrain_tokens_per_param"].values())
-    assert out["share_best_before_last"] == 1.0
+    assert out["share_best_before_last"] == 1.0 and out["share_past_bottom"] == 1.0
     assert out["injected_at_best"]["0.01"] == {"min": 25, "mean": 25.0, "runs": 2}
     assert out["eval_sequences"] == 128
 
@@ -56,6 +66,7 @@ def test_a_sweep_on_the_protocol_meets_it(tmp_path):
         ({"losses": (5.95, 5.67, 5.50, 5.54)}, "ladder_ordered"),  # the old micro ladder: not ordered
         ({"losses": (4.5, 4.49, 4.0)}, "ladder_ordered"),  # a gap inside eval noise
         ({"best": (100, 300)}, "u_curve_bottom"),  # one run's best is its last evaluation
+        ({"rise": 0.005}, "u_curve_bottom"),  # stopped on a wobble of a slow descent, not a rise
         ({"injected": 2}, "injection_acts"),
         ({"eval_sequences": 32}, "eval_sequences"),
     ],
