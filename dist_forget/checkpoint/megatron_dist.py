@@ -61,6 +61,7 @@ BACKEND = {
 METADATA_JSON, COMMON, DCP_METADATA = "metadata.json", "common.pt", ".metadata"
 TRACKER = "latest_checkpointed_iteration.txt"  # Megatron-LM's save dir: names iter_NNNNNNN or release
 RELEASE = "release"  # the iteration name of a converted (not trained) checkpoint in Megatron-LM
+NEMO_WEIGHTS = ("weights", "model_weights")  # NeMo 2 checkpoint dir; NeMo 1 .nemo archive, unpacked
 
 EMBEDDING, FINAL_NORM, OUTPUT = (
     "embedding.word_embeddings.weight",
@@ -89,10 +90,14 @@ EXTRA_STATE = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.l
 
 
 def find_folder(path: str | Path) -> Path | None:
-    """The torch_dist folder `path` is or names (a Megatron-LM save dir via its tracker file), else None."""
+    """The torch_dist folder `path` is or names (a Megatron-LM save dir via its tracker file, a NeMo
+    checkpoint's weights folder), else None."""
     path = Path(path)
     if (path / METADATA_JSON).is_file():
         return path
+    for sub in NEMO_WEIGHTS:
+        if (path / sub / METADATA_JSON).is_file():
+            return path / sub
     tracker = path / TRACKER
     if tracker.is_file():
         text = tracker.read_text().strip()
@@ -490,6 +495,18 @@ def write_save_dir(tmp: Path, cfg: dict[str, Any], full: dict[str, torch.Tensor]
     return folder
 
 
+def _model_prefix(keys: Any, folder: Path) -> str:
+    """What the model's keys start with: nothing (megatron-core, Megatron-LM), `module.` (NeMo 2), ...
+    The shortest prefix of the embedding's key: optimizer entries embed the same key deeper."""
+    found = sorted((k[: -len(EMBEDDING)] for k in keys if k.endswith(EMBEDDING)), key=len)
+    if not found or (found[0] and not found[0].endswith(".")):
+        raise UserError(
+            f"{folder}: no {EMBEDDING} among its tensors; it is not a megatron-core GPT checkpoint "
+            f"(found {sorted(keys)[:3]}...)"
+        )
+    return found[0]
+
+
 def read_folder(
     path: str | Path, hf_config: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
@@ -502,16 +519,14 @@ def read_folder(
     folder = resolve(path)
     md = read_dcp_metadata(folder)
     common = load_common(folder)
+    prefix = _model_prefix(md.state_dict_metadata, folder)
     tensors = {
-        k: v
+        k[len(prefix) :]: v
         for k, v in md.state_dict_metadata.items()
-        if isinstance(v, TensorStorageMetadata) and (k.startswith(("embedding.", "decoder.")) or k == OUTPUT)
+        if isinstance(v, TensorStorageMetadata)
+        and k.startswith(prefix)
+        and (k[len(prefix) :].startswith(("embedding.", "decoder.")) or k[len(prefix) :] == OUTPUT)
     }
-    if EMBEDDING not in tensors:
-        raise UserError(
-            f"{folder}: no {EMBEDDING} among its tensors; it is not a megatron-core GPT checkpoint "
-            f"(found {sorted(md.state_dict_metadata)[:3]}...)"
-        )
     if OUTPUT in tensors:
         raise UserError(
             f"{folder}: holds {OUTPUT} (untie_embeddings_and_output_weights); the Llama path here needs "
@@ -519,7 +534,7 @@ def read_folder(
         )
     cfg = _architecture(folder, common, hf_config, int(tensors[EMBEDDING].size[0]))
     dims = LlamaDims.from_hf(cfg)
-    state = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in tensors.items()}
+    state = {prefix + k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in tensors.items()}
     try:
         with warnings.catch_warnings():  # DCP notes that no process group exists: intended here
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -531,7 +546,7 @@ def read_folder(
         raise UserError(
             f"{folder}: cannot read its tensors ({first}); the checkpoint is incomplete"
         ) from None
-    full = mcore_to_hf(state, dims, str(folder))
+    full = mcore_to_hf({k[len(prefix) :]: v for k, v in state.items()}, dims, str(folder))
     return cfg, {k: v.float() if v.is_floating_point() else v for k, v in full.items()}, common
 
 

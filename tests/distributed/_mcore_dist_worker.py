@@ -9,6 +9,7 @@
    The only departure: megatron-core's torch_dist writer calls torch.cuda.synchronize(), so the sharded
    part goes through `SyncTorchDist` below: megatron-core's own key translation and save planner over
    PyTorch DCP's synchronous FileSystemWriter — the same files without the asynchronous copy to host.
+4. the same model as NeMo 2 lays it out: SAVE/../nemo/weights/, keys under `module.`, no args.
 """
 
 from __future__ import annotations
@@ -133,6 +134,17 @@ def main() -> None:
     dist_checkpointing.save(state, str(folder), sharded_strategy=_sync_strategy())
     if rank == 0:
         (a.save / "latest_checkpointed_iteration.txt").write_text("7")
+    # NeMo 2's layout of the same model: the folder under weights/, keys under `module.` (its wrapper's
+    # prefix), and a common.pt without Megatron-LM's args (NeMo keeps the config in context/)
+    nemo = a.save.parent / "nemo" / "weights"
+    if rank == 0:
+        nemo.mkdir(parents=True)
+    dist.barrier()
+    dist_checkpointing.save(
+        {"state_dict": other.sharded_state_dict(prefix="module.")},
+        str(nemo),
+        sharded_strategy=_sync_strategy(),
+    )
     dist.barrier()
     parallel_state.destroy_model_parallel()
     dist.destroy_process_group()

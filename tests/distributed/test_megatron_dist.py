@@ -101,6 +101,13 @@ def test_a_checkpoint_written_as_megatron_lm_does_converts_and_initialises(run: 
     assert hf.resolve_init(str(mlm), run["root"] / "cache") == folder  # converted once, then reused
 
 
+def test_a_nemo_layout_converts_with_its_config(run: dict[str, Path], tmp_path: Path) -> None:
+    nemo = run["root"] / "nemo"  # NeMo 2: weights/ holds the folder, keys under `module.`
+    assert "--hf-config" in _one_line(C.megatron_to_hf, nemo, tmp_path / "h")  # NeMo keeps no args there
+    back = C.megatron_to_hf(nemo, tmp_path / "h", hf_config=run["hf_b"])
+    assert _equal(C.read_hf_weights(back), C.read_hf_weights(run["hf_b"]))
+
+
 def test_hf_dist_hf_round_trip_is_exact(run: dict[str, Path], tmp_path: Path) -> None:
     back = C.megatron_to_hf(run["ours"], tmp_path / "hf")
     assert _equal(C.read_hf_weights(back), C.read_hf_weights(run["hf_a"]))
