@@ -218,6 +218,11 @@ def _stack_layers(tensors: dict[str, torch.Tensor], dims: LlamaDims, where: str)
                 f"{where}: decoder.layers.N.{tail} exists for layers {sorted(layers)}, the architecture has "
                 f"{dims.layers}; the checkpoint is incomplete or the config is not its own"
             )
+        if len({tuple(t.shape) for t in layers.values()}) != 1:
+            raise UserError(
+                f"{where}: decoder.layers.N.{tail} differs in shape between layers; the Llama path needs "
+                "identical layers"
+            )
         out["decoder.layers." + tail] = torch.stack([layers[i] for i in range(dims.layers)])
     return out
 

@@ -137,7 +137,14 @@ def test_dist_format_refuses_tp_pp_and_optimizer(run: dict[str, Path], tmp_path:
         C.hf_to_megatron, run["hf_a"], tmp_path / "m", optimizer=True, format="dist"
     )
     assert "--optimizer" in _one_line(C.megatron_to_hf, run["ours"], tmp_path / "h", optimizer=True)
+    from dist_forget.cli import main
+
+    args = ["convert", "hf-to-megatron", "--hf", str(run["hf_a"]), "--out", str(tmp_path / "m")]
+    assert main([*args, "--format", "dist", "--tp", "2"]) == 2  # the one-line refusal, exit 2
     assert not (tmp_path / "m").exists() and not (tmp_path / "h").exists()
+    assert (
+        main([*args, "--format", "dist"]) == 0 and D.find_folder(tmp_path / "m") == tmp_path / "m" / "release"
+    )
 
 
 def test_a_folder_without_architecture_needs_hf_config(run: dict[str, Path], tmp_path: Path) -> None:
