@@ -19,6 +19,9 @@ parameter, scalars (`step`) are copied. On the HF side it lives beside the weigh
 Everything is checked before anything is written (config vs tensors, TP divisibility, rank files vs
 `tp`), and outputs appear atomically (dist_forget.io.atomic_dir): a failure leaves nothing half-written.
 
+megatron-core's own format (torch_dist: Megatron-LM, NeMo) is owned by dist_forget/checkpoint/megatron_dist.py;
+`hf_to_megatron(format="dist")`, `read_megatron`, `megatron_to_hf` and `hf_folder_for_init` call it.
+
 Also here: `reshard_megatron` (a training checkpoint -> another tp/pp, optimizer and data-stream state
 kept, so `finetune --resume` continues), `hf_folder_for_init` (a Megatron folder as `model.init_from`),
 and the optimizer-state mapping of the stock GPTModel's fused tensors (`stock_optimizer_to_hf` / `_from_hf`).
