@@ -11,11 +11,12 @@ loads with `weights_only=False`) so that `engine.load_checkpoint` goes through `
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -38,13 +39,17 @@ def deepspeed_safe_globals() -> list[Any]:
     return [LossScaler, ZeroStageEnum, fragment_address]
 
 
-def load_pt(path: str | Path, map_location: Any = "cpu", allow: Sequence[Any] = ()) -> Any:
+def load_pt(
+    path: str | Path | BinaryIO, map_location: Any = "cpu", allow: Sequence[Any] = (), where: str = ""
+) -> Any:
     """`torch.load(path, weights_only=True)` allowing only the classes in `allow`; a file that holds
-    anything else (code, foreign objects) or cannot be read is a one-line UserError naming it."""
-    path = Path(path)
+    anything else (code, foreign objects) or cannot be read is a one-line UserError naming it.
+    `path` may be an open binary stream (bytes stored inside another file); `where` then names it."""
+    source = path if hasattr(path, "read") else Path(path)
+    path = where or source
     try:
         with torch.serialization.safe_globals(list(allow)):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = _UNSUPPORTED.search(str(exc))
         what = found.group(1) if found else "an object weights-only loading does not allow"
@@ -63,6 +68,70 @@ def load_pt(path: str | Path, map_location: Any = "cpu", allow: Sequence[Any] = 
             f"{path}: cannot be read as a torch checkpoint file ({type(exc).__name__}"
             f"{': ' + first if first else ''}); the file is damaged or truncated, "
             "use an earlier checkpoint or re-save it"
+        ) from None
+
+
+def load_pt_permitting(
+    path: str | Path | BinaryIO,
+    permit: Callable[[str], Any | None],
+    map_location: Any = "cpu",
+    where: str = "",
+    limit: int = 32,
+) -> Any:
+    """`load_pt` for files whose extra classes are not known beforehand (a Megatron-LM `common.pt` holds
+    `argparse.Namespace` and megatron's enums): each global weights-only loading refuses is shown to
+    `permit` (its dotted name); what `permit` returns is allowed and the load retried, None stops it
+    with load_pt's UnsafeCheckpoint. Still weights_only=True: an allowed class is only constructed."""
+    allow: list[Any] = []
+    for _ in range(limit):
+        try:
+            if hasattr(path, "seek"):
+                path.seek(0)
+            return load_pt(path, map_location=map_location, allow=allow, where=where)
+        except UnsafeCheckpoint as exc:
+            found = re.search(r"asks to import ([\w.]+)", str(exc))
+            obj = permit(found.group(1)) if found else None
+            if obj is None or obj in allow:
+                raise
+            allow.append(obj)
+    raise UnsafeCheckpoint(f"{where or path}: refused to load: it asks for more than {limit} extra classes")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, allowed: Callable[[str, str], bool], where: Path):
+        super().__init__(file)
+        self._allowed, self._where = allowed, where
+
+    def find_class(self, module: str, name: str) -> Any:
+        if not self._allowed(module, name):
+            raise UnsafeCheckpoint(
+                f"{self._where}: refused to load: the file asks to import {module}.{name}, which this "
+                "metadata file never holds (loading it could run code); do not use this file, take the "
+                "checkpoint from a source you trust"
+            )
+        return getattr(importlib.import_module(module), name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafeCheckpoint(f"{self._where}: refused to load: unexpected persistent id in a metadata file")
+
+
+def load_pickle_restricted(path: str | Path, allowed: Callable[[str, str], bool]) -> Any:
+    """Unpickle a plain (non-torch) pickle, importing only the globals `allowed(module, name)` accepts.
+
+    For files torch itself reads with bare `pickle.load` (PyTorch DCP's `.metadata`): with an allow-list
+    of plain data classes nothing in the file can call code. A refusal or a damaged file is one line."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return _RestrictedUnpickler(fh, allowed, path).load()
+    except UnsafeCheckpoint:
+        raise
+    except FileNotFoundError:
+        raise UserError(f"{path}: file is missing; the checkpoint is incomplete") from None
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign: say which file
+        raise UserError(
+            f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:120]}); the file is damaged "
+            "or truncated, re-save the checkpoint"
         ) from None
 
 

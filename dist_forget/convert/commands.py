@@ -3,44 +3,67 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 
 def hf_to_megatron(
-    hf: Path, out: Path, tp: int, pp: int = 1, optimizer: bool = False, overwrite: bool = False
+    hf: Path,
+    out: Path,
+    tp: int = 1,
+    pp: int = 1,
+    optimizer: bool = False,
+    overwrite: bool = False,
+    format: Literal["legacy", "dist"] = "legacy",
 ) -> int:
     """Split a Hugging Face Llama folder into a Megatron folder: --tp ways per matrix, --pp pipeline stages.
 
-    With --optimizer, the folder's optimizer.pt (Adam moments, anchor) is sharded too.
+    With --optimizer, the folder's optimizer.pt (Adam moments, anchor) is sharded too. --format dist writes
+    megatron-core's own torch_dist layout instead (what Megatron-LM and NeMo load with --ckpt-format
+    torch_dist, at any TP/PP; weights only).
 
     Args:
         hf: Hugging Face Llama folder to split
         out: Megatron folder to write
-        tp: tensor-parallel ways each matrix is split into
-        pp: pipeline stages
-        optimizer: also shard the folder's optimizer.pt (Adam moments, anchor)
+        tp: tensor-parallel ways each matrix is split into (legacy format)
+        pp: pipeline stages (legacy format)
+        optimizer: also shard the folder's optimizer.pt (Adam moments, anchor; legacy format)
         overwrite: replace OUT if it exists
+        format: legacy = ours (megatron.json + one file per TP/PP rank); dist = megatron-core's torch_dist
     """
     from dist_forget.convert.megatron_hf import hf_to_megatron as convert
 
-    path = convert(hf, out, tp=tp, pp=pp, optimizer=optimizer, overwrite=overwrite)
-    print(f"wrote {path} (tp={tp}, pp={pp}{', with optimizer state' if optimizer else ''})")
+    path = convert(hf, out, tp=tp, pp=pp, optimizer=optimizer, overwrite=overwrite, format=format)
+    if format == "dist":
+        print(f"wrote {path} (megatron-core torch_dist; loads at any TP/PP)")
+    else:
+        print(f"wrote {path} (tp={tp}, pp={pp}{', with optimizer state' if optimizer else ''})")
     return 0
 
 
-def megatron_to_hf(megatron: Path, out: Path, optimizer: bool = False, overwrite: bool = False) -> int:
-    """Merge a Megatron folder (from hf-to-megatron or an engine=megatron checkpoint) into an HF folder.
+def megatron_to_hf(
+    megatron: Path,
+    out: Path,
+    optimizer: bool = False,
+    overwrite: bool = False,
+    hf_config: Path | None = None,
+) -> int:
+    """Merge a Megatron folder into an HF folder: ours (hf-to-megatron, an engine=megatron checkpoint) or
+    megatron-core's torch_dist (Megatron-LM / NeMo / --format dist, any TP/PP; a Megatron-LM save dir
+    is followed to the iteration its latest_checkpointed_iteration.txt names).
 
     With --optimizer, the merged optimizer state is written beside the weights as optimizer.pt.
 
     Args:
-        megatron: Megatron folder (hf-to-megatron output or an engine=megatron checkpoint)
+        megatron: Megatron folder (ours, or megatron-core's torch_dist, or a Megatron-LM save dir)
         out: Hugging Face folder to write
-        optimizer: also write the merged optimizer state as optimizer.pt
+        optimizer: also write the merged optimizer state as optimizer.pt (our format only)
         overwrite: replace OUT if it exists
+        hf_config: transformers config.json (or its folder) for a megatron-core folder whose common.pt
+            holds no args; unset = read from the checkpoint
     """
     from dist_forget.convert.megatron_hf import megatron_to_hf as convert
 
-    path = convert(megatron, out, optimizer=optimizer, overwrite=overwrite)
+    path = convert(megatron, out, optimizer=optimizer, overwrite=overwrite, hf_config=hf_config)
     print(f"wrote {path}{' with optimizer.pt' if optimizer else ''}")
     return 0
 

@@ -19,6 +19,9 @@ parameter, scalars (`step`) are copied. On the HF side it lives beside the weigh
 Everything is checked before anything is written (config vs tensors, TP divisibility, rank files vs
 `tp`), and outputs appear atomically (dist_forget.io.atomic_dir): a failure leaves nothing half-written.
 
+megatron-core's own format (torch_dist: Megatron-LM, NeMo) is owned by dist_forget/checkpoint/megatron_dist.py;
+`hf_to_megatron(format="dist")`, `read_megatron`, `megatron_to_hf` and `hf_folder_for_init` call it.
+
 Also here: `reshard_megatron` (a training checkpoint -> another tp/pp, optimizer and data-stream state
 kept, so `finetune --resume` continues), `hf_folder_for_init` (a Megatron folder as `model.init_from`),
 and the optimizer-state mapping of the stock GPTModel's fused tensors (`stock_optimizer_to_hf` / `_from_hf`).
@@ -34,6 +37,7 @@ from typing import Any
 
 import torch
 
+from dist_forget.checkpoint import megatron_dist
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir
 from dist_forget.models.megatron import (
@@ -111,7 +115,8 @@ def check_architecture(state: dict[str, torch.Tensor], dims: LlamaDims, where: s
 
 
 def read_hf_config(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "config.json"
+    """config.json of an HF folder (or the file itself), refused unless it is a Llama config."""
+    path = Path(folder) if Path(folder).is_file() else Path(folder) / "config.json"
     if not path.is_file():
         raise UserError(
             f"{folder} is not a Hugging Face model folder (no config.json); pass the folder "
@@ -275,13 +280,31 @@ def _hf_order(name: str) -> tuple[int, int, str]:
 def hf_to_megatron(
     hf_dir: str | Path,
     out_dir: str | Path,
-    tp: int,
+    tp: int = 1,
     pp: int = 1,
     optimizer: bool = False,
     overwrite: bool = False,
+    format: str = "legacy",
 ) -> Path:
-    """Split an HF Llama folder into a tp-way Megatron folder (optionally with its optimizer.pt)."""
+    """Split an HF Llama folder into a tp-way Megatron folder (optionally with its optimizer.pt).
+
+    format="dist" writes megatron-core's own torch_dist layout instead (checkpoint/megatron_dist.py): one
+    TP/PP-independent folder that Megatron-LM, NeMo and megatron-core load at any TP/PP."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    if format not in ("legacy", "dist"):
+        raise UserError(
+            f"--format {format!r}: choose legacy (ours, per TP/PP rank) or dist (megatron-core's)"
+        )
+    if format == "dist" and (tp, pp) != (1, 1):
+        raise UserError(
+            f"--format dist with --tp {tp} --pp {pp}: a megatron-core folder holds whole tensors and loads "
+            "at any TP/PP; drop --tp/--pp"
+        )
+    if format == "dist" and optimizer:
+        raise UserError(
+            "--format dist --optimizer: optimizer state is not written in megatron-core's layout yet; "
+            "convert the weights alone, or use --format legacy"
+        )
     cfg = read_hf_config(hf_dir)
     dims = LlamaDims.from_hf(cfg)
     dims.check_tp(tp, where="--tp")
@@ -290,6 +313,10 @@ def hf_to_megatron(
         raise UserError(f"{out_dir} already exists; pass --overwrite or choose another --out")
     state = read_hf_weights(hf_dir)
     check_architecture(state, dims, str(hf_dir))
+    if format == "dist":
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            megatron_dist.write_save_dir(tmp, cfg, state)
+        return out_dir
     named = None
     if optimizer:
         opt_path = hf_dir / OPTIM_FILE
@@ -341,10 +368,26 @@ def _write_megatron(
     )
 
 
+def is_megatron_folder(path: str | Path) -> bool:
+    """Ours (megatron.json) or megatron-core's (metadata.json, or a Megatron-LM save dir's tracker file)."""
+    return (Path(path) / META_FILE).is_file() or megatron_dist.find_folder(path) is not None
+
+
 def read_megatron(
-    meg_dir: str | Path, optimizer: bool = False
+    meg_dir: str | Path, optimizer: bool = False, hf_config: str | Path | None = None
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(hf_config, full HF state dict, named optimizer state or None) of a Megatron folder."""
+    """(hf_config, full HF state dict, named optimizer state or None) of a Megatron folder, ours or
+    megatron-core's (`hf_config`: a config.json for a megatron-core folder that does not describe itself)."""
+    if not (Path(meg_dir) / META_FILE).is_file() and megatron_dist.find_folder(meg_dir) is not None:
+        if optimizer:
+            raise UserError(
+                f"--optimizer: reading optimizer state from megatron-core folders ({meg_dir}) is not "
+                "supported yet; convert the weights alone"
+            )
+        given = read_hf_config(Path(hf_config)) if hf_config is not None else None
+        cfg, full, _ = megatron_dist.read_folder(meg_dir, given)
+        check_architecture(full, LlamaDims.from_hf(cfg), str(meg_dir))
+        return cfg, full, None
     cfg, full, named, _ = _read_megatron(meg_dir, optimizer)
     return cfg, full, named
 
@@ -427,13 +470,18 @@ def _read_megatron(
 
 
 def megatron_to_hf(
-    meg_dir: str | Path, out_dir: str | Path, optimizer: bool = False, overwrite: bool = False
+    meg_dir: str | Path,
+    out_dir: str | Path,
+    optimizer: bool = False,
+    overwrite: bool = False,
+    hf_config: str | Path | None = None,
 ) -> Path:
-    """Merge a Megatron folder's TP shards into an HF Llama folder (optionally with optimizer.pt)."""
+    """Merge a Megatron folder (ours: TP shards; megatron-core's: any TP/PP) into an HF Llama folder
+    (optionally with optimizer.pt)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise UserError(f"{out_dir} already exists; pass --overwrite or choose another --out")
-    cfg, full, named = read_megatron(meg_dir, optimizer)
+    cfg, full, named = read_megatron(meg_dir, optimizer, hf_config)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         write_hf_folder(tmp, full, cfg)
         if named is not None:
@@ -528,17 +576,23 @@ def reshard_megatron(
 
 
 def hf_folder_for_init(meg_dir: str | Path, cache_dir: str | Path) -> Path:
-    """The HF folder of a Megatron folder (any tp/pp), converted once into `cache_dir` and reused.
+    """The HF folder of a Megatron folder (any tp/pp; ours or megatron-core's), converted once into
+    `cache_dir` and reused.
 
-    The cache key covers megatron.json and every rank file's size and mtime, so a rewritten checkpoint is
+    The cache key covers megatron.json and every rank file's size and mtime (every file of a megatron-core
+    folder), so a rewritten checkpoint is
     converted again. Ranks of one launch may race here: the first complete folder wins, the others use it.
     """
     meg_dir = Path(meg_dir)
     h = hashlib.sha256(str(meg_dir.resolve()).encode())
-    h.update((meg_dir / META_FILE).read_bytes())
-    for f in sorted(meg_dir.glob("mp_rank_*/model_optim.pt")):
+    if (meg_dir / META_FILE).is_file():
+        h.update((meg_dir / META_FILE).read_bytes())
+        files = sorted(meg_dir.glob("mp_rank_*/model_optim.pt"))
+    else:  # megatron-core's folder (Megatron-LM's save dir: the iteration its tracker names)
+        files = sorted(p for p in megatron_dist.resolve(meg_dir).rglob("*") if p.is_file())
+    for f in files:
         st = f.stat()
-        h.update(f"{f.parent.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(f"{f.relative_to(meg_dir)}:{st.st_size}:{st.st_mtime_ns}".encode())
     folder = Path(cache_dir) / f"megatron-{meg_dir.resolve().name}-{h.hexdigest()[:12]}"
     if (folder / "config.json").is_file():
         return folder

@@ -139,18 +139,17 @@ def save_folder(
 
 def resolve_init(init_from: str, cache_dir: str | Path) -> Path:
     """The HF folder `model.init_from` names: smollm2, an HF folder, one of our run folders (its `model/`),
-    or a Megatron folder (converted once into `cache_dir`)."""
+    or a Megatron folder, ours or megatron-core's torch_dist (converted once into `cache_dir`)."""
     if init_from == "smollm2":
         return smollm2_folder(cache_dir)
     path = Path(init_from)
     for candidate in (path / "model", path):
         if (candidate / "config.json").is_file():
             return candidate
-    if (
-        path / "megatron.json"
-    ).is_file():  # hf-to-megatron output or an engine=megatron checkpoint, any tp/pp
-        from dist_forget.convert.megatron_hf import hf_folder_for_init
+    from dist_forget.convert.megatron_hf import hf_folder_for_init, is_megatron_folder
 
+    # ours (hf-to-megatron, engine=megatron; any tp/pp) or megatron-core's (Megatron-LM, NeMo, --format dist)
+    if is_megatron_folder(path):
         return hf_folder_for_init(path, cache_dir)
     if (path / "meta.json").is_file():
         raise UserError(

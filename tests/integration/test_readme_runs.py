@@ -222,6 +222,9 @@ def test_the_pipeline_block_runs_in_order(scratch: Path) -> None:
     assert (work / "study" / "REPORT.md").is_file()
     assert (scratch / "hf" / "config.json").is_file() and (scratch / "hf" / "optimizer.pt").is_file()
     assert (work / "zero2-x4").is_dir() and (scratch / "meg" / "megatron.json").is_file()
+    # Megatron-LM -> finetune -> Megatron-LM: megatron-core's format in, our run, its format out
+    assert (work / "runs" / "from-mcore" / "summary.json").is_file()
+    assert (scratch / "mcore-ft" / "release" / "metadata.json").is_file()
 
 
 def test_single_node_launcher_lines_run(scratch: Path) -> None:

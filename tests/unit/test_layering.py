@@ -14,6 +14,8 @@ FORBIDDEN = {
     "laws": ("torch", "deepspeed", "megatron", "transformers", "dist_forget.engine", "dist_forget.models"),
     "data": ("dist_forget.engine", "dist_forget.models", "dist_forget.laws", "deepspeed", "megatron"),
     "optim": ("deepspeed", "megatron", "dist_forget.engine"),
+    # the on-disk formats: engine backends and converters both call them, so they import neither (issue 16)
+    "checkpoint": ("dist_forget.engine", "dist_forget.convert"),
 }
 
 
