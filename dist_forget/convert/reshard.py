@@ -13,17 +13,23 @@ world size accepts it; `hf_config.json` is copied. The source folder is only rea
 from __future__ import annotations
 
 import copy
-import json
 import math
-import shutil
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dist_forget.convert.zero_to_hf import OPTIM, ZeroCheckpoint
-from dist_forget.data.mixture import reshard_state_dict
+from dist_forget.checkpoint.meta import (
+    DATA,
+    copy_hf_config,
+    is_training_checkpoint,
+    read_meta,
+    reshard_client,
+    reshard_meta,
+    write_meta,
+)
+from dist_forget.checkpoint.zero import MODEL_FILE, OPTIM, ZeroCheckpoint, zero_model_file, zero_optim_file
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir
 
@@ -51,120 +57,24 @@ def reshard_checkpoint(src: Path, dst: Path, world_size: int, overwrite: bool = 
     ckpt = ZeroCheckpoint.load(src)
     keys = ["fp32", *ckpt.state_keys()]
     whole = {key: ckpt.consolidate(key) for key in keys}
-    scalars = ckpt.scalar_state()
     w = world_size
-
-    model_states = copy.copy(ckpt.model_states[0])
+    # the model-states file holds DeepSpeed's own keys and, at its top level, the trainer's client state
+    model_states = reshard_client(ckpt.model_states[0], dp=w)
     model_states["dp_world_size"] = w
-    if (
-        isinstance(model_states.get("ds_config"), dict)
-        and "train_micro_batch_size_per_gpu" in model_states["ds_config"]
-    ):
-        model_states["ds_config"] = dict(
-            model_states["ds_config"]
-        )  # informative only; the new run's config rules
-    if model_states.get("data") is not None:
-        model_states["data"] = reshard_state_dict(model_states["data"], w)
-
-    files: dict[str, dict[str, Any]] = {}
     if ckpt.stage <= 2:
-        files["mp_rank_00_model_states.pt"] = model_states
-        layouts = []
-        for g, shapes in enumerate(ckpt.param_shapes):
-            paddings = ckpt.group_paddings(g)
-            flats = {
-                key: _stage12_group_flat(OrderedDict((n, whole[key][n]) for n in shapes), paddings)
-                for key in keys
-            }
-            length = flats["fp32"].numel()
-            total = math.ceil(length / (ALIGN * w)) * ALIGN * w
-            part = total // w
-            if total - length >= part and w > 1:
-                raise UserError(
-                    f"--world-size {w}: param group {g} has only {length} elements, too few to "
-                    f"partition over {w} ranks (DeepSpeed pads only the last rank); use fewer ranks"
-                )
-            offsets, off = [], 0
-            for (name, shape), pad in zip(shapes.items(), paddings):
-                offsets.append((name, off, math.prod(shape)))
-                off += math.prod(shape) + pad
-            layouts.append((flats, length, total, part, offsets))
-        for r in range(w):
-            base = copy.copy(ckpt.optim_files[0])
-            osd = copy.copy(ckpt.optim[0])
-            fp32_groups, group_pads, states, mappings = [], [], [], []
-            for flats, length, total, part, offsets in layouts:
-                lo, hi = r * part, (r + 1) * part
-                pad = total - length if r == w - 1 else 0
-                padded = {
-                    k: torch.cat([f, torch.zeros(total - length, dtype=f.dtype)]) for k, f in flats.items()
-                }
-                fp32_groups.append(padded["fp32"][lo : hi - pad].clone())
-                group_pads.append(pad)
-                state = {k: padded[k][lo:hi].clone() for k in keys if k != "fp32"}
-                state.update(copy.deepcopy(scalars))
-                states.append(state)
-                mappings.append(_slice_mappings(offsets, lo, hi))
-            old_base = ckpt.optim[0]["base_optimizer_state"]
-            if isinstance(old_base, list):  # elastic layout stores lean (unpadded) per-group states
-                osd["base_optimizer_state"] = [
-                    {
-                        k: (v[: v.numel() - p] if torch.is_tensor(v) and v.dim() == 1 else v)
-                        for k, v in s.items()
-                    }
-                    for s, p in zip(states, group_pads)
-                ]
-            else:
-                groups = copy.deepcopy(old_base["param_groups"])
-                osd["base_optimizer_state"] = {
-                    "state": {g["params"][0]: s for g, s in zip(groups, states)},
-                    "param_groups": groups,
-                }
-            osd["single_partition_of_fp32_groups"] = fp32_groups
-            osd["group_paddings"] = group_pads
-            count = ckpt.optim[0]["partition_count"]
-            osd["partition_count"] = [w] * len(count) if isinstance(count, list) else w
-            if "param_slice_mappings" in osd:
-                osd["param_slice_mappings"] = mappings
-            base[OPTIM] = osd
-            files[f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"] = base
+        files = _stage12_files(ckpt, whole, keys, w)
+        files[MODEL_FILE] = model_states
     else:
-        sub_groups = _stage3_sub_groups(ckpt, w)
-        for r in range(w):
-            fp32_flats, states = [], {}
-            for sg, names in enumerate(sub_groups):
-                per_key = {}
-                for key in keys:
-                    parts = []
-                    for name in names:
-                        t = whole[key][name].reshape(-1)
-                        part = math.ceil(t.numel() / w)
-                        t = torch.cat([t, torch.zeros(part * w - t.numel(), dtype=t.dtype)])
-                        parts.append(t[r * part : (r + 1) * part])
-                    per_key[key] = torch.cat(parts).clone()
-                fp32_flats.append(per_key.pop("fp32"))
-                states[sg] = {**per_key, **copy.deepcopy(scalars)}
-            base = copy.copy(ckpt.optim_files[0])
-            osd = copy.copy(ckpt.optim[0])
-            inner = copy.copy(osd[OPTIM])
-            inner["state"] = states
-            osd[OPTIM] = inner
-            osd["fp32_flat_groups"] = fp32_flats
-            osd["partition_count"] = w
-            base[OPTIM] = osd
-            files[f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"] = base
-            files[f"zero_pp_rank_{r}_mp_rank_00_model_states.pt"] = model_states
+        files = _stage3_files(ckpt, whole, keys, w)
+        files.update({zero_model_file(r): model_states for r in range(w)})
 
-    meta = _engine_meta(src, ckpt.model_states[0].get("data"), model_states.get("data"), w)
+    meta = _engine_meta(src, ckpt.model_states[0].get(DATA), model_states.get(DATA), w)
     with atomic_dir(dst, overwrite=overwrite) as tmp:
         for name, obj in files.items():
             torch.save(obj, tmp / name)
         if meta is not None:
-            from dist_forget.engine.checkpoint import HF_CONFIG, META
-
-            if (src / HF_CONFIG).is_file():
-                shutil.copy2(src / HF_CONFIG, tmp / HF_CONFIG)
-            (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+            copy_hf_config(src, tmp)
+            write_meta(tmp, meta)
     return {
         "source": str(src),
         "out": str(dst),
@@ -176,24 +86,114 @@ def reshard_checkpoint(src: Path, dst: Path, world_size: int, overwrite: bool = 
     }
 
 
+def _stage12_layouts(ckpt: ZeroCheckpoint, whole: dict[str, Any], keys: list[str], w: int) -> list[Any]:
+    """Per param group: the flat (padded-per-parameter) tensors, their length, the padded total, the
+    partition size and each parameter's (name, offset, numel)."""
+    layouts = []
+    for g, shapes in enumerate(ckpt.param_shapes):
+        paddings = ckpt.group_paddings(g)
+        flats = {
+            key: _stage12_group_flat(OrderedDict((n, whole[key][n]) for n in shapes), paddings)
+            for key in keys
+        }
+        length = flats["fp32"].numel()
+        total = math.ceil(length / (ALIGN * w)) * ALIGN * w
+        part = total // w
+        if total - length >= part and w > 1:
+            raise UserError(
+                f"--world-size {w}: param group {g} has only {length} elements, too few to "
+                f"partition over {w} ranks (DeepSpeed pads only the last rank); use fewer ranks"
+            )
+        offsets, off = [], 0
+        for (name, shape), pad in zip(shapes.items(), paddings):
+            offsets.append((name, off, math.prod(shape)))
+            off += math.prod(shape) + pad
+        layouts.append((flats, length, total, part, offsets))
+    return layouts
+
+
+def _stage12_files(
+    ckpt: ZeroCheckpoint, whole: dict[str, Any], keys: list[str], w: int
+) -> dict[str, dict[str, Any]]:
+    """Stage 1/2: each rank's optim-states file for world `w`."""
+    layouts = _stage12_layouts(ckpt, whole, keys, w)
+    scalars = ckpt.scalar_state()
+    files: dict[str, dict[str, Any]] = {}
+    for r in range(w):
+        base = copy.copy(ckpt.optim_files[0])
+        osd = copy.copy(ckpt.optim[0])
+        fp32_groups, group_pads, states, mappings = [], [], [], []
+        for flats, length, total, part, offsets in layouts:
+            lo, hi = r * part, (r + 1) * part
+            pad = total - length if r == w - 1 else 0
+            padded = {k: torch.cat([f, torch.zeros(total - length, dtype=f.dtype)]) for k, f in flats.items()}
+            fp32_groups.append(padded["fp32"][lo : hi - pad].clone())
+            group_pads.append(pad)
+            state = {k: padded[k][lo:hi].clone() for k in keys if k != "fp32"}
+            state.update(copy.deepcopy(scalars))
+            states.append(state)
+            mappings.append(_slice_mappings(offsets, lo, hi))
+        old_base = ckpt.optim[0]["base_optimizer_state"]
+        if isinstance(old_base, list):  # elastic layout stores lean (unpadded) per-group states
+            osd["base_optimizer_state"] = [
+                {k: (v[: v.numel() - p] if torch.is_tensor(v) and v.dim() == 1 else v) for k, v in s.items()}
+                for s, p in zip(states, group_pads)
+            ]
+        else:
+            groups = copy.deepcopy(old_base["param_groups"])
+            osd["base_optimizer_state"] = {
+                "state": {g["params"][0]: s for g, s in zip(groups, states)},
+                "param_groups": groups,
+            }
+        osd["single_partition_of_fp32_groups"] = fp32_groups
+        osd["group_paddings"] = group_pads
+        count = ckpt.optim[0]["partition_count"]
+        osd["partition_count"] = [w] * len(count) if isinstance(count, list) else w
+        if "param_slice_mappings" in osd:
+            osd["param_slice_mappings"] = mappings
+        base[OPTIM] = osd
+        files[zero_optim_file(r)] = base
+    return files
+
+
+def _stage3_files(
+    ckpt: ZeroCheckpoint, whole: dict[str, Any], keys: list[str], w: int
+) -> dict[str, dict[str, Any]]:
+    """Stage 3: each rank's optim-states file for world `w` (every parameter cut on its own)."""
+    sub_groups = _stage3_sub_groups(ckpt, w)
+    scalars = ckpt.scalar_state()
+    files: dict[str, dict[str, Any]] = {}
+    for r in range(w):
+        fp32_flats, states = [], {}
+        for sg, names in enumerate(sub_groups):
+            per_key = {}
+            for key in keys:
+                parts = []
+                for name in names:
+                    t = whole[key][name].reshape(-1)
+                    part = math.ceil(t.numel() / w)
+                    t = torch.cat([t, torch.zeros(part * w - t.numel(), dtype=t.dtype)])
+                    parts.append(t[r * part : (r + 1) * part])
+                per_key[key] = torch.cat(parts).clone()
+            fp32_flats.append(per_key.pop("fp32"))
+            states[sg] = {**per_key, **copy.deepcopy(scalars)}
+        base = copy.copy(ckpt.optim_files[0])
+        osd = copy.copy(ckpt.optim[0])
+        inner = copy.copy(osd[OPTIM])
+        inner["state"] = states
+        osd[OPTIM] = inner
+        osd["fp32_flat_groups"] = fp32_flats
+        osd["partition_count"] = w
+        base[OPTIM] = osd
+        files[zero_optim_file(r)] = base
+    return files
+
+
 def _engine_meta(src: Path, old_data: Any, new_data: Any, world: int) -> dict[str, Any] | None:
     """The engine's meta.json for the resharded copy (None when `src` is a bare DeepSpeed checkpoint)."""
-    from dist_forget.engine.checkpoint import META
-
-    if not (src / META).is_file():
+    if not is_training_checkpoint(src):
         return None
-    meta = json.loads((src / META).read_text())
-    if meta.get("data_fingerprint") is not None:
-        # the stream fingerprint includes the world size: take the data layer's re-keyed one
-        if not isinstance(old_data, dict) or old_data.get("fingerprint") != meta["data_fingerprint"]:
-            raise UserError(
-                f"{src / META}: data_fingerprint does not match the data-stream state saved beside "
-                "it (the checkpoint was edited or mixed up); reshard an untouched checkpoint"
-            )
-        meta["data_fingerprint"] = new_data["fingerprint"]
-    meta["resharded_from"] = {"path": str(src.resolve()), "world_size": meta.get("world_size")}
-    meta["world_size"] = world
-    return meta
+    return reshard_meta(read_meta(src), src, world, data=(old_data, new_data))
 
 
 def _slice_mappings(offsets: list[tuple[str, int, int]], lo: int, hi: int) -> OrderedDict[str, Any]:

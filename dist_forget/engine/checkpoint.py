@@ -5,9 +5,9 @@ rank, and only then rank 0 renames it to `step-XXXXXXXX` and rewrites the `lates
 atomic file write). A crash or a full disk at any moment therefore leaves `latest` naming a complete
 checkpoint. Retention keeps the last `keep` checkpoints plus the one `best` names.
 
-`meta.json` (plain JSON, readable without torch) lets a resume refuse a mismatch — another model, another
-data stream, another world size — before any backend touches the files. `hf_config.json` beside it is the
-transformers config of the model, where `dist-forget convert zero-to-hf` looks for it.
+`meta.json` and `hf_config.json` beside the backend's files, and the check a resume makes on them, are
+dist_forget/checkpoint/meta.py; the backends' file layouts are dist_forget/checkpoint/ too (zero.py,
+megatron.py). This module is the engine's side: tags, pointers, retention and the choice of checkpoint.
 
 Startup (rank 0, `prepare_resume`) tidies what a killed save left: a `.tmp-step-*` folder or a `.latest.*.tmp`
 pointer temp is dropped, an `.old-step-*` copy is restored if its replacement never arrived (else dropped),
@@ -20,7 +20,6 @@ the run: that is never silently skipped. Checkpoint folders are owner-only (0700
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -28,13 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dist_forget.checkpoint import megatron, zero
+from dist_forget.checkpoint.meta import META, read_meta, write_hf_config, write_meta
 from dist_forget.engine.backend import Backend
 from dist_forget.errors import UserError
-from dist_forget.io import write_json_atomic, write_text_atomic
+from dist_forget.io import write_text_atomic
 from dist_forget.safeload import UnsafeCheckpoint, verify_pt_files
 
-META = "meta.json"
-HF_CONFIG = "hf_config.json"
 TAG = re.compile(r"step-\d{8}")
 
 
@@ -77,8 +76,8 @@ class CheckpointManager:
             self.backend.save(self.root, tmp, client_state)
             if rank0:
                 if hf_config is not None:
-                    write_json_atomic(self.root / tmp / HF_CONFIG, hf_config)
-                write_json_atomic(self.root / tmp / META, {**meta, "step": step, "tag": tag})
+                    write_hf_config(self.root / tmp, hf_config)
+                write_meta(self.root / tmp, {**meta, "step": step, "tag": tag})
         except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
             error = _first_line(exc)
         self._raise_if_failed(error, tag, tmp)
@@ -176,17 +175,9 @@ def verify_checkpoint(path: Path) -> str | None:
     engine, world, stage = meta.get("engine"), meta.get("world_size"), meta.get("zero_stage")
     files = sorted(path.rglob("*.pt"))
     if engine == "megatron":
-        expected = [] if (path / "megatron.json").is_file() else ["megatron.json"]
-    elif engine == "deepspeed" and stage == 3:
-        expected = [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(int(world or 1))]
+        expected = [] if (path / megatron.META_FILE).is_file() else [megatron.META_FILE]
     else:
-        expected = ["mp_rank_00_model_states.pt"]
-    if engine == "deepspeed" and stage:
-        expected += [
-            f"{'bf16_' if (path / 'bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt').exists() else ''}"
-            f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
-            for r in range(int(world or 1))
-        ]
+        expected = zero.expected_files(path, engine, stage, world)
     missing = [name for name in expected if not (path / name).exists()]
     if missing or not files:
         return f"incomplete: {(missing or ['*.pt'])[0]} is missing"
@@ -283,54 +274,5 @@ def resolve_resume(resume: str, root: Path) -> Path | None:
     return path
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / META).read_text())
-
-
-def check_compatible(
-    meta: dict[str, Any],
-    path: Path,
-    *,
-    model: dict[str, Any],
-    fingerprint: str,
-    world_size: int,
-    engine: str,
-    zero_stage: int,
-) -> None:
-    """Refuse to resume from a checkpoint that another model, data stream or world size wrote."""
-    if meta.get("model") != model:
-        raise UserError(
-            f"checkpoint {path} holds another model ({_describe(meta.get('model'))}) than this "
-            f"config ({_describe(model)}); use that model's config or another out_dir"
-        )
-    if meta.get("world_size") != world_size:
-        raise UserError(
-            f"checkpoint {path} was written by {meta.get('world_size')} ranks, this run has "
-            f"{world_size}; run `dist-forget convert reshard --checkpoint {path} --out DIR "
-            f"--world-size {world_size}` and resume from DIR, or launch {meta.get('world_size')} ranks"
-        )
-    if meta.get("data_fingerprint") != fingerprint:
-        raise UserError(
-            f"checkpoint {path} was trained on data stream {meta.get('data_fingerprint')}, this "
-            f"config gives {fingerprint} (data, p, D, seed or shards changed); restore the data "
-            "settings or start a new out_dir"
-        )
-    if meta.get("engine") != engine or meta.get("zero_stage") != zero_stage:
-        raise UserError(
-            f"checkpoint {path} was written by engine={meta.get('engine')} "
-            f"zero_stage={meta.get('zero_stage')}, this run uses engine={engine} "
-            f"zero_stage={zero_stage}; resume with the same engine settings"
-        )
-
-
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _describe(sig: Any) -> str:
-    if not isinstance(sig, dict):
-        return "unknown"
-    return (
-        f"{sig.get('size') or sig.get('architecture')}: hidden {sig.get('hidden')}, layers {sig.get('layers')}, "
-        f"vocab {sig.get('vocab')}, N {sig.get('non_embedding_params')}"
-    )

@@ -21,10 +21,10 @@ sharded exactly like the weights it belongs to. Gradients are averaged over the 
 hand (one flat all-reduce); the global grad norm counts sharded tensors over the TP group and replicated
 ones (norm gains) once.
 
-Checkpoint layout in `root/tag/`: `megatron.json` (tp, pp, the HF config) and one
-`mp_rank_XX/model_optim.pt` per TP rank (`mp_rank_XX_YYY` per TP rank and stage when pp > 1) holding the shard in HF names, the optimizer state with the
-parameter names of its indices, and the client state. The same layout is what `convert hf-to-megatron`
-writes, so `convert megatron-to-hf` reads either.
+Checkpoint layout in `root/tag/`: our Megatron format (dist_forget/checkpoint/megatron.py: `megatron.json`
+and one `mp_rank_XX[_YYY]/model_optim.pt` per TP rank and stage holding the shard in HF names, the
+optimizer state with the parameter names of its indices, and the client state). The same layout is what
+`convert hf-to-megatron` writes, so `convert megatron-to-hf` reads either.
 """
 
 from __future__ import annotations
@@ -38,13 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from dist_forget.convert.megatron_hf import (
-    FORMAT,
-    META_FILE,
-    rank_file,
-    stock_optimizer_from_hf,
-    stock_optimizer_to_hf,
-)
+from dist_forget.checkpoint import megatron as ckpt
 from dist_forget.engine.backend import (
     Backend,
     BackendConfig,
@@ -54,9 +48,7 @@ from dist_forget.engine.backend import (
     env_world,
 )
 from dist_forget.errors import UserError
-from dist_forget.io import write_json_atomic
 from dist_forget.models import megatron as M
-from dist_forget.safeload import load_pt
 
 
 class MegatronBackend(Backend):
@@ -278,31 +270,15 @@ class MegatronBackend(Backend):
 
     # -- checkpoints -----------------------------------------------------------------------------------
 
-    def meta(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "tp": self.tp,
-            "pp": self.cfg.parallel.pp,
-            "hf_config": self.hf_config.to_dict(),
-        }
-
     def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None:
         d = Path(root) / tag
         if self.dp_rank == 0:  # data-parallel replicas hold identical shards: one copy per (TP, PP) rank
-            path = rank_file(d, self.tp_rank, self.pp_rank, self.pp)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            state = {
-                "model": self.model.shard_state_dict(),
-                "optimizer": self._named_optimizer_state(),
-                "tp": self.tp,
-                "tp_rank": self.tp_rank,
-                "pp": self.pp,
-                "pp_rank": self.pp_rank,
-                "client_state": client_state,
-            }
-            torch.save(state, path)
+            tp, pp = (self.tp, self.tp_rank), (self.pp, self.pp_rank)
+            ckpt.write_rank(
+                d, tp, pp, self.model.shard_state_dict(), self._named_optimizer_state(), client_state
+            )
             if self.rank == 0:
-                write_json_atomic(d / META_FILE, self.meta())
+                ckpt.write_meta(d, self.tp, self.pp, self.hf_config.to_dict())
 
     def _group_names(self) -> list[list[str]]:
         return [[self.param_names[id(p)] for p in g["params"]] for g in self.optimizer.param_groups]
@@ -310,20 +286,20 @@ class MegatronBackend(Backend):
     def _named_optimizer_state(self) -> dict[str, Any]:
         sd = self.optimizer.state_dict()
         if self.stock:  # fused GPTModel tensors -> HF-named shards, so local and stock share checkpoints
-            return stock_optimizer_to_hf(sd, self._group_names(), self.model.dims, self.tp)
+            return ckpt.stock_optimizer_to_hf(sd, self._group_names(), self.model.dims, self.tp)
         # indices in the optimizer state_dict follow param_groups order: record whose index is whose
         sd["param_names"] = [n for g in self._group_names() for n in g]
         return sd
 
     def load(self, root: Path, tag: str) -> dict[str, Any]:
         d = Path(root) / tag
-        state = load_rank_state(d, self.tp_rank, self.tp, self.pp_rank, self.pp, device=self.device)
-        where = str(rank_file(d, self.tp_rank, self.pp_rank, self.pp))
+        state = ckpt.load_rank_state(d, self.tp_rank, self.tp, self.pp_rank, self.pp, device=self.device)
+        where = str(ckpt.rank_file(d, self.tp_rank, self.pp_rank, self.pp))
         self.model.load_shard(state["model"], where=where)
         opt = state["optimizer"]
         if self.stock:
             self.optimizer.load_state_dict(
-                stock_optimizer_from_hf(opt, self._group_names(), self.model.dims, self.tp, where)
+                ckpt.stock_optimizer_from_hf(opt, self._group_names(), self.model.dims, self.tp, where)
             )
             return dict(state.get("client_state") or {})
         names = opt.pop("param_names", None)
@@ -351,34 +327,3 @@ class MegatronBackend(Backend):
         out = {k: v.detach().float().cpu() for k, v in full.items()}
         out["lm_head.weight"] = out["model.embed_tokens.weight"]  # tied; the single backend lists it too
         return out
-
-
-def load_rank_state(
-    d: Path, tp_rank: int, tp: int, pp_rank: int = 0, pp: int = 1, device: Any = "cpu"
-) -> dict[str, Any]:
-    """Read one (TP, PP) rank's file of a Megatron checkpoint, refusing one made for another TP/PP size."""
-    import json
-
-    meta_path = Path(d) / META_FILE
-    if not meta_path.is_file():
-        raise UserError(
-            f"{d} is not a Megatron checkpoint of ours (no {META_FILE}); pass a folder written "
-            "by engine=megatron or `dist-forget convert hf-to-megatron`"
-        )
-    meta = json.loads(meta_path.read_text())
-    if meta.get("tp") != tp:
-        raise UserError(
-            f"{d} was converted/saved for tp={meta.get('tp')}, this run uses parallel.tp={tp}; "
-            f"run `dist-forget convert reshard-megatron --checkpoint {d} --out DIR --tp {tp} --pp {pp}` "
-            f"and resume from DIR, or set parallel.tp={meta.get('tp')}"
-        )
-    if meta.get("pp", 1) != pp:
-        raise UserError(
-            f"{d} was converted/saved for pp={meta.get('pp', 1)}, this run uses parallel.pp={pp}; "
-            f"run `dist-forget convert reshard-megatron --checkpoint {d} --out DIR --tp {tp} --pp {pp}` "
-            f"and resume from DIR, or set parallel.pp={meta.get('pp', 1)}"
-        )
-    path = rank_file(d, tp_rank, pp_rank, pp)
-    if not path.is_file():
-        raise UserError(f"{path} is missing; the checkpoint {d} is incomplete for tp={tp} pp={pp}")
-    return load_pt(path, map_location=device)

@@ -1,7 +1,7 @@
 """`single`: one process, plain PyTorch (the laptop path and the speed baseline for the others).
 
-Checkpoint layout mirrors a DeepSpeed stage-0 checkpoint (`<tag>/mp_rank_00_model_states.pt` holding
-`module`, `optimizer` and the client state at top level), so converters read both the same way.
+Checkpoint layout mirrors a DeepSpeed stage-0 checkpoint (dist_forget/checkpoint/zero.py: `write_single`,
+`read_single`), so converters read both the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dist_forget.checkpoint import zero
 from dist_forget.engine.backend import (
     Backend,
     ModelFactory,
@@ -23,9 +24,6 @@ from dist_forget.engine.backend import (
     env_world,
 )
 from dist_forget.errors import UserError
-from dist_forget.safeload import load_pt
-
-MODEL_FILE = "mp_rank_00_model_states.pt"
 
 
 class SingleBackend(Backend):
@@ -83,22 +81,15 @@ class SingleBackend(Backend):
         return loss_sum / count if count else math.nan
 
     def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None:
-        d = Path(root) / tag
-        d.mkdir(parents=True, exist_ok=True)
-        state = {"module": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **client_state}
-        torch.save(state, d / MODEL_FILE)
+        zero.write_single(
+            Path(root) / tag, self.model.state_dict(), self.optimizer.state_dict(), client_state
+        )
 
     def load(self, root: Path, tag: str) -> dict[str, Any]:
-        path = Path(root) / tag / MODEL_FILE
-        if not path.is_file():
-            raise UserError(
-                f"checkpoint {path.parent} has no {MODEL_FILE}; was it written by engine=single? "
-                "resume with the engine that wrote it"
-            )
-        state = load_pt(path, map_location=self.device)
-        self.model.load_state_dict(state.pop("module"))
-        self.optimizer.load_state_dict(state.pop("optimizer"))
-        return state
+        module, optimizer, client = zero.read_single(Path(root) / tag, device=self.device)
+        self.model.load_state_dict(module)
+        self.optimizer.load_state_dict(optimizer)
+        return client
 
     def full_state_dict(self) -> dict[str, Tensor]:
         return {k: v.detach().float().cpu().clone() for k, v in self.model.state_dict().items()}

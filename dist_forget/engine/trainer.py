@@ -30,16 +30,12 @@ from typing import Any, Literal
 
 import torch
 
+from dist_forget.checkpoint import init_from
+from dist_forget.checkpoint.meta import check_compatible, pack_client, read_meta, unpack_client
 from dist_forget.config import flatten, to_dict
 from dist_forget.data.mixture import MixedStream, validation_batches
 from dist_forget.engine.backend import Backend, BackendConfig, make_backend
-from dist_forget.engine.checkpoint import (
-    CheckpointManager,
-    check_compatible,
-    prepare_resume,
-    read_meta,
-    resolve_resume,
-)
+from dist_forget.engine.checkpoint import CheckpointManager, prepare_resume, resolve_resume
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.flops import flops_per_token, measure_peak
 from dist_forget.engine.schedule import lr_at
@@ -152,7 +148,7 @@ def _init_folder(cfg: RunConfig, mode: str) -> Path | None:
         return None
     if not m.init_from:
         raise UserError("finetune needs model.init_from: a pretrain run folder, an HF folder, or smollm2")
-    return hf.resolve_init(m.init_from, m.cache_dir)
+    return init_from.resolve(m.init_from, m.cache_dir)
 
 
 def _model_factory(cfg: RunConfig, folder: Path | None, stream: MixedStream) -> Any:
@@ -343,9 +339,9 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
     ckpt = CheckpointManager(ckpt_root, backend, cfg.checkpoint.keep)
     state = TrainState()
     if resume_path is not None:
-        client = backend.load(resume_path.parent, resume_path.name)
-        stream.load_state_dict(client["data"])
-        state = TrainState(**json.loads(client["train"]))
+        data_state, train_state = unpack_client(backend.load(resume_path.parent, resume_path.name))
+        stream.load_state_dict(data_state)
+        state = TrainState(**json.loads(train_state))
         say(f"resumed from {resume_path} at step {state.step}")
 
     run_name = cfg.name or out.resolve().name
@@ -375,11 +371,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
 
     def client_state() -> dict[str, Any]:
         # train state as a JSON string: weights_only loading accepts it, and inf/nan survive
-        return {
-            "data": stream.state_dict(),
-            "train": json.dumps(asdict(state)),
-            "config": json.dumps(safe_cfg),
-        }
+        return pack_client(stream.state_dict(), json.dumps(asdict(state)), json.dumps(safe_cfg))
 
     def meta() -> dict[str, Any]:
         return {

@@ -115,47 +115,43 @@ def signature(model: nn.Module, size: str | None = None) -> dict[str, Any]:
     }
 
 
+def write_pretrained(tmp: str | Path, state_dict: dict[str, torch.Tensor], config: Any) -> None:
+    """save_pretrained of the model `config` describes, holding `state_dict`, into the (temp) folder `tmp`:
+    the one writer of HF folders (the trainer's export and every converter)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise UserError(f"weights do not fit the config: missing {missing[:2]}, unexpected {unexpected[:2]}")
+    model.tie_weights()
+    hf_logging.disable_progress_bar()
+    model.save_pretrained(tmp)
+
+
 def save_folder(
     state_dict: dict[str, torch.Tensor], config: Any, out: str | Path, tokenizer_dir: str | Path | None = None
 ) -> Path:
     """Write an HF folder (atomically) from a full state dict and its config."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_config(config)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if unexpected or [k for k in missing if "lm_head" not in k]:
-        raise RuntimeError(
-            f"state dict does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     with atomic_dir(out, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
+        write_pretrained(tmp, state_dict, config)
         if tokenizer_dir and (Path(tokenizer_dir) / "tokenizer.json").is_file():
             (tmp / "tokenizer.json").write_bytes((Path(tokenizer_dir) / "tokenizer.json").read_bytes())
     return Path(out)
 
 
 def resolve_init(init_from: str, cache_dir: str | Path) -> Path:
-    """The HF folder `model.init_from` names: smollm2, an HF folder, one of our run folders (its `model/`),
-    or a Megatron folder, ours or megatron-core's torch_dist (converted once into `cache_dir`)."""
+    """The HF folder `model.init_from` names: smollm2, an HF folder or one of our run folders (its `model/`).
+
+    Checkpoints in other formats (Megatron folders) are resolved to an HF folder before this, by
+    `dist_forget.checkpoint.init_from.resolve`: models/ knows no checkpoint format."""
     if init_from == "smollm2":
         return smollm2_folder(cache_dir)
     path = Path(init_from)
     for candidate in (path / "model", path):
         if (candidate / "config.json").is_file():
             return candidate
-    from dist_forget.convert.megatron_hf import hf_folder_for_init, is_megatron_folder
-
-    # ours (hf-to-megatron, engine=megatron; any tp/pp) or megatron-core's (Megatron-LM, NeMo, --format dist)
-    if is_megatron_folder(path):
-        return hf_folder_for_init(path, cache_dir)
-    if (path / "meta.json").is_file():
-        raise UserError(
-            f"model.init_from = {init_from} is a training checkpoint; export it first with "
-            f"`dist-forget convert zero-to-hf`, or point at the run folder's model/ export"
-        )
     raise UserError(
         f"model.init_from = {init_from}: no config.json there or in {path / 'model'}; "
         "pass an HF folder, a finished run folder, or smollm2"

@@ -62,7 +62,7 @@ def main() -> None:
     from transformers import LlamaConfig
 
     from dist_forget.checkpoint import megatron_dist
-    from dist_forget.convert.megatron_hf import read_hf_config, read_hf_weights
+    from dist_forget.checkpoint.hf import read_hf_config, read_hf_weights
     from dist_forget.models import megatron as M
 
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=world)

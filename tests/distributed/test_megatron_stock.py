@@ -51,7 +51,7 @@ def test_hf_and_stock_shards_map_both_ways_exactly() -> None:
 
 
 def test_stock_optimizer_state_maps_to_hf_names_and_back_exactly() -> None:
-    from dist_forget.convert.megatron_hf import stock_optimizer_from_hf, stock_optimizer_to_hf
+    from dist_forget.checkpoint.megatron import stock_optimizer_from_hf, stock_optimizer_to_hf
     from dist_forget.optim import AnchoredAdamW
 
     cfg = _gqa_config()

@@ -31,7 +31,7 @@ def rank_main(folder: Path, out: Path) -> None:
     from transformers import LlamaConfig
 
     from dist_forget.checkpoint import megatron_dist
-    from dist_forget.convert.megatron_hf import read_hf_config
+    from dist_forget.checkpoint.hf import read_hf_config
     from dist_forget.models import megatron as M
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

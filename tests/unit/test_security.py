@@ -134,8 +134,7 @@ def test_deepspeed_checkpoint_engine_loads_weights_only(tmp_path):
 
 
 def test_megatron_rank_files_are_loaded_weights_only(tmp_path):
-    from dist_forget.convert.megatron_hf import FORMAT, META_FILE, rank_file
-    from dist_forget.engine.megatron_backend import load_rank_state
+    from dist_forget.checkpoint.megatron import FORMAT, META_FILE, load_rank_state, rank_file
 
     folder = tmp_path / "step-00000002"
     marker = tmp_path / "pwned"
@@ -149,7 +148,7 @@ def test_megatron_rank_files_are_loaded_weights_only(tmp_path):
 @pytest.fixture
 def megatron_folder(tmp_path) -> tuple[Path, Path, Path]:
     """A Megatron folder of ours (tp=1) whose rank file runs code: what hf-to-megatron would have written."""
-    from dist_forget.convert.megatron_hf import FORMAT, META_FILE, rank_file
+    from dist_forget.checkpoint.megatron import FORMAT, META_FILE, rank_file
     from dist_forget.models.ladder import hf_config
 
     folder = tmp_path / "meg"

@@ -1,0 +1,153 @@
+"""What every training checkpoint holds beside the backend's files, and the checks a resume makes on it.
+
+- `meta.json` (plain JSON, readable without torch): the model signature, data-stream fingerprint, world
+  size, engine and ZeRO stage, the resolved config and the mode. `check_compatible` refuses a resume from a
+  checkpoint another model, data stream, world size or engine wrote, before any backend opens a file.
+- `hf_config.json`: the transformers config of the model, where `convert zero-to-hf` looks for it.
+- the client state: what the trainer saves inside the backend's rank files (`DATA`: the data-stream
+  state, `TRAIN`: the loop's progress, `CONFIG`: the resolved config), packed and unpacked here only,
+  because the converters rewrite it (`reshard_client`) as well as the trainer reading it.
+
+`reshard_meta` is the one rewrite of meta.json for another layout (ZeRO world size, Megatron tp/pp/dp).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from dist_forget.errors import UserError
+from dist_forget.io import write_json_atomic
+
+META = "meta.json"
+HF_CONFIG = "hf_config.json"
+DATA, TRAIN, CONFIG = "data", "train", "config"  # the trainer's client-state keys
+
+
+def pack_client(data: dict[str, Any], train: str, config: str) -> dict[str, Any]:
+    """The trainer's client state (plain data: every backend saves it weights-only-loadable)."""
+    return {DATA: data, TRAIN: train, CONFIG: config}
+
+
+def unpack_client(client: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(data-stream state, train state) of a client state `pack_client` made."""
+    return client[DATA], client[TRAIN]
+
+
+def reshard_client(
+    client: dict[str, Any], dp: int | None = None, parallel: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """A copy of a client state for `dp` data-parallel replicas (the stream re-keyed) and, when given, the
+    new `parallel` sizes in its recorded config. Other keys (a backend's own, e.g. DeepSpeed's) are kept."""
+    from dist_forget.data.mixture import reshard_state_dict
+
+    client = dict(client)
+    if dp is not None and client.get(DATA) is not None:
+        client[DATA] = reshard_state_dict(client[DATA], dp)
+    if parallel and isinstance(client.get(CONFIG), str):  # the recorded run config: say what the layout is
+        run_cfg = json.loads(client[CONFIG])
+        run_cfg.setdefault("parallel", {}).update(parallel)
+        client[CONFIG] = json.dumps(run_cfg)
+    return client
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / META).read_text())
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    write_json_atomic(Path(folder) / META, meta)
+
+
+def write_hf_config(folder: Path, hf_config: dict[str, Any]) -> None:
+    write_json_atomic(Path(folder) / HF_CONFIG, hf_config)
+
+
+def is_training_checkpoint(path: Path) -> bool:
+    return (Path(path) / META).is_file()
+
+
+def copy_hf_config(src: Path, dst: Path) -> None:
+    """Copy `hf_config.json` from checkpoint `src` into `dst` when it has one."""
+    if (Path(src) / HF_CONFIG).is_file():
+        (Path(dst) / HF_CONFIG).write_bytes((Path(src) / HF_CONFIG).read_bytes())
+
+
+def reshard_meta(
+    meta: dict[str, Any],
+    src: Path,
+    world_size: int,
+    data: tuple[Any, Any] | None = None,
+    parallel: dict[str, int] | None = None,
+    before: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """meta.json of checkpoint `src` rewritten for `world_size` ranks.
+
+    `data`: (old, new) data-stream state when the stream was re-keyed; the stream fingerprint includes the
+    world size, so meta takes the new one, after checking the old one is what meta recorded.
+    `parallel`: new model-parallel sizes for the recorded config; `before`: the old layout, recorded in
+    `resharded_from` (default: the old world size)."""
+    meta = copy.deepcopy(meta)
+    if data is not None and meta.get("data_fingerprint") is not None:
+        old, new = data
+        if not isinstance(old, dict) or old.get("fingerprint") != meta["data_fingerprint"]:
+            raise UserError(
+                f"{Path(src) / META}: data_fingerprint does not match the data-stream state saved beside "
+                "it (the checkpoint was edited or mixed up); reshard an untouched checkpoint"
+            )
+        meta["data_fingerprint"] = new["fingerprint"]
+    if parallel and isinstance(meta.get("config"), dict):
+        meta["config"].setdefault("parallel", {}).update(parallel)
+    meta["resharded_from"] = {
+        "path": str(Path(src).resolve()),
+        **(before if before is not None else {"world_size": meta.get("world_size")}),
+    }
+    meta["world_size"] = world_size
+    return meta
+
+
+def check_compatible(
+    meta: dict[str, Any],
+    path: Path,
+    *,
+    model: dict[str, Any],
+    fingerprint: str,
+    world_size: int,
+    engine: str,
+    zero_stage: int,
+) -> None:
+    """Refuse to resume from a checkpoint that another model, data stream or world size wrote."""
+    if meta.get("model") != model:
+        raise UserError(
+            f"checkpoint {path} holds another model ({_describe(meta.get('model'))}) than this "
+            f"config ({_describe(model)}); use that model's config or another out_dir"
+        )
+    if meta.get("world_size") != world_size:
+        raise UserError(
+            f"checkpoint {path} was written by {meta.get('world_size')} ranks, this run has "
+            f"{world_size}; run `dist-forget convert reshard --checkpoint {path} --out DIR "
+            f"--world-size {world_size}` and resume from DIR, or launch {meta.get('world_size')} ranks"
+        )
+    if meta.get("data_fingerprint") != fingerprint:
+        raise UserError(
+            f"checkpoint {path} was trained on data stream {meta.get('data_fingerprint')}, this "
+            f"config gives {fingerprint} (data, p, D, seed or shards changed); restore the data "
+            "settings or start a new out_dir"
+        )
+    if meta.get("engine") != engine or meta.get("zero_stage") != zero_stage:
+        raise UserError(
+            f"checkpoint {path} was written by engine={meta.get('engine')} "
+            f"zero_stage={meta.get('zero_stage')}, this run uses engine={engine} "
+            f"zero_stage={zero_stage}; resume with the same engine settings"
+        )
+
+
+def _describe(sig: Any) -> str:
+    if not isinstance(sig, dict):
+        return "unknown"
+    return (
+        f"{sig.get('size') or sig.get('architecture')}: hidden {sig.get('hidden')}, layers {sig.get('layers')}, "
+        f"vocab {sig.get('vocab')}, N {sig.get('non_embedding_params')}"
+    )
