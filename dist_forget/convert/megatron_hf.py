@@ -20,14 +20,30 @@ from dist_forget.checkpoint import megatron, megatron_dist
 from dist_forget.checkpoint import meta as ckpt_meta
 from dist_forget.checkpoint.hf import (
     OPTIM_FILE,
+    named_optimizer_state,
     read_hf_config,
     read_hf_weights,
     read_named_optimizer,
     write_hf_folder,
 )
+from dist_forget.checkpoint.megatron import META_FILE, rank_file, read_megatron
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir
 from dist_forget.models.megatron import LlamaDims, check_pp
+
+# the conversions, and the format names their callers use with them (owned by checkpoint/)
+__all__ = [
+    "META_FILE",
+    "OPTIM_FILE",
+    "hf_to_megatron",
+    "megatron_to_hf",
+    "named_optimizer_state",
+    "rank_file",
+    "read_hf_config",
+    "read_hf_weights",
+    "read_megatron",
+    "reshard_megatron",
+]
 
 
 def hf_to_megatron(
@@ -88,7 +104,7 @@ def megatron_to_hf(
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise UserError(f"{out_dir} already exists; pass --overwrite or choose another --out")
-    cfg, full, named = megatron.read_megatron(meg_dir, optimizer, hf_config)
+    cfg, full, named = read_megatron(meg_dir, optimizer, hf_config)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         write_hf_folder(tmp, full, cfg)
         if named is not None:
@@ -117,10 +133,10 @@ def reshard_megatron(
     `dist_forget.data.mixture.reshard_state_dict` and meta's data fingerprint with it.
     """
     src, dst = Path(checkpoint), Path(out)
-    if not ckpt_meta.is_training_checkpoint(src) or not (src / megatron.META_FILE).is_file():
+    if not ckpt_meta.is_training_checkpoint(src) or not (src / META_FILE).is_file():
         raise UserError(
             f"--checkpoint {src}: not an engine=megatron training checkpoint (needs {ckpt_meta.META} and "
-            f"{megatron.META_FILE}); pass a checkpoints/step-XXXXXXXX folder, or for a converted folder use "
+            f"{META_FILE}); pass a checkpoints/step-XXXXXXXX folder, or for a converted folder use "
             f"megatron-to-hf then hf-to-megatron --tp {tp}"
         )
     if dst.resolve() == src.resolve():

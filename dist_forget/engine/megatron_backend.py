@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dist_forget.checkpoint import megatron as ckpt
+from dist_forget.checkpoint.megatron import load_rank_state
 from dist_forget.engine.backend import (
     Backend,
     BackendConfig,
@@ -293,7 +294,7 @@ class MegatronBackend(Backend):
 
     def load(self, root: Path, tag: str) -> dict[str, Any]:
         d = Path(root) / tag
-        state = ckpt.load_rank_state(d, self.tp_rank, self.tp, self.pp_rank, self.pp, device=self.device)
+        state = load_rank_state(d, self.tp_rank, self.tp, self.pp_rank, self.pp, device=self.device)
         where = str(ckpt.rank_file(d, self.tp_rank, self.pp_rank, self.pp))
         self.model.load_shard(state["model"], where=where)
         opt = state["optimizer"]

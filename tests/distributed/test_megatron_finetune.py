@@ -154,8 +154,7 @@ def test_tp2_checkpoint_resharded_to_tp1_resumes_like_the_uninterrupted_run(
 
 
 def test_reshard_to_more_data_parallel_ranks_keeps_every_state_exactly(runs, tiny_data) -> None:
-    from dist_forget.checkpoint.megatron import read_megatron
-    from dist_forget.convert.megatron_hf import reshard_megatron
+    from dist_forget.convert.megatron_hf import read_megatron, reshard_megatron
     from dist_forget.data.mixture import MixedStream
 
     ckpt = runs.tp2 / "checkpoints" / "step-00000003"

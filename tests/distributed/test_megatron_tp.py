@@ -54,8 +54,8 @@ def rank_main(work: Path) -> None:
     """One launch does it all (each launch costs ~20 s of imports on this machine): the logits check,
     the 6-step tp=2 run with a checkpoint at step 3, a fresh model + optimizer loaded from that
     checkpoint running steps 4-6 again, then the same run as tp=1 x dp=2 and as tp=1 x pp=2."""
-    from dist_forget.checkpoint.megatron import load_rank_state, read_megatron
-    from dist_forget.engine.megatron_backend import MegatronBackend
+    from dist_forget.convert.megatron_hf import read_megatron
+    from dist_forget.engine.megatron_backend import MegatronBackend, load_rank_state
     from dist_forget.models import hf, megatron
 
     backend = MegatronBackend(backend_config(tp=2))
@@ -209,7 +209,7 @@ def test_data_parallel_megatron_matches_single_rank(launched, reference) -> None
 
 
 def test_pipeline_parallel_matches_single_rank(launched, reference) -> None:
-    from dist_forget.checkpoint.megatron import read_megatron
+    from dist_forget.convert.megatron_hf import read_megatron
 
     work, got, _ = launched
     ref_losses, pp_losses = torch.tensor(reference["losses"]), torch.tensor(got["pp_losses"])
@@ -246,8 +246,8 @@ def test_resume_equals_uninterrupted(launched) -> None:
 
 
 def test_checkpoint_for_another_tp_size_is_refused(tmp_path: Path) -> None:
-    from dist_forget.checkpoint.megatron import load_rank_state
     from dist_forget.convert.megatron_hf import hf_to_megatron
+    from dist_forget.engine.megatron_backend import load_rank_state
     from dist_forget.errors import UserError
     from dist_forget.models import hf
 
