@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dist_forget.checkpoint import init_from
 from dist_forget.checkpoint import megatron_dist as D
 from dist_forget.convert import megatron_hf as C
 from dist_forget.errors import UserError
@@ -96,9 +97,9 @@ def test_a_checkpoint_written_as_megatron_lm_does_converts_and_initialises(run: 
     cfg_b, cfg = C.read_hf_config(run["hf_b"]), C.read_hf_config(back)
     for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim"):
         assert cfg[key] == cfg_b[key], key
-    folder = hf.resolve_init(str(mlm), run["root"] / "cache")  # model.init_from = a Megatron-LM save dir
+    folder = init_from.resolve(str(mlm), run["root"] / "cache")  # model.init_from = a Megatron-LM save dir
     assert folder != mlm and _equal(C.read_hf_weights(folder), C.read_hf_weights(run["hf_b"]))
-    assert hf.resolve_init(str(mlm), run["root"] / "cache") == folder  # converted once, then reused
+    assert init_from.resolve(str(mlm), run["root"] / "cache") == folder  # converted once, then reused
 
 
 def test_a_nemo_layout_converts_with_its_config(run: dict[str, Path], tmp_path: Path) -> None:
