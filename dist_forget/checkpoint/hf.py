@@ -1,7 +1,8 @@
 """A Hugging Face model folder, as our conversions read it, and the optimizer state saved beside it.
 
-The folder itself is transformers' format: `models/hf.py` writes it (`write_pretrained`, one
-`save_pretrained` for the trainer's export and every converter) and loads it for training. Here: the raw
+The folder itself is transformers' format: `models/hf.py` writes it (`write_pretrained`: the trainer's
+export and the Megatron conversions; `convert zero-to-hf` saves the model it built to check the shapes)
+and loads it for training. Here: the raw
 reader the converters use (`read_hf_config`, Llama only; `read_hf_weights`: safetensors, sharded index or
 pytorch_model.bin, the tied head dropped), `write_hf_folder` for a config given as a dict, and our
 optimizer file beside the weights:
