@@ -32,6 +32,7 @@ import torch
 
 from dist_forget.config import flatten, to_dict
 from dist_forget.data.mixture import MixedStream, validation_batches
+from dist_forget.data.remote import location_name, tokenizer_folder
 from dist_forget.engine.backend import Backend, BackendConfig, make_backend
 from dist_forget.engine.checkpoint import (
     CheckpointManager,
@@ -358,8 +359,10 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         write_json_atomic(out / "run_config.json", safe_cfg)
         tracker.log_artifact(out / "run_config.json")
 
-    target_val = cfg.data.target
-    pretrain_val = cfg.data.pretrain or cfg.data.target
+    # the manifests the stream opened (a URL's validation shards go to the same cache); equal manifests
+    # are the same shards, evaluated once
+    target_val = stream.target_manifest
+    pretrain_val = stream.pretrain_manifest or stream.target_manifest
 
     def evaluate() -> tuple[float, float]:
         kw = dict(
@@ -394,7 +397,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
     def export(folder: str) -> None:
         sd = backend.full_state_dict()  # collective
         if rank0:
-            hf.save_folder(sd, hf_config, out / folder, Path(cfg.data.target))
+            hf.save_folder(sd, hf_config, out / folder, tokenizer_folder(stream.target_manifest))
 
     def on_eval(step: int, losses: tuple[float, float] | None = None) -> bool:
         """Evaluate (unless `losses` were just measured), log, keep the best; returns whether it is a new best."""
@@ -498,7 +501,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
 
     summary = summary_row(
         {
-            "domain": cfg.domain or Path(cfg.data.target).name,
+            "domain": cfg.domain or location_name(cfg.data.target),
             "model_params": n_params,
             "target_tokens": stream.unique_target_tokens,
             "inject_fraction": cfg.data.inject_fraction,
