@@ -308,6 +308,8 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
     t, s = cfg.train, cfg.schedule
     stream = MixedStream(cfg.data, rank=backend.dp_rank, world_size=backend.dp_size)
     stream.verify()  # every shard's hash and layout now, not after the model is built and evaluated
+    # what the HF exports copy beside the weights; for shards at a URL fetched now, not at the end of the run
+    tokenizer_dir = tokenizer_folder(stream.target_manifest) if rank0 else None
     per_step_micro = t.micro_batch * backend.dp_size
     if t.batch_size % per_step_micro:
         raise UserError(
@@ -397,7 +399,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
     def export(folder: str) -> None:
         sd = backend.full_state_dict()  # collective
         if rank0:
-            hf.save_folder(sd, hf_config, out / folder, tokenizer_folder(stream.target_manifest))
+            hf.save_folder(sd, hf_config, out / folder, tokenizer_dir)
 
     def on_eval(step: int, losses: tuple[float, float] | None = None) -> bool:
         """Evaluate (unless `losses` were just measured), log, keep the best; returns whether it is a new best."""
