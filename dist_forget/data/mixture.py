@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dist_forget.data.manifest import Manifest, check_compatible, read_manifest
+from dist_forget.data.manifest import Manifest, check_compatible
+from dist_forget.data.remote import DEFAULT_CACHE_DIR, open_manifest
 from dist_forget.data.shards import ShardSet
 from dist_forget.errors import UserError
 
@@ -41,11 +42,12 @@ MAX_DENOMINATOR = 1_000_000
 
 @dataclass
 class MixtureConfig:  # YAML section `data:` of train configs
-    target: str = ""  # shard dir (manifest.json) of the target domain
-    pretrain: str | None = None  # shard dir of the pretraining mix; required when inject_fraction > 0
+    target: str = ""  # shard folder (manifest.json) of the target domain: a path or an http(s)/s3/gs URL
+    pretrain: str | None = None  # shard folder of the pretraining mix; required when inject_fraction > 0
     inject_fraction: float = 0.0  # p in [0, 1)
     target_tokens: int | None = None  # D unique target tokens; None = the whole train split
     seed: int = 0
+    cache_dir: str = DEFAULT_CACHE_DIR  # where shards at a URL are cached, per manifest sha256
 
     def validate(self) -> None:
         p = self.inject_fraction
@@ -127,8 +129,10 @@ class MixedStream:
                 "data.target is empty; set it to a shard dir with manifest.json (e.g. work/data/shards/code)"
             )
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.target_manifest = read_manifest(cfg.target)
-        self.pretrain_manifest: Manifest | None = read_manifest(cfg.pretrain) if cfg.pretrain else None
+        self.target_manifest = open_manifest(cfg.target, cfg.cache_dir)
+        self.pretrain_manifest: Manifest | None = (
+            open_manifest(cfg.pretrain, cfg.cache_dir) if cfg.pretrain else None
+        )
         if self.pretrain_manifest is not None:
             check_compatible(self.target_manifest, self.pretrain_manifest)
         self.seq_len = self.target_manifest.seq_len
@@ -177,14 +181,16 @@ class MixedStream:
 
     # ------------------------------------------------------------------------------- pure index maps
     def verify(self) -> None:
-        """Hash and index every shard of both splits of both sources now: a corrupt, replaced or edited shard
-        is a UserError before a model is built, not after minutes of setup and the first evaluation."""
-        self.target.verify()
-        if self.pretrain is not None:
-            self.pretrain.verify()
+        """Hash and index every local shard of both splits of both sources now: a corrupt, replaced or
+        edited shard is a UserError before a model is built, not after minutes of setup and the first
+        evaluation. Shards at a URL are left to first use (each rank fetches only the shards it reads),
+        where they are checked against the manifest as they arrive."""
+        for shards in filter(None, (self.target, self.pretrain)):
+            if shards.manifest.fetch is None:
+                shards.verify()
         for manifest in filter(None, (self.target_manifest, self.pretrain_manifest)):
             for split in manifest.splits:
-                if split != "train":
+                if split != "train" and manifest.fetch is None:
                     ShardSet(manifest, split).verify()
 
     def sources(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -296,20 +302,22 @@ def reshard_state_dict(state: dict[str, Any], new_world_size: int) -> dict[str, 
 
 
 def validation_batches(
-    shard_dir: str | Path,
+    folder: Manifest | str | Path,
     micro_batch_size: int,
     max_sequences: int | None = None,
     rank: int = 0,
     world_size: int = 1,
+    cache_dir: str | Path | None = None,
 ) -> Iterator[torch.Tensor]:
-    """The val split in fixed order: rank r gets sequences r, r+W, ... of the first `max_sequences`.
+    """The val split of a shard folder (its manifest, path or URL) in fixed order: rank r gets sequences
+    r, r+W, ... of the first `max_sequences`.
 
     Ranks may get one sequence more or less than each other when the count is not divisible by W:
     reduce summed losses and token counts after the loop, not per batch.
     """
     if micro_batch_size < 1:
         raise UserError(f"micro_batch_size = {micro_batch_size} must be >= 1")
-    shards = ShardSet(shard_dir, "val")
+    shards = ShardSet(folder, "val", cache_dir)
     if len(shards) == 0:
         raise UserError(
             f"{shards.manifest.where} has no validation sequences; re-shard with --val-fraction > 0"

@@ -10,7 +10,8 @@ Reading (`ShardSet`): random access by sequence index. Tar members are stored un
 offsets and `.npy` headers are padded to 64 bytes, so each row is a fixed-offset slice of the tar file;
 a shard is memory-mapped once, after its sha256 is checked and its member names are vetted (no `..`, no
 absolute paths), and a batch is then one fancy-index gather. This is what makes the exact stream's
-permuted, resumable access as fast as a sequential read.
+permuted, resumable access as fast as a sequential read. A shard folder at a URL (data/remote.py) is read
+the same way: each shard is fetched into the local cache on first use, then memory-mapped.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from dist_forget.data.manifest import Manifest, ShardInfo, SplitInfo, read_manifest
+from dist_forget.data.manifest import Manifest, ShardInfo, SplitInfo
+from dist_forget.data.remote import open_manifest
 from dist_forget.data.tokenizer import EOS, file_sha256, load_tokenizer, tokenizer_path
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir
@@ -240,7 +242,7 @@ def _safe_member(name: str) -> bool:
 class _OpenShard:
     """One memory-mapped shard: `starts[r]` is the element offset of row r in the file."""
 
-    def __init__(self, path: Path, info: ShardInfo, seq_len: int, dtype: np.dtype):
+    def __init__(self, path: Path, info: ShardInfo, seq_len: int, dtype: np.dtype, cached: bool = False):
         if not path.is_file():
             raise UserError(f"shard {path} is missing; re-run `dist-forget data shard` for this domain")
         stat = path.stat()
@@ -248,10 +250,14 @@ class _OpenShard:
         if _VERIFIED.get(key) != info.sha256:
             digest = file_sha256(path)
             if digest != info.sha256:
+                fix = (  # a cached copy of a shard at a URL was checked when fetched: this disk changed it
+                    f"delete {path} and it is fetched again"
+                    if cached
+                    else "re-run `dist-forget data shard` for this domain"
+                )
                 raise UserError(
                     f"shard {path} sha256 {digest[:12]}... differs from its manifest "
-                    f"({info.sha256[:12]}...): the file is corrupt or was replaced; re-run "
-                    "`dist-forget data shard` for this domain"
+                    f"({info.sha256[:12]}...): the file is corrupt or was replaced; {fix}"
                 )
             _VERIFIED[key] = digest
         starts: list[np.ndarray] = []
@@ -300,11 +306,15 @@ class _OpenShard:
 
 
 class ShardSet:
-    """Random access to one split of a shard directory: `gather(indices)` → [n, seq_len] token ids."""
+    """Random access to one split of a shard folder: `gather(indices)` → [n, seq_len] token ids.
 
-    def __init__(self, manifest: Manifest | str | Path, split: str = "train"):
-        self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
-        assert self.manifest.directory is not None
+    The folder is a path or a URL (`data/remote.py`): a shard at a URL is fetched into the cache the first
+    time a gather touches it, then memory-mapped like a local one."""
+
+    def __init__(
+        self, manifest: Manifest | str | Path, split: str = "train", cache_dir: str | Path | None = None
+    ):
+        self.manifest = manifest if isinstance(manifest, Manifest) else open_manifest(manifest, cache_dir)
         self.info = self.manifest.split(split)
         self.split = split
         self.seq_len = self.manifest.seq_len
@@ -319,11 +329,13 @@ class ShardSet:
     def shard(self, k: int) -> _OpenShard:
         if k not in self._open:
             info = self.info.shards[k]
-            self._open[k] = _OpenShard(self.manifest.directory / info.file, info, self.seq_len, self.dtype)
+            path = self.manifest.local_file(info.file, info.sha256)
+            cached = self.manifest.fetch is not None
+            self._open[k] = _OpenShard(path, info, self.seq_len, self.dtype, cached)
         return self._open[k]
 
     def verify(self) -> None:
-        """Open (hash and index) every shard now instead of at first use."""
+        """Open (hash and index) every shard now instead of at first use (at a URL: fetch them all)."""
         for k in range(len(self.info.shards)):
             self.shard(k)
 

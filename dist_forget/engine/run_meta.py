@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dist_forget.data.manifest import MANIFEST, Manifest
+from dist_forget.data.remote import is_remote, local_path, location_name, scheme_of
 from dist_forget.models.ladder import size_of
 from dist_forget.tracking.config import relative, run_root
 
@@ -30,8 +31,8 @@ AXES = ("stage", "domain", "size", "target_tokens", "inject_fraction", "anchor_d
 
 
 def _is_path(key: str, value: Any) -> bool:
-    if value in (None, ""):
-        return False
+    if value in (None, "") or is_remote(str(value)):
+        return False  # a URL (shards over HTTP / object storage) stays a param, redacted like the config
     # model.init_from may name a model instead of a folder (smollm2): that stays a param
     return key != "model.init_from" or Path(str(value)).exists()
 
@@ -56,7 +57,7 @@ def params_and_tags(
               if not k.startswith("tracking.") and not (k in PATH_KEYS and _is_path(k, v))}  # fmt: skip
     params.update({"model.size": size, "model.params_non_embedding": sig["non_embedding_params"],
                    "model.params_total": sig["total_params"]})  # fmt: skip
-    domain = flat.get("domain") or Path(str(flat["data.target"])).name
+    domain = flat.get("domain") or location_name(str(flat["data.target"]))
     tags = {
         "stage": mode,
         "domain": domain,
@@ -68,7 +69,7 @@ def params_and_tags(
     }
     for key in PATH_KEYS:
         if _is_path(key, flat.get(key)):
-            tags[f"dist_forget.path.{key}"] = relative(str(flat[key]), root)
+            tags[f"dist_forget.path.{key}"] = relative(local_path(str(flat[key])), root)  # file:// too
     init = flat.get("model.init_from")
     if mode == "finetune" and init and (Path(str(init)) / "summary.json").is_file():
         try:
@@ -98,8 +99,9 @@ def dataset_record(manifest: Manifest, context: str, out_dir: str | Path, **tags
         "tokenizer_sha256": manifest.tokenizer_sha256,
         "splits": splits,
     }
-    return {"name": manifest.domain, "digest": sha, "source_type": "local",
-            "source": json.dumps({"uri": relative(manifest.directory, run_root(out_dir))}),
+    where = manifest.origin or relative(manifest.directory, run_root(out_dir))  # a URL is shown redacted
+    return {"name": manifest.domain, "digest": sha, "source_type": scheme_of(where) or "local",
+            "source": json.dumps({"uri": where}),
             "profile": json.dumps(prof), "context": context,
             "tags": {k: str(v) for k, v in tags.items()}}  # fmt: skip
 

@@ -34,6 +34,7 @@ from dist_forget.checkpoint import init_from
 from dist_forget.checkpoint.meta import check_compatible, pack_client, read_meta, unpack_client
 from dist_forget.config import flatten, to_dict
 from dist_forget.data.mixture import MixedStream, validation_batches
+from dist_forget.data.remote import location_name, tokenizer_folder
 from dist_forget.engine.backend import Backend, BackendConfig, make_backend
 from dist_forget.engine.checkpoint import CheckpointManager, prepare_resume, resolve_resume
 from dist_forget.engine.config import RunConfig
@@ -304,6 +305,8 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
     t, s = cfg.train, cfg.schedule
     stream = MixedStream(cfg.data, rank=backend.dp_rank, world_size=backend.dp_size)
     stream.verify()  # every shard's hash and layout now, not after the model is built and evaluated
+    # what the HF exports copy beside the weights; for shards at a URL fetched now, not at the end of the run
+    tokenizer_dir = tokenizer_folder(stream.target_manifest) if rank0 else None
     per_step_micro = t.micro_batch * backend.dp_size
     if t.batch_size % per_step_micro:
         raise UserError(
@@ -355,8 +358,10 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         write_json_atomic(out / "run_config.json", safe_cfg)
         tracker.log_artifact(out / "run_config.json")
 
-    target_val = cfg.data.target
-    pretrain_val = cfg.data.pretrain or cfg.data.target
+    # the manifests the stream opened (a URL's validation shards go to the same cache); equal manifests
+    # are the same shards, evaluated once
+    target_val = stream.target_manifest
+    pretrain_val = stream.pretrain_manifest or stream.target_manifest
 
     def evaluate() -> tuple[float, float]:
         kw = dict(
@@ -387,7 +392,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
     def export(folder: str) -> None:
         sd = backend.full_state_dict()  # collective
         if rank0:
-            hf.save_folder(sd, hf_config, out / folder, Path(cfg.data.target))
+            hf.save_folder(sd, hf_config, out / folder, tokenizer_dir)
 
     def on_eval(step: int, losses: tuple[float, float] | None = None) -> bool:
         """Evaluate (unless `losses` were just measured), log, keep the best; returns whether it is a new best."""
@@ -494,7 +499,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
 
     summary = summary_row(
         {
-            "domain": cfg.domain or Path(cfg.data.target).name,
+            "domain": cfg.domain or location_name(cfg.data.target),
             "model_params": n_params,
             "target_tokens": stream.unique_target_tokens,
             "inject_fraction": cfg.data.inject_fraction,

@@ -109,6 +109,43 @@ def test_two_rank_zero2_matches_single_process(single_run, zero2_run):
     assert report["world_size"] == 2 and report["inject_fraction_observed"] == 0.25
 
 
+def test_two_rank_zero2_on_shards_over_http_equals_it_on_local_shards(
+    tiny_data, base_model, zero2_run, tmp_path
+):
+    """The same 2-rank ZeRO-2 finetune with data.target / data.pretrain at a loopback HTTP server (with a
+    password in the URL): the same losses bit for bit and the same final weights; the two ranks share one
+    node's cache, so each shard crosses the network once; the password is in no file of the run and in
+    no line of its output."""
+    from safetensors.torch import load_file
+
+    from dist_forget.net import StaticServer
+
+    out, secret = tmp_path / "http", "pw-5521-x"
+    with StaticServer(tiny_data.code.parent) as server:
+        url = f"http://reader:{secret}@127.0.0.1:{server.server_address[1]}"
+        data = [
+            f"data.target={url}/code",
+            f"data.pretrain={url}/english",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ]
+        outs = run_ranks(
+            "-m", ["dist_forget.cli", *_argv(tiny_data, base_model, out, *TWO_RANK, *data)], world=2
+        )
+    assert _losses(out) == _losses(zero2_run)
+    a, b = (
+        load_file(out / "model" / "model.safetensors"),
+        load_file(zero2_run / "model" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    one, two = (json.loads((d / "summary.json").read_text()) for d in (zero2_run, out))
+    assert {k: v for k, v in one.items() if k != "run_id"} == {k: v for k, v in two.items() if k != "run_id"}
+    assert (out / "model" / "tokenizer.json").read_bytes() == (tiny_data.code / "tokenizer.json").read_bytes()
+    tars = [path for method, path, _ in server.requests if method == "GET" and path.endswith(".tar")]
+    assert tars and len(tars) == len(set(tars)), tars
+    assert not [f for f in out.rglob("*") if f.is_file() and secret.encode() in f.read_bytes()]
+    assert not [o for o in outs if secret in o]
+
+
 def test_two_node_launch_matches_two_ranks(tiny_data, base_model, zero2_run, tmp_path):
     """Two torchrun invocations, one per "node" (static rendezvous on loopback), one rank each."""
     out = tmp_path / "nodes"

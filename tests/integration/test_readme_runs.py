@@ -14,7 +14,10 @@ and nothing else (a README line that needs more than this fails the test):
 - MLflow is down while the `--resume auto` line runs (its store's folder is a plain file) and back before
   `track sync`, so that the sync line has metrics to upload; sweep runs are not tracked (time);
 - launcher lines: `out_dir=work/launch-<i>` each (they would share one), free ports instead of the defaults
-  29500/29400 that other jobs on a machine may hold.
+  29500/29400 that other jobs on a machine may hold;
+- the block of shards over HTTP: its server line runs in the background on 127.0.0.1 and a free port
+  instead of 0.0.0.0:8000, the node address 10.0.0.1:8000 in the URLs becomes that address, and the
+  launch line gets `data.cache_dir=work/shard-cache` (not the user's ~/.cache).
 
 `plan` may answer "no p in [0, 1] meets the budget" on these barely trained models, which is its exit 1,
 or refuse their degenerate fit ("cannot answer", exit 2): each means that the line ran. Launcher lines that are not run, and why, are in `NOT_RUN`.
@@ -268,3 +271,57 @@ def test_launcher_lines_not_run_say_why() -> None:
         assert runs or reason, f"README launcher line neither run nor explained in NOT_RUN: {line.text}"
         script = next(w for w in line.words if w.startswith("launchers/"))
         assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0
+
+
+def url_block() -> list[Line]:
+    block = next(b for b in _blocks() if "http.server" in b)
+    return [_with_sizes(t) for t in _lines(block)]
+
+
+def test_the_http_shards_block_runs_as_two_nodes_on_loopback(scratch: Path) -> None:
+    """The README's shards-over-HTTP block: its static server publishes work/data/shards, the preview reads
+    the URLs, and the launch line runs on two "nodes" (this machine twice) that have the shards only
+    through the server."""
+    server_line, *lines = url_block()
+    assert server_line.words[:3] == ["python", "-m", "http.server"] and server_line.words[-1] == "&"
+    port = str(free_port())
+    subst = {"8000": port, "0.0.0.0": "127.0.0.1"}
+    log = scratch / "http-server.log"
+    with open(log, "w") as fh:
+        server = subprocess.Popen([subst.get(w, w) for w in server_line.words[:-1]], cwd=scratch,
+                                  env=_env(), stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        _wait_for_port(int(port))
+        for line in lines:
+            words = [w.replace("10.0.0.1:8000", f"127.0.0.1:{port}") for w in line.words]
+            if words[0] == "dist-forget":
+                res = _run(Line(line.text, words), scratch)
+                assert "fingerprint" in res.stdout
+                continue
+            assign, cmd = _split_env(words)
+            (scratch / assign["HOSTFILE"]).write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")
+            env = {**assign, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+            cmd = [*cmd, "out_dir=work/launch-url", "data.cache_dir=work/shard-cache"]
+            run_together([(cmd, _env(**{**env, "NODE_RANK": str(rank)})) for rank in (0, 1)], cwd=scratch)
+    finally:
+        server.terminate()
+        server.wait()
+    report = json.loads((scratch / "work" / "launch-url" / "report.json").read_text())
+    assert (report["world_size"], report["engine"]) == (2, "deepspeed")
+    served = (
+        log.read_text()
+    )  # the target's train shards, and the pretraining val shards (4 steps inject none)
+    assert "GET /code/train-" in served and "GET /english/val-" in served, served
+
+
+def _wait_for_port(port: int, timeout_s: float = 30.0) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"the README's http.server line did not listen on port {port}")
