@@ -5,7 +5,7 @@
   checkpoint another model, data stream, world size or engine wrote, before any backend opens a file.
 - `hf_config.json`: the transformers config of the model, where `convert zero-to-hf` looks for it.
 - the client state: what the trainer saves inside the backend's rank files (`DATA`: the data-stream
-  state, `TRAIN`: the loop's progress, `CONFIG`: the resolved config), packed and unpacked here only,
+  state, `TRAIN`: the loop's progress (engine/run_state.py), `CONFIG`: the resolved config), packed and unpacked here only,
   because the converters rewrite it (`reshard_client`) as well as the trainer reading it.
 
 `reshard_meta` is the one rewrite of meta.json for another layout (ZeRO world size, Megatron tp/pp/dp).
@@ -26,14 +26,17 @@ HF_CONFIG = "hf_config.json"
 DATA, TRAIN, CONFIG = "data", "train", "config"  # the trainer's client-state keys
 
 
-def pack_client(data: dict[str, Any], train: str, config: str) -> dict[str, Any]:
+def pack_client(data: dict[str, Any], train: dict[str, Any], config: str) -> dict[str, Any]:
     """The trainer's client state (plain data: every backend saves it weights-only-loadable)."""
     return {DATA: data, TRAIN: train, CONFIG: config}
 
 
-def unpack_client(client: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def unpack_client(client: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(data-stream state, train state) of a client state `pack_client` made."""
-    return client[DATA], client[TRAIN]
+    train = client[TRAIN]
+    if isinstance(train, str):  # checkpoints written before the run state had state_dict(): a JSON string
+        train = json.loads(train)
+    return client[DATA], train
 
 
 def reshard_client(

@@ -9,6 +9,10 @@ evaluation; what a resume rewrites up to its step), summary.json (exactly the ru
 report.json (everything else about the run), run_config.json (the resolved config), model/ and best/
 (HF folders), loss_curves.png.
 
+The parts, one file each: run_state.py (what a resume restores), evaluation.py (both validation splits,
+the best step, early stop), metrics_log.py (metrics.jsonl, progress line, plot), saving.py (checkpoint +
+HF export), summary.py (summary.json, report.json, the closing line).
+
 MLflow (rank 0): per step `train/*` (loss, lr, grad_norm, tokens_per_s, mfu, inject_fraction[_cum],
 injected_sequences cumulative); per evaluation `val/ft_loss`, `val/pt_loss`, `val/best_ft_loss` and, on a
 finetune, `val/forgetting` = val/pt_loss − the starting model's; at step 0 `val/pt_loss_base` and
@@ -19,70 +23,36 @@ axis tags and dataset inputs: engine/run_meta.py.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from dist_forget.checkpoint import init_from
-from dist_forget.checkpoint.meta import check_compatible, pack_client, read_meta, unpack_client
+from dist_forget.checkpoint.meta import check_compatible, read_meta
 from dist_forget.config import flatten, to_dict
-from dist_forget.data.mixture import MixedStream, validation_batches
-from dist_forget.data.remote import location_name, tokenizer_folder
+from dist_forget.data.mixture import MixedStream
+from dist_forget.data.remote import tokenizer_folder
 from dist_forget.engine.backend import Backend, BackendConfig, make_backend
 from dist_forget.engine.checkpoint import CheckpointManager, prepare_resume, resolve_resume
 from dist_forget.engine.config import RunConfig
+from dist_forget.engine.evaluation import Evaluator
 from dist_forget.engine.flops import flops_per_token, measure_peak
+from dist_forget.engine.metrics_log import MetricsLog, StepCost
+from dist_forget.engine.run_state import RunState
+from dist_forget.engine.saving import Saver
 from dist_forget.engine.schedule import lr_at
+from dist_forget.engine.summary import summary_of, write_outputs
 from dist_forget.errors import UserError
-from dist_forget.io import write_json_atomic, write_text_atomic
+from dist_forget.io import write_json_atomic
 from dist_forget.models import hf
 from dist_forget.redact import redact_tree
-from dist_forget.schema import (
-    METRICS_FILE,
-    SUMMARY_FILE,
-    eval_record,
-    read_metrics,
-    summary_row,
-    train_record,
-)
-
-
-@dataclass
-class TrainState:
-    """Everything about the loop's progress that a resume needs (plain data: goes in the checkpoint)."""
-
-    step: int = 0
-    best_ft: float = math.inf
-    best_pt: float = math.nan
-    best_step: int = 0
-    pt_loss_base: float = math.nan
-    ft_loss_base: float = math.nan
-    bad_evals: int = 0
-    rise_after_best: float = 0.0  # highest target loss since the best evaluation, minus the best
-    sequences: int = 0
-    pretrain_sequences: int = 0
-    pretrain_sequences_at_best: int = 0  # injected by the best step: does injection have room to act?
-    mlflow_run_id: str | None = None
-
-
-@dataclass
-class _Timer:
-    """Step times of the recent past, for tokens/s and ETA that ignore evaluation and checkpoint pauses."""
-
-    times: list[float] = field(default_factory=list)
-
-    def add(self, dt: float) -> None:
-        self.times = (self.times + [dt])[-20:]
-
-    def mean(self) -> float:
-        return sum(self.times) / len(self.times) if self.times else math.nan
+from dist_forget.schema import METRICS_FILE
 
 
 class _NullTracker:
@@ -223,37 +193,6 @@ def _make_optimizer(cfg: RunConfig) -> Any:
     return factory
 
 
-class _Log:
-    """metrics.jsonl on rank 0: one JSON object per step or evaluation (records: dist_forget/schema.py)."""
-
-    def __init__(self, path: Path, rank: int, keep_until: int | None):
-        self.path, self.rank = path, rank
-        if rank != 0:
-            return
-        kept: list[dict[str, Any]] = []
-        if keep_until is not None and path.is_file():
-            # a resumed run drops what the interrupted run logged after its checkpoint
-            kept = read_metrics(path, until_step=keep_until)
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-        self.fh = open(path, "a")  # noqa: SIM115 - open for the whole run
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.rank == 0:
-            self.fh.write(json.dumps(record) + "\n")
-            self.fh.flush()
-
-    def close(self) -> None:
-        if self.rank == 0:
-            self.fh.close()
-
-
-def _fmt_time(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def train(cfg: RunConfig, mode: Literal["pretrain", "finetune"], resume: str = "none") -> dict[str, Any]:
     """Run `cfg` to the end (or early stop); returns the summary row (on every rank)."""
     precision = _precision(cfg)
@@ -275,14 +214,152 @@ def _end_status(exc_type: type[BaseException] | None) -> str:
 
 
 def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: ExitStack) -> dict[str, Any]:
+    """The loop: one optimizer step, its log line, an evaluation when due, a checkpoint when due."""
+    r = _setup(cfg, mode, resume, backend, cleanup)
+    state, t, steps = r.state, cfg.train, cfg.schedule.steps
+    _begin(cfg, mode, backend, r)
+    stopped_early, wall0 = False, time.perf_counter()
+    while state.step < steps:
+        lr = lr_at(state.step, cfg.optim.lr, cfg.schedule)
+        t0 = time.perf_counter()
+        batches = [r.stream.next_batch(t.micro_batch) for _ in range(r.grad_accum)]
+        result = backend.train_step([b.input_ids for b in batches], lr)
+        # sequences and injected ones over all data-parallel ranks: the exact fraction is checked on these
+        n_pre = float(sum(int(b.is_pretrain.sum()) for b in batches))
+        n_pre, n_seq = backend.dp_all_reduce_sum([n_pre, float(t.micro_batch * r.grad_accum)])
+        dt = time.perf_counter() - t0  # the step alone: tokens/s and ETA leave out evaluations and saves
+        if not math.isfinite(result.loss):  # stop before a diverged model reaches a checkpoint
+            r.tracker.finish("FAILED")
+            raise r.saver.diverged(result.loss)
+        state.advance(int(n_seq), int(n_pre))
+        r.log.train_step(state, result.loss, lr, result.grad_norm, dt, n_pre, n_seq)
+
+        final = state.step == steps
+        best = r.evaluator(state.step) if r.evaluator.due(state.step, final) else False
+        stopped_early = r.evaluator.should_stop()
+        # a new best is saved (and exported) at once: it is the row the runs table reports
+        if best or final or stopped_early or r.saver.due(state.step):
+            r.saver.save(is_best=best)
+        if best:
+            r.saver.export("best")
+        if stopped_early:
+            break
+
+    r.saver.finish()  # the last checkpoint and the `model/` export
+    summary = _summarize(cfg, mode, backend, r, stopped_early, time.perf_counter() - wall0)
+    r.log.close()
+    r.tracker.finish("FINISHED")
+    return summary
+
+
+def _summarize(
+    cfg: RunConfig, mode: str, backend: Backend, r: _Parts, stopped_early: bool, wall_s: float
+) -> dict[str, Any]:
+    """The runs-table row (every rank returns it); rank 0 writes it with report.json (summary.py)."""
+    state = r.state
+    summary = summary_of(cfg, state, r.sig["non_embedding_params"], r.stream.unique_target_tokens, r.out)
+    if backend.rank == 0:
+        report = {
+            "steps_trained": state.step,
+            "stopped_early": stopped_early,
+            "total_params": r.sig["total_params"],
+            "world_size": backend.world_size,
+            "engine": cfg.engine,
+            "tokens_per_s": r.log.tokens_per_s(),
+            "wall_s": wall_s,
+            "inject_fraction_observed": state.pretrain_sequences / state.sequences
+            if state.sequences
+            else None,
+        }
+        write_outputs(cfg, mode, state, summary, report, r.tracker, print)
+    return summary
+
+
+@dataclass
+class _Parts:
+    """What `_setup` builds for the loop."""
+
+    out: Path
+    stream: MixedStream
+    grad_accum: int
+    sig: dict[str, Any]  # the model signature (hf.signature): sizes and parameter counts
+    resumed: bool
+    state: RunState
+    saver: Saver
+    tracker: Any
+    log: MetricsLog
+    evaluator: Evaluator
+    say: Any
+
+
+def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: ExitStack) -> _Parts:
+    """Resume point, data stream, model and backend, restored state, tracker, log and evaluator."""
     rank0 = backend.rank == 0
     out = Path(cfg.out_dir)
-    safe_cfg = redact_tree(to_dict(cfg))  # what files, checkpoints and MLflow get: URIs without credentials
-    ckpt_root = out / "checkpoints"
     say = print if rank0 else (lambda *a, **k: None)
+    resume_path = _resume_point(cfg, resume, backend, out)
+    t = cfg.train
+    stream = MixedStream(cfg.data, rank=backend.dp_rank, world_size=backend.dp_size)
+    stream.verify()  # every shard's hash and layout now, not after the model is built and evaluated
+    # what the HF exports copy beside the weights; for shards at a URL fetched now, not at the end of the run
+    tokenizer_dir = tokenizer_folder(stream.target_manifest) if rank0 else None
+    per_step_micro = t.micro_batch * backend.dp_size
+    if t.batch_size % per_step_micro:
+        raise UserError(
+            f"train.batch_size = {t.batch_size} is not a multiple of train.micro_batch "
+            f"({t.micro_batch}) × {backend.dp_size} data-parallel ranks; change either"
+        )
+    grad_accum = t.batch_size // per_step_micro
+    sig, hf_config = _build_model(cfg, mode, backend, stream, resume_path, grad_accum)
 
+    safe_cfg = redact_tree(to_dict(cfg))  # what files, checkpoints and MLflow get: URIs without credentials
+    meta = {
+        "model": sig,
+        "data_fingerprint": stream.fingerprint,
+        "world_size": backend.world_size,
+        "engine": cfg.engine,
+        "zero_stage": cfg.parallel.zero_stage,
+        "config": safe_cfg,
+        "mode": mode,
+    }
+    ckpt = CheckpointManager(out / "checkpoints", backend, cfg.checkpoint.keep)
+    state = RunState()
+    saver = Saver(ckpt, state, stream, meta, hf_config, cfg.checkpoint.every, out, tokenizer_dir)
+    if resume_path is not None:
+        saver.restore(resume_path)
+        say(f"resumed from {resume_path} at step {state.step}")
+
+    run_name = cfg.name or out.resolve().name
+    tracker = _tracker(cfg, backend.rank, run_name, out, state.mlflow_run_id, mode, sig, stream)
+    # an error or Ctrl-C still sends what is queued and closes the MLflow run as FAILED / KILLED
+    cleanup.push(lambda exc_type, *_: tracker.finish(_end_status(exc_type)))
+    state.mlflow_run_id = tracker.run_id or state.mlflow_run_id
+    n_params = sig["non_embedding_params"]
+    fpt = flops_per_token(
+        n_params, hf_config.vocab_size, hf_config.hidden_size, hf_config.num_hidden_layers, stream.seq_len
+    )
+    cost = StepCost(cfg.schedule.steps, t.batch_size * stream.seq_len, fpt, math.nan)  # peak: _begin
+    keep_until = state.step if resume_path is not None else None
+    log = MetricsLog(out / METRICS_FILE, backend.rank, keep_until, tracker, cost, say)
+    cleanup.callback(log.close)
+    if rank0:
+        write_json_atomic(out / "run_config.json", safe_cfg)
+        tracker.log_artifact(out / "run_config.json")
+    # the manifests the stream opened (a URL's validation shards go to the same cache)
+    target_val = stream.target_manifest
+    pretrain_val = stream.pretrain_manifest or stream.target_manifest
+    evaluator = Evaluator(backend, t, state, target_val, pretrain_val, log, tracker, mode == "finetune", say)
+    resumed = resume_path is not None
+    return _Parts(out, stream, grad_accum, sig, resumed, state, saver, tracker, log, evaluator, say)
+
+
+def _resume_point(cfg: RunConfig, resume: str, backend: Backend, out: Path) -> Path | None:
+    """The checkpoint to resume from (None: a fresh start), after rank 0 tidied and checked the folder."""
+    ckpt_root = out / "checkpoints"
     error = ""
-    if rank0:  # tidy killed saves, check the checkpoint to resume from (or fall back to an intact one)
+    if (
+        backend.rank == 0
+    ):  # tidy killed saves, check the checkpoint to resume from (or fall back to an intact one)
         try:
             prepare_resume(resume, ckpt_root, cfg.checkpoint.keep, say=lambda m: print(m, flush=True))
         except UserError as exc:
@@ -298,33 +375,28 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
             f"out_dir {out} already holds checkpoints; pass --resume auto to continue it "
             "or choose another out_dir"
         )
-    if rank0:
+    if backend.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     backend.barrier()
+    return resume_path
 
-    t, s = cfg.train, cfg.schedule
-    stream = MixedStream(cfg.data, rank=backend.dp_rank, world_size=backend.dp_size)
-    stream.verify()  # every shard's hash and layout now, not after the model is built and evaluated
-    # what the HF exports copy beside the weights; for shards at a URL fetched now, not at the end of the run
-    tokenizer_dir = tokenizer_folder(stream.target_manifest) if rank0 else None
-    per_step_micro = t.micro_batch * backend.dp_size
-    if t.batch_size % per_step_micro:
-        raise UserError(
-            f"train.batch_size = {t.batch_size} is not a multiple of train.micro_batch "
-            f"({t.micro_batch}) × {backend.dp_size} data-parallel ranks; change either"
-        )
-    grad_accum = t.batch_size // per_step_micro
 
+def _build_model(
+    cfg: RunConfig,
+    mode: str,
+    backend: Backend,
+    stream: MixedStream,
+    resume_path: Path | None,
+    grad_accum: int,
+) -> tuple[dict[str, Any], Any]:
+    """Build (or load) the model, check it against the data and the checkpoint, hand it to the backend;
+    returns (model signature, HF config)."""
     init_dir = _init_folder(cfg, mode)
     _check_tokenizer(init_dir, stream)
     model = _model_factory(cfg, init_dir, stream)
     _check_fits(model, stream, cfg.model.init_from or cfg.model.size or "the model")
     sig = hf.signature(model, cfg.model.size)
     hf_config = model.config
-    n_params = sig["non_embedding_params"]
-    fpt = flops_per_token(
-        n_params, hf_config.vocab_size, hf_config.hidden_size, hf_config.num_hidden_layers, stream.seq_len
-    )
     if resume_path is not None:  # refuse a mismatch before the backend builds (and shards) anything
         check_compatible(
             read_meta(resume_path),
@@ -337,250 +409,22 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         )
     handover = [model]
     del model  # the backend owns it from here (and may wrap or shard it): keep no second reference
-    backend.build(handover.pop, _make_optimizer(cfg), t.micro_batch, grad_accum)
+    backend.build(handover.pop, _make_optimizer(cfg), cfg.train.micro_batch, grad_accum)
+    return sig, hf_config
 
-    ckpt = CheckpointManager(ckpt_root, backend, cfg.checkpoint.keep)
-    state = TrainState()
-    if resume_path is not None:
-        data_state, train_state = unpack_client(backend.load(resume_path.parent, resume_path.name))
-        stream.load_state_dict(data_state)
-        state = TrainState(**json.loads(train_state))
-        say(f"resumed from {resume_path} at step {state.step}")
 
-    run_name = cfg.name or out.resolve().name
-    tracker = _tracker(cfg, backend.rank, run_name, out, state.mlflow_run_id, mode, sig, stream)
-    # an error or Ctrl-C still sends what is queued and closes the MLflow run as FAILED / KILLED
-    cleanup.push(lambda exc_type, *_: tracker.finish(_end_status(exc_type)))
-    state.mlflow_run_id = tracker.run_id or state.mlflow_run_id
-    log = _Log(out / METRICS_FILE, backend.rank, state.step if resume_path is not None else None)
-    cleanup.callback(log.close)
-    if rank0:
-        write_json_atomic(out / "run_config.json", safe_cfg)
-        tracker.log_artifact(out / "run_config.json")
-
-    # the manifests the stream opened (a URL's validation shards go to the same cache); equal manifests
-    # are the same shards, evaluated once
-    target_val = stream.target_manifest
-    pretrain_val = stream.pretrain_manifest or stream.target_manifest
-
-    def evaluate() -> tuple[float, float]:
-        kw = dict(
-            micro_batch_size=t.micro_batch,
-            max_sequences=t.eval_sequences,
-            rank=backend.dp_rank,
-            world_size=backend.dp_size,
-        )
-        ft = backend.eval_loss(validation_batches(target_val, **kw))
-        pt = ft if pretrain_val == target_val else backend.eval_loss(validation_batches(pretrain_val, **kw))
-        return ft, pt
-
-    def client_state() -> dict[str, Any]:
-        # train state as a JSON string: weights_only loading accepts it, and inf/nan survive
-        return pack_client(stream.state_dict(), json.dumps(asdict(state)), json.dumps(safe_cfg))
-
-    def meta() -> dict[str, Any]:
-        return {
-            "model": sig,
-            "data_fingerprint": stream.fingerprint,
-            "world_size": backend.world_size,
-            "engine": cfg.engine,
-            "zero_stage": cfg.parallel.zero_stage,
-            "config": safe_cfg,
-            "mode": mode,
-        }
-
-    def export(folder: str) -> None:
-        sd = backend.full_state_dict()  # collective
-        if rank0:
-            hf.save_folder(sd, hf_config, out / folder, tokenizer_dir)
-
-    def on_eval(step: int, losses: tuple[float, float] | None = None) -> bool:
-        """Evaluate (unless `losses` were just measured), log, keep the best; returns whether it is a new best."""
-        ft, pt = losses or evaluate()
-        best = ft < state.best_ft
-        if best:
-            state.best_ft, state.best_pt, state.best_step, state.bad_evals = ft, pt, step, 0
-            state.rise_after_best = 0.0
-            state.pretrain_sequences_at_best = state.pretrain_sequences
-        else:
-            state.bad_evals += 1
-            state.rise_after_best = max(state.rise_after_best, ft - state.best_ft)
-        log.write(eval_record(step, ft, pt))
-        values = {"val/ft_loss": ft, "val/pt_loss": pt, "val/best_ft_loss": state.best_ft}
-        if mode == "finetune":  # how far the pretraining loss rose above the starting model's
-            values["val/forgetting"] = pt - state.pt_loss_base
-        tracker.log_metrics(values, step)
-        say(
-            f"eval step {step}: ft_loss {ft:.4f}  pt_loss {pt:.4f}  (best ft {state.best_ft:.4f} at step "
-            f"{state.best_step}{', new best' if best else ''})",
+def _begin(cfg: RunConfig, mode: str, backend: Backend, r: _Parts) -> None:
+    """A fresh run evaluates the starting model (step 0: forgetting is measured from it); then the peak
+    FLOP/s for MFU is measured (after: it draws random numbers, which must not move the model's)."""
+    if not r.resumed:
+        ft, pt = r.evaluator.baseline()
+        s, t = cfg.schedule, cfg.train
+        r.say(
+            f"{mode}: {cfg.engine} x{backend.world_size} ({backend.cfg.precision}), N = {r.sig['non_embedding_params']:,} non-embedding params "
+            f"({r.sig['total_params']:,} total), {s.steps} steps x {t.batch_size} seq x {r.stream.seq_len} tokens, "
+            f"grad_accum {r.grad_accum}; start: ft_loss {ft:.4f} pt_loss {pt:.4f}",
             flush=True,
         )
-        return best
-
-    if resume_path is None:
-        state.ft_loss_base, state.pt_loss_base = evaluate()
-        say(
-            f"{mode}: {cfg.engine} x{backend.world_size} ({backend.cfg.precision}), N = {n_params:,} non-embedding params "
-            f"({sig['total_params']:,} total), {s.steps} steps x {t.batch_size} seq x {stream.seq_len} tokens, "
-            f"grad_accum {grad_accum}; start: ft_loss {state.ft_loss_base:.4f} pt_loss {state.pt_loss_base:.4f}",
-            flush=True,
-        )
-        on_eval(0, (state.ft_loss_base, state.pt_loss_base))
-        tracker.log_metrics(
-            {"val/pt_loss_base": state.pt_loss_base, "val/ft_loss_base": state.ft_loss_base}, 0
-        )
-
-    peak = t.peak_flops or measure_peak(backend.device) * backend.world_size
-    timer = _Timer()
-    tokens_per_step = t.batch_size * stream.seq_len
-    stopped_early = False
-    last_saved = state.step if resume_path is not None else -1
-    wall0 = time.perf_counter()
-    while state.step < s.steps:
-        step_index = state.step
-        lr = lr_at(step_index, cfg.optim.lr, s)
-        t0 = time.perf_counter()
-        batches = [stream.next_batch(t.micro_batch) for _ in range(grad_accum)]
-        result = backend.train_step([b.input_ids for b in batches], lr)
-        n_pre = float(sum(int(b.is_pretrain.sum()) for b in batches))
-        n_pre, n_seq = backend.dp_all_reduce_sum([n_pre, float(t.micro_batch * grad_accum)])
-        dt = time.perf_counter() - t0
-        if not math.isfinite(result.loss):
-            last = ckpt.read_pointer("latest")
-            tracker.finish("FAILED")
-            raise UserError(
-                f"training loss became {result.loss} at step {step_index + 1}; the last good "
-                f"checkpoint is {ckpt_root / last if last else 'none'}; lower optim.lr or raise "
-                "schedule.warmup, then --resume auto"
-            )
-        state.step += 1
-        state.sequences += int(n_seq)
-        state.pretrain_sequences += int(n_pre)
-        timer.add(dt)
-        tok_s = tokens_per_step / timer.mean()
-        metrics = {
-            "loss": result.loss,
-            "lr": lr,
-            "grad_norm": result.grad_norm,
-            "tokens_per_s": tok_s,
-            "mfu": fpt * tok_s / peak,
-            "inject_fraction": n_pre / n_seq,
-            "inject_fraction_cum": state.pretrain_sequences / state.sequences,
-            "injected_sequences": float(state.pretrain_sequences),
-        }
-        log.write(train_record(state.step, metrics))
-        tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, state.step)
-        eta = timer.mean() * (s.steps - state.step)
-        say(
-            f"step {state.step}/{s.steps} | loss {result.loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
-            f"MFU {metrics['mfu']:.1%} | inject {metrics['inject_fraction_cum']:.4f} | ETA {_fmt_time(eta)}",
-            flush=True,
-        )
-
-        final = state.step == s.steps
-        is_eval = final or (t.eval_every and state.step % t.eval_every == 0)
-        best = on_eval(state.step) if is_eval else False
-        if t.patience and state.bad_evals >= t.patience and state.rise_after_best >= t.stop_rise:
-            say(f"early stop: {state.bad_evals} evaluations without a better target loss, which rose "
-                f"{state.rise_after_best:.4f} above its best", flush=True)  # fmt: skip
-            stopped_early = True
-        every = cfg.checkpoint.every and state.step % cfg.checkpoint.every == 0
-        if best or every or final or stopped_early:
-            ckpt.save(state.step, client_state(), meta(), is_best=best, hf_config=hf_config.to_dict())
-            last_saved = state.step
-        if best:
-            export("best")
-        if stopped_early:
-            break
-
-    if last_saved != state.step:  # resumed at the end already: nothing ran, the checkpoint is current
-        ckpt.save(state.step, client_state(), meta(), is_best=False, hf_config=hf_config.to_dict())
-    export("model")
-
-    summary = summary_row(
-        {
-            "domain": cfg.domain or location_name(cfg.data.target),
-            "model_params": n_params,
-            "target_tokens": stream.unique_target_tokens,
-            "inject_fraction": cfg.data.inject_fraction,
-            "anchor_decay": cfg.optim.anchor_decay,
-            "ft_loss": state.best_ft,
-            "pt_loss": state.best_pt,
-            "pt_loss_base": state.pt_loss_base,
-            "ft_loss_base": state.ft_loss_base,
-            "steps": state.best_step,
-            "run_id": state.mlflow_run_id or f"local:{out.resolve()}",
-        }
-    )
-    if rank0:
-        write_json_atomic(out / SUMMARY_FILE, summary)
-        report = {
-            **asdict(state),
-            "mode": mode,
-            "steps_trained": state.step,
-            "stopped_early": stopped_early,
-            "total_params": sig["total_params"],
-            "world_size": backend.world_size,
-            "engine": cfg.engine,
-            "tokens_per_s": tokens_per_step / timer.mean() if timer.times else None,
-            "wall_s": time.perf_counter() - wall0,
-            "inject_fraction_observed": (
-                state.pretrain_sequences / state.sequences if state.sequences else None
-            ),
-        }
-        write_json_atomic(out / "report.json", report)
-        best = {"best/ft_loss": state.best_ft, "best/step": float(state.best_step)}
-        if mode == "finetune":
-            best.update(
-                {
-                    "best/pt_loss": state.best_pt,
-                    "best/forgetting": state.best_pt - state.pt_loss_base,
-                    "best/injected_sequences": float(state.pretrain_sequences_at_best),
-                }
-            )
-        tracker.log_metrics(best, state.best_step)
-        if cfg.tracking.register_model and (out / "best").is_dir():
-            tracker.register_model(
-                out / "best",
-                cfg.tracking.register_model,
-                {"best_step": state.best_step, "ft_loss": state.best_ft, "pt_loss": state.best_pt},
-            )
-        plot = _plot(out / METRICS_FILE, out / "loss_curves.png")
-        for path in (out / SUMMARY_FILE, out / "report.json", plot):
-            tracker.log_artifact(path)
-        say(
-            f"done: {state.step} steps; best target loss {state.best_ft:.4f} at step {state.best_step} "
-            f"(pretraining loss there {state.best_pt:.4f}, base {state.pt_loss_base:.4f}, forgetting "
-            f"{state.best_pt - state.pt_loss_base:+.4f} nats/token); summary {out / SUMMARY_FILE}",
-            flush=True,
-        )
-    log.close()
-    tracker.finish("FINISHED")
-    return summary
-
-
-def _plot(metrics: Path, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train_pts = [(r["step"], r["loss"]) for r in read_metrics(metrics, "train")]
-    evals = read_metrics(metrics, "eval")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train_pts:
-        ax.plot(*zip(*train_pts), lw=0.8, alpha=0.6, label="train loss")
-    if evals:
-        ax.plot([r["step"] for r in evals], [r["ft_loss"] for r in evals], "o-", label="target validation")
-        ax.plot(
-            [r["step"] for r in evals], [r["pt_loss"] for r in evals], "s-", label="pretraining validation"
-        )
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+        r.evaluator(0, (ft, pt))
+        r.tracker.log_metrics({"val/pt_loss_base": pt, "val/ft_loss_base": ft}, 0)
+    r.log.cost.peak_flops = cfg.train.peak_flops or measure_peak(backend.device) * backend.world_size

@@ -1,0 +1,119 @@
+"""The run's record of itself: metrics.jsonl (rank 0; records: dist_forget/schema.py), the per-step
+MLflow metrics and progress line, and loss_curves.png drawn from metrics.jsonl at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dist_forget.engine.run_state import RunState
+from dist_forget.io import write_text_atomic
+from dist_forget.schema import read_metrics, train_record
+
+
+@dataclass
+class StepCost:
+    """What turns a step time into tokens/s, MFU and an ETA."""
+
+    steps: int  # the run's total, for the ETA
+    tokens_per_step: int
+    flops_per_token: float
+    peak_flops: float
+
+
+class MetricsLog:
+    def __init__(
+        self,
+        path: Path,
+        rank: int,
+        keep_until: int | None,
+        tracker: Any,
+        cost: StepCost,
+        say: Callable[..., Any],
+    ):
+        self.path, self.rank, self.tracker, self.cost, self.say = path, rank, tracker, cost, say
+        self.times: list[float] = []  # recent step times: tokens/s and ETA ignore evaluation and save pauses
+        if rank != 0:
+            return
+        kept: list[dict[str, Any]] = []
+        if keep_until is not None and path.is_file():
+            # a resumed run drops what the interrupted run logged after its checkpoint
+            kept = read_metrics(path, until_step=keep_until)
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.fh = open(path, "a")  # noqa: SIM115 - open for the whole run
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            self.fh.write(json.dumps(record) + "\n")
+            self.fh.flush()
+
+    def tokens_per_s(self) -> float | None:
+        return self.cost.tokens_per_step / (sum(self.times) / len(self.times)) if self.times else None
+
+    def train_step(
+        self, state: RunState, loss: float, lr: float, grad_norm: float, dt: float, n_pre: float, n_seq: float
+    ) -> None:
+        """Log the step `state` just finished: metrics.jsonl, MLflow `train/*` and the progress line."""
+        self.times = (self.times + [dt])[-20:]
+        tok_s = self.tokens_per_s() or math.nan
+        metrics = {
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tok_s,
+            "mfu": self.cost.flops_per_token * tok_s / self.cost.peak_flops,
+            "inject_fraction": n_pre / n_seq,
+            "inject_fraction_cum": state.pretrain_sequences / state.sequences,
+            "injected_sequences": float(state.pretrain_sequences),
+        }
+        self.write(train_record(state.step, metrics))
+        self.tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, state.step)
+        eta = sum(self.times) / len(self.times) * (self.cost.steps - state.step)
+        self.say(
+            f"step {state.step}/{self.cost.steps} | loss {loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
+            f"MFU {metrics['mfu']:.1%} | inject {metrics['inject_fraction_cum']:.4f} | ETA {_fmt_time(eta)}",
+            flush=True,
+        )
+
+    def close(self) -> None:
+        if self.rank == 0 and not self.fh.closed:
+            self.fh.close()
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def plot(metrics: Path, path: Path) -> Path:
+    """loss_curves.png: train loss per step, target and pretraining validation loss per evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train_pts = [(r["step"], r["loss"]) for r in read_metrics(metrics, "train")]
+    evals = read_metrics(metrics, "eval")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train_pts:
+        ax.plot(*zip(*train_pts), lw=0.8, alpha=0.6, label="train loss")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["ft_loss"] for r in evals], "o-", label="target validation")
+        ax.plot(
+            [r["step"] for r in evals], [r["pt_loss"] for r in evals], "s-", label="pretraining validation"
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,74 @@
+"""Checkpoint + export for one run: what goes into each checkpoint beside the backend's files (client
+state: data-stream position, run state, config; meta.json), restoring it, and the HF folder exports
+(`best/` at every new best evaluation, `model/` at the end). Tags, pointers and retention: checkpoint.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dist_forget.checkpoint.meta import pack_client, unpack_client
+from dist_forget.data.mixture import MixedStream
+from dist_forget.engine.checkpoint import CheckpointManager
+from dist_forget.engine.run_state import RunState
+from dist_forget.errors import UserError
+from dist_forget.models import hf
+
+
+class Saver:
+    def __init__(
+        self,
+        ckpt: CheckpointManager,
+        state: RunState,
+        stream: MixedStream,
+        meta: dict[str, Any],
+        hf_config: Any,
+        every: int,
+        out: Path,
+        tokenizer_dir: Path | None,
+    ):
+        self.ckpt, self.backend, self.state, self.stream = ckpt, ckpt.backend, state, stream
+        self.meta, self.hf_config, self.every = meta, hf_config, every
+        self.out, self.tokenizer_dir = out, tokenizer_dir
+        self.last_saved = -1  # the step of the newest checkpoint this run wrote or resumed from
+
+    def restore(self, path: Path) -> None:
+        """Load checkpoint `path` (collective): weights, optimizer, stream position and run state."""
+        data, train = unpack_client(self.backend.load(path.parent, path.name))
+        self.stream.load_state_dict(data)
+        self.state.load_state_dict(train)
+        self.last_saved = self.state.step
+
+    def due(self, step: int) -> bool:
+        return bool(self.every and step % self.every == 0)
+
+    def save(self, is_best: bool) -> None:
+        """A checkpoint of the current step (collective); `is_best` points `best` at it."""
+        config = json.dumps(self.meta["config"])  # a string: converters rewrite it (checkpoint/meta.py)
+        client = pack_client(self.stream.state_dict(), self.state.state_dict(), config)
+        self.ckpt.save(
+            self.state.step, client, self.meta, is_best=is_best, hf_config=self.hf_config.to_dict()
+        )
+        self.last_saved = self.state.step
+
+    def export(self, folder: str) -> None:
+        """The model as an HF folder `out/folder`, with the shards' tokenizer (collective; rank 0 writes)."""
+        sd = self.backend.full_state_dict()
+        if self.backend.rank == 0:
+            hf.save_folder(sd, self.hf_config, self.out / folder, self.tokenizer_dir)
+
+    def finish(self) -> None:
+        """The last checkpoint (unless a resume found the run already at its end) and the `model/` export."""
+        if self.last_saved != self.state.step:
+            self.save(is_best=False)
+        self.export("model")
+
+    def diverged(self, loss: float) -> UserError:
+        """The error for a non-finite loss in the step after `state.step`, naming where to resume from."""
+        last = self.ckpt.read_pointer("latest")
+        return UserError(
+            f"training loss became {loss} at step {self.state.step + 1}; the last good "
+            f"checkpoint is {self.ckpt.root / last if last else 'none'}; lower optim.lr or raise "
+            "schedule.warmup, then --resume auto"
+        )
