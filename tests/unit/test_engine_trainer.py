@@ -205,3 +205,58 @@ def test_early_stop_waits_for_the_target_loss_to_rise_by_stop_rise(tiny_data, ba
     # the losses agree up to where the eager run stopped: stop_rise changes when to stop, nothing else
     a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
     assert all(a[s] == b[s] for s in a)
+
+
+def test_resume_from_a_checkpoint_with_the_older_json_train_state(tiny_data, base_model, full_run, tmp_path):
+    """The run state is saved as plain data now; checkpoints that stored it as a JSON string still resume."""
+    from dist_forget.checkpoint.zero import MODEL_FILE
+
+    full, _ = full_run
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    (part / "checkpoints" / "latest").write_text("step-00000002\n")
+    rank_file = part / "checkpoints" / "step-00000002" / MODEL_FILE
+    saved = torch.load(rank_file, weights_only=True)
+    assert saved["train"]["step"] == 2 and saved["train"]["best_ft"] < float("inf")
+    saved["train"] = json.dumps(saved["train"])  # as dist-forget wrote it before
+    torch.save(saved, rank_file)
+    train(_cfg(tiny_data, base_model, part), "finetune", resume="auto")
+    assert _losses(part) == _losses(full)
+
+
+def test_early_stop_needs_patience_and_a_rise_of_stop_rise(tmp_path):
+    """The rule on its own: `patience` evaluations without a better target loss AND a rise of `stop_rise`
+    above the best (the highest since the best counts, not only the latest)."""
+    from dist_forget.engine.config import TrainConfig
+    from dist_forget.engine.evaluation import Evaluator
+    from dist_forget.engine.metrics_log import MetricsLog, StepCost
+    from dist_forget.engine.run_state import RunState
+    from dist_forget.engine.trainer import _NullTracker
+
+    state, lines = RunState(), []
+    log = MetricsLog(tmp_path / "m.jsonl", 0, None, _NullTracker(), StepCost(9, 1, 1.0, 1.0), print)
+    train_cfg = TrainConfig(patience=2, stop_rise=0.1)
+    ev = Evaluator(
+        None, train_cfg, state, None, None, log, _NullTracker(), True, lambda m, **_: lines.append(m)
+    )
+    stops = []
+    for step, ft in enumerate([3.0, 2.9, 3.05, 2.95, 2.99, 2.92]):
+        ev(step, (ft, 3.0))
+        stops.append(ev.should_stop())
+    # step 2: one bad evaluation, risen 0.15; step 3: two, the rise seen is still 0.15 >= 0.1 → stop
+    assert stops == [False, False, False, True, True, True]
+    assert state.best_step == 1 and state.bad_evals == 4 and abs(state.rise_after_best - 0.15) < 1e-12
+    assert lines[-1].startswith("early stop: 4 evaluations without a better target loss, which rose 0.1500")
+    ev(6, (2.5, 3.0))  # a new best resets both counters
+    assert not ev.should_stop() and state.bad_evals == 0 and state.rise_after_best == 0.0
+    ev(7, (2.55, 3.0))
+    ev(8, (2.55, 3.0))  # patience met, but a rise of 0.05 is a wobble: go on
+    assert state.bad_evals == 2 and not ev.should_stop()
+    ev(9, (2.61, 3.0))
+    assert ev.should_stop()
+    restored = RunState()
+    restored.load_state_dict(state.state_dict())
+    assert restored == state
+    with pytest.raises(UserError, match="unknown fields \\['surprise'\\]"):
+        RunState().load_state_dict({**state.state_dict(), "surprise": 1})
+    log.close()
