@@ -2,7 +2,7 @@
 
 stream → model → optimizer → backend → (resume | evaluate the starting model) → steps: train, log,
 evaluate both validation splits every `eval_every` steps, keep the best-target-loss checkpoint (bottom of
-the U-curve), early stop on patience → final evaluation, checkpoint, HF export, summary.json.
+the U-curve), early stop (patience and stop_rise) → final evaluation, checkpoint, HF export, summary.json.
 
 Outputs in `out_dir`: checkpoints/ (see engine/checkpoint.py), metrics.jsonl (one line per step and per
 evaluation; what a resume rewrites up to its step), summary.json (exactly the runs-table columns),
@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -289,7 +290,7 @@ class _Parts:
     tracker: Any
     log: MetricsLog
     evaluator: Evaluator
-    say: Any
+    say: Callable[..., Any]  # print on rank 0, silent elsewhere
 
 
 def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: ExitStack) -> _Parts:
