@@ -48,26 +48,21 @@ def missing() -> list[str]:
     return [name for name in (*DAEMONS, *CLIENTS) if _which(name) is None]
 
 
-def why_not_installable() -> str | None:
-    """None when the packages are here or can be installed now; else why not (one line)."""
-    if not missing():
-        return None
-    if os.geteuid() != 0:
-        return f"{' '.join(missing())} not installed and installing {' '.join(PACKAGES)} needs root"
-    if shutil.which("apt-get") is None:
+def why_unavailable() -> str | None:
+    """None when a cluster can be started here (installing the packages first if need be); else why not."""
+    if os.geteuid() != 0:  # slurmd starts each job as its user, and apt-get installs as root
+        return "a local SLURM cluster runs as root (slurmd, apt-get); this process is not root"
+    if missing() and shutil.which("apt-get") is None:
         return f"{' '.join(missing())} not installed and there is no apt-get to install {' '.join(PACKAGES)}"
     return None
 
 
 def ensure_installed(say: Callable[[str], None] = print) -> None:
-    """Install slurm-wlm and munge with apt-get when missing (root only); UserError when impossible."""
+    """Install slurm-wlm and munge with apt-get when missing (as root); UserError when that fails."""
     if not missing():
         return
-    why = why_not_installable()
-    if why:
-        raise UserError(f"local SLURM cluster: {why}; install them (apt-get install {' '.join(PACKAGES)})")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]
+    install = ["apt-get", "install", "-y", "-qq", *PACKAGES]  # as tried in platform-facts.md
     say(f"installing {' '.join(PACKAGES)} (apt-get)")
     res = subprocess.run(install, env=env, capture_output=True, text=True)
     if res.returncode != 0:  # a fresh machine may have no package lists yet
@@ -117,7 +112,8 @@ class LocalSlurm:
         if not key.exists():
             key.write_bytes(secrets.token_bytes(1024))
             key.chmod(0o400)
-        cpus = max(1, (os.cpu_count() or 1) // self.nodes)
+        # the CPUs this process may use (a container's cpuset, not the host's count): never more than slurmd finds
+        cpus = max(1, len(os.sched_getaffinity(0)) // self.nodes)
         host = socket.gethostname().split(".")[0]
         lines = [
             "ClusterName=local",
@@ -170,6 +166,9 @@ class LocalSlurm:
         write_json_atomic(self.folder / STATE, {"conf": str(self.conf), "pids": self.pids})
 
     def start(self) -> LocalSlurm:
+        why = why_unavailable()
+        if why:
+            raise UserError(f"{why}: start it as root, or use a real cluster's login node")
         ensure_installed()
         self.folder.mkdir(parents=True, exist_ok=True)
         if (self.folder / STATE).exists() and LocalSlurm.attach(self.folder).running():

@@ -22,7 +22,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slurm_cluster.Lo
     """A SLURM cluster on loopback (2 nodes, slurmctld + 2 slurmd + munged of its own): slurm-wlm and munge are
     installed with apt-get when missing; skipped, with the reason, only where that cannot be done (not root,
     no apt-get). Its daemons are stopped by PID at the end of the session."""
-    why = slurm_cluster.why_not_installable()
+    why = slurm_cluster.why_unavailable()
     if why:
         pytest.skip(f"no SLURM cluster: {why}")
     with slurm_cluster.LocalSlurm(tmp_path_factory.mktemp("slurm")) as cluster:
