@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: install data test demo study bench gpu-check lint clean
+.PHONY: install data test demo study bench gpu-check lint clean slurm-up slurm-down
 
 install: $(VENV)/.installed
 
@@ -47,6 +47,14 @@ bench: install
 # tests/gpu. Without CUDA it runs the CPU parts and lists what it skipped. Output: $OUT or work/gpu_check.
 gpu-check: install
 	$(BIN)/python -m benchmarks.gpu_check
+
+# A SLURM cluster on this machine (loopback, 2 nodes, in work/slurm; apt-get installs slurm-wlm + munge when
+# missing, as root) to try `dist-forget sweep --backend slurm --submit --wait` and launchers/slurm.sbatch.
+slurm-up: install
+	$(BIN)/python tools/slurm_cluster.py up work/slurm
+
+slurm-down:
+	$(BIN)/python tools/slurm_cluster.py down work/slurm
 
 lint: install
 	$(BIN)/ruff check .

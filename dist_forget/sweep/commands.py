@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,7 @@ from dist_forget.sweep.grid import Point, expand, sweep_dir
 from dist_forget.sweep.pool import LocalPool, Outcome
 from dist_forget.tracking import Tracker, TrackingConfig
 from dist_forget.tracking.config import PARENT_ENV, ROOT_ENV, relative, resolve
+from dist_forget.tracking.server import LocalServer
 from dist_forget.tracking.store import ui_command
 
 
@@ -28,13 +30,17 @@ def sweep(
     max_parallel: int = 0,
     dry_run: bool = False,
     collect_only: bool = False,
+    submit: bool = False,
+    wait: bool = False,
+    tracking_server: bool = False,
 ) -> int:
     """Run a sweep: pretrain the ladder, finetune the grid, collect runs.csv, fit the laws.
 
     Resumable: a run with a summary.json is never redone and a killed sweep continues where it stopped
-    (runs resume from their checkpoints). --backend slurm writes sbatch array scripts instead of running;
-    --dry-run lists the runs; --collect-only only gathers runs.csv and fits. Overrides (key=value) apply
-    to the sweep YAML, e.g. max_parallel=2 grid.seeds=[0,1].
+    (runs resume from their checkpoints). --backend slurm writes sbatch array scripts instead of running
+    (--submit submits them, --wait follows them to the end); --dry-run lists the runs; --collect-only only
+    gathers runs.csv and fits. Overrides (key=value) apply to the sweep YAML, e.g. max_parallel=2
+    grid.seeds=[0,1], and reach every generated script.
 
     Args:
         config: sweep YAML (configs/sweep/*.yaml)
@@ -43,6 +49,12 @@ def sweep(
         max_parallel: runs at once; 0 = the YAML's max_parallel (0 there: cores // threads_per_run)
         dry_run: list the runs (done/todo) and exit
         collect_only: run nothing; gather runs.csv, fit and log to the parent run
+        submit: with --backend slurm: submit the runs without summary.json (pretrain array, finetune array,
+            collect + fit) and print the job ids; rerun to resubmit only what failed
+        wait: with --backend slurm: follow the submitted jobs (finished/running/failed per array, ETA) until
+            the collect job ends; without --submit, the last submission's
+        tracking_server: with --submit --wait: serve the sweep's MLflow store from an `mlflow server` on this
+            host while the jobs run and point every task at it (SLURM tasks must not share a sqlite file)
     """
     cfg = load_config(SweepConfig, config, overrides)
     if max_parallel:
@@ -55,19 +67,14 @@ def sweep(
             print(f"{state} {p.name}: {' '.join(p.argv)}")
         print(f"{len(points)} runs ({sum(p.done() for p in points)} finished) under {root}")
         return 0
+    if backend != "slurm" and (submit or wait or tracking_server):
+        raise UserError("--submit, --wait and --tracking-server go with --backend slurm")
+    if backend == "slurm":
+        return _slurm(cfg, config, overrides, points, root, submit, wait, tracking_server)
     root.mkdir(parents=True, exist_ok=True)
     parent = _parent_tracker(cfg, root, config, points)
     env = _child_env(cfg, parent)
     try:
-        if backend == "slurm":
-            from dist_forget.sweep.slurm import write_slurm
-
-            submit = write_slurm(cfg, Path(config), points, root, {k: env[k] for k in _EXPORTED if k in env})
-            print(
-                f"wrote SLURM array scripts for {len(points)} runs; submit on the cluster with: bash {submit}"
-            )
-            parent.finish("SCHEDULED")  # collect.sbatch (--collect-only) resumes and finishes it
-            return 0
         outcome = Outcome(already=[p.name for p in points if p.done()])
         if not collect_only:
             parallel = cfg.max_parallel or max(1, (os.cpu_count() or 1) // cfg.threads_per_run)
@@ -86,7 +93,8 @@ def sweep(
     return 0 if ok else 1
 
 
-_EXPORTED = (
+_EXPORTED = (  # into every generated sbatch script (a task's environment is otherwise the submitter's)
+    "PYTHONPATH",
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
     "MLFLOW_TRACKING_URI",
@@ -94,6 +102,103 @@ _EXPORTED = (
     PARENT_ENV,
     ROOT_ENV,
 )
+
+
+def _slurm(
+    cfg: SweepConfig,
+    config: str,
+    overrides: list[str],
+    points: list[Point],
+    root: Path,
+    submit: bool,
+    wait: bool,
+    tracking_server: bool,
+) -> int:
+    """--backend slurm: write the scripts; --submit them; --wait for them (with --tracking-server, serving MLflow)."""
+    from dist_forget.sweep import slurm_jobs
+    from dist_forget.sweep.slurm import write_slurm
+
+    if wait and not submit:  # follow the last submission
+        if tracking_server:
+            raise UserError("--tracking-server starts with the jobs it serves: use it with --submit --wait")
+        return 0 if slurm_jobs.wait(cfg, points, root, slurm_jobs.read_jobs(root), cfg.slurm.poll_s) else 1
+    if tracking_server and not (submit and wait and cfg.tracking.enabled):
+        raise UserError(
+            "--tracking-server serves MLflow for as long as this command follows the jobs: add --submit --wait"
+            if cfg.tracking.enabled
+            else "--tracking-server: tracking.enabled is false, there is nothing to serve; drop it"
+        )
+    if tracking_server and cfg.tracking.uri:
+        raise UserError(
+            f"--tracking-server serves the sweep's own store ({root / 'mlflow.db'}) but tracking.uri = "
+            f"{redact_uri(cfg.tracking.uri)} names another: drop one of them"
+        )
+    if not tracking_server:
+        _refuse_shared_sqlite(cfg, root)
+    root.mkdir(parents=True, exist_ok=True)
+    server = _start_tracking_server(cfg, root) if tracking_server else None
+    try:
+        if server is not None:
+            cfg.tracking.uri = server.uri
+            overrides = [*overrides, f"tracking.uri={server.uri}"]  # the collect job's sweep uses it too
+        parent = _parent_tracker(cfg, root, config, points)
+        env = _child_env(cfg, parent)
+        try:
+            path = write_slurm(
+                cfg, Path(config), overrides, points, root, {k: env[k] for k in _EXPORTED if k in env}
+            )
+        except BaseException:
+            parent.finish("FAILED")
+            raise
+        # before any job starts: collect.sbatch (--collect-only) resumes this run and finishes it
+        parent.finish("SCHEDULED")
+        print(f"wrote SLURM array scripts for {len(points)} runs under {path.parent}")
+        if not submit:
+            print(f"submit on the cluster with: bash {path} (add --wait to follow the jobs)")
+            return 0
+        jobs = slurm_jobs.submit(cfg, points, root)
+        if not wait:
+            return 0
+        try:
+            return 0 if slurm_jobs.wait(cfg, points, root, jobs, cfg.slurm.poll_s) else 1
+        except KeyboardInterrupt:
+            print("stopped waiting; the jobs go on in SLURM (follow them again with --wait)", file=sys.stderr)
+            if server is not None:
+                print("the MLflow server stops now: runs log to <run>/mlflow_fallback.jsonl until "
+                      "`dist-forget track sync` uploads them", file=sys.stderr)  # fmt: skip
+            raise
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _start_tracking_server(cfg: SweepConfig, root: Path) -> LocalServer:
+    """`mlflow server` on this host over the sweep's own store (mlflow.db + mlartifacts/, the local default),
+    reached by the tasks at this host's name: the name SLURM records as the submit host."""
+    host = socket.gethostname()
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError:
+        raise UserError(
+            f"--tracking-server: this host's name {host!r} does not resolve, so no node could reach the "
+            "server; start `mlflow server --host 0.0.0.0` yourself and set tracking.uri=http://ADDRESS:PORT"
+        ) from None
+    server = LocalServer(root / "tracking_server", store=root, host=host).start()
+    print(f"MLflow server for the sweep's tasks: {server.uri} (store {root / 'mlflow.db'}; log "
+          f"{server.root / 'server.log'}); it stops when this command ends")  # fmt: skip
+    return server
+
+
+def _refuse_shared_sqlite(cfg: SweepConfig, root: Path) -> None:
+    """SLURM array tasks, possibly on many nodes, must not all write one sqlite file (NFS/Lustre locks fail)."""
+    uri = _sweep_uri(cfg, root)
+    if cfg.tracking.enabled and (uri.startswith(("sqlite:", "file:")) or "://" not in uri):
+        raise UserError(
+            f"sweep --backend slurm: every array task would write the sqlite store {redact_uri(uri)} at once, "
+            "which locks or corrupts on a shared filesystem; add --tracking-server --submit --wait (an mlflow "
+            "server on this host for the sweep), or set tracking.uri=http://HOST:PORT of a running `mlflow "
+            "server`, or tracking.enabled=false"
+        )
 
 
 def _parent_tracker(cfg: SweepConfig, root: Path, config: str, points: list[Point]) -> Tracker:

@@ -109,6 +109,7 @@ class SlurmConfig:
     mem: str = ""  # e.g. 8G; empty = the cluster default
     sbatch: list[str] = field(default_factory=list)  # extra #SBATCH options, e.g. --gpus-per-task=1
     setup: list[str] = field(default_factory=list)  # shell lines run first, e.g. source .venv/bin/activate
+    poll_s: float = 5.0  # --wait: seconds between two looks at the queue (squeue)
 
 
 @dataclass

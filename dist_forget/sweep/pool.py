@@ -162,7 +162,7 @@ class LocalPool:
                     )
                     status = "done  " if name in outcome.finished else "FAILED"
                     self.say(f"{status} {name} in {took:.0f} s | {done}/{total} finished, {len(running)} running, "
-                             f"{len(outcome.failed)} failed | ETA {_eta(eta)}")  # fmt: skip
+                             f"{len(outcome.failed)} failed | ETA {eta_text(eta)}")  # fmt: skip
                     self.on_event(outcome, len(running))
         except KeyboardInterrupt:
             self.say(f"sweep interrupted: stopping {len(running)} runs (rerun the same command to continue)")
@@ -197,7 +197,8 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _eta(seconds: float) -> str:
+def eta_text(seconds: float) -> str:
+    """Seconds as 1h05m or 4m10s; "?" for nan (nothing finished yet to estimate from)."""
     if seconds != seconds:  # nan: nothing finished yet
         return "?"
     h, rem = divmod(int(seconds), 3600)

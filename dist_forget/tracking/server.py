@@ -6,6 +6,8 @@ for the same reason. `admin=(user, password)` starts MLflow's basic-auth app (`-
 users in `<root>/basic_auth.db`) with that admin account: clients then need MLFLOW_TRACKING_USERNAME/PASSWORD.
 `store=FOLDER` serves an existing local store instead (a sweep folder, or a copy of one): its `mlflow.db`
 and the `mlartifacts/` beside it, which is how `mlflow ui` opens it (tracking/store.py).
+`host=NAME` (e.g. this machine's name, for a sweep's SLURM tasks on other nodes) listens on every interface
+and accepts requests addressed to NAME; the default listens on loopback only.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dist_forget.errors import UserError
 from dist_forget.net import free_port
 from dist_forget.tracking.store import ARTIFACTS_DIR
 
+_LOOPBACK = ("127.0.0.1", "localhost")
+
 
 class LocalServer:
     """`with LocalServer(tmp_dir) as server:` → `server.uri` is a live http://127.0.0.1:PORT."""
@@ -35,12 +39,14 @@ class LocalServer:
         start_timeout_s: float = 120.0,
         admin: tuple[str, str] | None = None,
         store: str | Path | None = None,
+        host: str = "127.0.0.1",
     ):
         self.root = Path(root).resolve()
         self.store = Path(store).resolve() if store is not None else None
         self.admin = admin
         self.port = port or free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.uri = f"http://{host}:{self.port}"
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -52,10 +58,15 @@ class LocalServer:
             "server",
             "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db' if self.store else self.root / 'server.db'}",
             "--artifacts-destination", str(self.store / ARTIFACTS_DIR if self.store else self.root / "artifacts"),
-            "--host", "127.0.0.1",
+            "--host", "127.0.0.1" if self.host in _LOOPBACK else "0.0.0.0",
             "--port", str(self.port),
             "--workers", "1",
         ]  # fmt: skip
+        if self.host not in _LOOPBACK:  # MLflow answers only Host headers it knows (DNS-rebinding guard)
+            cmd += [
+                "--allowed-hosts",
+                ",".join(f"{h}{p}" for h in (*_LOOPBACK, self.host) for p in ("", ":*")),
+            ]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         if self.admin is not None:  # the auth app reads its admin account from these on first start
             cmd += ["--app-name", "basic-auth"]

@@ -2,8 +2,10 @@
 
 It parses the same command line the sweep builds, records each attempt, sleeps a little and writes a
 summary.json whose losses follow a made-up law, so the sweep machinery is tested without training.
-Env: FAKE_RUN_SECONDS (sleep), FAKE_FAIL (a run name that exits 1), FAKE_TRACK=1 (log to MLflow with
-the real Tracker, so nesting under the sweep's parent run is checked end to end).
+Env: FAKE_RUN_SECONDS (sleep), FAKE_FAIL (a run name that exits 1), FAKE_SLOW (a run name that sleeps
+600 s: a test kills it), FAKE_TRACK=1 (log to MLflow with the real Tracker, so nesting under the sweep's
+parent run is checked end to end). Each attempt's key=value words are kept in args.json (what the run was
+told: the sweep's overrides must reach it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "attempts.txt", "a") as fh:
         fh.write(f"{os.getpid()} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}\n")
-    time.sleep(float(os.environ.get("FAKE_RUN_SECONDS", "0.2")))
+    write_json_atomic(out / "args.json", kv)
+    slow = os.environ.get("FAKE_SLOW") == kv["name"]
+    time.sleep(600 if slow else float(os.environ.get("FAKE_RUN_SECONDS", "0.2")))
     if os.environ.get("FAKE_FAIL") == kv["name"]:
         return 1
     if stage == "pretrain":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from dist_forget.tracking.server import free_port
@@ -20,9 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 LAUNCHERS = ROOT / "launchers"
 
 
-def _env(**extra: str) -> dict[str, str]:
+def launch_env(**extra: str) -> dict[str, str]:
+    """This environment for a launcher: the repository importable, this Python's torchrun/deepspeed on PATH."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **extra}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
     return env
 
 
@@ -65,7 +68,7 @@ def two_node_deepspeed(
     hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")  # two names, both loopback
     port = str(free_port())
     env = {"HOSTFILE": str(hostfile), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-    return run_together([([str(LAUNCHERS / "deepspeed.sh"), *args], _env(**env, NODE_RANK=str(rank)))
+    return run_together([([str(LAUNCHERS / "deepspeed.sh"), *args], launch_env(**env, NODE_RANK=str(rank)))
                          for rank in (0, 1)], timeout_s=timeout_s)  # fmt: skip
 
 
@@ -74,7 +77,9 @@ def torchrun(
 ) -> list[subprocess.CompletedProcess[str]]:
     """`nnodes` torchrun invocations (c10d rendezvous on loopback), `nproc` ranks each."""
     endpoint = f"127.0.0.1:{free_port()}"
-    env = _env(NPROC=str(nproc), NNODES=str(nnodes), RDZV_ENDPOINT=endpoint, RDZV_ID=f"test-{os.getpid()}")
+    env = launch_env(
+        NPROC=str(nproc), NNODES=str(nnodes), RDZV_ENDPOINT=endpoint, RDZV_ID=f"test-{os.getpid()}"
+    )
     return run_together(
         [([str(LAUNCHERS / "torchrun.sh"), *args], env) for _ in range(nnodes)], timeout_s=timeout_s
     )

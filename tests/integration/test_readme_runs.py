@@ -14,10 +14,15 @@ and nothing else (a README line that needs more than this fails the test):
 - MLflow is down while the `--resume auto` line runs (its store's folder is a plain file) and back before
   `track sync`, so that the sync line has metrics to upload; sweep runs are not tracked (time);
 - launcher lines: `out_dir=work/launch-<i>` each (they would share one), free ports instead of the defaults
-  29500/29400 that other jobs on a machine may hold;
+  29500/29400 that other jobs on a machine may hold; the `sbatch` line runs on the test's SLURM cluster
+  (tests/integration/conftest.py: 2 nodes on loopback) with `--wait --output=FILE` added, so that it
+  returns when the job ends;
 - the block of shards over HTTP: its server line runs in the background on 127.0.0.1 and a free port
   instead of 0.0.0.0:8000, the node address 10.0.0.1:8000 in the URLs becomes that address, and the
-  launch line gets `data.cache_dir=work/shard-cache` (not the user's ~/.cache).
+  launch line gets `data.cache_dir=work/shard-cache` (not the user's ~/.cache);
+- the SLURM sweep block runs after the pipeline, on that cluster, with the pipeline's sweep sizes (tracked:
+  it serves MLflow) and `slurm.poll_s=1`: every run has finished in the pipeline, so it resubmits none
+  and submits the collect + fit job alone.
 
 `plan` may answer "no p in [0, 1] meets the budget" on these barely trained models, which is its exit 1,
 or refuse their degenerate fit ("cannot answer", exit 2): each means that the line ran. Launcher lines that are not run, and why, are in `NOT_RUN`.
@@ -71,6 +76,8 @@ SWEEP = [
     "fit.args=" + json.dumps(["--runs", "{runs_csv}", "--out", "{sweep_dir}/fit", "--holdout", "largest",
                               "--bootstrap", "10"]),
 ]  # fmt: skip
+# the SLURM sweep line serves MLflow to its jobs (--tracking-server): tracked, and looking at the queue often
+SLURM_SWEEP = [w for w in SWEEP if w != "tracking.enabled=false"] + ["slurm.poll_s=1"]
 # (a README line matching the pattern) -> the size words added to it; the first match wins
 SIZES: list[tuple[str, list[str]]] = [
     (
@@ -80,14 +87,14 @@ SIZES: list[tuple[str, list[str]]] = [
     (r"^dist-forget data preview", ["--target-tokens", "4096"]),
     (r"^dist-forget (pretrain|finetune) .*--resume auto", [*RUN, "schedule.steps=6"]),  # continues 4 -> 6
     (r"^dist-forget (pretrain|finetune) ", RUN),
+    (r"^dist-forget sweep .*--backend slurm", SLURM_SWEEP),
     (r"^dist-forget sweep ", SWEEP),
     (r"^dist-forget (fit|study report) ", ["--bootstrap", "10"]),
-    (r"launchers/(deepspeed|torchrun)\.sh finetune ", RUN),
+    (r"launchers/(deepspeed\.sh|torchrun\.sh|slurm\.sbatch) finetune ", RUN),
 ]
 PATHS = {"step-00000100": "step-00000004"}  # the convert lines' checkpoint: the last step of a 4-step run
 NOT_RUN = {
     "HOSTFILE=launchers/hostfile.example": "starts node-a and node-b over ssh (pdsh); CI has neither",
-    "sbatch ": "needs a SLURM cluster",
     "NNODES=2 NPROC=8": "8 ranks per node on 2 cores; its c10d rendezvous is what the NPROC=2 torchrun line "
                         "runs (and tests/integration/test_launchers.py)",
 }  # fmt: skip
@@ -122,6 +129,11 @@ def _with_sizes(text: str) -> Line:
 
 def pipeline_lines() -> list[Line]:
     block = next(b for b in _blocks() if "dist-forget data prepare" in b)
+    return [_with_sizes(t) for t in _lines(block) if t.startswith("dist-forget ")]
+
+
+def slurm_sweep_lines() -> list[Line]:
+    block = next(b for b in _blocks() if "--backend slurm" in b)
     return [_with_sizes(t) for t in _lines(block) if t.startswith("dist-forget ")]
 
 
@@ -230,18 +242,24 @@ def test_the_pipeline_block_runs_in_order(scratch: Path) -> None:
     assert (scratch / "mcore-ft" / "release" / "metadata.json").is_file()
 
 
+def _launch(scratch: Path, i: int, line: Line) -> Path:
+    """Run launcher line `i` (`VAR=... launchers/X ...`) into work/launch-<i>; return that folder."""
+    assign, words = _split_env(line.words)
+    assert words[0].startswith("launchers/"), line.text
+    port = str(free_port())
+    launched = Line(line.text, [*words, f"out_dir=work/launch-{i}"])
+    _run(launched, scratch, MASTER_PORT=port, RDZV_ENDPOINT=f"127.0.0.1:{port}", **assign)
+    return scratch / "work" / f"launch-{i}"
+
+
 def test_single_node_launcher_lines_run(scratch: Path) -> None:
     pretrained = json.loads((scratch / "work" / "runs" / "pretrain-tiny" / "summary.json").read_text())
     ran = 0
     for i, line in enumerate(launcher_lines()):
-        if any(line.text.startswith(k) for k in NOT_RUN) or "NODE_RANK=" in line.text:
+        if not line.text.startswith("NPROC="):  # the other lines: the tests below, or NOT_RUN
             continue
-        assign, words = _split_env(line.words)
-        assert words[0].startswith("launchers/"), line.text
-        port = str(free_port())
-        launched = Line(line.text, [*words, f"out_dir=work/launch-{i}"])
-        _run(launched, scratch, MASTER_PORT=port, RDZV_ENDPOINT=f"127.0.0.1:{port}", **assign)
-        summary = json.loads((scratch / "work" / f"launch-{i}" / "summary.json").read_text())
+        assign, _ = _split_env(line.words)
+        summary = json.loads((_launch(scratch, i, line) / "summary.json").read_text())
         assert (
             summary["model_params"] == pretrained["model_params"]
         )  # finetuned the README's pretrained model
@@ -264,9 +282,61 @@ def test_the_per_node_launcher_line_runs_as_two_nodes_on_loopback(scratch: Path)
     assert (report["world_size"], report["engine"]) == (2, "deepspeed")
 
 
+@pytest.mark.slurm
+def test_the_sbatch_line_runs_on_two_slurm_nodes_like_torchrun(scratch: Path, slurm) -> None:  # noqa: ANN001
+    """`sbatch --nodes=2 launchers/slurm.sbatch finetune ...`: one srun task per SLURM node starts torchrun,
+    2 ranks in one gloo group; its summary equals the README's 2-rank torchrun line's (same config)."""
+    lines = launcher_lines()
+    (line,) = [ln for ln in lines if ln.text.startswith("sbatch ")]
+    i, local = next(
+        (i, ln) for i, ln in enumerate(lines) if ln.text.startswith("NPROC=2 launchers/torchrun.sh")
+    )
+    reference = scratch / "work" / f"launch-{i}"
+    if not (reference / "summary.json").exists():  # (this test alone was selected)
+        _launch(scratch, i, local)
+    out, log = scratch / "work" / "launch-slurm", scratch / "work" / "launch-slurm.out"
+    words = [line.words[0], "--wait", f"--output={log}", *line.words[1:], f"out_dir={out}"]
+    env = {"SLURM_CONF": str(slurm.conf), "RDZV_PORT": str(free_port())}
+    res = subprocess.run(words, cwd=scratch, env=_env(**env), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (
+        f"{line.text}\n{res.stderr}\n{log.read_text()[-3000:] if log.exists() else ''}"
+    )
+    assert "slurm.sbatch: 2 node(s) (n[1-2]), 1 process(es) each" in log.read_text()
+    report = json.loads((out / "report.json").read_text())
+    assert (report["world_size"], report["engine"]) == (2, "deepspeed")
+    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
+    for key in ("ft_loss", "pt_loss", "pt_loss_base"):
+        assert abs(ours[key] - theirs[key]) <= 1e-5, (key, ours[key], theirs[key])
+    assert ours["steps"] == theirs["steps"] == 4
+
+
+@pytest.mark.slurm
+def test_the_slurm_sweep_line_resumes_the_pipelines_sweep(scratch: Path, slurm) -> None:  # noqa: ANN001
+    """After the pipeline's local sweep every run is finished: the SLURM line submits only collect + fit,
+    which logs through the sweep's --tracking-server into the sweep's own store."""
+    (line,) = slurm_sweep_lines()
+    res = _run(line, scratch, SLURM_CONF=str(slurm.conf))
+    assert "pretrain: all 3 runs finished before; nothing to submit" in res.stdout, res.stdout
+    assert "finetune: all 15 runs finished before; nothing to submit" in res.stdout
+    assert re.search(r"^collect \+ fit: job \d+ COMPLETED", res.stdout, flags=re.M), res.stdout
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{scratch / 'work' / 'sweeps' / 'demo' / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (parent,) = client.search_runs(experiments, "tags.stage = 'sweep'")
+    assert parent.info.status == "FINISHED"  # by the collect job, through the server
+    logged = (
+        scratch / "work" / "sweeps" / "demo" / "mlartifacts"
+    )  # the server stored them in the sweep's folder
+    assert {p.name for p in logged.glob(f"**/{parent.info.run_id}/artifacts/**/*")} >= {
+        "runs.csv",
+        "fit.json",
+    }
+
+
 def test_launcher_lines_not_run_say_why() -> None:
     for line in launcher_lines():
-        runs = line.text.startswith("NPROC=") or "NODE_RANK=" in line.text
+        runs = line.text.startswith(("NPROC=", "sbatch ")) or "NODE_RANK=" in line.text
         reason = next((why for start, why in NOT_RUN.items() if line.text.startswith(start)), None)
         assert runs or reason, f"README launcher line neither run nor explained in NOT_RUN: {line.text}"
         script = next(w for w in line.words if w.startswith("launchers/"))

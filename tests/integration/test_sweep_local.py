@@ -15,42 +15,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from dist_forget.cli import main as cli_main
 from dist_forget.tracking.server import LocalServer
+from tests.integration.sweeps import attempts, summaries, write_sweep
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-FAKE = str(Path(__file__).with_name("fake_run.py"))
-
-
-def write_sweep(tmp: Path, seeds: list[int] | None = None, **changes: object) -> Path:
-    (tmp / "cfg.yaml").write_text("train:\n  batch_size: 4\n")
-    doc = {
-        "name": "t",
-        "out_dir": str(tmp / "sweep"),
-        "command": [sys.executable, FAKE],
-        "max_parallel": 2,
-        "pretrain": {"config": str(tmp / "cfg.yaml"), "sizes": ["cpu-0.03m", "cpu-0.1m"], "seq_len": 32},
-        "finetune": {"config": str(tmp / "cfg.yaml"), "domains": {"code": "shards/code"}},
-        "grid": {"target_tokens": [1000, 100000], "inject_fraction": [0.0, 0.01], "seeds": seeds or [0]},
-        "fit": {"enabled": False},
-        "tracking": {"enabled": False},
-        **changes,
-    }
-    path = tmp / "sweep.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def attempts(tmp: Path) -> dict[str, int]:
-    return {p.parent.name: len(p.read_text().splitlines()) for p in (tmp / "sweep").glob("*/*/attempts.txt")}
-
-
-def summaries(tmp: Path) -> int:
-    return len(list((tmp / "sweep").glob("*/*/summary.json")))
 
 
 def test_sweep_runs_everything_once_then_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,8 +101,9 @@ def test_slurm_backend_writes_array_scripts_that_run(tmp_path: Path, monkeypatch
     assert len(json.loads((slurm / "finetune.json").read_text())) == 8
     submit = (slurm / "submit.sh").read_text()
     assert (
-        "--dependency" in submit and subprocess.run(["bash", "-n", str(slurm / "submit.sh")]).returncode == 0
-    )
+        "--backend slurm --submit" in submit
+    )  # submitting is `sweep --submit` (tests/integration/test_slurm.py)
+    assert subprocess.run(["bash", "-n", str(slurm / "submit.sh")]).returncode == 0
     assert attempts(tmp_path) == {}  # nothing ran: SLURM runs it
     # An array task is the script itself with SLURM_ARRAY_TASK_ID set (#SBATCH lines are comments).
     for stage, index in (("pretrain", 1), ("finetune", 7), ("finetune", 7)):
@@ -141,6 +114,30 @@ def test_slurm_backend_writes_array_scripts_that_run(tmp_path: Path, monkeypatch
         assert res.returncode == 0, res.stderr
     assert "already finished" in res.stdout
     assert attempts(tmp_path) == {"cpu-0.1m": 1, "cpu-0.1m_code_D100000_p0.01_a0_s0": 1}
+
+
+def test_slurm_scripts_keep_the_overrides_collect_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #19: an override given when the scripts are written (here out_dir and the grid) reaches the array
+    tasks and the collect job, which used to gather the YAML's own out_dir. (Without a cluster: each script
+    is run with bash; tests/integration/test_slurm.py submits them to a real one.)"""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("FAKE_RUN_SECONDS", "0")
+    pretrain = {"config": str(tmp_path / "cfg.yaml"), "sizes": ["cpu-0.03m"], "seq_len": 32}
+    config = write_sweep(tmp_path, pretrain=pretrain)
+    moved = tmp_path / "moved"
+    overrides = [f"out_dir={moved}", "grid.target_tokens=[1000]", "grid.inject_fraction=[0.01]"]
+    assert cli_main(["sweep", "--config", str(config), "--backend", "slurm", *overrides]) == 0
+    slurm = moved / "slurm"
+    for script, task in (("pretrain.sbatch", "0"), ("finetune.sbatch", "0"), ("collect.sbatch", "")):
+        env = {**os.environ, "SLURM_ARRAY_TASK_ID": task}
+        res = subprocess.run(["bash", str(slurm / script)], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+    assert "runs table: 1 of 1 finetune runs" in res.stdout
+    with open(moved / "runs.csv") as fh:
+        assert [r["name"] for r in csv.DictReader(fh)] == ["cpu-0.03m_code_D1000_p0.01_a0_s0"]
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_runs_nest_under_one_mlflow_parent(

@@ -128,3 +128,10 @@ def test_size_overrides_reach_only_that_sizes_finetunes(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(UserError, match="size_overrides: 'cpu-9m' is not a size of this sweep"):
         expand(load_config(SweepConfig, path))
+
+
+def test_array_ranges_are_sbatch_syntax():
+    from dist_forget.sweep.slurm_jobs import _ranges
+
+    assert _ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert _ranges([3]) == "3" and _ranges([0, 1]) == "0-1"
