@@ -10,8 +10,8 @@ from one integer and splits over ranks and workers without coordination:
   of segments (start sequence s_j, p_j = num_j/den_j). Within segment j the count is
   c_j + floor((r_j + (k - s_j) num_j) / den_j), where c_j is the count at s_j and the phase r_j in
   [0, den_j) carries the previous segment's fractional remainder (rounded down to 1/den_j): a change of
-  p loses no fraction of a sequence, so after k sequences the count stays within one sequence of
-  sum_{i<k} p_i. One segment from 0 is the constant rule above (r_0 = 0). Segments are only appended at
+  p loses less than 1/den_j of a sequence, so after k sequences sum_{i<k} p_i - 1 - sum_j 1/den_j <
+  count <= sum_{i<k} p_i (the controller's p have den_j near 10^6: within one sequence in practice). One segment from 0 is the constant rule above (r_0 = 0). Segments are only appended at
   the current position, so the past never changes; the schedule is in the state_dict;
 - target: target ordinal t = i - floor(ip) reads the first ceil(D/seq_len) sequences of a seeded
   permutation of the target train split (the D unique tokens), in an order reshuffled every epoch;
