@@ -17,8 +17,10 @@ MLflow (rank 0): per step `train/*` (loss, lr, grad_norm, tokens_per_s, mfu, inj
 injected_sequences cumulative); per evaluation `val/ft_loss`, `val/pt_loss`, `val/best_ft_loss` and, on a
 finetune, `val/forgetting` = val/pt_loss − the starting model's; at step 0 `val/pt_loss_base` and
 `val/ft_loss_base`; at the end `best/ft_loss`, `best/step` and, on a finetune, `best/pt_loss`,
-`best/forgetting`, `best/injected_sequences` (at the bottom of the U-curve, the summary's row). Params,
-axis tags and dataset inputs: engine/run_meta.py.
+`best/forgetting`, `best/injected_sequences` (at the bottom of the U-curve, the summary's row); per step
+`inject_fraction`, the p the schedule set (constant, or under `data.inject_fraction=auto` the controller's,
+engine/inject_control.py, updated after each evaluation and saved with the checkpoint). Params, axis tags
+and dataset inputs: engine/run_meta.py.
 """
 
 from __future__ import annotations
