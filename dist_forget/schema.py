@@ -22,8 +22,10 @@ SIZE_COLUMNS = ("model_params", "target_tokens")  # N (non-embedding parameters)
 LOSS_COLUMNS = ("ft_loss", "pt_loss", "pt_loss_base")  # nats per token
 NUMERIC_COLUMNS = SIZE_COLUMNS + ("inject_fraction", "anchor_decay") + LOSS_COLUMNS
 REQUIRED_COLUMNS = ("domain",) + NUMERIC_COLUMNS
-# Read when present: the starting model's target loss (the Kalajdzievski form relates forgetting to it).
-OPTIONAL_COLUMNS = ("ft_loss_base",)
+# Read when present: the starting model's target loss (the Kalajdzievski form relates forgetting to it);
+# the p of the last step (differs from inject_fraction, the mean p up to the best step, only under
+# data.inject_fraction=auto) and forgetting = pt_loss - pt_loss_base (nats/token, at the best step).
+OPTIONAL_COLUMNS = ("ft_loss_base", "inject_fraction_final", "forgetting")
 SUMMARY_KEYS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS + ("steps", "run_id")  # summary.json, in this order
 SUMMARY_FILE = "summary.json"
 

@@ -6,6 +6,13 @@ from one integer and splits over ranks and workers without coordination:
 - source: i is pretraining iff floor((i+1)p) > floor(ip), so after any k sequences exactly floor(kp) were
   pretraining. p is used as the exact fraction num/den with den <= 10^6 nearest to the float (0.01 is
   1/100), so the rule is integer arithmetic, never a float that drifts;
+- a piecewise-constant p (`data.inject_fraction: auto`, engine/inject_control.py): the schedule is a list
+  of segments (start sequence s_j, p_j = num_j/den_j). Within segment j the count is
+  c_j + floor((r_j + (k - s_j) num_j) / den_j), where c_j is the count at s_j and the phase r_j in
+  [0, den_j) carries the previous segment's fractional remainder (rounded down to 1/den_j): a change of
+  p loses less than 1/den_j of a sequence, so after k sequences sum_{i<k} p_i - 1 - sum_j 1/den_j <
+  count <= sum_{i<k} p_i (the controller's p have den_j near 10^6: within one sequence in practice). One segment from 0 is the constant rule above (r_0 = 0). Segments are only appended at
+  the current position, so the past never changes; the schedule is in the state_dict;
 - target: target ordinal t = i - floor(ip) reads the first ceil(D/seq_len) sequences of a seeded
   permutation of the target train split (the D unique tokens), in an order reshuffled every epoch;
 - pretraining: ordinal j = floor(ip) walks a seeded permutation of the pretraining train split, a new
@@ -25,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,12 +51,27 @@ MAX_DENOMINATOR = 1_000_000
 class MixtureConfig:  # YAML section `data:` of train configs
     target: str = ""  # shard folder (manifest.json) of the target domain: a path or an http(s)/s3/gs URL
     pretrain: str | None = None  # shard folder of the pretraining mix; required when inject_fraction > 0
-    inject_fraction: float = 0.0  # p in [0, 1)
+    inject_fraction: float | Literal["auto"] = 0.0  # p in [0, 1), or auto: adapted (engine/inject_control.py)
+    max_forgetting: float | None = None  # auto: the budget eps, nats/token of pt_loss - pt_loss_base
+    inject_max: float = 0.2  # auto: the largest p the controller may set
+    inject_prior: str | None = None  # auto: a fit.json (dist-forget fit); the planner's p is the start
     target_tokens: int | None = None  # D unique target tokens; None = the whole train split
     seed: int = 0
     cache_dir: str = DEFAULT_CACHE_DIR  # where shards at a URL are cached, per manifest sha256
 
+    @property
+    def adaptive(self) -> bool:
+        return self.inject_fraction == "auto"
+
     def validate(self) -> None:
+        if self.adaptive:
+            self._validate_auto()
+            return
+        if self.max_forgetting is not None or self.inject_prior is not None:
+            raise UserError(
+                "data.max_forgetting and data.inject_prior apply to data.inject_fraction=auto only; "
+                "set inject_fraction=auto or drop them"
+            )
         p = self.inject_fraction
         if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
             raise UserError(f"data.inject_fraction = {p!r} must be in [0, 1) (0.01 = 1 % pretraining data)")
@@ -60,6 +82,22 @@ class MixtureConfig:  # YAML section `data:` of train configs
         if self.target_tokens is not None and self.target_tokens <= 0:
             raise UserError(
                 f"data.target_tokens = {self.target_tokens} must be positive (or null for the whole split)"
+            )
+
+    def _validate_auto(self) -> None:
+        eps = self.max_forgetting
+        if eps is None:
+            raise UserError(
+                "data.inject_fraction=auto needs data.max_forgetting, the forgetting budget in nats/token "
+                "(e.g. data.max_forgetting=0.5)"
+            )
+        if not (math.isfinite(eps) and eps > 0):
+            raise UserError(f"data.max_forgetting = {eps} must be > 0 (nats/token of pt_loss - pt_loss_base)")
+        if not 0 < self.inject_max < 1:
+            raise UserError(f"data.inject_max = {self.inject_max} must be in (0, 1) (0.2 = 20 %)")
+        if not self.pretrain:
+            raise UserError(
+                "data.inject_fraction=auto needs data.pretrain, the shard dir of the pretraining mix"
             )
 
 
@@ -82,6 +120,96 @@ def pretrain_count(k: np.ndarray | int, frac: Fraction) -> np.ndarray | int:
     if isinstance(k, (int, np.integer)):
         return int(k) * frac.numerator // frac.denominator
     return np.asarray(k, dtype=np.int64) * frac.numerator // frac.denominator
+
+
+class Schedule:
+    """The piecewise-constant p of a stream and its exact pretraining count (module docstring).
+
+    Segment j starts at global sequence starts[j] with p = fracs[j]; counts[j] pretraining sequences came
+    before it and phases[j] (in units of 1/den_j) is the fractional remainder carried into it.
+    """
+
+    def __init__(self, frac: Fraction):
+        self.starts, self.fracs, self.phases, self.counts = [0], [frac], [0], [0]
+
+    def count(self, k: np.ndarray | int) -> np.ndarray | int:
+        """Pretraining sequences among the first k global sequences."""
+        if len(self.starts) == 1 and self.phases[0] == 0:  # a constant p: floor(k p), as always
+            return pretrain_count(k, self.fracs[0])
+        scalar = isinstance(k, (int, np.integer))
+        ks = np.atleast_1d(np.asarray(k, dtype=np.int64))
+        seg = np.searchsorted(np.asarray(self.starts, dtype=np.int64), ks, side="right") - 1
+        num = np.array([f.numerator for f in self.fracs], dtype=np.int64)[seg]
+        den = np.array([f.denominator for f in self.fracs], dtype=np.int64)[seg]
+        start = np.asarray(self.starts, dtype=np.int64)[seg]
+        out = (
+            np.asarray(self.counts, dtype=np.int64)[seg]
+            + (np.asarray(self.phases, dtype=np.int64)[seg] + (ks - start) * num) // den
+        )
+        return int(out[0]) if scalar else out
+
+    def fraction_at(self, k: int) -> Fraction:
+        """p of the segment that holds global sequence k."""
+        return self.fracs[int(np.searchsorted(self.starts, k, side="right")) - 1]
+
+    def set(self, at: int, frac: Fraction) -> None:
+        """p = frac from global sequence `at` on (at >= the last segment's start: the past is fixed)."""
+        if at < self.starts[-1]:
+            raise ValueError(f"schedule: a segment at {at} would rewrite the one from {self.starts[-1]}")
+        if frac == self.fracs[-1]:
+            return
+        if at == self.starts[-1]:  # nothing was drawn at the last p: replace it
+            if len(self.starts) == 1:
+                self.fracs[0] = frac
+                return
+            for seq in (self.starts, self.fracs, self.phases, self.counts):
+                seq.pop()
+            if frac == self.fracs[-1]:
+                return
+        prev_frac, prev_start = self.fracs[-1], self.starts[-1]
+        total = self.phases[-1] + (at - prev_start) * prev_frac.numerator
+        count = self.counts[-1] + total // prev_frac.denominator
+        phase = total % prev_frac.denominator * frac.denominator // prev_frac.denominator
+        self.starts.append(at)
+        self.fracs.append(frac)
+        self.phases.append(phase)
+        self.counts.append(count)
+
+    def mean(self, k: int) -> float:
+        """The sequence-weighted mean p over the first k global sequences (p of sequence 0 when k = 0)."""
+        if k <= 0:
+            return float(self.fracs[0])
+        bounds = self.starts[1:] + [max(k, self.starts[-1])]
+        total = sum(
+            (min(end, k) - start) * f for start, end, f in zip(self.starts, bounds, self.fracs) if start < k
+        )
+        return float(Fraction(total) / k)
+
+    def to_list(self) -> list[list[Any]]:
+        return [[s, f"{f.numerator}/{f.denominator}"] for s, f in zip(self.starts, self.fracs)]
+
+    @classmethod
+    def from_list(cls, segments: Any) -> Schedule:
+        """The schedule `to_list` wrote; ValueError when it is not one (starts rising from 0, p in [0, 1))."""
+        if not isinstance(segments, list) or not segments:
+            raise ValueError("schedule must be a non-empty list of [start, 'num/den']")
+        out: Schedule | None = None
+        for seg in segments:
+            if not (isinstance(seg, list) and len(seg) == 2 and isinstance(seg[0], int)):
+                raise ValueError(f"schedule segment {seg!r} is not [start, 'num/den']")
+            frac = Fraction(str(seg[1]))
+            if not 0 <= frac < 1:
+                raise ValueError(f"schedule segment {seg!r}: p outside [0, 1)")
+            if out is None:
+                if seg[0] != 0:
+                    raise ValueError(f"schedule starts at {seg[0]}, not 0")
+                out = cls(frac)
+            elif seg[0] <= out.starts[-1]:
+                raise ValueError(f"schedule starts must rise: {seg[0]} after {out.starts[-1]}")
+            else:
+                out.set(seg[0], frac)
+        assert out is not None
+        return out
 
 
 def _hash_parts(parts: dict[str, Any]) -> str:
@@ -137,12 +265,8 @@ class MixedStream:
             check_compatible(self.target_manifest, self.pretrain_manifest)
         self.seq_len = self.target_manifest.seq_len
         self.vocab_size = self.target_manifest.vocab_size
-        self.frac = exact_fraction(cfg.inject_fraction)
-        if cfg.inject_fraction > 0 and self.frac == 0:
-            raise UserError(
-                f"data.inject_fraction = {cfg.inject_fraction} is below 1e-6, the finest fraction the exact "
-                "stream represents; use 0 or at least 1e-6"
-            )
+        # auto: p = 0 until the controller sets its starting p (set_inject_fraction before the first batch)
+        self.schedule = Schedule(self._exact(0.0 if cfg.adaptive else float(cfg.inject_fraction)))
         self.target = ShardSet(self.target_manifest, "train")
         n_train = len(self.target)
         available = n_train * self.seq_len
@@ -161,16 +285,15 @@ class MixedStream:
         self._target_order = _EpochPermutations(self.target_sequences, cfg.seed, _TARGET_EPOCH)
         self.pretrain: ShardSet | None = None
         self._pretrain_order: _EpochPermutations | None = None
-        if self.frac > 0:
+        injects = cfg.adaptive or self.frac > 0
+        if injects:
             assert self.pretrain_manifest is not None
             self.pretrain = ShardSet(self.pretrain_manifest, "train")
             self._pretrain_order = _EpochPermutations(len(self.pretrain), cfg.seed, _PRETRAIN_EPOCH)
         self.fingerprint_parts = {
             "target": self.target_manifest.fingerprint,
-            "pretrain": self.pretrain_manifest.fingerprint
-            if self.pretrain_manifest and self.frac > 0
-            else None,
-            "inject_fraction": f"{self.frac.numerator}/{self.frac.denominator}",
+            "pretrain": self.pretrain_manifest.fingerprint if self.pretrain_manifest and injects else None,
+            "inject_fraction": "auto" if cfg.adaptive else f"{self.frac.numerator}/{self.frac.denominator}",
             "target_tokens": self.unique_target_tokens,
             "seed": cfg.seed,
             "seq_len": self.seq_len,
@@ -178,6 +301,29 @@ class MixedStream:
         }
         self.fingerprint = _hash_parts(self.fingerprint_parts)
         self.consumed = 0  # global sequences consumed by all ranks together
+
+    @staticmethod
+    def _exact(p: float) -> Fraction:
+        frac = exact_fraction(p)
+        if p > 0 and frac == 0:
+            raise UserError(
+                f"data.inject_fraction = {p} is below 1e-6, the finest fraction the exact "
+                "stream represents; use 0 or at least 1e-6"
+            )
+        return frac
+
+    @property
+    def frac(self) -> Fraction:
+        """p from the current position on (the last segment of the schedule)."""
+        return self.schedule.fracs[-1]
+
+    def set_inject_fraction(self, p: float) -> None:
+        """auto only: p from the next global sequence on (every rank, with the same p, at the same step)."""
+        if not self.cfg.adaptive:
+            raise ValueError("set_inject_fraction needs data.inject_fraction=auto")
+        if not 0 <= p < 1:
+            raise ValueError(f"inject fraction {p} outside [0, 1)")
+        self.schedule.set(self.consumed, self._exact(p))
 
     # ------------------------------------------------------------------------------- pure index maps
     def verify(self) -> None:
@@ -195,8 +341,8 @@ class MixedStream:
 
     def sources(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For global indices: (is_pretrain, ordinal within its source)."""
-        before = pretrain_count(indices, self.frac)
-        is_pre = pretrain_count(indices + 1, self.frac) > before
+        before = self.schedule.count(indices)
+        is_pre = self.schedule.count(indices + 1) > before
         return is_pre, np.where(is_pre, before, indices - before)
 
     def target_rows(self, ordinals: np.ndarray) -> np.ndarray:
@@ -242,6 +388,7 @@ class MixedStream:
             "world_size": self.world_size,
             "fingerprint": self.fingerprint,
             "fingerprint_parts": dict(self.fingerprint_parts),
+            "schedule": self.schedule.to_list(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -281,6 +428,21 @@ class MixedStream:
         consumed = state.get("consumed")
         if not isinstance(consumed, int) or consumed < 0:
             raise UserError(f"data stream state: consumed = {consumed!r} must be a non-negative integer")
+        if "schedule" in state:  # states written before the schedule existed hold a constant p
+            try:
+                schedule = Schedule.from_list(state["schedule"])
+            except ValueError as exc:
+                raise UserError(
+                    f"data stream state: {exc} (the checkpoint was edited); start a new run"
+                ) from None
+            if schedule.starts[-1] > consumed or (
+                not self.cfg.adaptive and schedule.to_list() != self.schedule.to_list()
+            ):
+                raise UserError(
+                    f"data stream state: schedule {state['schedule']} does not fit a stream at {consumed} "
+                    f"sequences with inject_fraction {self.cfg.inject_fraction}; start a new run"
+                )
+            self.schedule = schedule
         self.consumed = consumed
 
 
@@ -349,6 +511,10 @@ class MixedStreamDataset(torch.utils.data.IterableDataset):
         self.cfg, self.micro_batch_size = cfg, micro_batch_size
         self.rank, self.world_size = rank, world_size
         self.start_consumed, self.num_batches = start_consumed, num_batches
+        if cfg.adaptive:  # workers read ahead, but an adaptive p is only known at each evaluation
+            raise UserError(
+                "data.inject_fraction=auto streams are read by the trainer, not by DataLoader workers"
+            )
         MixedStream(cfg, rank, world_size)  # fail fast in the parent on bad config or data
 
     def consumed_after(self, batches: int) -> int:

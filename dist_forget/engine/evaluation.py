@@ -35,6 +35,7 @@ class Evaluator:
         self.backend, self.train, self.state, self.log = backend, train, state, log
         self.target, self.pretrain = target, pretrain
         self.tracker, self.finetune, self.say = tracker, finetune, say
+        self.last: tuple[float, float] | None = None  # (target, pretraining) loss of the latest evaluation
 
     def losses(self) -> tuple[float, float]:
         """(target, pretraining) validation loss; equal manifests are the same shards, evaluated once."""
@@ -62,6 +63,7 @@ class Evaluator:
         """Evaluate (unless `losses` were just measured), log, keep the best; returns whether it is a new best."""
         s = self.state
         ft, pt = losses or self.losses()
+        self.last = (ft, pt)
         best = ft < s.best_ft
         if best:
             s.best_ft, s.best_pt, s.best_step, s.bad_evals = ft, pt, step, 0

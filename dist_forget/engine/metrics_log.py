@@ -55,9 +55,19 @@ class MetricsLog:
         return self.cost.tokens_per_step / (sum(self.times) / len(self.times)) if self.times else None
 
     def train_step(
-        self, state: RunState, loss: float, lr: float, grad_norm: float, dt: float, n_pre: float, n_seq: float
+        self,
+        state: RunState,
+        loss: float,
+        lr: float,
+        grad_norm: float,
+        dt: float,
+        n_pre: float,
+        n_seq: float,
+        p_set: float,
     ) -> None:
-        """Log the step `state` just finished: metrics.jsonl, MLflow `train/*` and the progress line."""
+        """Log the step `state` just finished: metrics.jsonl, MLflow `train/*` and `inject_fraction` (the p the
+        schedule set for this step: constant, or the controller's under data.inject_fraction=auto) and the
+        progress line."""
         self.times = (self.times + [dt])[-20:]
         tok_s = self.tokens_per_s() or math.nan
         metrics = {
@@ -70,8 +80,9 @@ class MetricsLog:
             "inject_fraction_cum": state.pretrain_sequences / state.sequences,
             "injected_sequences": float(state.pretrain_sequences),
         }
-        self.write(train_record(state.step, metrics))
-        self.tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, state.step)
+        self.write(train_record(state.step, {**metrics, "inject_fraction_set": p_set}))
+        mlflow = {f"train/{k}": v for k, v in metrics.items()}
+        self.tracker.log_metrics({**mlflow, "inject_fraction": p_set}, state.step)
         eta = sum(self.times) / len(self.times) * (self.cost.steps - state.step)
         self.say(
             f"step {state.step}/{self.cost.steps} | loss {loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "

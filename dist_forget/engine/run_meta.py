@@ -106,9 +106,9 @@ def dataset_record(manifest: Manifest, context: str, out_dir: str | Path, **tags
             "tags": {k: str(v) for k, v in tags.items()}}  # fmt: skip
 
 
-def datasets(stream: Any, inject_fraction: float, out_dir: str | Path) -> list[dict[str, Any]]:
-    """The target shards (context `train`) and the pretraining shards (`injected` at p > 0, else `eval`:
-    they still measure forgetting)."""
+def datasets(stream: Any, inject_fraction: float | str, out_dir: str | Path) -> list[dict[str, Any]]:
+    """The target shards (context `train`) and the pretraining shards (`injected` at p > 0 or `auto`, else
+    `eval`: they still measure forgetting)."""
     records = [
         dataset_record(
             stream.target_manifest,
@@ -120,7 +120,7 @@ def datasets(stream: Any, inject_fraction: float, out_dir: str | Path) -> list[d
         )
     ]
     if stream.pretrain_manifest is not None:
-        context = "injected" if inject_fraction > 0 else "eval"
+        context = "injected" if inject_fraction == "auto" or inject_fraction > 0 else "eval"
         records.append(
             dataset_record(
                 stream.pretrain_manifest,

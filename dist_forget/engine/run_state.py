@@ -27,6 +27,7 @@ class RunState:
     pretrain_sequences: int = 0
     pretrain_sequences_at_best: int = 0  # injected by the best step: does injection have room to act?
     mlflow_run_id: str | None = None
+    inject_control: dict[str, Any] | None = None  # data.inject_fraction=auto: the controller's state
 
     def advance(self, sequences: int, pretrain_sequences: int) -> None:
         """One optimizer step that consumed `sequences` (all ranks), `pretrain_sequences` of them injected."""

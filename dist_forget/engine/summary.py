@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dist_forget.data.mixture import Schedule
 from dist_forget.data.remote import location_name
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.metrics_log import plot
@@ -17,15 +18,25 @@ from dist_forget.schema import METRICS_FILE, SUMMARY_FILE, summary_row
 
 
 def summary_of(
-    cfg: RunConfig, state: RunState, model_params: int, target_tokens: int, out: Path
+    cfg: RunConfig, state: RunState, model_params: int, target_tokens: int, out: Path, schedule: Schedule
 ) -> dict[str, Any]:
-    """The runs-table row of this run (dist_forget/schema.py)."""
+    """The runs-table row of this run (dist_forget/schema.py), at the best step. Under
+    data.inject_fraction=auto, `inject_fraction` is the sequence- (= token-) weighted mean p of the schedule
+    over the sequences trained up to that step (what produced the row's forgetting) and
+    `inject_fraction_final` the p of the last step trained; a constant p is both."""
+    if cfg.data.adaptive:
+        p_mean = schedule.mean(state.best_step * cfg.train.batch_size)
+        p_final = float(schedule.fraction_at(max(state.sequences - 1, 0)))
+    else:
+        p_mean = p_final = cfg.data.inject_fraction
     return summary_row(
         {
             "domain": cfg.domain or location_name(cfg.data.target),
             "model_params": model_params,
             "target_tokens": target_tokens,
-            "inject_fraction": cfg.data.inject_fraction,
+            "inject_fraction": p_mean,
+            "inject_fraction_final": p_final,
+            "forgetting": state.best_pt - state.pt_loss_base,
             "anchor_decay": cfg.optim.anchor_decay,
             "ft_loss": state.best_ft,
             "pt_loss": state.best_pt,

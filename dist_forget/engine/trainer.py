@@ -17,8 +17,10 @@ MLflow (rank 0): per step `train/*` (loss, lr, grad_norm, tokens_per_s, mfu, inj
 injected_sequences cumulative); per evaluation `val/ft_loss`, `val/pt_loss`, `val/best_ft_loss` and, on a
 finetune, `val/forgetting` = val/pt_loss − the starting model's; at step 0 `val/pt_loss_base` and
 `val/ft_loss_base`; at the end `best/ft_loss`, `best/step` and, on a finetune, `best/pt_loss`,
-`best/forgetting`, `best/injected_sequences` (at the bottom of the U-curve, the summary's row). Params,
-axis tags and dataset inputs: engine/run_meta.py.
+`best/forgetting`, `best/injected_sequences` (at the bottom of the U-curve, the summary's row); per step
+`inject_fraction`, the p the schedule set (constant, or under `data.inject_fraction=auto` the controller's,
+engine/inject_control.py, updated after each evaluation and saved with the checkpoint). Params, axis tags
+and dataset inputs: engine/run_meta.py.
 """
 
 from __future__ import annotations
@@ -38,12 +40,13 @@ from dist_forget.checkpoint import init_from
 from dist_forget.checkpoint.meta import check_compatible, read_meta
 from dist_forget.config import flatten, to_dict
 from dist_forget.data.mixture import MixedStream
-from dist_forget.data.remote import tokenizer_folder
+from dist_forget.data.remote import location_name, tokenizer_folder
 from dist_forget.engine.backend import Backend, BackendConfig, make_backend
 from dist_forget.engine.checkpoint import CheckpointManager, prepare_resume, resolve_resume
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.evaluation import Evaluator
 from dist_forget.engine.flops import flops_per_token, measure_peak
+from dist_forget.engine.inject_control import InjectController, start_fraction
 from dist_forget.engine.metrics_log import MetricsLog, StepCost
 from dist_forget.engine.run_state import RunState
 from dist_forget.engine.saving import Saver
@@ -233,11 +236,14 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
             r.tracker.finish("FAILED")
             raise r.saver.diverged(result.loss)
         state.advance(int(n_seq), int(n_pre))
-        r.log.train_step(state, result.loss, lr, result.grad_norm, dt, n_pre, n_seq)
+        r.log.train_step(state, result.loss, lr, result.grad_norm, dt, n_pre, n_seq, float(r.stream.frac))
 
         final = state.step == steps
-        best = r.evaluator(state.step) if r.evaluator.due(state.step, final) else False
+        evaluated = r.evaluator.due(state.step, final)
+        best = r.evaluator(state.step) if evaluated else False
         stopped_early = r.evaluator.should_stop()
+        if r.control is not None and evaluated and not (final or stopped_early):
+            _adapt(r)  # p for the steps up to the next evaluation; saved below with the checkpoint
         # a new best is saved (and exported) at once: it is the row the runs table reports
         if best or final or stopped_early or r.saver.due(state.step):
             r.saver.save(is_best=best)
@@ -258,7 +264,9 @@ def _summarize(
 ) -> dict[str, Any]:
     """The runs-table row (every rank returns it); rank 0 writes it with report.json (summary.py)."""
     state = r.state
-    summary = summary_of(cfg, state, r.sig["non_embedding_params"], r.stream.unique_target_tokens, r.out)
+    summary = summary_of(
+        cfg, state, r.sig["non_embedding_params"], r.stream.unique_target_tokens, r.out, r.stream.schedule
+    )
     if backend.rank == 0:
         report = {
             "steps_trained": state.step,
@@ -271,6 +279,9 @@ def _summarize(
             "inject_fraction_observed": state.pretrain_sequences / state.sequences
             if state.sequences
             else None,
+            # the p of each segment from its first global sequence on (one segment: a constant p)
+            "inject_schedule": r.stream.schedule.to_list(),
+            "inject_fraction_mean": r.stream.schedule.mean(state.sequences),
         }
         write_outputs(cfg, mode, state, summary, report, r.tracker, print)
     return summary
@@ -291,11 +302,16 @@ class _Parts:
     log: MetricsLog
     evaluator: Evaluator
     say: Callable[..., Any]  # print on rank 0, silent elsewhere
+    control: InjectController | None  # data.inject_fraction=auto
 
 
 def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: ExitStack) -> _Parts:
     """Resume point, data stream, model and backend, restored state, tracker, log and evaluator."""
     rank0 = backend.rank == 0
+    if cfg.data.adaptive and mode != "finetune":
+        raise UserError(
+            "data.inject_fraction=auto holds a forgetting budget: it is for finetune, not pretrain"
+        )
     out = Path(cfg.out_dir)
     say = print if rank0 else (lambda *a, **k: None)
     resume_path = _resume_point(cfg, resume, backend, out)
@@ -326,9 +342,14 @@ def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Ex
     ckpt = CheckpointManager(out / "checkpoints", backend, cfg.checkpoint.keep)
     state = RunState()
     saver = Saver(ckpt, state, stream, meta, hf_config, cfg.checkpoint.every, out, tokenizer_dir)
+    control = _controller(cfg, stream, sig["non_embedding_params"], say)
     if resume_path is not None:
-        saver.restore(resume_path)
+        saver.restore(resume_path)  # the stream's schedule and the controller's state come back with it
         say(f"resumed from {resume_path} at step {state.step}")
+    if control is not None:
+        if state.inject_control is not None:
+            control.load_state_dict(state.inject_control)
+        state.inject_control = control.state_dict()
 
     run_name = cfg.name or out.resolve().name
     tracker = _tracker(cfg, backend.rank, run_name, out, state.mlflow_run_id, mode, sig, stream)
@@ -351,7 +372,36 @@ def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Ex
     pretrain_val = stream.pretrain_manifest or stream.target_manifest
     evaluator = Evaluator(backend, t, state, target_val, pretrain_val, log, tracker, mode == "finetune", say)
     resumed = resume_path is not None
-    return _Parts(out, stream, grad_accum, sig, resumed, state, saver, tracker, log, evaluator, say)
+    return _Parts(out, stream, grad_accum, sig, resumed, state, saver, tracker, log, evaluator, say, control)
+
+
+def _controller(
+    cfg: RunConfig, stream: MixedStream, n_params: int, say: Callable[..., Any]
+) -> InjectController | None:
+    """data.inject_fraction=auto: the controller, started at the prior's (or the default) p."""
+    d = cfg.data
+    if not d.adaptive:
+        return None
+    assert d.max_forgetting is not None  # MixtureConfig.validate
+    domain = cfg.domain or location_name(d.target)
+    p0, source = start_fraction(d, domain, n_params, stream.unique_target_tokens, cfg.optim.anchor_decay)
+    control = InjectController(d.max_forgetting, p0, d.inject_max)
+    stream.set_inject_fraction(control.p)  # at sequence 0; a resume replaces the whole schedule
+    say(
+        f"inject: auto, budget {d.max_forgetting:g} nats/token, start p = {control.p:.4g} ({source})",
+        flush=True,
+    )
+    return control
+
+
+def _adapt(r: _Parts) -> None:
+    """Set p from the forgetting just measured (engine/inject_control.py)."""
+    assert r.control is not None and r.evaluator.last is not None
+    forgetting = r.evaluator.last[1] - r.state.pt_loss_base
+    p = r.control.update(forgetting)
+    r.stream.set_inject_fraction(p)
+    r.state.inject_control = r.control.state_dict()
+    r.say(f"inject: forgetting {forgetting:+.4f} (budget {r.control.eps:g}) -> p = {p:.4g}", flush=True)
 
 
 def _resume_point(cfg: RunConfig, resume: str, backend: Backend, out: Path) -> Path | None:

@@ -104,10 +104,14 @@ def from_rows(
     )
 
 
+# optional columns no law reads: they describe the run (forgetting may be < 0, p_final may be 0)
+_DESCRIPTIVE = ("inject_fraction_final", "forgetting")
+
+
 def _number(raw: Any, column: str, label: str) -> float:
     fix = "fix or drop that run"
     if raw is None or (isinstance(raw, str) and not raw.strip()):
-        if column == "steps":
+        if column in ("steps",) + _DESCRIPTIVE:  # absent from runs written before these columns existed
             return math.nan
         raise UserError(f"{label}: {column} is empty; {fix}")
     try:
@@ -118,14 +122,12 @@ def _number(raw: Any, column: str, label: str) -> float:
         return value
     if not math.isfinite(value):
         raise UserError(f"{label}: {column} = {value} is not a finite number; {fix}")
-    if column in SIZE_COLUMNS + LOSS_COLUMNS + OPTIONAL_COLUMNS and value <= 0:
+    if column in SIZE_COLUMNS + LOSS_COLUMNS + ("ft_loss_base",) and value <= 0:
         raise UserError(f"{label}: {column} = {value:g} must be positive; {fix}")
     if column == "anchor_decay" and value < 0:
         raise UserError(f"{label}: anchor_decay = {value:g} must be >= 0; {fix}")
-    if column == "inject_fraction" and not 0 <= value <= 1:
-        raise UserError(
-            f"{label}: inject_fraction = {value:g} must be a fraction in [0, 1] (0.01 = 1 %); {fix}"
-        )
+    if column in ("inject_fraction", "inject_fraction_final") and not 0 <= value <= 1:
+        raise UserError(f"{label}: {column} = {value:g} must be a fraction in [0, 1] (0.01 = 1 %); {fix}")
     return value
 
 

@@ -23,6 +23,8 @@ def test_the_law_table_reads_the_columns_the_schema_defines():
         "pt_loss",
         "pt_loss_base",
         "ft_loss_base",
+        "inject_fraction_final",
+        "forgetting",
         "steps",
         "run_id",
     )
@@ -49,6 +51,8 @@ def test_a_summary_row_is_a_valid_runs_table_row(tmp_path: Path):
             "pt_loss": 4.1,
             "pt_loss_base": 4.0,
             "ft_loss_base": 3.9,
+            "inject_fraction_final": 0.0,
+            "forgetting": -0.1,
             "steps": 6,
             "run_id": "local:x",
         }
@@ -57,6 +61,20 @@ def test_a_summary_row_is_a_valid_runs_table_row(tmp_path: Path):
     runs = table.read_runs(tmp_path)
     assert runs.run_id == ["local:x"] and runs.values["pt_loss"][0] == 4.1
     assert runs.values["ft_loss_base"][0] == 3.9  # optional column, read when present
+    # descriptive columns: a final p of 0 and a negative forgetting are valid values
+    assert runs.values["inject_fraction_final"][0] == 0.0 and runs.values["forgetting"][0] == -0.1
+
+
+def test_runs_written_before_the_adaptive_columns_still_read(tmp_path: Path):
+    """A sweep mixes old summary.json files (no inject_fraction_final, forgetting) with new ones."""
+    base = {"domain": "code", "model_params": 1, "target_tokens": 2, "inject_fraction": 0.01,
+            "anchor_decay": 0.0, "ft_loss": 3.0, "pt_loss": 4.1, "pt_loss_base": 4.0}  # fmt: skip
+    for name, extra in (("old", {}), ("new", {"inject_fraction_final": 0.02, "forgetting": 0.1})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / schema.SUMMARY_FILE).write_text(json.dumps({**base, **extra, "run_id": name}))
+    runs = table.read_runs(tmp_path)
+    final = dict(zip(runs.run_id, runs.values["inject_fraction_final"]))
+    assert final["new"] == 0.02 and final["old"] != final["old"]  # NaN where the column was absent
 
 
 def test_read_metrics_filters_by_kind_and_step(tmp_path: Path):

@@ -1,0 +1,125 @@
+"""A forgetting budget: `data.inject_fraction: auto` sets p at every evaluation to hold forgetting under ε.
+
+Forgetting F = pt_loss − pt_loss_base (the starting model's pretraining validation loss) is measured at
+each evaluation; p holds from there to the next one (a piecewise-constant schedule, exact in the stream:
+data/mixture.py). The rule is proportional-integral on log p, with the error in log F:
+
+    e_t   = clip(ln(max(F_t, F_floor) / (s·ε)), −e_max, e_max)
+    ln p  = ln p_0 + K_p·e_t + K_i·Σ_{τ≤t} e_τ,      p clamped to [p_min, inject_max]
+
+Why this rule:
+- **log p**: p acts multiplicatively, through (1 + B·p) in the paper's law F ∝ D^β / ((1 + B·p)·N)^α,
+  and useful values span orders of magnitude (0.1 %–20 %): a step in log p is the same relative change
+  at 0.2 % as at 10 %, and p stays positive.
+- **log F**: by that law, d ln F / d ln p = −α·B·p/(1 + B·p), so ln F is (nearly) linear in ln p with a
+  slope no steeper than α; fitted α are 0.1–0.5 (the paper; α = 0.24 on this project's demo). With
+  K_p = 2 = 1/α_max the loop gain K_p·α stays ≤ 1: a proportional step corrects at most the whole error,
+  never overshoots, whatever the prior. Forgetting responds weakly to p (α small), so a smaller gain
+  lags a rising F: with K_p = 1, K_i = 0.5 the simulated runs of tests/unit/test_inject_control.py
+  ended up to 15 % over ε; with K_p = K_i = 2 all ended under it.
+- **integral**: forgetting keeps rising as finetuning goes on (the D^β factor grows with the data seen),
+  a ramp that a proportional term alone follows only with a standing error above the setpoint; the
+  integral term removes it. Anti-windup: the integral grows only until p reaches a bound, never past
+  it, so after a stretch at inject_max the first evaluation under the setpoint brings p down at once.
+- **setpoint s·ε below ε** (s = 0.8): the budget is judged at the end (the summary's forgetting at the
+  best step), and forgetting rises between evaluations; aiming 20 % under leaves that headroom.
+- **clipped error**: F ≤ 0 early on (finetuning can first lower the pretraining loss) or one noisy
+  evaluation moves ln p by at most (K_p + K_i)·e_max.
+
+p_min (1e-4) keeps ln p finite; at that p a small run injects next to nothing. The start p_0 is the
+planner's smallest constant p for ε when `data.inject_prior` names a fit.json (laws/plan.py), else 1 %.
+`InjectController` is pure (no I/O, no torch): `update(F) -> p`, `state_dict()`/`load_state_dict()`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from dist_forget.data.mixture import MixtureConfig
+from dist_forget.errors import UserError
+
+DEFAULT_START = 0.01  # p_0 without a prior fit
+P_MIN = 1e-4
+
+
+@dataclass
+class InjectController:
+    eps: float  # the budget, nats/token
+    p_start: float
+    p_max: float = 0.2
+    p_min: float = P_MIN
+    setpoint: float = 0.8  # aim at setpoint·eps
+    kp: float = 2.0
+    ki: float = 2.0
+    max_error: float = 2.0  # |e| bound, in ln units
+    integral: float = 0.0  # Σ e over the updates that were integrated
+    p: float = math.nan  # the p set last (p_start before the first update)
+    updates: int = 0
+
+    def __post_init__(self) -> None:
+        self.p_start = min(max(self.p_start, self.p_min), self.p_max)
+        if math.isnan(self.p):
+            self.p = self.p_start
+
+    def error(self, forgetting: float) -> float:
+        """e: ln of measured over aimed-at forgetting, clipped; F ≤ 0 counts as a hundredth of ε."""
+        f = max(forgetting, 0.01 * self.eps)
+        return min(max(math.log(f / (self.setpoint * self.eps)), -self.max_error), self.max_error)
+
+    def update(self, forgetting: float) -> float:
+        """The p for the next segment after measuring `forgetting`; a non-finite measurement keeps p."""
+        if not math.isfinite(forgetting):
+            return self.p
+        e = self.error(forgetting)
+        lo, hi = math.log(self.p_min), math.log(self.p_max)
+        base = math.log(self.p_start) + self.kp * e
+        integral = self.integral + e
+        # anti-windup: the integral grows only until p reaches a bound, never past it
+        if base + self.ki * integral > hi:
+            integral = min(integral, max(self.integral, (hi - base) / self.ki))
+        elif base + self.ki * integral < lo:
+            integral = max(integral, min(self.integral, (lo - base) / self.ki))
+        self.integral = integral
+        self.p = min(max(math.exp(base + self.ki * integral), self.p_min), self.p_max)
+        self.updates += 1
+        return self.p
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("p_start", "integral", "p", "updates"):
+            setattr(self, name, state[name])
+
+
+def start_fraction(
+    data: MixtureConfig, domain: str, model_params: float, target_tokens: float, anchor_decay: float
+) -> tuple[float, str]:
+    """p_0 and where it came from: the planner's p for ε from `data.inject_prior`, else DEFAULT_START."""
+    if not data.inject_prior:
+        return DEFAULT_START, "default"
+    from dist_forget.laws.plan import load_fits, plan
+
+    where = f"data.inject_prior = {data.inject_prior}"
+    try:
+        fits = load_fits(data.inject_prior)
+    except UserError as exc:
+        raise UserError(f"data.inject_prior: {exc}") from None
+    domains = sorted({str(f.get("domain")) for f in fits})
+    if domain not in domains:
+        raise UserError(
+            f"{where} is a fit for {', '.join(domains) or 'no domain'}, not for this run's domain {domain!r}; "
+            "pass a fit of that domain or drop data.inject_prior"
+        )
+    form = "forgetting-anchored" if anchor_decay > 0 else "forgetting"
+    if not any(f.get("domain") == domain and f.get("form") == form for f in fits):
+        form = "forgetting"
+    # force: a diagnostic warning on the fit only makes the start worse; the controller corrects it
+    ans = plan(
+        fits, domain, model_params, target_tokens, max_forgetting=data.max_forgetting,
+        anchor_decay=anchor_decay, pt_form=form, ft_form=form, where=where, force=True,
+    )  # fmt: skip
+    p = float(ans["inject_fraction"])
+    return (p if math.isfinite(p) else data.inject_max), f"planner ({form} fit, {data.inject_prior})"
