@@ -183,15 +183,15 @@ def markdown(result: dict[str, Any], sweep: Path, png: str | None) -> str:
         "",
         "## Goal (issue 13)",
         "",
-        f"- budget held in ≥ {HELD_GOAL:.0%} of adaptive runs: {_pct(g['share_held'])} "
+        f"- budget held in ≥ {100 * HELD_GOAL:.0f} % of adaptive runs: {_pct(g['share_held'])} "
         f"(static plan: {_pct(g['share_held_plan'])}) → {_yes(c['budget_held'])}",
         f"- fewer injected tokens than the static plan on average: {_f(g['injected_tokens_mean'], ',.0f')} vs "
         f"{_f(g['plan_injected_tokens_mean'], ',.0f')} tokens ({_f(g['injected_sequences_mean'], '.1f')} vs "
         f"{_f(g['plan_injected_sequences_mean'], '.1f')} sequences, ratio {_f(g['injected_ratio'], '.3f')}) "
         f"→ {_yes(c['fewer_injected'])}",
-        f"- best target loss no worse than +{g['ft_tolerance']:.1%} of the plan's: mean change "
+        f"- best target loss no worse than +{100 * g['ft_tolerance']:.1f} % of the plan's: mean change "
         f"{_pct(g['ft_change_mean'])} → {_yes(c['target_loss_kept'])}",
-        f"- **goal met: {_yes(g['met'])}**",
+        f"- **goal met: {_yes(g['met']).strip('*')}**",
         "",
         "## Per (domain, N, D, ε) and arm",
         "",
@@ -222,6 +222,7 @@ def plot(path: Path, runs: list[ArmRun], result: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     colors = {AUTO: "tab:blue", PLAN: "tab:orange", P0: "tab:gray"}
+    styles = {AUTO: "o-", PLAN: "s--", P0: "^:"}  # arms that coincide stay visible
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     by_name = {r.name: r for r in runs}
     for arm in ARMS:
@@ -233,14 +234,20 @@ def plot(path: Path, runs: list[ArmRun], result: dict[str, Any]) -> None:
         eps = sorted({row["max_forgetting"] for row in rows})
         held = [_mean([row["share_held"] for row in rows if row["max_forgetting"] == e]) for e in eps]
         if eps:
-            right.plot(eps, held, "o-", color=colors[arm], label=LABELS[arm])
+            right.plot(eps, held, styles[arm], color=colors[arm], label=LABELS[arm], alpha=0.8)
     left.axhline(1.0, color="k", lw=0.8, ls="--")
     left.set_xscale("symlog", linthresh=1)
+    # p = 0 injects nothing: at 0, near the left edge; symlog leaves no margin on the right by itself
+    left.set_xlim(-0.5, 1.5 * max([1] + [r.injected_sequences for r in runs]))
     left.set_xlabel("pretraining sequences injected by the best step")
     left.set_ylabel("forgetting / ε")
     left.legend(fontsize=7)
     right.axhline(HELD_GOAL, color="k", lw=0.8, ls="--")
     right.set_xscale("log")
+    budgets = sorted({row["max_forgetting"] for row in result["rows"]})
+    right.set_xticks(budgets, [f"{e:g}" for e in budgets])
+    right.minorticks_off()
+    right.legend(fontsize=7)
     right.set_ylim(-0.05, 1.05)
     right.set_xlabel("budget ε (nats/token)")
     right.set_ylabel("share of runs with forgetting ≤ ε")

@@ -92,6 +92,7 @@ def test_adaptive_sweep_runs_at_toy_scale(tiny_data, tmp_path):
     doc["finetune"]["overrides"] += [f"data.pretrain={tiny_data.english}"]
     doc["finetune"]["domains"] = {"code": str(tiny_data.code)}
     doc["finetune"]["set"]["model.init_from"] = str(base)
+    doc["finetune"]["size_overrides"] = {}  # one size here
     doc["grid"].update(
         sizes=["cpu-0.015m"], target_tokens=[2048], inject_fraction=["auto"], max_forgetting=[0.5]
     )
