@@ -48,6 +48,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("track", "sync"): "dist_forget.tracking.commands:sync",
     ("sweep",): "dist_forget.sweep.commands:sweep",
     ("study", "report"): "dist_forget.study.report:report",
+    ("study", "adaptive"): "dist_forget.study.adaptive:adaptive",
     ("demo",): "dist_forget.study.demo:demo",
 }
 

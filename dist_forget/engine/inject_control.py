@@ -100,7 +100,7 @@ def start_fraction(
     """p_0 and where it came from: the planner's p for ε from `data.inject_prior`, else DEFAULT_START."""
     if not data.inject_prior:
         return DEFAULT_START, "default"
-    from dist_forget.laws.plan import load_fits, plan
+    from dist_forget.laws.plan import budget_p, load_fits
 
     where = f"data.inject_prior = {data.inject_prior}"
     try:
@@ -113,13 +113,6 @@ def start_fraction(
             f"{where} is a fit for {', '.join(domains) or 'no domain'}, not for this run's domain {domain!r}; "
             "pass a fit of that domain or drop data.inject_prior"
         )
-    form = "forgetting-anchored" if anchor_decay > 0 else "forgetting"
-    if not any(f.get("domain") == domain and f.get("form") == form for f in fits):
-        form = "forgetting"
-    # force: a diagnostic warning on the fit only makes the start worse; the controller corrects it
-    ans = plan(
-        fits, domain, model_params, target_tokens, max_forgetting=data.max_forgetting,
-        anchor_decay=anchor_decay, pt_form=form, ft_form=form, where=where, force=True,
-    )  # fmt: skip
-    p = float(ans["inject_fraction"])
-    return (p if math.isfinite(p) else data.inject_max), f"planner ({form} fit, {data.inject_prior})"
+    assert data.max_forgetting is not None  # MixtureConfig.validate
+    p = budget_p(fits, domain, model_params, target_tokens, data.max_forgetting, anchor_decay, where)
+    return (p if math.isfinite(p) else data.inject_max), f"planner ({data.inject_prior})"

@@ -193,6 +193,23 @@ def plan(
     return out
 
 
+def budget_p(
+    fits: list[dict[str, Any]], domain: str, model_params: float, target_tokens: float, max_forgetting: float,
+    anchor_decay: float = 0.0, where: str = "fit.json",
+) -> float:  # fmt: skip
+    """The planner's smallest constant p for a budget (inf where no p reaches it), as a run uses it: the
+    anchored forgetting law when the run is anchored and the fit has one, and a diagnostic warning on the
+    fit does not refuse (an adaptive run corrects a poor start; a comparison shows what the plan gives)."""
+    form = "forgetting-anchored" if anchor_decay > 0 else "forgetting"
+    if not any(f.get("domain") == domain and f.get("form") == form for f in fits):
+        form = "forgetting"
+    ans = plan(
+        fits, domain, model_params, target_tokens, max_forgetting=max_forgetting, anchor_decay=anchor_decay,
+        pt_form=form, ft_form=form, where=where, force=True,
+    )  # fmt: skip
+    return float(ans["inject_fraction"])
+
+
 def format_plan(result: dict[str, Any]) -> str:
     def ci(v: list[float] | None, fmt: str) -> str:
         return f"[{v[0]:{fmt}}, {v[1]:{fmt}}]" if v else "n/a"

@@ -69,7 +69,7 @@ def read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _runs(sweep: Path, stage: str) -> list[tuple[Path, dict[str, Any], dict[str, Any], dict[str, Any]]]:
+def run_files(sweep: Path, stage: str) -> list[tuple[Path, dict[str, Any], dict[str, Any], dict[str, Any]]]:
     """(folder, summary.json, report.json, run_config.json) of every finished run of a stage."""
     dirs = sorted(p.parent for p in (sweep / stage).glob("*/summary.json"))
     return [
@@ -81,7 +81,7 @@ def _runs(sweep: Path, stage: str) -> list[tuple[Path, dict[str, Any], dict[str,
 def ladder(sweep: Path) -> list[dict[str, Any]]:
     """One row per pretrained size, smallest N first: N, total params, tokens, tokens/param, val loss."""
     rows = []
-    for run, summary, rep, cfg in _runs(sweep, "pretrain"):
+    for run, summary, rep, cfg in run_files(sweep, "pretrain"):
         manifest = read_json(Path(cfg.get("data", {}).get("target", "")) / "manifest.json")
         tokens = int(rep.get("sequences", 0)) * int(manifest.get("seq_len", 0))
         total = int(rep.get("total_params", 0))
@@ -111,7 +111,7 @@ def finetunes(sweep: Path) -> list[dict[str, Any]]:
     """One row per finetune: its best and last step, the target loss's rise after the best, injected
     sequences by the best step, eval size."""
     rows = []
-    for run, summary, rep, cfg in _runs(sweep, "finetune"):
+    for run, summary, rep, cfg in run_files(sweep, "finetune"):
         p = float(summary.get("inject_fraction", 0.0))
         batch = int(cfg.get("train", {}).get("batch_size", 0))
         best = int(rep.get("best_step", summary.get("steps", 0)))

@@ -6,6 +6,8 @@ where the overrides come from the stage's `set:` templates filled with the point
 `data.inject_fraction: "{inject_fraction}"`. The defaults of `set:` match the engine's RunConfig keys.
 Placeholders: {size} {domain} {domain_dir} {target_tokens} {inject_fraction} {anchor_decay} {seed}
 {pretrain_dir} (finetune) and {size} {steps} {seed} (pretrain); `out_dir` and `name` are always set.
+A point at inject_fraction `auto` also gets `data.max_forgetting` (one point per budget in
+grid.max_forgetting) and, from the `adaptive:` section, `data.inject_max` and `data.inject_prior`.
 """
 
 from __future__ import annotations
@@ -87,9 +89,35 @@ class Grid:
     sizes: list[str] = field(default_factory=list)  # default: pretrain.sizes
     domains: list[str] = field(default_factory=list)  # default: every finetune.domains key
     target_tokens: list[int] = field(default_factory=list)
-    inject_fraction: list[float] = field(default_factory=lambda: [0.0])
+    # a fraction, or `auto`: the run adapts p to hold forgetting under each budget of max_forgetting
+    inject_fraction: list[float | Literal["auto"]] = field(default_factory=lambda: [0.0])
+    max_forgetting: list[float] = field(default_factory=list)  # budgets ε (nats/token) of the auto points
     anchor_decay: list[float] = field(default_factory=lambda: [0.0])
     seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class AdaptiveArms:
+    """The forgetting-budget comparison (issue 13): inject_fraction `auto` against the static planner.
+
+    `prior_fit` (a fit.json of `dist-forget fit`) is each auto run's data.inject_prior, so it starts from
+    the planner's p for its ε; with `static_arm`, every auto point gets a twin run at that constant p
+    (laws/plan.py, capped at inject_max as the controller is), named `..._pplan_..-eps<ε>`: the
+    comparison then isolates what adapting p online adds over the plan it starts from.
+    """
+
+    prior_fit: str = ""  # empty: auto runs start from the controller's default p and there is no static arm
+    static_arm: bool = False
+    inject_max: float = 0.2  # data.inject_max of the auto runs and the cap on the static arm's p
+
+    def validate(self) -> None:
+        if self.static_arm and not self.prior_fit:
+            raise UserError(
+                "sweep adaptive.static_arm needs adaptive.prior_fit, the fit.json the planner reads "
+                "(e.g. work/sweeps/micro/fit/fit.json)"
+            )
+        if not 0 < self.inject_max < 1:
+            raise UserError(f"sweep adaptive.inject_max = {self.inject_max} must be in (0, 1) (0.2 = 20 %)")
 
 
 @dataclass
@@ -124,6 +152,7 @@ class SweepConfig:
     finetune: FinetuneStage = field(default_factory=FinetuneStage)
     grid: Grid = field(default_factory=Grid)
     extra_grids: list[dict[str, Any]] = field(default_factory=list)  # partial grids over `grid`
+    adaptive: AdaptiveArms = field(default_factory=AdaptiveArms)
     fit: FitStage = field(default_factory=FitStage)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)

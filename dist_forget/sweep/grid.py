@@ -1,7 +1,10 @@
 """Expand a sweep config into its points: deterministic order, a stable name and command per point.
 
 The name encodes every grid value (`cpu-1m_code_D100000_p0.01_a0_s0`), so a point's folder is the same
-on every expansion: that is what makes a killed sweep resumable and a finished run recognisable.
+on every expansion: that is what makes a killed sweep resumable and a finished run recognisable. A point
+of the forgetting-budget comparison (sweep/config.py: AdaptiveArms) is `..._pauto_a0_s0-eps0.05` (p
+adapted to hold ε = 0.05 nats/token) or `..._pplan_a0_s0-eps0.05` (the planner's constant p for that ε);
+`arm_of` reads a name back.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import Any
 
 from dist_forget.config import merge, parse_overrides, read_yaml
 from dist_forget.errors import UserError
+from dist_forget.laws.plan import budget_p, load_fits
 from dist_forget.models.ladder import shape_of
 from dist_forget.schema import SUMMARY_FILE
 from dist_forget.sweep.config import Grid, SweepConfig
@@ -45,8 +50,35 @@ def sweep_dir(cfg: SweepConfig) -> Path:
     return Path(cfg.out_dir or f"work/sweeps/{cfg.name}").resolve()
 
 
-def run_name(size: str, domain: str, target_tokens: int, p: float, anchor: float, seed: int) -> str:
-    return f"{size}_{domain}_D{target_tokens}_p{p:g}_a{anchor:g}_s{seed}"
+AUTO, PLAN = "auto", "plan"  # the p of a name in the adaptive arm and the static-planner arm
+
+
+def run_name(
+    size: str,
+    domain: str,
+    target_tokens: int,
+    p: float | str,
+    anchor: float,
+    seed: int,
+    eps: float | None = None,
+) -> str:
+    """The point's folder name; `eps` (a forgetting budget) only on the adaptive and planner arms."""
+    p_txt = p if isinstance(p, str) else f"{p:g}"
+    suffix = "" if eps is None else f"-eps{eps:g}"
+    return f"{size}_{domain}_D{target_tokens}_p{p_txt}_a{anchor:g}_s{seed}{suffix}"
+
+
+_NAME = re.compile(r"_p(?P<p>[^_]+)_a(?P<a>[^_]+)_s(?P<seed>\d+)(?:-eps(?P<eps>[^_]+))?$")
+
+
+def arm_of(name: str) -> tuple[str, float | None, float, int] | None:
+    """(arm, ε, anchor_decay, seed) of a finetune point's name: arm is AUTO, PLAN or the constant p as
+    text (`0`, `0.01`); ε is None outside the adaptive and planner arms. None: not a grid point's name."""
+    match = _NAME.search(name)
+    if match is None:
+        return None
+    eps = float(match["eps"]) if match["eps"] else None
+    return match["p"], eps, float(match["a"]), int(match["seed"])
 
 
 def _fill(templates: dict[str, str], values: dict[str, Any], where: str) -> list[str]:
@@ -111,6 +143,7 @@ def expand(cfg: SweepConfig) -> list[Point]:
             pretrain_dirs[size] = out
     ft = cfg.finetune
     seen: set[str] = set()
+    plans = _Planner(cfg.adaptive.prior_fit)
     for g in _grids(cfg):
         sizes = g.sizes or (cfg.pretrain.sizes if cfg.pretrain else [])
         domains = g.domains or list(ft.domains)
@@ -132,18 +165,71 @@ def expand(cfg: SweepConfig) -> list[Point]:
         for size, domain, d, p, a, seed in itertools.product(
             sizes, domains, g.target_tokens, g.inject_fraction, g.anchor_decay, g.seeds
         ):
-            name = run_name(size, domain, d, p, a, seed)
-            if name in seen:
-                continue
-            seen.add(name)
-            out = str(root / "finetune" / name)
             values = {"size": size, "domain": domain, "domain_dir": ft.domains[domain], "target_tokens": d,
                       "inject_fraction": p, "anchor_decay": a, "seed": seed}  # fmt: skip
             if size in pretrain_dirs:
                 values["pretrain_dir"] = pretrain_dirs[size]
-            argv = [*command, "finetune", "--config", ft.config, *cfg.resume_args, *ft.overrides,
-                    *ft.size_overrides.get(size, []), *_fill(ft.set, values, "finetune"), f"out_dir={out}",
-                    f"name={name}"]  # fmt: skip
-            needs = f"pretrain-{size}" if size in pretrain_dirs else None
-            points.append(Point(name, "finetune", out, argv, needs, values))
+            for name, vals, extra in _arms(cfg, g, values, plans):
+                if name in seen:
+                    continue
+                seen.add(name)
+                out = str(root / "finetune" / name)
+                argv = [*command, "finetune", "--config", ft.config, *cfg.resume_args, *ft.overrides,
+                        *ft.size_overrides.get(size, []), *_fill(ft.set, vals, "finetune"), *extra,
+                        f"out_dir={out}", f"name={name}"]  # fmt: skip
+                needs = f"pretrain-{size}" if size in pretrain_dirs else None
+                points.append(Point(name, "finetune", out, argv, needs, vals))
     return points
+
+
+def _arms(
+    cfg: SweepConfig, g: Grid, values: dict[str, Any], plans: _Planner
+) -> list[tuple[str, dict[str, Any], list[str]]]:
+    """(name, values, extra overrides) of a grid point: itself, or at inject_fraction auto one adaptive
+    point per budget ε plus, with adaptive.static_arm, its twin at the planner's constant p."""
+    size, domain, d, p, a, seed = (values[k] for k in ("size", "domain", "target_tokens", "inject_fraction",
+                                                      "anchor_decay", "seed"))  # fmt: skip
+    if p != AUTO:
+        return [(run_name(size, domain, d, p, a, seed), values, [])]
+    arms = cfg.adaptive
+    if not g.max_forgetting or not all(e > 0 for e in g.max_forgetting):
+        raise UserError(
+            f"sweep grid: inject_fraction auto needs max_forgetting, a list of budgets > 0 in nats/token "
+            f"(e.g. [0.05, 0.1]); got {g.max_forgetting}"
+        )
+    out = []
+    for eps in g.max_forgetting:
+        extra = [f"data.max_forgetting={eps}", f"data.inject_max={arms.inject_max}"]
+        if arms.prior_fit:
+            extra.append(f"data.inject_prior={arms.prior_fit}")
+        out.append((run_name(size, domain, d, AUTO, a, seed, eps), {**values, "max_forgetting": eps}, extra))
+        if arms.static_arm:
+            planned = plans.p(domain, shape_of(size).non_embedding_params(), d, eps, a)
+            static = min(planned, arms.inject_max)
+            vals = {**values, "inject_fraction": static, "max_forgetting": eps,
+                    "planned_p": planned if math.isfinite(planned) else None}  # fmt: skip
+            out.append((run_name(size, domain, d, PLAN, a, seed, eps), vals, []))
+    return out
+
+
+class _Planner:
+    """The static arm's p from adaptive.prior_fit (laws/plan.py), the fit read once, each answer cached."""
+
+    def __init__(self, fit: str) -> None:
+        self.fit = fit
+        self._fits: list[dict[str, Any]] | None = None
+        self._cache: dict[tuple[str, float, float, float, float], float] = {}
+
+    def p(self, domain: str, n: float, d: float, eps: float, anchor_decay: float) -> float:
+        """The planner's smallest constant p with forgetting <= eps (inf where no p reaches it): the same
+        answer the engine starts an adaptive run from (inject_control.start_fraction)."""
+        key = (domain, n, d, eps, anchor_decay)
+        if self._fits is None:
+            try:
+                self._fits = load_fits(self.fit)
+            except UserError as exc:
+                raise UserError(f"sweep adaptive.prior_fit: {exc}") from None
+        if key not in self._cache:  # plan's errors name `where`, e.g. a domain the fit lacks
+            where = f"sweep adaptive.prior_fit = {self.fit}"
+            self._cache[key] = budget_p(self._fits, domain, n, d, eps, anchor_decay, where)
+        return self._cache[key]

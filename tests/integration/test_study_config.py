@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,54 @@ def test_sweep_config_runs_at_toy_scale(name, tiny_data, tmp_path):
         res = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert json.loads(point.summary.read_text())["model_params"] > 0
+
+
+def test_adaptive_sweep_runs_at_toy_scale(tiny_data, tmp_path):
+    """configs/sweep/adaptive.yaml on a toy model, with a synthetic forgetting law standing in for the micro
+    study's fit: the adaptive run and its static-planner twin run for real (p = 0 is an ordinary point), the
+    adaptive run starts at the static arm's p and moves it, and `study adaptive` reports both."""
+    from dist_forget.laws.fit import FitConfig
+    from dist_forget.laws.pipeline import fit_runs
+    from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
+    from dist_forget.study.adaptive import adaptive as study_adaptive
+
+    law = {"A": 6.0, "alpha": 0.4, "beta": 0.3, "B": 1000.0}  # forgets 1.3 nats/token here at p = 0
+    syn = SyntheticConfig(domains=("code",), fractions=(0.0, 0.01, 0.05), sizes=(1e4, 3e4, 1e5),
+                          tokens=(1e3, 1e4), forgetting=law)  # fmt: skip
+    fit = tmp_path / "fit.json"
+    fit.write_text(json.dumps({"fits": fit_runs(synthetic_runs(syn), ["forgetting"], FitConfig(bootstrap=0),
+                                                progress=False)}))  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    base = tmp_path / "pretrained"
+    pre = [sys.executable, "-m", "dist_forget.cli", "pretrain", "--config", "configs/pretrain/tiny.yaml",
+           "model.size=cpu-0.015m", f"data.target={tiny_data.english}", f"out_dir={base}", *TOY]  # fmt: skip
+    res = subprocess.run(pre, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    doc = read_yaml(ROOT / "configs/sweep/adaptive.yaml")
+    doc.update(out_dir=str(tmp_path / "sweep"), tracking={"enabled": False}, adaptive={**doc["adaptive"],
+               "prior_fit": str(fit)})  # fmt: skip
+    doc["finetune"]["overrides"] += [f"data.pretrain={tiny_data.english}"]
+    doc["finetune"]["domains"] = {"code": str(tiny_data.code)}
+    doc["finetune"]["set"]["model.init_from"] = str(base)
+    doc["finetune"]["size_overrides"] = {}  # one size here
+    doc["grid"].update(
+        sizes=["cpu-0.015m"], target_tokens=[2048], inject_fraction=["auto"], max_forgetting=[0.5]
+    )
+    config = tmp_path / "adaptive.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    points = expand(load_config(SweepConfig, config))
+    assert [p.name.split("_", 3)[3] for p in points] == ["pauto_a0_s0-eps0.5", "pplan_a0_s0-eps0.5"]
+    for point in points:
+        argv = [sys.executable, *point.argv[1:], *TOY]
+        res = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    schedule = json.loads((Path(points[0].out_dir) / "report.json").read_text())["inject_schedule"]
+    static = json.loads(points[1].summary.read_text())["inject_fraction"]
+    # the adaptive run starts at the planner's p (the stream holds p as a fraction, denominator <= 1e6)
+    assert float(Fraction(schedule[0][1])) == pytest.approx(static, abs=2e-6)
+    assert len(schedule) > 1  # ... and the controller moved it
+    out = tmp_path / "report"
+    assert study_adaptive(tmp_path / "sweep", out) == 0
+    data = json.loads((out / "adaptive.json").read_text())
+    assert [r["arm"] for r in data["rows"]] == ["auto", "plan"] and data["goal"]["pairs"] == 1
+    assert data["rows"][1]["inject_fraction_mean"] == pytest.approx(static)

@@ -103,7 +103,14 @@ def test_dry_run_lists_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert not (tmp_path / "sweep").exists()
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].glob("configs/sweep/*.yaml")))
+# adaptive.yaml plans its static arm from the micro study's fit, which a fresh checkout lacks:
+# tests/unit/test_study_adaptive.py expands it with a synthetic fit
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p for p in Path(__file__).resolve().parents[2].glob("configs/sweep/*.yaml") if p.stem != "adaptive"
+    ),
+)
 def test_shipped_sweep_configs_expand(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(path.parents[2])
     has_pretrain = "pretrain" in read_yaml(path)
