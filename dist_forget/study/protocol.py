@@ -37,27 +37,17 @@ class ProtocolSpec:
     min_eval_sequences: int = 128
 
 
+# Every finding the report checks: a run that did not reach its U-curve bottom, or an eval too small to
+# resolve the effects, leaves none of them with a verdict.
+ALL_FINDINGS = ("forgetting_vs_size", "forgetting_vs_data", "injection", "ft_not_hurt", "anchor", "laws")
+
 # Which findings (numbered as in the report) each failed check undermines.
 UNDERMINES = {
     "ladder_trained": ("forgetting_vs_size", "laws"),
     "ladder_ordered": ("forgetting_vs_size", "laws"),
-    "u_curve_bottom": (
-        "forgetting_vs_size",
-        "forgetting_vs_data",
-        "injection",
-        "ft_not_hurt",
-        "anchor",
-        "laws",
-    ),
+    "u_curve_bottom": ALL_FINDINGS,
     "injection_acts": ("injection", "ft_not_hurt"),
-    "eval_sequences": (
-        "forgetting_vs_size",
-        "forgetting_vs_data",
-        "injection",
-        "ft_not_hurt",
-        "anchor",
-        "laws",
-    ),
+    "eval_sequences": ALL_FINDINGS,
 }
 
 
