@@ -2,11 +2,13 @@
 the rule that ends a run once it is past that bottom.
 
 An early stop needs `train.patience` evaluations without a better target loss AND the target loss risen
-`train.stop_rise` above its best: a noisy flat stretch is not the bottom of the U-curve, a rise is.
+`train.stop_rise` above its best: a noisy flat stretch is not the bottom of the U-curve, a rise is. With
+`train.stop_sustained` the rise must hold at each of the last `patience` evaluations, not at one of them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -67,11 +69,12 @@ class Evaluator:
         best = ft < s.best_ft
         if best:
             s.best_ft, s.best_pt, s.best_step, s.bad_evals = ft, pt, step, 0
-            s.rise_after_best = 0.0
+            s.rise_after_best, s.since_best = 0.0, []
             s.pretrain_sequences_at_best = s.pretrain_sequences
         else:
             s.bad_evals += 1
             s.rise_after_best = max(s.rise_after_best, ft - s.best_ft)
+            s.since_best.append(ft)
         self.log.write(eval_record(step, ft, pt))
         values = {"val/ft_loss": ft, "val/pt_loss": pt, "val/best_ft_loss": s.best_ft}
         if self.finetune:  # how far the pretraining loss rose above the starting model's
@@ -87,8 +90,17 @@ class Evaluator:
     def should_stop(self) -> bool:
         """The early-stop rule (module docstring); says why when it fires."""
         t, s = self.train, self.state
-        if not (t.patience and s.bad_evals >= t.patience and s.rise_after_best >= t.stop_rise):
+        if not (t.patience and s.bad_evals >= t.patience):
             return False
-        self.say(f"early stop: {s.bad_evals} evaluations without a better target loss, which rose "
-                 f"{s.rise_after_best:.4f} above its best", flush=True)  # fmt: skip
+        if t.stop_sustained:
+            rise, how = (
+                min(s.since_best[-t.patience :], default=-math.inf) - s.best_ft,
+                f"at each of the last {t.patience}",
+            )
+        else:
+            rise, how = s.rise_after_best, "at most"
+        if rise < t.stop_rise:
+            return False
+        self.say(f"early stop: {s.bad_evals} evaluations without a better target loss, which rose {rise:.4f} "
+                 f"above its best ({how})", flush=True)  # fmt: skip
         return True

@@ -7,7 +7,7 @@ state's train key (dist_forget/checkpoint/meta.py) and loadable weights-only; `r
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from dist_forget.errors import UserError
@@ -23,6 +23,7 @@ class RunState:
     ft_loss_base: float = math.nan
     bad_evals: int = 0  # evaluations since the best one (early stop)
     rise_after_best: float = 0.0  # highest target loss since the best evaluation, minus the best
+    since_best: list[float] = field(default_factory=list)  # target losses of the evaluations after the best
     sequences: int = 0
     pretrain_sequences: int = 0
     pretrain_sequences_at_best: int = 0  # injected by the best step: does injection have room to act?

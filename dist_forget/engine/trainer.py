@@ -222,8 +222,9 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
     r = _setup(cfg, mode, resume, backend, cleanup)
     state, t, steps = r.state, cfg.train, cfg.schedule.steps
     _begin(cfg, mode, backend, r)
-    stopped_early, wall0 = False, time.perf_counter()
-    while state.step < steps:
+    # a run resumed after its early stop has met the rule already: resuming it must not train it further
+    stopped_early, wall0 = r.resumed and r.evaluator.should_stop(), time.perf_counter()
+    while state.step < steps and not stopped_early:
         lr = lr_at(state.step, cfg.optim.lr, cfg.schedule)
         t0 = time.perf_counter()
         batches = [r.stream.next_batch(t.micro_batch) for _ in range(r.grad_accum)]

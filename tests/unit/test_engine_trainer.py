@@ -205,6 +205,10 @@ def test_early_stop_waits_for_the_target_loss_to_rise_by_stop_rise(tiny_data, ba
     # the losses agree up to where the eager run stopped: stop_rise changes when to stop, nothing else
     a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
     assert all(a[s] == b[s] for s in a)
+    # resuming the stopped run finds it past its bottom already: it stops again without a step
+    train(_cfg(tiny_data, base_model, tmp_path / "a", *common), "finetune", resume="auto")
+    again = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert again["stopped_early"] and again["step"] == eager["step"] and _losses(tmp_path / "a") == a
 
 
 def test_resume_from_a_checkpoint_with_the_older_json_train_state(tiny_data, base_model, full_run, tmp_path):
@@ -254,6 +258,16 @@ def test_early_stop_needs_patience_and_a_rise_of_stop_rise(tmp_path):
     assert state.bad_evals == 2 and not ev.should_stop()
     ev(9, (2.61, 3.0))
     assert ev.should_stop()
+    # sustained: the rise must hold at each of the last `patience` evaluations, one spike is not enough
+    sustained = Evaluator(None, TrainConfig(patience=2, stop_rise=0.1, stop_sustained=True), RunState(), None,
+                          None, log, _NullTracker(), True, lambda m, **_: lines.append(m))  # fmt: skip
+    stops = []
+    for step, ft in enumerate([3.0, 2.9, 3.05, 2.95, 3.01, 3.02, 3.1]):
+        sustained(step, (ft, 3.0))
+        stops.append(sustained.should_stop())
+    # step 3 would stop the rule above (highest 3.05); here the last two must both be >= 3.0
+    assert stops == [False, False, False, False, False, True, True]
+    assert lines[-1].endswith("which rose 0.1200 above its best (at each of the last 2)")
     restored = RunState()
     restored.load_state_dict(state.state_dict())
     assert restored == state
