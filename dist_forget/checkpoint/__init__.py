@@ -1,6 +1,6 @@
 """The on-disk formats of checkpoints, one writer and one reader each (imports neither engine/ nor convert/).
 
 meta.py: meta.json, hf_config.json, the trainer's client state, the resume checks and `reshard_meta`;
-zero.py: single / DeepSpeed ZeRO; megatron.py: ours per TP/PP rank; megatron_dist.py: megatron-core's
-torch_dist; hf.py: HF folders as conversions read them and our optimizer.pt; init_from.py: `model.init_from`
+zero.py: single / DeepSpeed ZeRO; megatron.py: the legacy per-TP/PP-rank folders; megatron_dist.py:
+megatron-core's torch_dist; megatron_train.py: engine=megatron's checkpoints in it; hf.py: HF folders as conversions read them and our optimizer.pt; init_from.py: `model.init_from`
 resolved to an HF folder before a model is built."""

@@ -1,11 +1,12 @@
-"""Our Megatron tensor/pipeline-parallel checkpoint format (`dist-forget-megatron-v1`): one writer, one
-reader, the per-rank reader a resume uses, and the optimizer-state mapping of megatron-core's GPTModel.
+"""Our Megatron tensor/pipeline-parallel conversion format (`dist-forget-megatron-v1`, what `convert
+hf-to-megatron --format legacy` writes), the reader of every Megatron folder, and the optimizer-state
+mapping of megatron-core's GPTModel.
 
-A Megatron folder (what `engine=megatron` saves per checkpoint tag, and what `hf-to-megatron` writes):
+A legacy folder:
 
     megatron.json                  {"format", "tp", "pp", "hf_config"}
     mp_rank_XX/model_optim.pt      {"model": TP shard in HF names, "optimizer": (optional) state_dict
-                                    + "param_names", "tp", "tp_rank", "pp", "pp_rank", "client_state"}
+                                    + "param_names", "tp", "tp_rank", "pp", "pp_rank"}
 
 With pipeline parallelism (pp > 1) the files are mp_rank_XX_YYY (TP rank XX, stage YYY); a stage holds
 its layers under their global names, the tied embedding sits on the first and the last stage.
@@ -13,11 +14,11 @@ Weights are pure slices (models/megatron.SHARD_DIM), so both directions are bit-
 (Adam moments and the Anchored-AdamW anchor θ₀) is optional; per-parameter tensors are sliced like their
 parameter, scalars (`step`) are copied; whole, it is our named format (checkpoint/hf.py).
 
-Writers: `write_rank` (one rank of a training save) and `write_folder` (whole tensors cut for tp x pp: the
-converters). Readers: `load_rank_state` (one rank of a resume) and `read_folder` (every rank merged to
-whole tensors); both check `megatron.json` (`read_meta`: the FORMAT, then tp/pp). `read_megatron` also
-reads megatron-core's own format (checkpoint/megatron_dist.py), and `hf_folder_for_init` turns either into
-an HF folder for `model.init_from`.
+`write_folder` cuts whole tensors for tp x pp, `read_folder` merges every rank back (checking
+`megatron.json`: the FORMAT, then tp/pp). engine=megatron's training checkpoints are megatron-core's own
+format instead (checkpoint/megatron_train.py); `read_megatron` reads those, the legacy folders and any
+other megatron-core folder (checkpoint/megatron_dist.py), and `hf_folder_for_init` turns each into an HF
+folder for `model.init_from`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from dist_forget.checkpoint import megatron_dist
+from dist_forget.checkpoint import megatron_dist, megatron_train
 from dist_forget.checkpoint.hf import (
     OPTIM_FORMAT,
     indexed_optimizer_state,
@@ -158,17 +159,15 @@ def _stage_optim(named: dict[str, Any], names: set[str]) -> dict[str, Any]:
     }
 
 
-def _union_groups(stage_groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Param groups of the stages -> one list: same hyper-parameters, names united in layer order."""
-    out: list[dict[str, Any]] = []
-    for groups in stage_groups:
-        for i, g in enumerate(groups):
+def union_group_names(stage_names: list[list[list[str]]]) -> list[list[str]]:
+    """Each pipeline stage's parameter names per param group -> one list per group, in HF layer order."""
+    out: list[list[str]] = []
+    for groups in stage_names:
+        for i, names in enumerate(groups):
             if i == len(out):
-                out.append({**g, "params": []})
-            out[i]["params"] += [n for n in g["params"] if n not in out[i]["params"]]
-    for g in out:
-        g["params"].sort(key=_hf_order)
-    return out
+                out.append([])
+            out[i] += [n for n in names if n not in out[i]]
+    return [sorted(names, key=_hf_order) for names in out]
 
 
 def _hf_order(name: str) -> tuple[int, int, str]:
@@ -220,7 +219,6 @@ def write_folder(
     named: dict[str, Any] | None,
     tp: int,
     pp: int,
-    client_state: dict[str, Any],
 ) -> None:
     """Write whole HF tensors (and a named optimizer state) as a tp x pp Megatron folder into `tmp`."""
     dims = LlamaDims.from_hf(cfg)
@@ -234,7 +232,6 @@ def write_folder(
                 "tp_rank": rank,
                 "pp": pp,
                 "pp_rank": stage,
-                "client_state": client_state,
             }
             if named is not None:
                 entry["optimizer"] = indexed_optimizer_state(
@@ -252,24 +249,23 @@ def read_megatron(
     """(hf_config, full HF state dict, named optimizer state or None) of a Megatron folder, ours or
     megatron-core's (`hf_config`: a config.json for a megatron-core folder that does not describe itself)."""
     if not (Path(meg_dir) / META_FILE).is_file() and megatron_dist.find_folder(meg_dir) is not None:
-        if optimizer:
-            raise UserError(
-                f"--optimizer: reading optimizer state from megatron-core folders ({meg_dir}) is not "
-                "supported yet; convert the weights alone"
-            )
         given = read_hf_config(Path(hf_config)) if hf_config is not None else None
-        cfg, full, _ = megatron_dist.read_folder(meg_dir, given)
+        cfg, full, common = megatron_dist.read_folder(meg_dir, given)
         check_architecture(full, LlamaDims.from_hf(cfg), str(meg_dir))
-        return cfg, full, None
-    cfg, full, named, _ = read_folder(meg_dir, optimizer)
-    return cfg, full, named
+        if optimizer and "client_state" not in (common.get("dist_forget") or {}):
+            raise UserError(
+                f"--optimizer: {meg_dir} is not a checkpoint of an engine=megatron run, whose optimizer "
+                "state reads here; convert the weights alone"
+            )
+        named = megatron_train.read_optimizer(megatron_dist.resolve(meg_dir), cfg) if optimizer else None
+        return cfg, full, named
+    return read_folder(meg_dir, optimizer)
 
 
 def read_folder(
     meg_dir: str | Path, optimizer: bool
-) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any]]:
-    """Our folder: (hf_config, full HF state dict, named optimizer state or None, the client state saved
-    with the first rank file: the trainer's, or {})."""
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Our folder: (hf_config, full HF state dict, named optimizer state or None)."""
     meg_dir = Path(meg_dir)
     meta = read_meta(meg_dir)
     tp, pp, cfg = int(meta["tp"]), int(meta.get("pp", 1)), meta["hf_config"]
@@ -283,11 +279,8 @@ def read_folder(
             f"{', '.join(found) or 'no rank files'}; the folder is incomplete or mixes TP/PP sizes"
         )
     ranks: list[dict[str, Any]] = []  # one per TP rank, its stages' tensors united
-    client: dict[str, Any] = {}
     for r in range(tp):
         stages = [load_pt(rank_file(meg_dir, r, st, pp)) for st in range(pp)]
-        if r == 0:  # every rank file of a training checkpoint holds the same client state
-            client = dict(stages[0].get("client_state") or {})
         for st, entry in enumerate(stages):
             if (entry.get("tp"), entry.get("tp_rank"), entry.get("pp", 1), entry.get("pp_rank", 0)) != (
                 tp,
@@ -312,10 +305,11 @@ def read_folder(
         united: dict[str, Any] = {"model": model}
         if all("optimizer" in e for e in stages):
             parts = [named_optimizer_state(e["optimizer"]) for e in stages]
+            names = union_group_names([[g["params"] for g in p["param_groups"]] for p in parts])
             united["optimizer"] = {
                 **parts[0],
                 "state": {k: v for p in reversed(parts) for k, v in p["state"].items()},
-                "param_groups": _union_groups([p["param_groups"] for p in parts]),
+                "param_groups": [{**g, "params": n} for g, n in zip(parts[0]["param_groups"], names)],
             }
         ranks.append(united)
     shards = [entry["model"] for entry in ranks]
@@ -332,57 +326,7 @@ def read_folder(
         if any("optimizer" not in e for e in ranks):
             raise UserError(f"--optimizer: {meg_dir} holds no optimizer state; convert without --optimizer")
         named = _merge_named_optims([e["optimizer"] for e in ranks], expected_shapes(dims))
-    return cfg, full, named, client
-
-
-# ---------------------------------------------------------------------------------------------------
-# one rank of a training checkpoint
-
-
-def write_rank(
-    folder: Path,
-    tp: tuple[int, int],
-    pp: tuple[int, int],
-    model: dict[str, torch.Tensor],
-    optimizer: dict[str, Any],
-    client_state: dict[str, Any],
-) -> None:
-    """One (TP, PP) rank's file of a training save; `tp`, `pp`: (size, this rank)."""
-    path = rank_file(folder, tp[1], pp[1], pp[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "model": model,
-        "optimizer": optimizer,
-        "tp": tp[0],
-        "tp_rank": tp[1],
-        "pp": pp[0],
-        "pp_rank": pp[1],
-        "client_state": client_state,
-    }
-    torch.save(state, path)
-
-
-def load_rank_state(
-    d: Path, tp_rank: int, tp: int, pp_rank: int = 0, pp: int = 1, device: Any = "cpu"
-) -> dict[str, Any]:
-    """Read one (TP, PP) rank's file of a Megatron checkpoint, refusing one made for another TP/PP size."""
-    meta = read_meta(d)
-    if meta.get("tp") != tp:
-        raise UserError(
-            f"{d} was converted/saved for tp={meta.get('tp')}, this run uses parallel.tp={tp}; "
-            f"run `dist-forget convert reshard-megatron --checkpoint {d} --out DIR --tp {tp} --pp {pp}` "
-            f"and resume from DIR, or set parallel.tp={meta.get('tp')}"
-        )
-    if meta.get("pp", 1) != pp:
-        raise UserError(
-            f"{d} was converted/saved for pp={meta.get('pp', 1)}, this run uses parallel.pp={pp}; "
-            f"run `dist-forget convert reshard-megatron --checkpoint {d} --out DIR --tp {tp} --pp {pp}` "
-            f"and resume from DIR, or set parallel.pp={meta.get('pp', 1)}"
-        )
-    path = rank_file(d, tp_rank, pp_rank, pp)
-    if not path.is_file():
-        raise UserError(f"{path} is missing; the checkpoint {d} is incomplete for tp={tp} pp={pp}")
-    return load_pt(path, map_location=device)
+    return cfg, full, named
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ named by `latest_checkpointed_iteration.txt`, which `resolve` follows):
     metadata.json   {"sharded_backend": "torch_dist", "sharded_backend_version": 1,
                      "common_backend": "torch", "common_backend_version": 1}
     common.pt       what is not sharded: Megatron-LM's `args` (argparse.Namespace), `iteration`,
-                    `checkpoint_version`; ours add {"dist_forget": {"format", "hf_config"}}
+                    `checkpoint_version`; ours add {"dist_forget": {"format", "hf_config"}} (and a
+                    training checkpoint its optimizer and run state: megatron_train.py)
     .metadata       PyTorch DCP's index of the tensors (a plain pickle)
     __R_T.distcp    the tensor bytes
 
@@ -23,9 +24,14 @@ TP/PP at load. The layernorms sit under Transformer Engine's names (`linear_qkv.
 `convert hf-to-megatron --format dist` writes a Megatron-LM save dir (`write_save_dir`: the folder as
 `release/` plus the tracker), so `--load OUT --finetune` of Megatron-LM takes it as it comes.
 
-Writing: `write_folder` uses PyTorch DCP directly (no process group; megatron-core's own
-`dist_checkpointing.save` needs CUDA: its writer calls `torch.cuda.synchronize()`), `save_gpt` is
-megatron-core's save of a live GPTModel where CUDA exists. Reading: `read_folder` loads the model
+One rank's share of the global tensors (`Layout`: its TP rank and pipeline stage) is a list of blocks
+(`pieces`: key, offsets into the global tensor, local data; fc1 gives two per TP rank, one in each half),
+which `write_pieces` writes through PyTorch DCP (each rank its blocks, with the process group of a
+training save or none) and `read_pieces` reads at any other layout (DCP reads the overlaps): engine=megatron's
+checkpoints (checkpoint/megatron_train.py) and `write_folder` (whole tensors: one block each) both go
+through them. megatron-core's own `dist_checkpointing.save` needs CUDA (its writer calls
+`torch.cuda.synchronize()`); `save_gpt` is that save of a live GPTModel where CUDA exists, for the GPU
+check. Reading: `read_folder` loads the model
 tensors through DCP without running code: `.metadata` (which torch reads with a bare `pickle.load`) is
 unpickled with an allow-list of DCP's data classes, `common.pt` weights-only (allowing Megatron-LM's
 Namespace and megatron-core's enums), and no pickled object (`_extra_state`, RNG, optimizer extras) is
@@ -42,14 +48,15 @@ import importlib
 import io
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from dist_forget.errors import UserError
-from dist_forget.models.megatron import LlamaDims, fuse_stock, split_stock
-from dist_forget.safeload import UnsafeCheckpoint, load_pickle_restricted, load_pt_permitting
+from dist_forget.models.megatron import LlamaDims, fuse_stock, split_stock, stage_layers
+from dist_forget.safeload import load_pickle_restricted, load_pt_permitting
 
 FORMAT = "dist-forget-mcore-v1"  # our entry in common.pt; the layout itself is megatron-core's
 BACKEND = {
@@ -77,6 +84,7 @@ LAYER_PARTS: dict[str, list[str]] = {
     "mlp.linear_fc1.weight": ["mlp.gate_proj.weight", "mlp.up_proj.weight"],
     "mlp.linear_fc2.weight": ["mlp.down_proj.weight"],
 }
+MODEL_KEYS = (EMBEDDING, *("decoder.layers." + k for k in LAYER_PARTS), FINAL_NORM)
 # older megatron-core local specs kept the layernorms as modules of their own
 LAYER_ALIASES = {
     "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
@@ -158,15 +166,7 @@ def mcore_shapes(dims: LlamaDims) -> dict[str, tuple[int, ...]]:
 
 def hf_to_mcore(full: dict[str, torch.Tensor], dims: LlamaDims) -> dict[str, torch.Tensor]:
     """Whole HF Llama tensors (tied head dropped) -> megatron-core's global tensors."""
-    out = {EMBEDDING: full["model.embed_tokens.weight"], FINAL_NORM: full["model.norm.weight"]}
-    for key, parts in LAYER_PARTS.items():
-        out["decoder.layers." + key] = torch.stack(
-            [
-                fuse_stock(key, [full[f"model.layers.{i}.{p}"] for p in parts], dims, 1)
-                for i in range(dims.layers)
-            ]
-        )
-    return out
+    return local_tensors(full, Layout(dims))
 
 
 def mcore_to_hf(tensors: dict[str, torch.Tensor], dims: LlamaDims, where: str) -> dict[str, torch.Tensor]:
@@ -187,15 +187,7 @@ def mcore_to_hf(tensors: dict[str, torch.Tensor], dims: LlamaDims, where: str) -
                 f"{where}: {key} has shape {tuple(stacked[key].shape)} but the architecture says {shape}; "
                 "the config (common.pt args or --hf-config) does not describe these weights"
             )
-    out = {
-        "model.embed_tokens.weight": stacked[EMBEDDING].clone(),
-        "model.norm.weight": stacked[FINAL_NORM].clone(),
-    }
-    for key, parts in LAYER_PARTS.items():
-        for i in range(dims.layers):
-            pieces = split_stock(key, stacked["decoder.layers." + key][i], dims, 1)
-            out.update({f"model.layers.{i}.{p}": t for p, t in zip(parts, pieces)})
-    return out
+    return shard_of({k: stacked[k] for k in want}, Layout(dims))
 
 
 def _stack_layers(tensors: dict[str, torch.Tensor], dims: LlamaDims, where: str) -> dict[str, torch.Tensor]:
@@ -228,11 +220,115 @@ def _stack_layers(tensors: dict[str, torch.Tensor], dims: LlamaDims, where: str)
 
 
 # ---------------------------------------------------------------------------------------------------
+# one rank's share of the global tensors: what a TP/PP rank writes and reads (whole tensors: tp = pp = 1)
+
+# How a TP rank's slice of each (per-layer) tensor sits in the global one: (dim, pieces), None = replicated.
+# QKV's query groups are whole on a rank, so its slice is contiguous rows; fc1 = [gate; up] holds a slice of
+# each half (pieces = 2), as megatron-core's SwiGLU sharded factory declares it.
+TP_SPLIT: dict[str, tuple[int, int] | None] = {
+    EMBEDDING: (0, 1),
+    "self_attention.linear_qkv.layer_norm_weight": None,
+    "self_attention.linear_qkv.weight": (0, 1),
+    "self_attention.linear_proj.weight": (1, 1),
+    "mlp.linear_fc1.layer_norm_weight": None,
+    "mlp.linear_fc1.weight": (0, 2),
+    "mlp.linear_fc2.weight": (1, 1),
+    FINAL_NORM: None,
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which part of the model a rank holds: TP rank `tp_rank` of `tp`, pipeline stage `pp_rank` of `pp`
+    (a contiguous block of layers; the tied embedding on the first and the last stage)."""
+
+    dims: LlamaDims
+    tp: int = 1
+    tp_rank: int = 0
+    pp: int = 1
+    pp_rank: int = 0
+
+    @property
+    def layers(self) -> range:
+        return stage_layers(self.dims.layers, self.pp, self.pp_rank)
+
+    @property
+    def has_embedding(self) -> bool:
+        return self.pp_rank in (0, self.pp - 1)
+
+    @property
+    def has_final_norm(self) -> bool:
+        return self.pp_rank == self.pp - 1
+
+
+class Piece(NamedTuple):
+    """A block of a global tensor: its key, where it starts, the global shape, and the local data."""
+
+    key: str
+    offsets: tuple[int, ...]
+    shape: tuple[int, ...]
+    tensor: torch.Tensor
+
+
+def local_tensors(shard: dict[str, torch.Tensor], layout: Layout) -> dict[str, torch.Tensor]:
+    """A rank's HF-named TP shard of its stage (or optimizer state shaped like it) -> its part of each
+    megatron-core tensor: QKV and fc1 fused for its TP rank, its layers stacked."""
+    d, out = layout.dims, {}
+    if layout.has_embedding:
+        out[EMBEDDING] = shard["model.embed_tokens.weight"]
+    for key, parts in LAYER_PARTS.items():
+        out["decoder.layers." + key] = torch.stack(
+            [
+                fuse_stock(key, [shard[f"model.layers.{i}.{p}"] for p in parts], d, layout.tp)
+                for i in layout.layers
+            ]
+        )
+    if layout.has_final_norm:
+        out[FINAL_NORM] = shard["model.norm.weight"]
+    return out
+
+
+def shard_of(local: dict[str, torch.Tensor], layout: Layout) -> dict[str, torch.Tensor]:
+    """Inverse of `local_tensors` (exact: pure reshapes and slices)."""
+    out: dict[str, torch.Tensor] = {}
+    if layout.has_embedding:
+        out["model.embed_tokens.weight"] = local[EMBEDDING].clone()
+    for key, parts in LAYER_PARTS.items():
+        for j, i in enumerate(layout.layers):
+            split = split_stock(key, local["decoder.layers." + key][j], layout.dims, layout.tp)
+            out.update({f"model.layers.{i}.{p}": t for p, t in zip(parts, split)})
+    if layout.has_final_norm:
+        out["model.norm.weight"] = local[FINAL_NORM].clone()
+    return out
+
+
+def pieces(local: dict[str, torch.Tensor], layout: Layout, prefix: str = "") -> list[Piece]:
+    """Where each of `local_tensors` sits in the global tensors (keys under `prefix`, e.g. an optimizer
+    state's `optimizer.state.exp_avg.`); the tensors are views of `local`'s, so a load fills them."""
+    shapes, out = mcore_shapes(layout.dims), []
+    for key, t in local.items():
+        stacked = key.startswith("decoder.layers.")
+        lead = [layout.layers.start] if stacked else []
+        split = TP_SPLIT[key[len("decoder.layers.") :] if stacked else key]
+        if split is None or layout.tp == 1:
+            out.append(Piece(prefix + key, tuple(lead + [0] * (t.ndim - len(lead))), shapes[key], t))
+            continue
+        dim, n = split[0] + len(lead), split[1]
+        size, whole = t.shape[dim] // n, shapes[key][dim] // n
+        for j in range(n):
+            offsets = lead + [0] * (t.ndim - len(lead))
+            offsets[dim] = j * whole + layout.tp_rank * size
+            out.append(Piece(prefix + key, tuple(offsets), shapes[key], t.narrow(dim, j * size, size)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
 # common.pt and the architecture
 
 
-def megatron_args(cfg: dict[str, Any]) -> argparse.Namespace:
-    """The architecture as Megatron-LM's arguments (its `load_checkpoint` reads `args` from common.pt)."""
+def megatron_args(cfg: dict[str, Any], tp: int = 1, pp: int = 1) -> argparse.Namespace:
+    """The architecture as Megatron-LM's arguments (its `load_checkpoint` reads `args` from common.pt),
+    with the TP/PP the folder was written at (megatron-core reshards it to any other)."""
     d = LlamaDims.from_hf(cfg)
     return argparse.Namespace(
         num_layers=d.layers,
@@ -254,16 +350,16 @@ def megatron_args(cfg: dict[str, Any]) -> argparse.Namespace:
         add_bias_linear=False,
         add_qkv_bias=False,
         untie_embeddings_and_output_weights=False,
-        tensor_model_parallel_size=1,
-        pipeline_model_parallel_size=1,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
         ckpt_format="torch_dist",
     )
 
 
-def common_state(cfg: dict[str, Any]) -> dict[str, Any]:
+def common_state(cfg: dict[str, Any], tp: int = 1, pp: int = 1) -> dict[str, Any]:
     """common.pt of a folder we write: Megatron-LM's entries plus ours (the exact HF config)."""
     return {
-        "args": megatron_args(cfg),
+        "args": megatron_args(cfg, tp, pp),
         "checkpoint_version": 3.0,
         "iteration": 0,
         "dist_forget": {"format": FORMAT, "hf_config": cfg},
@@ -458,34 +554,145 @@ def verify_folder(folder: Path) -> None:
 # the two directions
 
 
-def write_folder(tmp: Path, cfg: dict[str, Any], full: dict[str, torch.Tensor]) -> None:
-    """Write whole HF tensors into `tmp` as a megatron-core torch_dist folder (no process group needed)."""
+def extra_state_objects(dims: LlamaDims) -> dict[str, bytes]:
+    """megatron-core's linear layers hold an (empty) extra state per layer, a sharded object each: written
+    so that a stock GPTModel's sharded state dict finds every key it asks for."""
+    buf = io.BytesIO()
+    torch.save([None], buf)
+    return {
+        f"decoder.layers.{module}._extra_state/shard_{i}_{dims.layers}": buf.getvalue()
+        for module in EXTRA_STATE
+        for i in range(dims.layers)
+    }
+
+
+def write_pieces(folder: Path, blocks: list[Piece], objects: dict[str, bytes], collective: bool) -> None:
+    """PyTorch DCP files of `blocks` (each rank its own; blocks several ranks hold are written once) and
+    `objects` (raw bytes, as megatron-core stores sharded objects). `collective`: every rank of the default
+    process group calls this (a training save); else one process writes everything."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import DefaultSavePlanner, FileSystemWriter
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.metadata import (
+        ChunkStorageMetadata,
+        MetadataIndex,
+        TensorProperties,
+    )
+    from torch.distributed.checkpoint.planner import SavePlan, TensorWriteData, WriteItem, WriteItemType
 
+    tensors = {(b.key, tuple(b.offsets)): b for b in blocks}
+
+    class PiecePlanner(DefaultSavePlanner):
+        """Writes blocks of global tensors (DCP's default planner knows only whole tensors, DTensors and
+        ShardedTensors); objects go in as the bytes megatron-core reads back (its MCoreSavePlanner does
+        the same)."""
+
+        def create_local_plan(self) -> SavePlan:
+            items = [
+                WriteItem(
+                    index=MetadataIndex(b.key, torch.Size(b.offsets)),
+                    type=WriteItemType.SHARD,
+                    tensor_data=TensorWriteData(
+                        chunk=ChunkStorageMetadata(torch.Size(b.offsets), b.tensor.size()),
+                        properties=TensorProperties.create_from_tensor(b.tensor),
+                        size=torch.Size(b.shape),
+                    ),
+                )
+                for b in tensors.values()
+            ]
+            items += [WriteItem(index=MetadataIndex(k), type=WriteItemType.BYTE_IO) for k in objects]
+            self.plan = SavePlan(items)
+            return self.plan
+
+        def resolve_data(self, write_item: Any) -> Any:
+            if write_item.type == WriteItemType.BYTE_IO:
+                return io.BytesIO(objects[write_item.index.fqn])
+            return tensors[(write_item.index.fqn, tuple(write_item.index.offset))].tensor
+
+    try:
+        with warnings.catch_warnings():  # DCP notes that no process group exists: intended without one
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.save(
+                {},
+                storage_writer=FileSystemWriter(str(folder), thread_count=1),
+                planner=PiecePlanner(flatten_state_dict=False),
+                no_dist=not collective,
+            )
+    except CheckpointException as exc:  # a BaseException: the first rank's error as what it is (a full
+        cause = _first_failure(exc)  # disk is an OSError), so that callers report it in one line
+        raise (cause if isinstance(cause, Exception) else RuntimeError(str(cause))) from None
+
+
+def read_pieces(folder: Path, blocks: list[Piece]) -> None:
+    """Fill each block's tensor from the folder's DCP files (any layout they were written in: DCP reads
+    the overlapping parts). No process group needed; `.metadata` is read without running code."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
+    from torch.distributed.checkpoint.planner import LoadPlan
+    from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+
+    by_key: dict[str, list[Piece]] = {}
+    for b in blocks:
+        by_key.setdefault(b.key, []).append(b)
+
+    on_disk = read_dcp_metadata(folder).state_dict_metadata
+    for key, mine in by_key.items():  # checked here: DCP would wrap the error in its own exception
+        saved = on_disk.get(key)
+        if not isinstance(saved, TensorStorageMetadata):
+            raise UserError(f"{folder}: tensor {key!r} is missing; the checkpoint is not this model's")
+        if tuple(saved.size) != tuple(mine[0].shape):
+            raise UserError(
+                f"{folder}: {key} has shape {tuple(saved.size)}, this model's is {mine[0].shape}; "
+                "the checkpoint was written for another architecture"
+            )
+
+    class PiecePlanner(DefaultLoadPlanner):
+        def create_local_plan(self) -> LoadPlan:
+            items = []
+            for key, mine in by_key.items():
+                chunks = [ChunkStorageMetadata(torch.Size(b.offsets), b.tensor.size()) for b in mine]
+                items += create_read_items_for_chunk_list(key, on_disk[key], chunks)
+            return LoadPlan(items)
+
+        def lookup_tensor(self, index: Any) -> torch.Tensor:
+            return by_key[index.fqn][index.index].tensor
+
+    _dcp_call(
+        folder,
+        lambda: dcp.load({}, storage_reader=_safe_reader(folder), planner=PiecePlanner(), no_dist=True),
+    )
+
+
+def _dcp_call(folder: Path, call: Any) -> None:
+    """Run a DCP read; a missing or cut .distcp file becomes one line naming the folder."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        with warnings.catch_warnings():  # DCP notes that no process group exists: intended here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            call()
+    except (Exception, CheckpointException) as exc:  # noqa: BLE001 - DCP wraps what failed in its own
+        cause = _first_failure(exc) if isinstance(exc, CheckpointException) else exc
+        if isinstance(cause, UserError):
+            raise cause from None
+        first = str(cause).strip().splitlines()[-1][:200] if str(cause).strip() else type(cause).__name__
+        raise UserError(
+            f"{folder}: cannot read its tensors ({first}); the checkpoint is incomplete"
+        ) from None
+
+
+def _first_failure(exc: Any) -> BaseException:
+    """The exception of the lowest rank that failed (DCP gathers every rank's into one)."""
+    failures = exc.failures
+    return failures[min(failures)][0] if failures else exc
+
+
+def write_folder(tmp: Path, cfg: dict[str, Any], full: dict[str, torch.Tensor]) -> None:
+    """Write whole HF tensors into `tmp` as a megatron-core torch_dist folder (no process group needed)."""
     dims = LlamaDims.from_hf(cfg)
-    state: dict[str, Any] = {k: v.contiguous() for k, v in hf_to_mcore(full, dims).items()}
-    for module in EXTRA_STATE:  # megatron-core's linear layers hold an (empty) extra state per layer
-        for i in range(dims.layers):
-            buf = io.BytesIO()
-            torch.save([None], buf)
-            state[f"decoder.layers.{module}._extra_state/shard_{i}_{dims.layers}"] = buf
-
-    class RawBytesPlanner(DefaultSavePlanner):
-        """Objects go in as the bytes megatron-core reads back (its MCoreSavePlanner does the same);
-        the default planner would pickle the BytesIO around them once more."""
-
-        def transform_object(self, write_item: Any, object: Any) -> Any:  # noqa: A002 - torch's name
-            return object
-
-    with warnings.catch_warnings():  # DCP notes that no process group exists: intended here
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save(
-            state,
-            storage_writer=FileSystemWriter(str(tmp), thread_count=1),
-            planner=RawBytesPlanner(flatten_state_dict=False),
-            no_dist=True,
-        )
+    blocks = pieces({k: v.contiguous() for k, v in hf_to_mcore(full, dims).items()}, Layout(dims))
+    write_pieces(tmp, blocks, extra_state_objects(dims), collective=False)
     torch.save(common_state(cfg), tmp / COMMON)
     (tmp / METADATA_JSON).write_text(json.dumps(BACKEND))
 
@@ -540,17 +747,12 @@ def read_folder(
     cfg = _architecture(folder, common, hf_config, int(tensors[EMBEDDING].size[0]))
     dims = LlamaDims.from_hf(cfg)
     state = {prefix + k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in tensors.items()}
-    try:
-        with warnings.catch_warnings():  # DCP notes that no process group exists: intended here
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(state, storage_reader=_safe_reader(folder), planner=DefaultLoadPlanner(), no_dist=True)
-    except UnsafeCheckpoint:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a missing or cut .distcp file: name the folder
-        first = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"{folder}: cannot read its tensors ({first}); the checkpoint is incomplete"
-        ) from None
+    _dcp_call(
+        folder,
+        lambda: dcp.load(
+            state, storage_reader=_safe_reader(folder), planner=DefaultLoadPlanner(), no_dist=True
+        ),
+    )
     full = mcore_to_hf({k[len(prefix) :]: v for k, v in state.items()}, dims, str(folder))
     return cfg, {k: v.float() if v.is_floating_point() else v for k, v in full.items()}, common
 

@@ -8,7 +8,8 @@
   state, `TRAIN`: the loop's progress (engine/run_state.py), `CONFIG`: the resolved config), packed and unpacked here only,
   because the converters rewrite it (`reshard_client`) as well as the trainer reading it.
 
-`reshard_meta` is the one rewrite of meta.json for another layout (ZeRO world size, Megatron tp/pp/dp).
+`reshard_meta` is the one rewrite of meta.json for another layout (ZeRO world size, Megatron
+data-parallel size).
 """
 
 from __future__ import annotations
@@ -120,14 +121,27 @@ def check_compatible(
     world_size: int,
     engine: str,
     zero_stage: int,
+    data_parallel: int | None = None,
 ) -> None:
-    """Refuse to resume from a checkpoint that another model, data stream or world size wrote."""
+    """Refuse to resume from a checkpoint that another model, data stream or world size wrote.
+
+    engine=megatron checkpoints hold global tensors that load at any TP/PP: for them only the number of
+    data-parallel replicas (`data_parallel`), over which the data stream is split, must match."""
     if meta.get("model") != model:
         raise UserError(
             f"checkpoint {path} holds another model ({_describe(meta.get('model'))}) than this "
             f"config ({_describe(model)}); use that model's config or another out_dir"
         )
-    if meta.get("world_size") != world_size:
+    if engine == "megatron" and meta.get("engine") == "megatron":
+        saved = meta.get("data_parallel")
+        if saved != data_parallel:
+            raise UserError(
+                f"checkpoint {path} was written by {saved} data-parallel replicas, this run has "
+                f"{data_parallel}; its tensors load at any parallel.tp/pp, but the data stream is split per "
+                f"replica: launch {saved} x tp x pp ranks, or run `dist-forget convert reshard-megatron "
+                f"--checkpoint {path} --out DIR --world-size {world_size}` and resume from DIR"
+            )
+    elif meta.get("world_size") != world_size:
         raise UserError(
             f"checkpoint {path} was written by {meta.get('world_size')} ranks, this run has "
             f"{world_size}; run `dist-forget convert reshard --checkpoint {path} --out DIR "

@@ -47,16 +47,17 @@ def megatron_to_hf(
     overwrite: bool = False,
     hf_config: Path | None = None,
 ) -> int:
-    """Merge a Megatron folder into an HF folder: ours (hf-to-megatron, an engine=megatron checkpoint) or
-    megatron-core's torch_dist (Megatron-LM / NeMo / --format dist, any TP/PP; a Megatron-LM save dir
-    is followed to the iteration its latest_checkpointed_iteration.txt names).
+    """Merge a Megatron folder into an HF folder: megatron-core's torch_dist (an engine=megatron checkpoint,
+    Megatron-LM / NeMo / --format dist, any TP/PP; a Megatron-LM save dir is followed to the iteration its
+    latest_checkpointed_iteration.txt names) or our legacy per-rank format (hf-to-megatron --format legacy).
 
     With --optimizer, the merged optimizer state is written beside the weights as optimizer.pt.
 
     Args:
         megatron: Megatron folder (ours, or megatron-core's torch_dist, or a Megatron-LM save dir)
         out: Hugging Face folder to write
-        optimizer: also write the merged optimizer state as optimizer.pt (our format only)
+        optimizer: also write the merged optimizer state as optimizer.pt (engine=megatron checkpoints and
+            legacy folders)
         overwrite: replace OUT if it exists
         hf_config: transformers config.json (or its folder) for a megatron-core folder whose common.pt
             holds no args; unset = read from the checkpoint
@@ -69,28 +70,35 @@ def megatron_to_hf(
 
 
 def reshard_megatron(
-    checkpoint: Path, out: Path, tp: int, pp: int = 1, world_size: int | None = None, overwrite: bool = False
+    checkpoint: Path,
+    out: Path,
+    world_size: int,
+    tp: int | None = None,
+    pp: int | None = None,
+    overwrite: bool = False,
 ) -> int:
-    """Rewrite an engine=megatron training checkpoint for another --tp/--pp so `finetune --resume OUT` continues.
+    """Copy an engine=megatron checkpoint for another number of data-parallel replicas (world-size / (tp x pp)).
 
-    Weights, Adam moments, the anchor and the data-stream state are kept exactly. --world-size defaults to
-    the same number of data-parallel replicas; another one re-keys the stream state for it.
+    A resume at another --tp/--pp needs no conversion: the checkpoint is megatron-core's format, whose
+    global tensors every layout reads (`finetune --resume CKPT parallel.tp=1` continues a tp=2 run). Only
+    the data-stream state is split per data-parallel replica; this re-keys it. Weights, Adam moments and
+    the anchor are copied as they are.
 
     Args:
         checkpoint: engine=megatron checkpoint folder (step-*)
         out: checkpoint folder to write
-        tp: new tensor-parallel size
-        pp: new pipeline-parallel size
-        world_size: new total ranks; unset = the same data-parallel replicas
+        world_size: total ranks of the run that resumes from OUT
+        tp: its tensor-parallel size; unset = the checkpoint's
+        pp: its pipeline-parallel size; unset = the checkpoint's
         overwrite: replace OUT if it exists
     """
     from dist_forget.convert.megatron_hf import reshard_megatron as convert
 
-    s = convert(checkpoint, out, tp=tp, pp=pp, world_size=world_size, overwrite=overwrite)
+    s = convert(checkpoint, out, world_size=world_size, tp=tp, pp=pp, overwrite=overwrite)
     a, b = s["from"], s["to"]
     print(
-        f"wrote {out}: tp={a['tp']} pp={a['pp']} dp={a['dp']} -> tp={b['tp']} pp={b['pp']} dp={b['dp']} "
-        f"({b['world_size']} ranks), optimizer state {s['optimizer_keys']}"
+        f"wrote {out}: dp={a['dp']} ({a['world_size']} ranks at tp={a['tp']} pp={a['pp']}) -> dp={b['dp']} "
+        f"({b['world_size']} ranks at tp={b['tp']} pp={b['pp']}), optimizer state {s['optimizer_keys']}"
     )
     return 0
 

@@ -1,9 +1,10 @@
 """Hugging Face Llama folder <-> Megatron checkpoint folder, both ways, exactly; and a Megatron training
-checkpoint for another tp/pp.
+checkpoint for another number of data-parallel replicas.
 
 The formats are owned by dist_forget/checkpoint/: ours per TP/PP rank (`megatron.py`), megatron-core's
-torch_dist (`megatron_dist.py`: Megatron-LM, NeMo), the HF folder and its optimizer.pt (`hf.py`), meta.json
-and the trainer's client state (`meta.py`). Here: the three conversions the CLI offers.
+torch_dist (`megatron_dist.py`: Megatron-LM, NeMo; `megatron_train.py`: engine=megatron's checkpoints), the
+HF folder and its optimizer.pt (`hf.py`), meta.json and the trainer's client state (`meta.py`). Here: the
+three conversions the CLI offers.
 
 Everything is checked before anything is written (config vs tensors, TP divisibility, rank files vs
 `tp`), and outputs appear atomically (dist_forget.io.atomic_dir): a failure leaves nothing half-written.
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dist_forget.checkpoint import megatron, megatron_dist
+from dist_forget.checkpoint import megatron, megatron_dist, megatron_train
 from dist_forget.checkpoint import meta as ckpt_meta
 from dist_forget.checkpoint.hf import (
     OPTIM_FILE,
@@ -88,7 +89,7 @@ def hf_to_megatron(
         return out_dir
     named = read_named_optimizer(hf_dir) if optimizer else None
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        megatron.write_folder(tmp, cfg, state, named, tp, pp, client_state={})
+        megatron.write_folder(tmp, cfg, state, named, tp, pp)
     return out_dir
 
 
@@ -113,65 +114,60 @@ def megatron_to_hf(
 
 
 # ---------------------------------------------------------------------------------------------------
-# a training checkpoint for another tp/pp (and data-parallel) size
+# a training checkpoint for another number of data-parallel replicas
 
 
 def reshard_megatron(
     checkpoint: str | Path,
     out: str | Path,
-    tp: int,
-    pp: int = 1,
-    world_size: int | None = None,
+    world_size: int,
+    tp: int | None = None,
+    pp: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Rewrite an engine=megatron checkpoint for `tp` x `pp` (x data-parallel) ranks; returns a summary.
+    """Copy an engine=megatron checkpoint for `world_size` ranks at `tp` x `pp` (default: the checkpoint's);
+    returns a summary.
 
-    Weights and every optimizer state (Adam moments, step, the Anchored-AdamW anchor θ₀) are merged to whole
-    tensors and cut again — pure slices, so bit-exact. The client state (data-stream position, train state)
-    is kept; `meta.json` gets the new world size. `world_size` defaults to the same number of data-parallel
-    replicas as before; when that number changes, the stream state is re-keyed by
-    `dist_forget.data.mixture.reshard_state_dict` and meta's data fingerprint with it.
+    Its tensors are global (megatron-core's format), so they are copied as they are (hard links where
+    possible) and load at any TP/PP; what depends on the layout is the data-stream state, split per
+    data-parallel replica: it is re-keyed for world_size / (tp x pp) replicas by
+    `dist_forget.data.mixture.reshard_state_dict`, and meta.json gets the new sizes and stream fingerprint.
     """
     src, dst = Path(checkpoint), Path(out)
-    if not ckpt_meta.is_training_checkpoint(src) or not (src / META_FILE).is_file():
+    meta = ckpt_meta.read_meta(src) if ckpt_meta.is_training_checkpoint(src) else {}
+    if meta.get("engine") != "megatron" or megatron_dist.find_folder(src) != src:
         raise UserError(
             f"--checkpoint {src}: not an engine=megatron training checkpoint (needs {ckpt_meta.META} and "
-            f"{META_FILE}); pass a checkpoints/step-XXXXXXXX folder, or for a converted folder use "
-            f"megatron-to-hf then hf-to-megatron --tp {tp}"
+            f"megatron-core's {megatron_dist.METADATA_JSON}); pass a checkpoints/step-XXXXXXXX folder"
         )
     if dst.resolve() == src.resolve():
         raise UserError(f"--out {dst} is the source checkpoint; write the resharded copy to another folder")
     if dst.exists() and not overwrite:
         raise UserError(f"{dst} already exists; pass --overwrite or choose another --out")
-    meta = ckpt_meta.read_meta(src)
-    old = megatron.read_meta(src)
-    old_tp, old_pp = int(old.get("tp", 1)), int(old.get("pp", 1))
-    old_world = int(meta.get("world_size") or old_tp * old_pp)
-    old_dp = old_world // (old_tp * old_pp)
-    dims = LlamaDims.from_hf(old["hf_config"])
+    common = megatron_train.read_common(src)
+    saved = (meta.get("config") or {}).get("parallel") or {}
+    old_tp, old_pp = int(saved.get("tp", 1)), int(saved.get("pp", 1))
+    tp, pp = tp or old_tp, pp or old_pp
+    dims = LlamaDims.from_hf(common["dist_forget"]["hf_config"])
     dims.check_tp(tp, where="--tp")
     check_pp(pp, where="--pp", layers=dims.layers)
-    world = world_size if world_size is not None else tp * pp * old_dp
-    if world < 1 or world % (tp * pp):
+    if world_size < 1 or world_size % (tp * pp):
         raise UserError(
-            f"--world-size {world} is not a multiple of --tp {tp} x --pp {pp}; pass a multiple "
+            f"--world-size {world_size} is not a multiple of --tp {tp} x --pp {pp}; pass a multiple "
             f"of {tp * pp} (data-parallel replicas x model-parallel ranks)"
         )
-    dp = world // (tp * pp)
-
-    cfg, full, named, client = megatron.read_folder(src, optimizer=True)
-    rekey = dp != old_dp and client.get(ckpt_meta.DATA) is not None
-    new_client = ckpt_meta.reshard_client(client, dp if rekey else None, parallel={"tp": tp, "pp": pp})
-    data = (client[ckpt_meta.DATA], new_client[ckpt_meta.DATA]) if rekey else None
-    before = {"world_size": old_world, "tp": old_tp, "pp": old_pp}
-    meta = ckpt_meta.reshard_meta(meta, src, world, data, parallel={"tp": tp, "pp": pp}, before=before)
-
+    dp, old_dp = world_size // (tp * pp), int(meta.get("data_parallel") or 1)
+    client = common["dist_forget"]["client_state"]
+    new_client = ckpt_meta.reshard_client(client, dp, parallel={"tp": tp, "pp": pp})
+    data = (client.get(ckpt_meta.DATA), new_client.get(ckpt_meta.DATA))
+    before = {"world_size": meta.get("world_size"), "tp": old_tp, "pp": old_pp}
+    meta = ckpt_meta.reshard_meta(meta, src, world_size, data, parallel={"tp": tp, "pp": pp}, before=before)
+    meta["data_parallel"] = dp
     with atomic_dir(dst, overwrite=overwrite) as tmp:
-        megatron.write_folder(tmp, cfg, full, named, tp, pp, client_state=new_client)
-        ckpt_meta.copy_hf_config(src, tmp)
+        megatron_train.copy_with_run_state(src, tmp, new_client)
         ckpt_meta.write_meta(tmp, meta)
     return {
-        "from": {"tp": old_tp, "pp": old_pp, "dp": old_dp, "world_size": old_world},
-        "to": {"tp": tp, "pp": pp, "dp": dp, "world_size": world},
-        "optimizer_keys": sorted({k for st in (named or {}).get("state", {}).values() for k in st}),
+        "from": {"tp": old_tp, "pp": old_pp, "dp": old_dp, "world_size": before["world_size"]},
+        "to": {"tp": tp, "pp": pp, "dp": dp, "world_size": world_size},
+        "optimizer_keys": megatron_train.state_keys(src),
     }

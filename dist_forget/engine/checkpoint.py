@@ -7,7 +7,7 @@ checkpoint. Retention keeps the last `keep` checkpoints plus the one `best` name
 
 `meta.json` and `hf_config.json` beside the backend's files, and the check a resume makes on them, are
 dist_forget/checkpoint/meta.py; the backends' file layouts are dist_forget/checkpoint/ too (zero.py,
-megatron.py). This module is the engine's side: tags, pointers, retention and the choice of checkpoint.
+megatron_train.py). This module is the engine's side: tags, pointers, retention and the choice of checkpoint.
 
 Startup (rank 0, `prepare_resume`) tidies what a killed save left: a `.tmp-step-*` folder or a `.latest.*.tmp`
 pointer temp is dropped, an `.old-step-*` copy is restored if its replacement never arrived (else dropped),
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dist_forget.checkpoint import megatron, zero
+from dist_forget.checkpoint import megatron, megatron_train, zero
 from dist_forget.checkpoint.meta import META, read_meta, write_hf_config, write_meta
 from dist_forget.engine.backend import Backend
 from dist_forget.errors import UserError
@@ -173,11 +173,10 @@ def verify_checkpoint(path: Path) -> str | None:
     except (OSError, ValueError):
         return f"{META} is damaged"
     engine, world, stage = meta.get("engine"), meta.get("world_size"), meta.get("zero_stage")
-    files = sorted(path.rglob("*.pt"))
     if engine == "megatron":
-        expected = [] if (path / megatron.META_FILE).is_file() else [megatron.META_FILE]
-    else:
-        expected = zero.expected_files(path, engine, stage, world)
+        return _megatron_problem(path)
+    files = sorted(path.rglob("*.pt"))
+    expected = zero.expected_files(path, engine, stage, world)
     missing = [name for name in expected if not (path / name).exists()]
     if missing or not files:
         return f"incomplete: {(missing or ['*.pt'])[0]} is missing"
@@ -188,6 +187,22 @@ def verify_checkpoint(path: Path) -> str | None:
         allow = deepspeed_safe_globals()
     try:
         verify_pt_files(files, allow=allow)
+    except UnsafeCheckpoint:
+        raise
+    except UserError as exc:
+        return str(exc).split("; ")[0].replace(f"{path}/", "")
+    return None
+
+
+def _megatron_problem(path: Path) -> str | None:
+    """verify_checkpoint of an engine=megatron checkpoint (megatron-core's format)."""
+    if (path / megatron.META_FILE).is_file():
+        return (
+            "written in the dist-forget-megatron-v1 layout, which engine=megatron no longer resumes: convert "
+            "its weights with `dist-forget convert megatron-to-hf` and start from them with model.init_from"
+        )
+    try:
+        megatron_train.check(path)
     except UnsafeCheckpoint:
         raise
     except UserError as exc:

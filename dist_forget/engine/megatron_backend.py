@@ -21,10 +21,11 @@ sharded exactly like the weights it belongs to. Gradients are averaged over the 
 hand (one flat all-reduce); the global grad norm counts sharded tensors over the TP group and replicated
 ones (norm gains) once.
 
-Checkpoint layout in `root/tag/`: our Megatron format (dist_forget/checkpoint/megatron.py: `megatron.json`
-and one `mp_rank_XX[_YYY]/model_optim.pt` per TP rank and stage holding the shard in HF names, the
-optimizer state with the parameter names of its indices, and the client state). The same layout is what
-`convert hf-to-megatron` writes, so `convert megatron-to-hf` reads either.
+Checkpoint layout in `root/tag/`: megatron-core's own format (dist_forget/checkpoint/megatron_train.py: the
+weights and the optimizer state — Adam moments and the anchor — as global tensors under megatron-core's
+keys, each rank writing its block; the client state in common.pt). A resume reads each rank's blocks at
+whatever TP/PP it runs, so a checkpoint written at tp=2 resumes at tp=1 as it is; `convert megatron-to-hf`
+and `model.init_from` read it too.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dist_forget.checkpoint import megatron as ckpt
-from dist_forget.checkpoint.megatron import load_rank_state
+from dist_forget.checkpoint import megatron_train
+from dist_forget.checkpoint.hf import indexed_optimizer_state, named_optimizer_state
+from dist_forget.checkpoint.megatron_dist import Layout
+from dist_forget.checkpoint.meta import TRAIN
 from dist_forget.engine.backend import (
     Backend,
     BackendConfig,
@@ -273,45 +277,67 @@ class MegatronBackend(Backend):
 
     def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None:
         d = Path(root) / tag
-        if self.dp_rank == 0:  # data-parallel replicas hold identical shards: one copy per (TP, PP) rank
-            tp, pp = (self.tp, self.tp_rank), (self.pp, self.pp_rank)
-            ckpt.write_rank(
-                d, tp, pp, self.model.shard_state_dict(), self._named_optimizer_state(), client_state
-            )
-            if self.rank == 0:
-                ckpt.write_meta(d, self.tp, self.pp, self.hf_config.to_dict())
+        names = self._all_hf_group_names()  # collective over the pipeline stages
+        named = self._named_optimizer_state()
+        common = None
+        if self.rank == 0:
+            step = int((client_state.get(TRAIN) or {}).get("step") or 0)
+            cfg = self.hf_config.to_dict()
+            common = megatron_train.run_common(cfg, self._layout(), step, client_state, named, names)
+        # data-parallel replicas hold identical shards: the replica of dp rank 0 writes the tensors
+        mine = self.dp_rank == 0
+        megatron_train.save(
+            d,
+            self._layout(),
+            self.model.shard_state_dict() if mine else None,
+            named if mine else None,
+            common,
+        )
+
+    def _layout(self) -> Layout:
+        return Layout(self.model.dims, self.tp, self.tp_rank, self.pp, self.pp_rank)
 
     def _group_names(self) -> list[list[str]]:
         return [[self.param_names[id(p)] for p in g["params"]] for g in self.optimizer.param_groups]
 
+    def _hf_group_names(self) -> list[list[str]]:
+        """This rank's optimizer groups in HF names (the stock GPTModel's fused tensors expanded)."""
+        if not self.stock:
+            return self._group_names()
+        parts = M.stock_parts(self.model.dims)
+        return [[h for s in g for h in parts[s]] for g in self._group_names()]
+
+    def _all_hf_group_names(self) -> list[list[str]]:
+        """Every stage's groups united, in HF order (a collective over the pipeline group when pp > 1)."""
+        mine = self._hf_group_names()
+        if self.pp == 1:
+            return mine
+        from megatron.core import parallel_state as ps
+
+        stages: list[Any] = [None] * self.pp
+        dist.all_gather_object(stages, mine, group=ps.get_pipeline_model_parallel_group())
+        return ckpt.union_group_names(stages)
+
     def _named_optimizer_state(self) -> dict[str, Any]:
+        """The optimizer state over HF-named shards (the stock GPTModel's fused tensors split)."""
         sd = self.optimizer.state_dict()
-        if self.stock:  # fused GPTModel tensors -> HF-named shards, so local and stock share checkpoints
-            return ckpt.stock_optimizer_to_hf(sd, self._group_names(), self.model.dims, self.tp)
-        # indices in the optimizer state_dict follow param_groups order: record whose index is whose
-        sd["param_names"] = [n for g in self._group_names() for n in g]
-        return sd
+        if self.stock:
+            sd = ckpt.stock_optimizer_to_hf(sd, self._group_names(), self.model.dims, self.tp)
+            return named_optimizer_state(sd)
+        return named_optimizer_state(sd, [n for g in self._group_names() for n in g])
 
     def load(self, root: Path, tag: str) -> dict[str, Any]:
         d = Path(root) / tag
-        state = load_rank_state(d, self.tp_rank, self.tp, self.pp_rank, self.pp, device=self.device)
-        where = str(ckpt.rank_file(d, self.tp_rank, self.pp_rank, self.pp))
-        self.model.load_shard(state["model"], where=where)
-        opt = state["optimizer"]
+        own = self.model.shard_state_dict()
+        shard, named, client = megatron_train.load(d, self._layout(), own, self._hf_group_names())
+        self.model.load_shard({k: v.to(self.device) for k, v in shard.items()}, where=str(d))
+        opt = indexed_optimizer_state(named)
         if self.stock:
-            self.optimizer.load_state_dict(
-                ckpt.stock_optimizer_from_hf(opt, self._group_names(), self.model.dims, self.tp, where)
-            )
-            return dict(state.get("client_state") or {})
-        names = opt.pop("param_names", None)
-        ordered = [n for g in self._group_names() for n in g]
-        if names is not None and names != ordered:
-            raise UserError(
-                f"{where}: optimizer state is for parameters "
-                f"{names[:2]}..., this model has {ordered[:2]}...; resume with the same model"
-            )
+            opt = ckpt.stock_optimizer_from_hf(opt, self._group_names(), self.model.dims, self.tp, str(d))
+        else:
+            opt.pop("param_names")
         self.optimizer.load_state_dict(opt)
-        return dict(state.get("client_state") or {})
+        return client
 
     def full_state_dict(self) -> dict[str, Tensor]:
         full = self.model.gather_full()  # collective over the TP group

@@ -335,6 +335,7 @@ def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Ex
         "model": sig,
         "data_fingerprint": stream.fingerprint,
         "world_size": backend.world_size,
+        "data_parallel": backend.dp_size,
         "engine": cfg.engine,
         "zero_stage": cfg.parallel.zero_stage,
         "config": safe_cfg,
@@ -458,6 +459,7 @@ def _build_model(
             world_size=backend.world_size,
             engine=cfg.engine,
             zero_stage=cfg.parallel.zero_stage,
+            data_parallel=backend.dp_size,
         )
     handover = [model]
     del model  # the backend owns it from here (and may wrap or shard it): keep no second reference

@@ -9,7 +9,11 @@
    The only departure: megatron-core's torch_dist writer calls torch.cuda.synchronize(), so the sharded
    part goes through `SyncTorchDist` below: megatron-core's own key translation and save planner over
    PyTorch DCP's synchronous FileSystemWriter — the same files without the asynchronous copy to host.
-4. the same model as NeMo 2 lays it out: SAVE/../nemo/weights/, keys under `module.`, no args.
+4. the same model as NeMo 2 lays it out: SAVE/../nemo/weights/, keys under `module.`, no args;
+5. megatron-core's own optimizer sharded state dict (`get_param_id_to_sharded_param_map` +
+   `optim_state_to_sharding_state`, as its FP32Optimizer builds it) of a torch optimizer over a stock
+   GPTModel at TP = world loads the optimizer state of --train (an engine=megatron checkpoint written at
+   TP = 1) with `dist_checkpointing.load` -> OUT/optim_rank{r}.pt.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def main() -> None:
     ap.add_argument("--hf-b", type=Path, required=True)
     ap.add_argument("--save", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--train", type=Path, required=True)
     a = ap.parse_args()
 
     dist.init_process_group("gloo")
@@ -146,9 +151,36 @@ def main() -> None:
         sharded_strategy=_sync_strategy(),
     )
     dist.barrier()
+    _load_optimizer_state(M.build_stock_gpt(cfg), a.train, a.out / f"optim_rank{rank}.pt")
     parallel_state.destroy_model_parallel()
     dist.destroy_process_group()
     print(f"rank {rank} done (pid {os.getpid()})")
+
+
+def _load_optimizer_state(gpt: torch.nn.Module, folder: Path, out: Path) -> None:
+    """megatron-core's optimizer sharded state dict of an optimizer over `gpt`, loaded from `folder`."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.optimizer import (
+        get_param_id_to_sharded_param_map,
+        optim_state_to_sharding_state,
+    )
+
+    from dist_forget.checkpoint import megatron_dist
+
+    names, params = zip(*gpt.named_parameters())
+    opt = torch.optim.Adam(params)
+    for p in params:  # the state Anchored AdamW keeps, empty: what a fresh optimizer of Megatron-LM has
+        opt.state[p] = {
+            "step": torch.tensor(0.0),
+            **{k: torch.zeros_like(p) for k in ("exp_avg", "exp_avg_sq", "anchor")},
+        }
+    sd = opt.state_dict()
+    id_map = get_param_id_to_sharded_param_map(gpt.sharded_state_dict(), params)
+    optim_state_to_sharding_state(sd, id_map, exclude_keys=("step",))
+    megatron_dist.verify_folder(folder)  # dist_checkpointing.load unpickles with weights_only=False
+    loaded = dist_checkpointing.load({"optimizer": sd}, str(folder))["optimizer"]
+    state = {names[i]: st for i, st in loaded["state"].items() if isinstance(i, int)}
+    torch.save({"state": state, "common_step": loaded["state"]["common_step"]}, out)
 
 
 if __name__ == "__main__":

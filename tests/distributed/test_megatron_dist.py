@@ -3,7 +3,8 @@ dist`, `megatron-to-hf` and `model.init_from` of such folders, checked against m
 
 One 2-rank gloo run of `_mcore_dist_worker.py` (TP = 2) does what only megatron-core can judge: its
 `load_plain_tensors` reads our folder, a stock GPTModel at TP = 2 loads it with `dist_checkpointing.load`,
-and a stock GPTModel saves a checkpoint the way Megatron-LM does (not with our writer), which we read.
+a stock GPTModel saves a checkpoint the way Megatron-LM does (not with our writer), which we read, and
+megatron-core's own optimizer sharded state dict loads the optimizer state of an engine=megatron checkpoint.
 The rest runs in this process: the exact round trip, and each bad input as one line with nothing written.
 """
 
@@ -29,6 +30,7 @@ from tests.distributed.conftest import run_ranks
 
 WORKER = Path(__file__).with_name("_mcore_dist_worker.py")
 VOCAB, SEQ, TP = 64, 16, 2
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "anchor")
 
 
 def _gqa_folder(path: Path, seed: int) -> Path:
@@ -49,13 +51,29 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("mcore")
     hf_a, hf_b = _gqa_folder(root / "hf_a", seed=1), _gqa_folder(root / "hf_b", seed=2)
     ours = C.hf_to_megatron(hf_a, root / "ours", format="dist")
-    run_ranks(
-        WORKER,
-        ["--ours", str(ours), "--hf-b", str(hf_b), "--save", str(root / "mlm"), "--out", str(root / "out")],
-        world=TP,
-        timeout=240,
-    )
-    return {"root": root, "hf_a": hf_a, "hf_b": hf_b, "ours": ours, "mlm": root / "mlm", "out": root / "out"}
+    train, train_state = _training_checkpoint(hf_a, root / "train")
+    args = ["--ours", str(ours), "--hf-b", str(hf_b), "--save", str(root / "mlm"), "--out", str(root / "out")]
+    run_ranks(WORKER, [*args, "--train", str(train)], world=TP, timeout=240)
+    return {"root": root, "hf_a": hf_a, "hf_b": hf_b, "ours": ours, "mlm": root / "mlm", "out": root / "out",
+            "train": train, "train_state": train_state}  # fmt: skip
+
+
+def _training_checkpoint(hf_dir: Path, folder: Path) -> tuple[Path, dict]:
+    """An engine=megatron checkpoint of hf_dir's weights at TP = 1 with a made-up Anchored AdamW state
+    (returned too)."""
+    from dist_forget.checkpoint import megatron_train
+    from dist_forget.checkpoint.hf import OPTIM_FORMAT
+
+    cfg, full = C.read_hf_config(hf_dir), C.read_hf_weights(hf_dir)
+    gen = torch.Generator().manual_seed(3)
+    state = {n: {"step": torch.tensor(5.0), **{k: torch.randn(t.shape, generator=gen) for k in STATE_KEYS}}
+             for n, t in full.items()}  # fmt: skip
+    named = {"format": OPTIM_FORMAT, "state": state, "param_groups": [{"lr": 1e-3, "params": list(full)}]}
+    layout = D.Layout(M.LlamaDims.from_hf(cfg))
+    common = megatron_train.run_common(cfg, layout, 5, {"train": {"step": 5}}, named, [list(full)])
+    folder.mkdir()
+    megatron_train.save(folder, layout, full, named, common)
+    return folder, named
 
 
 def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -87,6 +105,24 @@ def test_stock_gptmodel_loads_it_at_tp2_with_megatron_cores_own_load(run: dict[s
         want = M.hf_to_stock_shard(full, cfg, TP, rank)
         assert set(want) <= set(loaded)
         assert all(torch.equal(loaded[k], want[k]) for k in want), rank
+
+
+def test_megatron_cores_optimizer_state_dict_loads_a_training_checkpoint_at_tp2(run: dict[str, Path]) -> None:
+    """Our optimizer keys (`optimizer.state.<k>.<model key>`, global like the weights, the step as
+    common_step) are megatron-core's own: its optimizer sharded state dict at TP = 2 finds each one."""
+    from dist_forget.checkpoint import megatron_train
+
+    cfg, named = C.read_hf_config(run["hf_a"]), run["train_state"]
+    back = megatron_train.read_optimizer(run["train"], cfg)  # and ours reads back what it wrote
+    assert back["param_groups"] == named["param_groups"] and back["state"].keys() == named["state"].keys()
+    assert all(torch.equal(v, back["state"][n][k]) for n, st in named["state"].items() for k, v in st.items())
+    for rank in range(TP):
+        got = torch.load(run["out"] / f"optim_rank{rank}.pt", weights_only=True)
+        assert float(got["common_step"]) == 5.0
+        for key in STATE_KEYS:
+            want = M.hf_to_stock_shard({n: st[key] for n, st in named["state"].items()}, cfg, TP, rank)
+            assert set(got["state"]) == set(want)
+            assert all(torch.equal(got["state"][n][key], want[n]) for n in want), (rank, key)
 
 
 def test_a_checkpoint_written_as_megatron_lm_does_converts_and_initialises(run: dict[str, Path]) -> None:

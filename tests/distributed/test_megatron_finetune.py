@@ -1,11 +1,11 @@
 """`dist-forget finetune engine=megatron parallel.tp=2` under torchrun (2 gloo ranks) on real shards:
 the same exact mixed stream, AnchoredAdamW, summary.json and HF export as the 1-process run; its step-3
-checkpoint resharded to tp=1 (`convert reshard-megatron`) resumes to the same losses; a Megatron folder
-works as `model.init_from`.
+checkpoint (megatron-core's format) resumes as it is at tp=1 to the same losses; `convert reshard-megatron`
+re-keys it for more data-parallel replicas; a Megatron folder works as `model.init_from`.
 
 Tolerance: per-step training losses within 2e-5 nats/token of engine=single (seen ~1e-6: TP only
 changes the summation order of the row-parallel products). The same bound holds for the tp=2 -> tp=1
-resume (fp32 noise of the same kind; the resharded weights and optimizer state are bit-exact slices).
+resume (fp32 noise of the same kind; the weights and optimizer state read back are bit-exact).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from dist_forget.checkpoint import megatron_dist
 from dist_forget.config import load_config
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.trainer import train
@@ -106,9 +107,10 @@ def test_tp2_finetune_via_cli_matches_single_process(runs) -> None:
     two = json.loads((out / "summary.json").read_text())
     assert two["steps"] == one["steps"]
     assert abs(two["ft_loss"] - one["ft_loss"]) < TOL and abs(two["pt_loss"] - one["pt_loss"]) < TOL
-    # the checkpoints are Megatron folders (convertible), the best model an ordinary HF folder
+    # the checkpoints are megatron-core folders (convertible), the best model an ordinary HF folder
     latest = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
-    assert json.loads((latest / "megatron.json").read_text())["tp"] == 2
+    assert megatron_dist.load_common(latest)["args"].tensor_model_parallel_size == 2
+    assert json.loads((latest / "meta.json").read_text())["data_parallel"] == 1
     best = hf.load_folder(out / "best")
     assert best.config.hidden_size == 32
 
@@ -126,26 +128,13 @@ def _world_of_one(monkeypatch) -> None:
         monkeypatch.setenv(key, value)
 
 
-def test_tp2_checkpoint_resharded_to_tp1_resumes_like_the_uninterrupted_run(
-    runs, tiny_data, monkeypatch
-) -> None:
-    from dist_forget.cli import main
-
-    ckpt = runs.tp2 / "checkpoints" / "step-00000003"
-    resharded = runs.root / "tp1-from-step3"
-    assert (
-        main(["convert", "reshard-megatron", "--checkpoint", str(ckpt), "--out", str(resharded), "--tp", "1"])
-        == 0
-    )
-    assert json.loads((resharded / "megatron.json").read_text())["tp"] == 1
-    assert json.loads((resharded / "meta.json").read_text())["world_size"] == 1
-
+def test_tp2_checkpoint_resumes_at_tp1_like_the_uninterrupted_run(runs, tiny_data, monkeypatch) -> None:
     _world_of_one(monkeypatch)
     out = runs.root / "resumed-tp1"
     cfg = load_config(
         RunConfig, CONFIG, _overrides(tiny_data, runs.base, out, "engine=megatron", "parallel.tp=1")
     )
-    train(cfg, "finetune", resume=str(resharded))
+    train(cfg, "finetune", resume=str(runs.tp2 / "checkpoints" / "step-00000003"))
     got, want = _losses(out), _losses(runs.tp2)
     assert got.keys() == {4, 5, 6}
     assert max(abs(got[k] - want[k]) for k in got) < TOL, (got, want)
@@ -154,26 +143,29 @@ def test_tp2_checkpoint_resharded_to_tp1_resumes_like_the_uninterrupted_run(
 
 
 def test_reshard_to_more_data_parallel_ranks_keeps_every_state_exactly(runs, tiny_data) -> None:
+    from dist_forget.checkpoint import megatron_train
     from dist_forget.convert.megatron_hf import read_megatron, reshard_megatron
     from dist_forget.data.mixture import MixedStream
 
     ckpt = runs.tp2 / "checkpoints" / "step-00000003"
     out = runs.root / "tp1-dp2"
-    summary = reshard_megatron(ckpt, out, tp=1, world_size=2)
+    summary = reshard_megatron(ckpt, out, world_size=2, tp=1)
+    assert summary["from"] == {"tp": 2, "pp": 1, "dp": 1, "world_size": 2}
     assert summary["to"] == {"tp": 1, "pp": 1, "dp": 2, "world_size": 2}
-    assert summary["optimizer_keys"] == ["anchor", "exp_avg", "exp_avg_sq", "step"]
+    assert summary["optimizer_keys"] == ["anchor", "exp_avg", "exp_avg_sq"]
     cfg_a, full_a, opt_a = read_megatron(ckpt, optimizer=True)
     cfg_b, full_b, opt_b = read_megatron(out, optimizer=True)
     assert cfg_a == cfg_b and all(torch.equal(full_a[k], full_b[k]) for k in full_a)
     assert opt_a["param_groups"] == opt_b["param_groups"]
     for name, st in opt_a["state"].items():
+        assert st.keys() == {"step", "exp_avg", "exp_avg_sq", "anchor"}
         assert all(torch.equal(v, opt_b["state"][name][k]) for k, v in st.items()), name
     # the stream position is the same global one, keyed for 2 data-parallel ranks (what a dp=2 run checks)
     meta = json.loads((out / "meta.json").read_text())
-    client = torch.load(out / "mp_rank_00" / "model_optim.pt", weights_only=True)["client_state"]
-    old = torch.load(ckpt / "mp_rank_00" / "model_optim.pt", weights_only=True)["client_state"]
+    client = megatron_train.read_common(out)["dist_forget"]["client_state"]
+    old = megatron_train.read_common(ckpt)["dist_forget"]["client_state"]
     run = load_config(RunConfig, CONFIG, _overrides(tiny_data, runs.base, out))
-    assert meta["world_size"] == 2
+    assert (meta["world_size"], meta["data_parallel"], meta["config"]["parallel"]["tp"]) == (2, 2, 1)
     assert (
         meta["data_fingerprint"] == client["data"]["fingerprint"] == MixedStream(run.data, 0, 2).fingerprint
     )
@@ -189,10 +181,10 @@ def test_reshard_bad_input_is_one_line_and_writes_nothing(runs) -> None:
     converted = runs.root / "converted"
     hf_to_megatron(runs.base, converted, tp=2)
     cases = [
-        ((ckpt, bad), {"tp": 4}, "does not divide the model's num_attention_heads=2"),
-        ((ckpt, bad), {"tp": 2, "world_size": 3}, "--world-size 3 is not a multiple"),
-        ((converted, bad), {"tp": 1}, "not an engine=megatron training checkpoint"),
-        ((ckpt, ckpt), {"tp": 1}, "is the source checkpoint"),
+        ((ckpt, bad), {"world_size": 4, "tp": 4}, "does not divide the model's num_attention_heads=2"),
+        ((ckpt, bad), {"world_size": 3}, "--world-size 3 is not a multiple of --tp 2"),
+        ((converted, bad), {"world_size": 1}, "not an engine=megatron training checkpoint"),
+        ((ckpt, ckpt), {"world_size": 1}, "is the source checkpoint"),
     ]
     for args, kw, message in cases:
         with pytest.raises(UserError, match=message) as info:

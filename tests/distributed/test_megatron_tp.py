@@ -1,15 +1,17 @@
 """TP=2 on two real gloo ranks: logits equal HF's after hf-to-megatron, a finetune takes the same loss
 steps as the 1-rank engine=single run, and resume equals the uninterrupted run; the same run as
-data parallel (tp=1 x dp=2) and as a 2-stage pipeline (pp=2) takes the same steps too.
+data parallel (tp=1 x dp=2) and as a 2-stage pipeline (pp=2) takes the same steps too, and each of them
+resumes the tp=2 checkpoint (megatron-core's format: global tensors) as it is.
 
 This file is also the rank script (`__main__` below): the tests start it on 2 ranks with run_ranks.
 Tolerances: logits atol 1e-5 (seen ~2e-7: TP sums the o_proj/down_proj partial products in another
-order); per-step loss atol 1e-5 over 6 AnchoredAdamW steps (seen ~1e-6); resume is bit-exact.
+order); per-step loss atol 1e-5 over 6 AnchoredAdamW steps (seen ~1e-6); resume is bit-exact at the
+same layout and within the same loss atol at another (the restored state is exact; the sums run in another
+order).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -55,7 +57,7 @@ def rank_main(work: Path) -> None:
     the 6-step tp=2 run with a checkpoint at step 3, a fresh model + optimizer loaded from that
     checkpoint running steps 4-6 again, then the same run as tp=1 x dp=2 and as tp=1 x pp=2."""
     from dist_forget.convert.megatron_hf import read_megatron
-    from dist_forget.engine.megatron_backend import MegatronBackend, load_rank_state
+    from dist_forget.engine.megatron_backend import MegatronBackend
     from dist_forget.models import hf, megatron
 
     backend = MegatronBackend(backend_config(tp=2))
@@ -65,7 +67,7 @@ def rank_main(work: Path) -> None:
 
     cfg, full, _ = read_megatron(work / "meg")
     model = megatron.MegatronLlama(cfg)
-    model.load_shard(load_rank_state(work / "meg", backend.tp_rank, 2)["model"])
+    model.load_full(full)
     ids = torch.load(work / "ids.pt", weights_only=True)
     out["logits"] = model.full_logits(ids)
     s, n = model.loss_sum(ids)
@@ -111,6 +113,12 @@ def rank_main(work: Path) -> None:
     dp.build(lambda: hf.build(SIZE, VOCAB, SEQ, seed=7), optimizer_factory, MICRO, 1)
     out["dp_losses"] = [dp.train_step([batches(step)[dp.dp_rank]], lr_at(step)).loss for step in range(STEPS)]
     out["dp_state"] = dp.full_state_dict()
+    # ... which resumes the tp=2 checkpoint at tp=1 (a fresh model from another seed, then the load)
+    dp = MegatronBackend(backend_config(tp=1))
+    dp.init_distributed()
+    dp.build(lambda: hf.build(SIZE, VOCAB, SEQ, seed=123), optimizer_factory, MICRO, 1)
+    dp.load(work / "ckpt", "step-3")
+    out["dp_resumed"] = [dp.train_step([batches(s)[dp.dp_rank]], lr_at(s)).loss for s in range(SPLIT, STEPS)]
 
     # tp=1 x pp=2: layer 0 (+ embedding) on rank 0, layer 1 (+ norm, tied head) on rank 1
     pipe = MegatronBackend(backend_config(tp=1, pp=2))
@@ -122,6 +130,12 @@ def rank_main(work: Path) -> None:
     out["pp_state"] = pipe.full_state_dict()
     pipe.save(work / "ckpt", "pp2", {})
     pipe.barrier()
+    # ... and so does the pipeline: each stage reads its layers of the tp=2 checkpoint
+    pipe = MegatronBackend(backend_config(tp=1, pp=2))
+    pipe.init_distributed()
+    pipe.build(lambda: hf.build(SIZE, VOCAB, SEQ, seed=123), optimizer_factory, MICRO, ACCUM)
+    pipe.load(work / "ckpt", "step-3")
+    out["pp_resumed"] = [pipe.train_step(batches(s), lr_at(s)).loss for s in range(SPLIT, STEPS)]
     if backend.rank == 0:
         torch.save(out, work / "out.pt")
     backend.close()
@@ -217,26 +231,33 @@ def test_pipeline_parallel_matches_single_rank(launched, reference) -> None:
     assert abs(got["pp_eval"] - reference["eval"]) < LOSS_ATOL
     for name, w in reference["state"].items():
         assert torch.allclose(got["pp_state"][name], w, atol=1e-5, rtol=0), name
-    # its checkpoint: one file per stage, mergeable to the same weights and the full optimizer state
-    assert sorted(p.name for p in (work / "ckpt" / "pp2").glob("mp_rank_*")) == [
-        "mp_rank_00_000",
-        "mp_rank_00_001",
-    ]
+    # its checkpoint (each stage wrote its layers) reads back whole: weights and every optimizer state
     _, full, named = read_megatron(work / "ckpt" / "pp2", optimizer=True)
     assert all(torch.equal(full[k], got["pp_state"][k]) for k in full)
-    assert set(named["state"]) == set(full)
+    assert set(named["state"]) == set(full) == {n for g in named["param_groups"] for n in g["params"]}
+    assert all(set(st) == {"step", "exp_avg", "exp_avg_sq", "anchor"} for st in named["state"].values())
 
 
-def test_checkpoint_shards_optimizer_state_like_the_weights(launched) -> None:
+def test_checkpoint_is_megatron_cores_layout_with_the_optimizer_sharded_like_the_weights(launched) -> None:
+    from dist_forget.checkpoint import megatron_dist
+
     work, _, _ = launched
     ckpt = work / "ckpt" / "step-3"
-    assert json.loads((ckpt / "megatron.json").read_text())["tp"] == 2
-    for rank in range(2):
-        shard = torch.load(ckpt / f"mp_rank_{rank:02d}" / "model_optim.pt", weights_only=True)
-        names = shard["optimizer"]["param_names"]
-        assert shard["model"]["model.embed_tokens.weight"].shape == (VOCAB // 2, 32)
-        for i, st in shard["optimizer"]["state"].items():
-            assert st["anchor"].shape == st["exp_avg"].shape == shard["model"][names[i]].shape
+    md = megatron_dist.read_dcp_metadata(ckpt).state_dict_metadata
+    common = megatron_dist.load_common(ckpt)
+    assert common["args"].tensor_model_parallel_size == 2
+    assert float(common["optimizer"]["state"]["common_step"]) == 3  # Adam's step, once for all parameters
+    weights = {
+        k: tuple(v.size) for k, v in md.items() if k.startswith(("embedding.", "decoder.")) and "/" not in k
+    }
+    assert len(weights) == 8  # the extra states (objects) aside
+    assert weights["embedding.word_embeddings.weight"] == (VOCAB, 32)
+    for key in ("exp_avg", "exp_avg_sq", "anchor"):  # megatron-core's optimizer keys, global like the weights
+        for name, shape in weights.items():
+            state = md[f"optimizer.state.{key}.{name}"]
+            assert tuple(state.size) == shape
+            if name == "embedding.word_embeddings.weight":  # vocab rows: a block per TP rank
+                assert [tuple(c.offsets) for c in state.chunks] == [(0, 0), (VOCAB // 2, 0)]
 
 
 def test_resume_equals_uninterrupted(launched) -> None:
@@ -245,15 +266,25 @@ def test_resume_equals_uninterrupted(launched) -> None:
     assert all(torch.equal(got["resumed_state"][k], v) for k, v in got["state"].items())
 
 
-def test_checkpoint_for_another_tp_size_is_refused(tmp_path: Path) -> None:
-    from dist_forget.convert.megatron_hf import hf_to_megatron
-    from dist_forget.engine.megatron_backend import load_rank_state
+def test_resume_at_another_tp_or_pp_takes_the_uninterrupted_steps(launched) -> None:
+    _, got, _ = launched
+    want = torch.tensor(got["losses"][SPLIT:])
+    for layout in ("dp_resumed", "pp_resumed"):
+        assert torch.allclose(torch.tensor(got[layout]), want, atol=LOSS_ATOL, rtol=0), (layout, got[layout])
+
+
+def test_checkpoint_of_another_architecture_is_refused_in_one_line(launched) -> None:
+    from dist_forget.checkpoint import megatron_train
+    from dist_forget.checkpoint.megatron_dist import Layout
     from dist_forget.errors import UserError
     from dist_forget.models import hf
+    from dist_forget.models.megatron import LlamaDims
 
-    model = hf.build(SIZE, VOCAB, SEQ, seed=1)
-    hf.save_folder(model.state_dict(), model.config, tmp_path / "hf")
-    hf_to_megatron(tmp_path / "hf", tmp_path / "meg", tp=2)
-    with pytest.raises(UserError, match=r"tp=2, this run uses parallel.tp=1") as info:
-        load_rank_state(tmp_path / "meg", 0, tp=1)
+    work, _, _ = launched
+    model = hf.build(SIZE, 2 * VOCAB, SEQ, seed=1)  # the same layers, a larger vocabulary
+    own = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    with pytest.raises(UserError, match=r"embedding.word_embeddings.weight has shape \(64, 32\)") as info:
+        megatron_train.load(
+            work / "ckpt" / "step-3", Layout(LlamaDims.from_hf(model.config)), own, [list(own)]
+        )
     assert "\n" not in str(info.value)

@@ -1,4 +1,4 @@
-"""checkpoint/megatron.py: both readers of our Megatron format check its FORMAT (the per-rank one did not)."""
+"""checkpoint/megatron.py: the reader of our legacy Megatron folders checks its FORMAT."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dist_forget.errors import UserError
 
 
 def _folder(tmp_path, fmt: str):
-    folder = tmp_path / "step-00000002"
+    folder = tmp_path / "meg"
     path = megatron.rank_file(folder, 0)
     path.parent.mkdir(parents=True)
     torch.save({"model": {}, "optimizer": {}, "tp": 1, "tp_rank": 0, "pp": 1, "pp_rank": 0}, path)
@@ -20,16 +20,12 @@ def _folder(tmp_path, fmt: str):
     return folder
 
 
-def test_a_rank_file_of_another_format_is_refused_in_one_line(tmp_path):
+def test_a_folder_of_another_format_is_refused_in_one_line(tmp_path):
     folder = _folder(tmp_path, "someone-elses-v9")
-    for read in (lambda: megatron.load_rank_state(folder, 0, 1), lambda: megatron.read_folder(folder, False)):
-        with pytest.raises(
-            UserError, match="format 'someone-elses-v9' is not 'dist-forget-megatron-v1'"
-        ) as info:
-            read()
-        assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="format 'someone-elses-v9' is not 'dist-forget-megatron-v1'") as info:
+        megatron.read_folder(folder, False)
+    assert "\n" not in str(info.value)
 
 
-def test_a_rank_file_of_our_format_loads(tmp_path):
-    state = megatron.load_rank_state(_folder(tmp_path, megatron.FORMAT), 0, 1)
-    assert (state["tp"], state["tp_rank"], state["pp"], state["pp_rank"]) == (1, 0, 1, 0)
+def test_a_folder_of_our_format_is_read(tmp_path):
+    assert megatron.read_meta(_folder(tmp_path, megatron.FORMAT))["tp"] == 1

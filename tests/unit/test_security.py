@@ -1,5 +1,5 @@
 """Issue 15 (security and crash hardening) in one process: no checkpoint load runs code (engine=single, the
-Megatron rank files, DeepSpeed's checkpoint engine, every converter), shards from another tokenizer are
+Megatron checkpoints and folders, DeepSpeed's checkpoint engine, every converter), shards from another tokenizer are
 refused, `--resume auto` falls back from a broken `latest` and tidies killed saves, config errors come
 together, and shards are checked before the model is built.
 
@@ -133,16 +133,41 @@ def test_deepspeed_checkpoint_engine_loads_weights_only(tmp_path):
     assert_refused(exc.value, evil, marker)
 
 
-def test_megatron_rank_files_are_loaded_weights_only(tmp_path):
-    from dist_forget.checkpoint.megatron import FORMAT, META_FILE, load_rank_state, rank_file
+def _megatron_training_checkpoint(tmp_path: Path, marker: Path) -> tuple[Path, Path]:
+    """An engine=megatron checkpoint (megatron-core's format) whose common.pt runs code."""
+    from dist_forget.checkpoint import megatron_dist
+    from dist_forget.models import hf
 
+    model = hf.build("cpu-0.03m", 512, 64, seed=0)
     folder = tmp_path / "step-00000002"
+    full = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    megatron_dist.write_folder(folder.parent / "tmp", model.config.to_dict(), full)
+    (folder.parent / "tmp").rename(folder)
+    evil = plant(folder / megatron_dist.COMMON, marker)
+    (folder / "meta.json").write_text(json.dumps({"engine": "megatron", "world_size": 1, "step": 2}))
+    return folder, evil
+
+
+def test_megatron_training_checkpoint_is_checked_weights_only_before_a_resume(tmp_path):
+    from dist_forget.engine.checkpoint import verify_checkpoint
+
     marker = tmp_path / "pwned"
-    evil = plant(rank_file(folder, 0), marker)
-    (folder / META_FILE).write_text(json.dumps({"format": FORMAT, "tp": 1, "pp": 1, "hf_config": {}}))
+    folder, evil = _megatron_training_checkpoint(tmp_path, marker)
     with pytest.raises(UnsafeCheckpoint) as exc:
-        load_rank_state(folder, 0, 1)
+        verify_checkpoint(folder)
     assert_refused(exc.value, evil, marker)
+
+
+def test_reshard_megatron_refuses_a_crafted_common_file(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    folder, evil = _megatron_training_checkpoint(tmp_path, marker)
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(folder), "--world-size", "1", "--out", str(out)]
+    assert cli.main(["convert", "reshard-megatron", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert_refused(err, evil, marker)
+    assert not out.exists()
 
 
 @pytest.fixture
@@ -156,19 +181,15 @@ def megatron_folder(tmp_path) -> tuple[Path, Path, Path]:
     evil = plant(rank_file(folder, 0), marker, {"tp": 1, "tp_rank": 0})
     cfg = hf_config("cpu-0.03m", vocab_size=512, max_seq_len=64).to_dict()
     (folder / META_FILE).write_text(json.dumps({"format": FORMAT, "tp": 1, "pp": 1, "hf_config": cfg}))
-    (folder / "meta.json").write_text(json.dumps({"engine": "megatron", "world_size": 1, "step": 2}))
     return folder, evil, marker
 
 
-@pytest.mark.parametrize("command", ["megatron-to-hf", "reshard-megatron"])
-def test_megatron_converters_refuse_a_crafted_rank_file(megatron_folder, tmp_path, capsys, command):
+def test_megatron_to_hf_refuses_a_crafted_rank_file(megatron_folder, tmp_path, capsys):
     folder, evil, marker = megatron_folder
-    args = (
-        ["--megatron", str(folder)]
-        if command == "megatron-to-hf"
-        else ["--checkpoint", str(folder), "--tp", "1"]
+    assert (
+        cli.main(["convert", "megatron-to-hf", "--megatron", str(folder), "--out", str(tmp_path / "out")])
+        == 2
     )
-    assert cli.main(["convert", command, *args, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert_refused(err, evil, marker)
@@ -205,6 +226,7 @@ def test_hf_to_megatron_refuses_crafted_weights(tmp_path, capsys):
     (folder / "model.safetensors").unlink()  # an older HF folder: weights in pytorch_model.bin, a pickle
     marker = tmp_path / "pwned"
     evil = plant(folder / "pytorch_model.bin", marker)
+    capsys.readouterr()  # transformers' "Writing model shards" progress bar of save_pretrained, not the CLI's
     assert (
         cli.main(
             ["convert", "hf-to-megatron", "--hf", str(folder), "--out", str(tmp_path / "m"), "--tp", "1"]
