@@ -34,7 +34,7 @@ test: install
 demo: install
 	$(BIN)/dist-forget demo
 
-# The micro study on the paper's protocol (hours on 2 idle cores, resumable; not yet timed) and its committed
+# The micro study on the paper's protocol (hours on 2 idle cores, resumable; not yet timed end to end) and its committed
 # report in reports/micro/.
 study: data
 	$(BIN)/dist-forget sweep --config configs/sweep/micro.yaml
