@@ -26,10 +26,16 @@ $(VENV)/.installed: pyproject.toml
 data: install
 	$(BIN)/dist-forget data prepare --out $(DATA)
 
+# The suite on 2 pytest-xdist workers: serially it keeps only ~1 of 2 cores busy (it waits on subprocess
+# start-ups, servers, rendezvous, SLURM polling). --dist loadfile: a worker runs a whole file, so module fixtures
+# run once (the README pipeline's takes minutes); --no-loadscope-reorder: files go out in collection order,
+# where tests/conftest.py puts test_readme_runs.py (about as long as all other files together) first, on one
+# worker, while the other runs the rest. (xdist's default order, by test count, would start it late and leave
+# it running alone.) Not -n 3: that file is the critical path, and a third worker only takes CPU from it.
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check dist_forget tests
-	$(BIN)/python -m pytest -q -ra --timeout 900 tests
+	$(BIN)/python -m pytest -q -ra --timeout 900 -n 2 --dist loadfile --no-loadscope-reorder tests
 
 demo: install
 	$(BIN)/dist-forget demo

@@ -1,13 +1,45 @@
-"""Shared fixtures. `tiny_data`: a real tokenizer and real shards built from the text in tests/data/."""
+"""Shared fixtures. `tiny_data`: a real tokenizer and real shards built from the text in tests/data/.
+
+`make test` runs the suite on 2 pytest-xdist workers, one test file at a time each (Makefile). Every test is
+safe beside any other: ports are free ports, files are under tmp_path, the session's servers and SLURM
+cluster are each worker's own. Serially (`pytest tests`) nothing here changes.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
+# Files that alone take about as long as the rest of the suite: under xdist they start first, on the first
+# worker, while the other worker runs everything else (a long file started last would run alone at the end).
+# test_readme_runs.py: its module fixture runs the README's whole pipeline (~7 of its ~10 minutes).
+LONGEST_FIRST = ("tests/integration/test_readme_runs.py",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist `--dist loadfile --no-loadscope-reorder` hands out files in collection order: put the
+    longest first. Each worker collects and sorts alike (xdist checks the collections are equal)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        first = [Path(config.rootpath, f) for f in LONGEST_FIRST]
+        items.sort(key=lambda item: item.path not in first)  # stable: the order within a file is kept
+
+
+@pytest.fixture(scope="session", autouse=True)
+def share_the_cores_between_workers():
+    """Under xdist each worker's in-process torch gets its share of the cores (1 each for 2 workers on 2
+    cores): torch's default of one thread per core in every worker would put twice as many busy OpenMP
+    threads as cores, and spinning OpenMP threads that wait for a descheduled one make micro models several
+    times slower (see `one_thread`). Subprocesses are unchanged: tests and launchers set their own threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+    yield
 
 
 @dataclass(frozen=True)

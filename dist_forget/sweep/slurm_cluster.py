@@ -15,6 +15,7 @@ ends exactly the daemons it started, by PID (recorded in `cluster.json`, so anot
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +38,7 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo", "srun")
 STATE = "cluster.json"
 PARTITION = "debug"
+_INSTALL_LOCK = "dist-forget-slurm-install.lock"
 _SBIN = os.pathsep.join(["/usr/sbin", "/sbin"])  # where Debian puts the daemons (not on a user's PATH)
 
 
@@ -58,9 +61,23 @@ def why_unavailable() -> str | None:
 
 
 def ensure_installed(say: Callable[[str], None] = print) -> None:
-    """Install slurm-wlm and munge with apt-get when missing (as root); UserError when that fails."""
+    """Install slurm-wlm and munge with apt-get when missing (as root); UserError when that fails.
+
+    Several processes may start a cluster at once (the tests' xdist workers): one installs while the others
+    wait on a lock, then find the programs there. (apt-get itself would fail at once on dpkg's lock.)"""
     if not missing():
         return
+    # O_NOFOLLOW, no truncation: root opening a fixed name in a shared temp folder must not follow a link
+    lock = os.open(Path(tempfile.gettempdir()) / _INSTALL_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if missing():
+            _apt_install(say)
+    finally:
+        os.close(lock)  # releases the lock
+
+
+def _apt_install(say: Callable[[str], None]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-qq", *PACKAGES]  # as tried in platform-facts.md
     say(f"installing {' '.join(PACKAGES)} (apt-get)")

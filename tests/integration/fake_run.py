@@ -3,9 +3,9 @@
 It parses the same command line the sweep builds, records each attempt, sleeps a little and writes a
 summary.json whose losses follow a made-up law, so the sweep machinery is tested without training.
 Env: FAKE_RUN_SECONDS (sleep), FAKE_FAIL (a run name that exits 1), FAKE_SLOW (a run name that sleeps
-600 s: a test kills it), FAKE_TRACK=1 (log to MLflow with the real Tracker, so nesting under the sweep's
-parent run is checked end to end). Each attempt's key=value words are kept in args.json (what the run was
-told: the sweep's overrides must reach it).
+600 s: a test kills it), FAKE_HOLD (a file: every run waits until it exists, then goes on), FAKE_TRACK=1
+(log to MLflow with the real Tracker, so nesting under the sweep's parent run is checked end to end). Each
+attempt's key=value words are kept in args.json (what the run was told: the sweep's overrides must reach it).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ def main(argv: list[str]) -> int:
     with open(out / "attempts.txt", "a") as fh:
         fh.write(f"{os.getpid()} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}\n")
     write_json_atomic(out / "args.json", kv)
+    hold = os.environ.get("FAKE_HOLD")
+    while hold and not Path(hold).exists():
+        time.sleep(0.05)
     slow = os.environ.get("FAKE_SLOW") == kv["name"]
     time.sleep(600 if slow else float(os.environ.get("FAKE_RUN_SECONDS", "0.2")))
     if os.environ.get("FAKE_FAIL") == kv["name"]:

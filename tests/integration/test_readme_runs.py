@@ -169,8 +169,10 @@ def _split_env(words: list[str]) -> tuple[dict[str, str], list[str]]:
 def _run(
     line: Line, scratch: Path, ok: tuple[int, ...] = (0,), **env: str
 ) -> subprocess.CompletedProcess[str]:
+    # a hang guard, as long as make test's per-test --timeout: the sweep line shares 2 cores with the other
+    # xdist worker, and takes longer than alone
     res = subprocess.run(
-        line.words, cwd=scratch, env=_env(**env), capture_output=True, text=True, timeout=600
+        line.words, cwd=scratch, env=_env(**env), capture_output=True, text=True, timeout=900
     )
     assert res.returncode in ok, (
         f"README line failed (exit {res.returncode}): {line.text}\nran: "

@@ -62,8 +62,8 @@ def test_failed_pretrain_skips_its_finetunes(tmp_path: Path, monkeypatch: pytest
     assert sum(n.startswith("cpu-0.1m_") for n in ran) == 4  # the other size went on
 
 
-def _start_sweep(config: Path, seconds: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FAKE_RUN_SECONDS": seconds, "PYTHONPATH": str(ROOT)}
+def _start_sweep(config: Path, seconds: str, **extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "FAKE_RUN_SECONDS": seconds, "PYTHONPATH": str(ROOT), **extra}
     return subprocess.Popen(
         [sys.executable, "-m", "dist_forget.cli", "sweep", "--config", str(config)],
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -79,13 +79,22 @@ def _wait_for(predicate: object, timeout_s: float = 120) -> None:
 
 def test_orphaned_run_is_waited_for_not_duplicated(tmp_path: Path) -> None:
     config = write_sweep(tmp_path, max_parallel=1)
-    proc = _start_sweep(config, "3.0")
+    release = tmp_path / "release"  # the first sweep's run holds until it exists, however slow the rerun
+    proc = _start_sweep(config, "0.1", FAKE_HOLD=str(release))
     pre = tmp_path / "sweep" / "pretrain" / "cpu-0.03m"
     _wait_for(lambda: (pre / "attempts.txt").is_file())
     proc.kill()  # only the sweep dies; its running child is orphaned and keeps the folder's lock
     proc.wait()
-    rerun = _start_sweep(config, "0.1")
-    out = rerun.communicate(timeout=300)[0].decode()
+    rerun = _start_sweep(config, "0.1", PYTHONUNBUFFERED="1")  # its lines as they are printed
+    seen = []
+    try:
+        for line in rerun.stdout:  # until the rerun waits for the orphan (or ends without waiting)
+            seen.append(line.decode())
+            if "waiting for it" in seen[-1]:
+                break
+    finally:
+        release.touch()
+    out = "".join(seen) + rerun.communicate(timeout=300)[0].decode()
     assert rerun.returncode == 0, out
     assert "pretrain-cpu-0.03m: still running from an earlier sweep; waiting for it" in out
     assert attempts(tmp_path)["cpu-0.03m"] == 1 and summaries(tmp_path) == 10

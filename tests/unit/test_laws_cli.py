@@ -120,6 +120,7 @@ def test_compares_alternative_forms(table, tmp_path):
 
 def test_reads_an_mlflow_experiment(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)  # a sqlite store puts artifacts in ./mlruns: here, not in the repository
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_experiment("study")
