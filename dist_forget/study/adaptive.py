@@ -87,6 +87,21 @@ def read_runs(sweep: Path) -> list[ArmRun]:
     return runs
 
 
+def baseline_runs(baseline: Path, runs: list[ArmRun]) -> list[ArmRun]:
+    """The p = 0 runs of another sweep (the one the budgets were taken from) at the compared points."""
+    if not (baseline / "finetune").is_dir():
+        raise UserError(f"--baseline {baseline}: no finetune/ folder; give the sweep of the p = 0 runs")
+    points = {(r.domain, r.model_params, r.target_tokens, r.seed) for r in runs if r.arm != P0}
+    have = {r.name for r in runs}
+    return [
+        r
+        for r in read_runs(baseline)
+        if r.arm == P0
+        and r.name not in have
+        and (r.domain, r.model_params, r.target_tokens, r.seed) in points
+    ]
+
+
 def _mean(xs: list[float]) -> float:
     return float(np.mean(xs)) if xs else math.nan
 
@@ -257,7 +272,7 @@ def plot(path: Path, runs: list[ArmRun], result: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def adaptive(sweep: Path, out: Path) -> int:
+def adaptive(sweep: Path, out: Path, baseline: Path | None = None) -> int:
     """Compare adaptive injection, the static planner's p and p = 0 on a sweep's finetunes (issue 13).
 
     Writes ADAPTIVE.md (the goal check and a table per (domain, N, D, ε) and arm), adaptive.json (SI units:
@@ -266,12 +281,16 @@ def adaptive(sweep: Path, out: Path) -> int:
     Args:
         sweep: the sweep's out_dir (its finetune/ folder holds the runs), e.g. work/sweeps/adaptive
         out: folder for ADAPTIVE.md, adaptive.json and adaptive.png
+        baseline: a sweep whose p = 0 runs are the p = 0 arm (the sweep's adaptive.baseline, e.g.
+            work/sweeps/micro); only those of the compared (domain, N, D, seed) are read
     """
     if not (sweep / "finetune").is_dir():
         raise UserError(
             f"{sweep / 'finetune'}: no finetune runs; run the sweep first (configs/sweep/adaptive.yaml)"
         )
     runs = read_runs(sweep)
+    if baseline is not None:
+        runs += baseline_runs(baseline, runs)
     if not any(r.arm == AUTO for r in runs):
         raise UserError(
             f"{sweep}: no finished run at inject_fraction auto (named ..._pauto_..-eps<ε>); run a sweep with "

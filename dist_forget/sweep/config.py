@@ -92,6 +92,9 @@ class Grid:
     # a fraction, or `auto`: the run adapts p to hold forgetting under each budget of max_forgetting
     inject_fraction: list[float | Literal["auto"]] = field(default_factory=lambda: [0.0])
     max_forgetting: list[float] = field(default_factory=list)  # budgets ε (nats/token) of the auto points
+    # budgets as shares of the forgetting that adaptive.baseline measured at p = 0 on the same point
+    # (e.g. [0.7, 0.5]): one ε per (size, domain, D) where the p = 0 forgetting spans 10x across a ladder
+    max_forgetting_share: list[float] = field(default_factory=list)
     anchor_decay: list[float] = field(default_factory=lambda: [0.0])
     seeds: list[int] = field(default_factory=lambda: [0])
 
@@ -109,6 +112,10 @@ class AdaptiveArms:
     prior_fit: str = ""  # empty: auto runs start from the controller's default p and there is no static arm
     static_arm: bool = False
     inject_max: float = 0.2  # data.inject_max of the auto runs and the cap on the static arm's p
+    # a sweep folder holding this grid's p = 0 runs under the same protocol (e.g. work/sweeps/micro): the
+    # budgets of grid.max_forgetting_share are shares of their forgetting, and they are the p = 0 arm of
+    # `study adaptive --baseline` (not rerun here)
+    baseline: str = ""
 
     def validate(self) -> None:
         if self.static_arm and not self.prior_fit:

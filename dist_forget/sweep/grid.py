@@ -144,6 +144,7 @@ def expand(cfg: SweepConfig) -> list[Point]:
     ft = cfg.finetune
     seen: set[str] = set()
     plans = _Planner(cfg.adaptive.prior_fit)
+    baseline = _Baseline(cfg.adaptive.baseline)
     for g in _grids(cfg):
         sizes = g.sizes or (cfg.pretrain.sizes if cfg.pretrain else [])
         domains = g.domains or list(ft.domains)
@@ -169,7 +170,7 @@ def expand(cfg: SweepConfig) -> list[Point]:
                       "inject_fraction": p, "anchor_decay": a, "seed": seed}  # fmt: skip
             if size in pretrain_dirs:
                 values["pretrain_dir"] = pretrain_dirs[size]
-            for name, vals, extra in _arms(cfg, g, values, plans):
+            for name, vals, extra in _arms(cfg, g, values, plans, baseline):
                 if name in seen:
                     continue
                 seen.add(name)
@@ -183,7 +184,7 @@ def expand(cfg: SweepConfig) -> list[Point]:
 
 
 def _arms(
-    cfg: SweepConfig, g: Grid, values: dict[str, Any], plans: _Planner
+    cfg: SweepConfig, g: Grid, values: dict[str, Any], plans: _Planner, baseline: _Baseline
 ) -> list[tuple[str, dict[str, Any], list[str]]]:
     """(name, values, extra overrides) of a grid point: itself, or at inject_fraction auto one adaptive
     point per budget ε plus, with adaptive.static_arm, its twin at the planner's constant p."""
@@ -192,13 +193,22 @@ def _arms(
     if p != AUTO:
         return [(run_name(size, domain, d, p, a, seed), values, [])]
     arms = cfg.adaptive
-    if not g.max_forgetting or not all(e > 0 for e in g.max_forgetting):
+    if not (g.max_forgetting or g.max_forgetting_share) or not all(e > 0 for e in g.max_forgetting):
         raise UserError(
             f"sweep grid: inject_fraction auto needs max_forgetting, a list of budgets > 0 in nats/token "
-            f"(e.g. [0.05, 0.1]); got {g.max_forgetting}"
+            f"(e.g. [0.05, 0.1]), or max_forgetting_share; got {g.max_forgetting}"
         )
+    if not all(0 < s < 1 for s in g.max_forgetting_share):
+        raise UserError(
+            f"sweep grid.max_forgetting_share = {g.max_forgetting_share}: each share of the p = 0 forgetting "
+            "must be in (0, 1), e.g. [0.7, 0.5]"
+        )
+    budgets = list(g.max_forgetting)
+    if g.max_forgetting_share:
+        measured = baseline.forgetting(run_name(size, domain, d, 0.0, a, seed))
+        budgets += [float(f"{share * measured:.3g}") for share in g.max_forgetting_share]  # names stay short
     out = []
-    for eps in g.max_forgetting:
+    for eps in budgets:
         extra = [f"data.max_forgetting={eps}", f"data.inject_max={arms.inject_max}"]
         if arms.prior_fit:
             extra.append(f"data.inject_prior={arms.prior_fit}")
@@ -210,6 +220,33 @@ def _arms(
                     "planned_p": planned if math.isfinite(planned) else None}  # fmt: skip
             out.append((run_name(size, domain, d, PLAN, a, seed, eps), vals, []))
     return out
+
+
+class _Baseline:
+    """The p = 0 forgetting of adaptive.baseline's finished runs, read from their summary.json by name."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def forgetting(self, name: str) -> float:
+        if not self.folder:
+            raise UserError(
+                "sweep grid.max_forgetting_share needs adaptive.baseline, the sweep folder with the p = 0 "
+                "runs (e.g. work/sweeps/micro)"
+            )
+        path = Path(self.folder) / "finetune" / name / SUMMARY_FILE
+        try:
+            summary = json.loads(path.read_text())
+            return float(summary["pt_loss"] - summary["pt_loss_base"])
+        except FileNotFoundError:
+            raise UserError(
+                f"sweep adaptive.baseline: {path} is missing; finish that p = 0 run first (the baseline "
+                "sweep, e.g. make study) or drop its point from the grid"
+            ) from None
+        except (ValueError, KeyError, TypeError):
+            raise UserError(
+                f"sweep adaptive.baseline: {path} has no pt_loss and pt_loss_base; rerun that p = 0 run"
+            ) from None
 
 
 class _Planner:

@@ -94,8 +94,14 @@ def test_adaptive_sweep_runs_at_toy_scale(tiny_data, tmp_path):
     doc["finetune"]["set"]["model.init_from"] = str(base)
     doc["finetune"]["size_overrides"] = {}  # one size here
     doc["grid"].update(
-        sizes=["cpu-0.015m"], target_tokens=[2048], inject_fraction=["auto"], max_forgetting=[0.5]
+        sizes=["cpu-0.015m"],
+        domains=["code"],
+        target_tokens=[2048],
+        inject_fraction=["auto"],
+        max_forgetting=[0.5],
+        max_forgetting_share=[],
     )
+    doc["extra_grids"] = []
     config = tmp_path / "adaptive.yaml"
     config.write_text(yaml.safe_dump(doc))
     points = expand(load_config(SweepConfig, config))

@@ -37,8 +37,26 @@ def fit_json(tmp_path_factory) -> Path:
     return path
 
 
+# forgetting at p = 0 of the baseline's runs by (size, domain): the micro study's range (reports/micro)
+BASE_F = {"cpu-0.015m": 2.7, "cpu-0.03m": 2.2, "cpu-0.1m": 1.86, "cpu-0.3m": 0.88}
+
+
+def make_baseline(root: Path) -> Path:
+    """The micro sweep's p = 0 runs as the adaptive sweep reads them: finetune/<name>/summary.json."""
+    for size, f in BASE_F.items():
+        for domain, d in (("legal", 15000), ("legal", 45000), ("medical", 25000), ("medical", 45000)):
+            folder = root / "finetune" / f"{size}_{domain}_D{d}_p0_a0_s0"
+            folder.mkdir(parents=True)
+            (folder / "summary.json").write_text(json.dumps({"pt_loss": 3.5 + f, "pt_loss_base": 3.5}))
+    return root
+
+
 def _expand(tmp_path: Path, *overrides: str) -> list:
-    return expand(load_config(SweepConfig, CONFIG, [f"out_dir={tmp_path / 'sweep'}", *overrides]))
+    baseline = tmp_path / "micro"
+    if not baseline.exists():
+        make_baseline(baseline)
+    return expand(load_config(SweepConfig, CONFIG, [f"out_dir={tmp_path / 'sweep'}",
+                                                    f"adaptive.baseline={baseline}", *overrides]))  # fmt: skip
 
 
 def _arg(argv: list[str], key: str) -> str:
@@ -46,50 +64,74 @@ def _arg(argv: list[str], key: str) -> str:
     return [a.split("=", 1)[1] for a in argv if a.startswith(key + "=")][-1]
 
 
-def test_the_shipped_sweep_has_three_arms_per_budget_and_keeps_old_names(tmp_path, fit_json):
+def test_the_shipped_sweep_has_two_arms_per_budget_taken_from_the_baseline(tmp_path, fit_json):
     points = _expand(tmp_path, f"adaptive.prior_fit={fit_json}")
     assert all(p.stage == "finetune" for p in points)
-    assert len(points) == 4 * 3 * 2 * (1 + 2 * 2) == len({p.name for p in points})
-    names = {p.name for p in points}
-    assert "cpu-0.03m_code_D15000_p0_a0_s0" in names  # p = 0: the micro study's name, unchanged
-    auto = next(p for p in points if p.name == "cpu-0.1m_legal_D45000_pauto_a0_s0-eps0.5")
+    # 4 sizes x (legal, medical) x 2 D x 2 budgets x (adaptive, plan); p = 0 is the baseline's, not rerun
+    assert len(points) == 4 * 2 * 2 * 2 * 2 == len({p.name for p in points})
+    assert not any("_p0_" in p.name for p in points)
+    # ε = 0.7 and 0.5 of the baseline's p = 0 forgetting at that point, 3 significant digits
+    auto = next(p for p in points if p.name == "cpu-0.1m_legal_D45000_pauto_a0_s0-eps1.3")
     assert (
-        _arg(auto.argv, "data.inject_fraction") == "auto" and _arg(auto.argv, "data.max_forgetting") == "0.5"
+        _arg(auto.argv, "data.inject_fraction") == "auto" and _arg(auto.argv, "data.max_forgetting") == "1.3"
     )
+    assert {p.name for p in points if p.name.startswith("cpu-0.3m_medical_D25000_pauto")} == {
+        "cpu-0.3m_medical_D25000_pauto_a0_s0-eps0.616",
+        "cpu-0.3m_medical_D25000_pauto_a0_s0-eps0.44",
+    }
     assert (
         _arg(auto.argv, "data.inject_prior") == str(fit_json) and _arg(auto.argv, "data.inject_max") == "0.2"
     )
     assert _arg(auto.argv, "model.init_from") == "work/sweeps/micro/pretrain/cpu-0.1m"
     assert _arg(auto.argv, "optim.lr") == "4.0e-4"  # the micro ladder's lr for that size
+    assert _arg(auto.argv, "train.stop_sustained") == "true"  # the micro protocol's early stop
     # the static arm runs the planner's constant p for the same ε, capped where the controller is
     law = next(f["params"] for f in json.loads(fit_json.read_text())["fits"] if f["domain"] == "legal")
     n = shape_of("cpu-0.1m").non_embedding_params()
     by_eps = {}
-    for eps in (0.5, 1.0):
+    for eps in (1.3, 0.93):
         twin = next(p for p in points if p.name == f"cpu-0.1m_legal_D45000_pplan_a0_s0-eps{eps:g}")
         # the closed form of the forgetting law (laws/plan.py), from the fitted parameters
         expected = ((law["A"] * 45000 ** law["beta"] / eps) ** (1 / law["alpha"]) / n - 1) / law["B"]
         by_eps[eps] = float(_arg(twin.argv, "data.inject_fraction"))
         assert by_eps[eps] == pytest.approx(min(expected, 0.2), rel=1e-12)
         assert "data.max_forgetting" not in " ".join(twin.argv)  # a constant-p run: no budget of its own
-    assert by_eps[0.5] > by_eps[1.0] > 0  # a tighter budget needs more injection
+    assert by_eps[0.93] > by_eps[1.3] > 0  # a tighter budget needs more injection
     for point in points:  # every run's config is valid as the finetune command would load it
         i = point.argv.index("--config")
         cfg = load_config(RunConfig, ROOT / point.argv[i + 1], [a for a in point.argv[i + 2 :] if "=" in a])
         assert cfg.data.adaptive == ("_pauto_" in point.name)
-        assert arm_of(point.name)[0] in ("0", "auto", "plan")
+        assert arm_of(point.name)[0] in ("auto", "plan")
 
 
-def test_a_missing_prior_fit_or_budget_fails_in_one_line(tmp_path, fit_json):
+def test_budgets_in_nats_keep_their_names(tmp_path, fit_json):
+    points = _expand(tmp_path, f"adaptive.prior_fit={fit_json}", "grid.max_forgetting_share=[]",
+                     "grid.max_forgetting=[0.5, 1.0]", "grid.inject_fraction=[0.0, auto]")  # fmt: skip
+    names = {p.name for p in points}
+    assert "cpu-0.03m_legal_D15000_p0_a0_s0" in names  # p = 0: the micro study's name, unchanged
+    assert {"cpu-0.1m_legal_D45000_pauto_a0_s0-eps0.5", "cpu-0.1m_legal_D45000_pplan_a0_s0-eps1"} <= names
+
+
+def test_a_missing_prior_fit_budget_or_baseline_fails_in_one_line(tmp_path, fit_json):
     with pytest.raises(UserError, match=r"^sweep adaptive.prior_fit: .*nope.json: no such fit file") as exc:
         _expand(tmp_path, f"adaptive.prior_fit={tmp_path / 'nope.json'}")
     assert "\n" not in str(exc.value)
     with pytest.raises(UserError, match="inject_fraction auto needs max_forgetting"):
-        _expand(tmp_path, f"adaptive.prior_fit={fit_json}", "grid.max_forgetting=[]")
+        _expand(tmp_path, f"adaptive.prior_fit={fit_json}", "grid.max_forgetting_share=[]")
+    with pytest.raises(UserError, match=r"max_forgetting_share = \[1.5\]: each share .* must be in \(0, 1\)"):
+        _expand(tmp_path, f"adaptive.prior_fit={fit_json}", "grid.max_forgetting_share=[1.5]")
     with pytest.raises(UserError, match="static_arm needs adaptive.prior_fit"):
         _expand(tmp_path, "adaptive.prior_fit=''")
     with pytest.raises(UserError, match="domain 'bio' is not in the fit"):
-        _expand(tmp_path, f"adaptive.prior_fit={fit_json}", "finetune.domains={bio: x}")
+        _expand(tmp_path, f"adaptive.prior_fit={fit_json}", "finetune.domains={bio: x, legal: y, medical: z}",
+                "grid.domains=[bio]", "grid.max_forgetting=[0.5]", "grid.max_forgetting_share=[]",
+                "extra_grids=[]")  # fmt: skip
+    with pytest.raises(UserError, match="max_forgetting_share needs adaptive.baseline"):
+        _expand(tmp_path, f"adaptive.prior_fit={fit_json}", "adaptive.baseline=''")
+    with pytest.raises(UserError, match=r"adaptive.baseline: .*cpu-0.015m_legal_D45000_p0_a0_s0/summary.json "
+                                        r"is missing; finish that p = 0 run first") as exc:  # fmt: skip
+        _expand(tmp_path, f"adaptive.prior_fit={fit_json}", f"adaptive.baseline={tmp_path / 'empty'}")
+    assert "\n" not in str(exc.value)
 
 
 SEQ_LEN = 128
@@ -163,6 +205,31 @@ def test_the_report_groups_arms_per_budget_and_meets_the_goal(tmp_path):
 def test_each_part_of_the_goal_fails_alone(tmp_path, change, failed):
     out = study.compare(study.read_runs(make_sweep(tmp_path, **change)))["goal"]
     assert out["met"] is False and [k for k, v in out["checks"].items() if not v] == [failed]
+
+
+def test_the_p0_arm_comes_from_the_baseline_sweep(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    base = tmp_path / "micro"
+    (base / "finetune").mkdir(parents=True)
+    p0 = "size_code_D15000_p0_a0_s0"
+    # the sweep's own p = 0 run moves to the baseline
+    (sweep / "finetune" / p0).rename(base / "finetune" / p0)
+    _run(base, "size_code_D45000_p0_a0_s0", 2.0, 3.0, 0, 0.0)  # a point the sweep does not compare
+    summary = base / "finetune" / "size_code_D45000_p0_a0_s0" / "summary.json"
+    summary.write_text(summary.read_text().replace('"target_tokens": 15000', '"target_tokens": 45000'))
+    without = study.compare(study.read_runs(sweep))["rows"]
+    assert {r["arm"] for r in without} == {"auto", "plan"}
+    out = tmp_path / "out"
+    args = ["study", "adaptive", "--sweep", str(sweep), "--baseline", str(base), "--out", str(out)]
+    assert cli_main(args) == 0
+    rows = {
+        (r["max_forgetting"], r["arm"]): r for r in json.loads((out / "adaptive.json").read_text())["rows"]
+    }
+    assert rows[(0.5, "p0")]["run_names"] == [p0]  # judged against both budgets
+    assert rows[(0.5, "p0")]["share_held"] == 0.0 and rows[(1.0, "p0")]["share_held"] == 1.0
+    assert all(r["target_tokens"] == 15000 for r in rows.values())
+    with pytest.raises(UserError, match=r"^--baseline .*nowhere: no finetune/ folder"):
+        study.adaptive(sweep, out, tmp_path / "nowhere")
 
 
 def test_a_sweep_without_adaptive_runs_is_refused(tmp_path):
