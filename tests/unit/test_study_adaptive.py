@@ -20,7 +20,7 @@ from dist_forget.sweep.config import SweepConfig
 from dist_forget.sweep.grid import arm_of, expand
 
 ROOT = Path(__file__).resolve().parents[2]
-# forgetting as on the micro ladder at p = 0 (1.0-2.6 nats/token: reports/micro), so both budgets need p > 0
+# a forgetting law of the micro ladder's scale (1-3 nats/token at p = 0 on this grid), so every budget needs p > 0
 LAW = {"A": 6.0, "alpha": 0.4, "beta": 0.3, "B": 1000.0}
 CONFIG = ROOT / "configs/sweep/adaptive.yaml"
 
