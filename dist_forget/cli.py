@@ -49,6 +49,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("sweep",): "dist_forget.sweep.commands:sweep",
     ("study", "report"): "dist_forget.study.report:report",
     ("study", "adaptive"): "dist_forget.study.adaptive:adaptive",
+    ("study", "closed-loop"): "dist_forget.study.closed_loop:closed_loop",
     ("demo",): "dist_forget.study.demo:demo",
 }
 

@@ -54,7 +54,9 @@ class MixtureConfig:  # YAML section `data:` of train configs
     inject_fraction: float | Literal["auto"] = 0.0  # p in [0, 1), or auto: adapted (engine/inject_control.py)
     max_forgetting: float | None = None  # auto: the budget eps, nats/token of pt_loss - pt_loss_base
     inject_max: float = 0.2  # auto: the largest p the controller may set
-    inject_prior: str | None = None  # auto: a fit.json (dist-forget fit); the planner's p is the start
+    # auto: a fit.json (dist-forget fit): the planner's p is the start; its bottom-step law, if any, tells the
+    # controller where the U-curve bottoms out
+    inject_prior: str | None = None
     target_tokens: int | None = None  # D unique target tokens; None = the whole train split
     seed: int = 0
     cache_dir: str = DEFAULT_CACHE_DIR  # where shards at a URL are cached, per manifest sha256

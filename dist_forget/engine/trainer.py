@@ -46,7 +46,7 @@ from dist_forget.engine.checkpoint import CheckpointManager, prepare_resume, res
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.evaluation import Evaluator
 from dist_forget.engine.flops import flops_per_token, measure_peak
-from dist_forget.engine.inject_control import InjectController, start_fraction
+from dist_forget.engine.inject_control import InjectController, read_prior
 from dist_forget.engine.metrics_log import MetricsLog, StepCost
 from dist_forget.engine.run_state import RunState
 from dist_forget.engine.saving import Saver
@@ -386,11 +386,12 @@ def _controller(
         return None
     assert d.max_forgetting is not None  # MixtureConfig.validate
     domain = cfg.domain or location_name(d.target)
-    p0, source = start_fraction(d, domain, n_params, stream.unique_target_tokens, cfg.optim.anchor_decay)
-    control = InjectController(d.max_forgetting, p0, d.inject_max)
+    prior = read_prior(d, domain, n_params, stream.unique_target_tokens, cfg.optim.anchor_decay)
+    control = InjectController(d.max_forgetting, prior.p, d.inject_max, bottom_step=prior.bottom_step)
     stream.set_inject_fraction(control.p)  # at sequence 0; a resume replaces the whole schedule
+    bottom = f", bottom expected at step {prior.bottom_step:.0f}" if math.isfinite(prior.bottom_step) else ""
     say(
-        f"inject: auto, budget {d.max_forgetting:g} nats/token, start p = {control.p:.4g} ({source})",
+        f"inject: auto, budget {d.max_forgetting:g} nats/token, start p = {control.p:.4g} ({prior.source}){bottom}",
         flush=True,
     )
     return control
@@ -400,10 +401,16 @@ def _adapt(r: _Parts) -> None:
     """Set p from the forgetting just measured (engine/inject_control.py)."""
     assert r.control is not None and r.evaluator.last is not None
     forgetting = r.evaluator.last[1] - r.state.pt_loss_base
-    p = r.control.update(forgetting)
+    step = r.state.step
+    p = r.control.update(forgetting, step)
     r.stream.set_inject_fraction(p)
     r.state.inject_control = r.control.state_dict()
-    r.say(f"inject: forgetting {forgetting:+.4f} (budget {r.control.eps:g}) -> p = {p:.4g}", flush=True)
+    projected = r.control.projected(forgetting, step)
+    at_bottom = f", {projected:+.4f} projected to the bottom" if projected != forgetting else ""
+    r.say(
+        f"inject: forgetting {forgetting:+.4f}{at_bottom} (budget {r.control.eps:g}) -> p = {p:.4g}",
+        flush=True,
+    )
 
 
 def _resume_point(cfg: RunConfig, resume: str, backend: Backend, out: Path) -> Path | None:

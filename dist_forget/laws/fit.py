@@ -214,6 +214,13 @@ def check_identifiable(form: LawForm, runs: Runs, what: str) -> None:
                 f"not below ft_loss_base {runs.values['ft_loss_base'][i]:.4g}, so form 'kalajdzievski' has "
                 f"no finetuning progress to relate forgetting to; drop that run or choose another --forms"
             )
+    if form.law == "bottom" and (runs.values["steps"] <= 0).any():
+        i = int(np.argmax(runs.values["steps"] <= 0))
+        raise UserError(
+            f"{what}: {runs.source[i]} (run {runs.run_id[i]}): its best target evaluation is at step "
+            f"{runs.values['steps'][i]:g}, so form 'bottom-step' has no bottom to place; drop that run or "
+            "choose another --forms"
+        )
     k = len(form.params)
     if len(runs) < k:
         raise UserError(

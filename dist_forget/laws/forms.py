@@ -55,11 +55,15 @@ Terms = list[np.ndarray]
 Partials = dict[tuple[int, int], np.ndarray]  # (term index, parameter index) -> d term / d parameter
 
 
+# the runs-table column each law predicts
+TARGETS = {"finetune": "ft_loss", "forgetting": "pt_loss", "bottom": "steps"}
+
+
 class LawForm:
-    """Base class: a form predicts `target` ("ft_loss" or "pt_loss") from a run's columns."""
+    """Base class: a form predicts `target` (TARGETS[law]) from a run's columns."""
 
     name: str = ""
-    law: str = ""  # "finetune" (predicts ft_loss) or "forgetting" (predicts pt_loss)
+    law: str = ""  # "finetune" (predicts ft_loss), "forgetting" (pt_loss) or "bottom" (steps)
     formula: str = ""
     params: tuple[Param, ...] = ()
     varies: tuple[str, ...] = ()  # columns that must take at least two values for the law to be identified
@@ -68,7 +72,11 @@ class LawForm:
 
     @property
     def target(self) -> str:
-        return "ft_loss" if self.law == "finetune" else "pt_loss"
+        return TARGETS[self.law]
+
+    @property
+    def unit(self) -> str:
+        return "steps" if self.law == "bottom" else "nats/token"
 
     @property
     def param_names(self) -> list[str]:
@@ -303,6 +311,28 @@ class ForgettingFromFinetune(LawForm):
         )
 
 
+class BottomStep(LawForm):
+    """Where the bottom of the U-curve comes: the step of the best target evaluation (runs.csv `steps`).
+
+    Not one of the paper's laws. A forgetting budget is judged at the bottom, and forgetting keeps rising
+    until then (about as t^0.5 in steps), so the online controller (engine/inject_control.py) needs to know
+    how far off the bottom is to read an early measurement. More unique data moves the bottom later; a
+    larger model learns the target faster and reaches it sooner. In steps at the batch size of the runs.
+    """
+
+    name = "bottom-step"
+    law = "bottom"
+    formula = "T = A * D^beta / N^alpha"
+    params = (Param("A", True, (-10.0, -5.0, 0.0, 5.0)), _exponent("alpha"), _exponent("beta"))
+    varies = ("model_params", "target_tokens")
+    requires = ("steps",)
+
+    def log_terms(self, th, cols):
+        a, alpha, beta = th
+        ln_n, ln_d = _logs(cols)
+        return [a - alpha * ln_n + beta * ln_d], {(0, 0): 1.0, (0, 1): -ln_n, (0, 2): ln_d}
+
+
 FORMS: dict[str, LawForm] = {
     f.name: f
     for f in (
@@ -313,6 +343,7 @@ FORMS: dict[str, LawForm] = {
         FinetuneEffParams(),
         ForgettingAnchored(),
         ForgettingFromFinetune(),
+        BottomStep(),
     )
 }
 DEFAULT_FORMS = ("finetune", "forgetting")

@@ -9,6 +9,7 @@ sample in fit.json gives p's 95 % interval. Predictions outside the fitted range
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,23 @@ def budget_p(
         pt_form=form, ft_form=form, where=where, force=True,
     )  # fmt: skip
     return float(ans["inject_fraction"])
+
+
+def predict_bottom_step(
+    fits: list[dict[str, Any]], domain: str, model_params: float, target_tokens: float
+) -> float:
+    """The step of the best target evaluation by the fit's `bottom-step` law; nan where it has none for
+    the domain. A diagnostic warning does not withhold it: an adaptive run only reads early forgetting by
+    it, and its integral term corrects what it misses."""
+    rec = next((f for f in fits if f.get("domain") == domain and f.get("form") == "bottom-step"), None)
+    if rec is None:
+        return math.nan
+    form = get_form("bottom-step")
+    cols = {
+        "model_params": np.array([float(model_params)]),
+        "target_tokens": np.array([float(target_tokens)]),
+    }
+    return float(form.predict(form.to_internal(rec["params"]), cols)[0])
 
 
 def format_plan(result: dict[str, Any]) -> str:

@@ -259,7 +259,7 @@ class _Planner:
 
     def p(self, domain: str, n: float, d: float, eps: float, anchor_decay: float) -> float:
         """The planner's smallest constant p with forgetting <= eps (inf where no p reaches it): the same
-        answer the engine starts an adaptive run from (inject_control.start_fraction)."""
+        answer the engine starts an adaptive run from (inject_control.read_prior)."""
         key = (domain, n, d, eps, anchor_decay)
         if self._fits is None:
             try:

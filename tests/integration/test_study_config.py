@@ -77,9 +77,13 @@ def test_adaptive_sweep_runs_at_toy_scale(tiny_data, tmp_path):
     law = {"A": 6.0, "alpha": 0.4, "beta": 0.3, "B": 1000.0}  # forgets 1.3 nats/token here at p = 0
     syn = SyntheticConfig(domains=("code",), fractions=(0.0, 0.01, 0.05), sizes=(1e4, 3e4, 1e5),
                           tokens=(1e3, 1e4), forgetting=law)  # fmt: skip
+    fits = fit_runs(synthetic_runs(syn), ["forgetting"], FitConfig(bootstrap=0), progress=False)
+    # the bottom of the U-curve at step 1 for every (N, D): the trainer hands the controller the step, and
+    # from the bottom on it reads forgetting as measured (before it, toy forgetting <= 0 would keep p)
+    fits.append({"domain": "code", "law": "bottom", "form": "bottom-step", "warnings": [],
+                 "params": {"A": 1.0, "alpha": 0.0, "beta": 0.0}})  # fmt: skip
     fit = tmp_path / "fit.json"
-    fit.write_text(json.dumps({"fits": fit_runs(synthetic_runs(syn), ["forgetting"], FitConfig(bootstrap=0),
-                                                progress=False)}))  # fmt: skip
+    fit.write_text(json.dumps({"fits": fits}))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     base = tmp_path / "pretrained"
     pre = [sys.executable, "-m", "dist_forget.cli", "pretrain", "--config", "configs/pretrain/tiny.yaml",
@@ -106,10 +110,13 @@ def test_adaptive_sweep_runs_at_toy_scale(tiny_data, tmp_path):
     config.write_text(yaml.safe_dump(doc))
     points = expand(load_config(SweepConfig, config))
     assert [p.name.split("_", 3)[3] for p in points] == ["pauto_a0_s0-eps0.5", "pplan_a0_s0-eps0.5"]
+    logs = []
     for point in points:
         argv = [sys.executable, *point.argv[1:], *TOY]
         res = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        logs.append(res.stdout)
+    assert "bottom expected at step 1" in logs[0]
     schedule = json.loads((Path(points[0].out_dir) / "report.json").read_text())["inject_schedule"]
     static = json.loads(points[1].summary.read_text())["inject_fraction"]
     # the adaptive run starts at the planner's p (the stream holds p as a fraction, denominator <= 1e6)

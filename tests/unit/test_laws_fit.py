@@ -30,8 +30,9 @@ def test_gradient_is_exact():
             runs.values,
             anchor_decay=np.linspace(0.0, 0.1, len(runs)),
             ft_loss_base=runs.values["ft_loss"] + np.linspace(0.2, 1.0, len(runs)),
+            steps=np.linspace(100.0, 3000.0, len(runs)),
         )
-        obj = Objective(form, cols, runs.values[form.target], FitConfig(loss="squared"))
+        obj = Objective(form, cols, cols[form.target], FitConfig(loss="squared"))
         theta = np.array([np.mean(p.grid) * 0.5 + 0.1 for p in form.params])
         _, grad = obj(theta)
         eps = 1e-6
@@ -156,3 +157,23 @@ def test_kalajdzievski_form_recovers_forgetting_as_a_power_of_the_target_gain():
     del cols["ft_loss_base"]
     with pytest.raises(UserError, match="needs the column ft_loss_base"):
         check_identifiable(FORMS["kalajdzievski"], runs, "domain 'legal'")
+
+
+def test_bottom_step_law_recovers_where_the_u_curve_bottoms_out():
+    """T = A·D^β/N^α on the best steps of runs with 10 % log-normal scatter, as the micro study has."""
+    rng = np.random.default_rng(1)
+    n = np.repeat([1.3e4, 2.7e4, 8.3e4, 3.2e5], 9)
+    d = np.tile(np.repeat([1.5e4, 4.5e4, 1.5e5], 3), 4)
+    truth = {"A": 0.005, "alpha": 0.11, "beta": 1.23}
+    steps = truth["A"] * d ** truth["beta"] / n ** truth["alpha"] * np.exp(rng.normal(0.0, 0.1, n.size))
+    cols = {"model_params": n, "target_tokens": d, "steps": steps}
+    runs = Runs(np.full(n.size, "legal", dtype=object), cols, [f"r{i}" for i in range(n.size)],
+                [f"row {i}" for i in range(n.size)])  # fmt: skip
+    fit = fit_form(FORMS["bottom-step"], runs, FitConfig())
+    assert fit.params["beta"] == pytest.approx(truth["beta"], abs=0.05)
+    assert fit.params["alpha"] == pytest.approx(truth["alpha"], abs=0.05)
+    assert fit.stats["mre"] < 0.12
+    cols["steps"] = np.where(np.arange(n.size) == 4, 0.0, steps)  # a run whose best evaluation is step 0
+    with pytest.raises(UserError) as exc:
+        check_identifiable(FORMS["bottom-step"], runs, "domain 'legal'")
+    assert "row 4" in str(exc.value) and "step 0" in str(exc.value) and "\n" not in str(exc.value)
