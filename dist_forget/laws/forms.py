@@ -75,10 +75,6 @@ class LawForm:
         return TARGETS[self.law]
 
     @property
-    def unit(self) -> str:
-        return "steps" if self.law == "bottom" else "nats/token"
-
-    @property
     def param_names(self) -> list[str]:
         return [p.name for p in self.params]
 

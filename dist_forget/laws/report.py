@@ -170,7 +170,11 @@ def plot_all(out: Path, records: list[dict[str, Any]], runs: Runs) -> list[Path]
                     ax.fill_between(grid, band[0], band[1], color=c, alpha=0.2, lw=0)
             ax.set_xscale("log")
             ax.set_xlabel("unique target tokens D")
-            ax.set_ylabel(f"{form.target} ({form.unit})")
+            ax.set_ylabel(
+                "step of the best target evaluation"
+                if form.law == "bottom"
+                else f"{form.target} (nats/token)"
+            )
             ax.set_title(f"{rec['domain']}: {rec['form']} at p = {p_fix:g}")
         ax.legend(fontsize=7)
         fig.tight_layout()
