@@ -43,6 +43,7 @@ from dist_forget.errors import UserError
 from dist_forget.io import write_json_atomic
 from dist_forget.laws.fit import FitConfig, fit_form
 from dist_forget.laws.forms import get_form
+from dist_forget.laws.plan import predict_bottom_step
 from dist_forget.laws.report import _finite
 from dist_forget.laws.table import read_runs
 from dist_forget.schema import METRICS_FILE, read_metrics
@@ -146,17 +147,11 @@ def _micro_points(runs_csv: Path) -> dict[tuple[str, float, float], dict[float, 
     return out
 
 
-def _bottom_law(runs_csv: Path, domain: str) -> Callable[[float, float], float]:
-    """The bottom-step law fitted on the domain's runs: (N, D) -> predicted best step."""
-    table = read_runs(str(runs_csv)).for_domain(domain)
+def _bottom_fit(runs_csv: Path, domain: str) -> dict[str, Any]:
+    """The bottom-step law fitted on the domain's runs, as a fit.json record (what a prior fit holds)."""
     form = get_form("bottom-step")
-    fit = fit_form(form, table, FitConfig(bootstrap=0))
-    params = form.to_values(fit.theta)
-
-    def predict(n: float, d: float) -> float:
-        return params["A"] * d ** params["beta"] / n ** params["alpha"]
-
-    return predict
+    fit = fit_form(form, read_runs(str(runs_csv)).for_domain(domain), FitConfig(bootstrap=0))
+    return {"domain": domain, "form": form.name, "params": fit.params}
 
 
 def growth_exponents(sweep: Path) -> dict[str, dict[str, float]]:
@@ -242,7 +237,7 @@ def compare(runs: Path, adaptive: Path, kappa: float = KAPPA) -> dict[str, Any]:
         pairs = measured["pairs"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{adaptive}: not a `dist-forget study adaptive` result ({exc})") from None
-    laws: dict[str, Callable[[float, float], float]] = {}
+    bottom_fits: list[dict[str, Any]] = []
     plants: dict[tuple[str, float, float], tuple[Plant, float]] = {}
     errors = []
     for key, by_p in points.items():
@@ -260,9 +255,9 @@ def compare(runs: Path, adaptive: Path, kappa: float = KAPPA) -> dict[str, Any]:
             raise UserError(f"{runs}: no p = 0, 1 % and 5 % runs at {key}, a point of {adaptive}")
         plant, steps = plants[key]
         eps, p_plan = float(pair["max_forgetting"]), float(plan["inject_fraction"])
-        if auto["domain"] not in laws:
-            laws[auto["domain"]] = _bottom_law(runs, auto["domain"])
-        bottom = laws[auto["domain"]](key[1], key[2])
+        if not any(f["domain"] == auto["domain"] for f in bottom_fits):
+            bottom_fits.append(_bottom_fit(runs, auto["domain"]))
+        bottom = predict_bottom_step(bottom_fits, auto["domain"], key[1], key[2])
         p_hindsight = _solve(partial(plant.constant, steps=steps), eps)
         arms: dict[str, Controller] = {
             "static plan": _Constant(p_plan),
