@@ -77,7 +77,8 @@ def _forgetting(form: Forgetting, values: dict[str, float], cols: dict[str, np.n
     return float(form.forgetting(form.to_internal(values), cols)[0])
 
 
-def _ft_loss(rec: dict[str, Any], values: dict[str, float], cols: dict[str, np.ndarray]) -> float:
+def _predict(rec: dict[str, Any], values: dict[str, float], cols: dict[str, np.ndarray]) -> float:
+    """What the record's form predicts (a loss, or a step for bottom-step) with parameters `values`."""
     form = get_form(rec["form"])
     return float(form.predict(form.to_internal(values), cols)[0])
 
@@ -157,7 +158,7 @@ def plan(
     forget = (
         _forgetting(form, pt_rec["params"], _cols(n, d, p, anchor_decay)) if np.isfinite(p) else float("nan")
     )
-    ft = _ft_loss(ft_rec, ft_rec["params"], _cols(n, d, p if np.isfinite(p) else 0.0, anchor_decay))
+    ft = _predict(ft_rec, ft_rec["params"], _cols(n, d, p if np.isfinite(p) else 0.0, anchor_decay))
     reasons = []
     for rec in (pt_rec, ft_rec):
         for col, value in (("model_params", n), ("target_tokens", d)):
@@ -176,7 +177,7 @@ def plan(
             [_forgetting(form, s, _cols(n, d, p, anchor_decay)) for s in samples_pt] if np.isfinite(p) else []
         ),
         "ft_loss_ci95": _interval(
-            [_ft_loss(ft_rec, s, _cols(n, d, p if np.isfinite(p) else 0.0, anchor_decay)) for s in samples_ft]
+            [_predict(ft_rec, s, _cols(n, d, p if np.isfinite(p) else 0.0, anchor_decay)) for s in samples_ft]
         )
         if give_ft
         else None,
@@ -220,12 +221,7 @@ def predict_bottom_step(
     rec = next((f for f in fits if f.get("domain") == domain and f.get("form") == "bottom-step"), None)
     if rec is None:
         return math.nan
-    form = get_form("bottom-step")
-    cols = {
-        "model_params": np.array([float(model_params)]),
-        "target_tokens": np.array([float(target_tokens)]),
-    }
-    return float(form.predict(form.to_internal(rec["params"]), cols)[0])
+    return _predict(rec, rec["params"], _cols(model_params, target_tokens, 0.0, 0.0))
 
 
 def format_plan(result: dict[str, Any]) -> str:

@@ -45,7 +45,7 @@ from dist_forget.laws.fit import FitConfig, fit_form
 from dist_forget.laws.forms import get_form
 from dist_forget.laws.plan import predict_bottom_step
 from dist_forget.laws.report import _finite
-from dist_forget.laws.table import read_runs
+from dist_forget.laws.table import Runs, read_runs
 from dist_forget.schema import METRICS_FILE, read_metrics
 from dist_forget.study import protocol
 
@@ -128,9 +128,10 @@ def calibrate(f0: float, t0: float, f5: float, t5: float, kappa: float = KAPPA) 
     return Plant(c, float(r), kappa)
 
 
-def _micro_points(runs_csv: Path) -> dict[tuple[str, float, float], dict[float, tuple[float, float]]]:
+def _micro_points(
+    table: Runs, runs_csv: Path
+) -> dict[tuple[str, float, float], dict[float, tuple[float, float]]]:
     """(domain, N, D rounded to 1k) -> {p: (forgetting, best step)}, seed 0 and plain AdamW."""
-    table = read_runs(str(runs_csv))
     if "steps" not in table.values or "forgetting" not in table.values:
         raise UserError(f"{runs_csv}: needs the columns steps and forgetting (runs.csv of a study report)")
     seeds = table.extra.get("seed", ["0"] * len(table))
@@ -147,10 +148,10 @@ def _micro_points(runs_csv: Path) -> dict[tuple[str, float, float], dict[float, 
     return out
 
 
-def _bottom_fit(runs_csv: Path, domain: str) -> dict[str, Any]:
+def _bottom_fit(table: Runs, domain: str) -> dict[str, Any]:
     """The bottom-step law fitted on the domain's runs, as a fit.json record (what a prior fit holds)."""
     form = get_form("bottom-step")
-    fit = fit_form(form, read_runs(str(runs_csv)).for_domain(domain), FitConfig(bootstrap=0))
+    fit = fit_form(form, table.for_domain(domain), FitConfig(bootstrap=0))
     return {"domain": domain, "form": form.name, "params": fit.params}
 
 
@@ -230,7 +231,8 @@ def closed_loop(
 
 def compare(runs: Path, adaptive: Path, kappa: float = KAPPA) -> dict[str, Any]:
     """The closed-loop comparison as plain data (see the module docstring)."""
-    points = _micro_points(runs)
+    table = read_runs(str(runs))
+    points = _micro_points(table, runs)
     try:
         measured = json.loads(adaptive.read_text())
         by_name = {r["name"]: r for r in measured["runs"]}
@@ -256,7 +258,7 @@ def compare(runs: Path, adaptive: Path, kappa: float = KAPPA) -> dict[str, Any]:
         plant, steps = plants[key]
         eps, p_plan = float(pair["max_forgetting"]), float(plan["inject_fraction"])
         if not any(f["domain"] == auto["domain"] for f in bottom_fits):
-            bottom_fits.append(_bottom_fit(runs, auto["domain"]))
+            bottom_fits.append(_bottom_fit(table, auto["domain"]))
         bottom = predict_bottom_step(bottom_fits, auto["domain"], key[1], key[2])
         p_hindsight = _solve(partial(plant.constant, steps=steps), eps)
         arms: dict[str, Controller] = {
