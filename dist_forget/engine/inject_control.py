@@ -15,8 +15,8 @@ Why this rule:
   F_t ≈ F_T·(t/T)^κ with κ = 0.4–1.2 (median 0.7) in the micro study's p = 0 runs, more slowly under
   injection (median 0.4 at p = 5 %): at the first evaluation F_t is a tenth (1–35 %) of what it will be
   at the bottom. The first rule compared F_t itself with ε, read that as "far under budget" and cut p to
-  p_min, and the bottom came before p recovered (4 of 32 runs of the first reports/adaptive missed their
-  budget so). T̂ is the prior fit's `bottom-step` law (T = A·D^β/N^α on the steps of the runs' best
+  p_min, and the bottom came before p recovered (4 of 32 runs of reports/adaptive/first_rule missed
+  their budget so). T̂ is the prior fit's `bottom-step` law (T = A·D^β/N^α on the steps of the runs' best
   evaluations, 11–26 % in-sample error). The loop projects with κ = 0.2, well under the measured
   exponents: the integral term takes up what the projection leaves, and a larger κ over-injects early
   (chosen in closed loop, below). Without a T̂ (no prior fit, or one without that law) the loop reads F_t
@@ -40,7 +40,9 @@ Why this rule:
   plant fitted to the micro runs, reports/adaptive/NOTES.md): with κ = 0.2 and s = 0.8 all 32 budgets
   held on each plant tried (drift exponent 0.5, 0.6, 0.7), at 1.36x, 1.19x, 1.02x the plan's injected
   tokens; without the projection 30, 26, 24 held (the real sweep: 28); κ = 0.2 with s = 0.85 held 32, 32,
-  29 at 1.23x, 1.06x, 0.90x.
+  29 at 1.23x, 1.06x, 0.90x. The grid rerun with this rule (reports/adaptive) held 30 of 32 at 1.13x; the
+  two misses are one point (0.3m, legal, D = 15k) whose forgetting grew as t^1.0 to a bottom at step 325,
+  where the law put T̂ at 172.
 - **clipped error**: one noisy evaluation moves ln p by at most (K_p + K_i)·e_max. F ≤ 0 before T̂
   (finetuning can first lower the pretraining loss) says nothing about the bottom: p is kept; from T̂ on
   (or without one) it counts as a hundredth of ε.

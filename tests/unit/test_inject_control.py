@@ -88,7 +88,7 @@ def test_controller_holds_a_simulated_run_under_the_budget(law, p_static):
 def test_early_forgetting_is_read_as_what_it_projects_to_at_the_bottom():
     """At step 25 of a run whose bottom is due at step 400, forgetting at a quarter of the budget is on
     course for the budget there: p stays up. Read as measured, it cut p to under a fiftieth (the 4 runs of
-    the first reports/adaptive that missed their budget)."""
+    reports/adaptive/first_rule that missed their budget)."""
     measured = InjectController(EPS, p_start=0.02, setpoint=0.8, growth=0.0)
     projected = InjectController(EPS, p_start=0.02, bottom_step=400.0, growth=0.5)
     assert projected.projected(0.25 * EPS, 25) == pytest.approx(0.25 * EPS * 4.0)
