@@ -7,13 +7,19 @@ cluster are each worker's own. Serially (`pytest tests`) nothing here changes.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
+REPO = DATA.parents[1]
 # Files that alone take about as long as the rest of the suite: under xdist they start first, on the first
 # worker, while the other worker runs everything else (a long file started last would run alone at the end).
 # test_readme_runs.py: its module fixture runs the README's whole pipeline (~7 of its ~10 minutes).
@@ -130,3 +136,43 @@ def tiny_finetune_overrides(tiny_data: TinyData, base_model: Path, out: Path, *e
         "train.peak_flops=1e11",
         *extra,
     ]
+
+
+def sigkill_after_step(argv: list[str], out: Path, step: int, timeout_s: float = 240) -> None:
+    """Run `dist-forget <argv>` in a fresh process and SIGKILL it as soon as out/metrics.jsonl logs train
+    step `step`: a crash one step past a checkpoint. Fails the test if the run ended first."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dist_forget.cli", *argv],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def logged() -> bool:
+        try:
+            lines = (out / "metrics.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            return False
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:  # the line being written
+                continue
+            if record["kind"] == "train" and record["step"] == step:
+                return True
+        return False
+
+    deadline, killed = time.monotonic() + timeout_s, False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if logged():
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.01)
+    if not killed and proc.poll() is None:
+        proc.kill()  # out of time
+    proc.wait()
+    assert killed and proc.returncode == -signal.SIGKILL, (
+        f"the run ended before step {step} (or took over {timeout_s} s)"
+    )

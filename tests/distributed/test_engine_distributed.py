@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +28,7 @@ from dist_forget.engine.config import RunConfig
 from dist_forget.engine.trainer import train
 from dist_forget.models import hf
 from dist_forget.net import free_port
-from tests.conftest import tiny_finetune_overrides
+from tests.conftest import sigkill_after_step, tiny_finetune_overrides
 from tests.distributed.conftest import REPO, run_ranks
 
 CONFIG = REPO / "configs" / "finetune" / "tiny.yaml"
@@ -197,22 +195,8 @@ def test_two_node_launch_matches_two_ranks(tiny_data, base_model, zero2_run, tmp
 def test_sigkill_then_resume_auto_equals_uninterrupted(tiny_data, base_model, single_run, tmp_path):
     out = tmp_path / "killed"
     argv = _argv(tiny_data, base_model, out)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dist_forget.cli", *argv],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 240
-    # kill right after step 3 is logged: one step past the step-2 checkpoint, before the last one
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (out / "metrics.jsonl").is_file() and 3 in _losses(out):
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    # killed right after step 3 is logged: one step past the step-2 checkpoint, before the last one
+    sigkill_after_step(argv, out, 3)
     assert not (out / "summary.json").exists()
     assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{CKPT_AT:08d}"
     assert cli.main([*argv, "--resume", "auto"]) == 0  # the resume itself needs no fresh process

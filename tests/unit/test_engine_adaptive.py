@@ -16,7 +16,7 @@ from dist_forget.engine.config import RunConfig
 from dist_forget.engine.inject_control import InjectController
 from dist_forget.engine.trainer import train
 from dist_forget.schema import SUMMARY_KEYS, read_metrics
-from tests.conftest import tiny_finetune_overrides
+from tests.conftest import sigkill_after_step, tiny_finetune_overrides
 
 CONFIG = Path(__file__).parents[2] / "configs" / "finetune" / "tiny.yaml"
 # A prior fit that asks for more than inject_max for this budget: p starts at 0.5; the random tiny model's
@@ -35,6 +35,14 @@ def _fit(folder: Path, domain: str) -> Path:
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _logged(run: Path) -> list[dict]:
+    """The run's metrics.jsonl, all but the timings."""
+    return [
+        {k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")}
+        for r in read_metrics(run / "metrics.jsonl")
+    ]
 
 
 def _cfg(tiny_data, base_model, out, prior, *extra) -> RunConfig:
@@ -87,16 +95,37 @@ def test_resume_with_an_adaptive_schedule_is_bit_identical(tiny_data, base_model
     (part / "checkpoints" / "latest").write_text("step-00000002\n")
     resumed = train(_cfg(tiny_data, base_model, part, prior), "finetune", resume="auto")
 
-    def logged(run: Path) -> list[dict]:  # all but the timings
-        return [
-            {k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")}
-            for r in read_metrics(run / "metrics.jsonl")
-        ]
-
-    assert logged(part) == logged(full)
+    assert _logged(part) == _logged(full)
     report = lambda run: json.loads((run / "report.json").read_text())  # noqa: E731
     assert report(part)["inject_schedule"] == report(full)["inject_schedule"]
     assert report(part)["inject_control"] == report(full)["inject_control"]
+    assert {k: v for k, v in resumed.items() if k != "run_id"} == {
+        k: v for k, v in summary.items() if k != "run_id"
+    }
+
+
+def test_sigkill_then_resume_auto_with_an_adaptive_schedule_is_bit_identical(
+    tiny_data, base_model, prior, tmp_path
+):
+    """A real crash: the run is SIGKILLed one step past the step-2 checkpoint (whose evaluation changed p),
+    then `--resume auto` ends as the uninterrupted run did: the same losses, schedule and summary. Six
+    steps, so that the resumed run's controller updates again at step 4 from its restored state."""
+    six = ("schedule.steps=6",)
+    full = tmp_path / "full"
+    summary = train(_cfg(tiny_data, base_model, full, prior, *six), "finetune")
+    out = tmp_path / "killed"
+    overrides = tiny_finetune_overrides(tiny_data, base_model, out, *AUTO, f"data.inject_prior={prior}", *six)
+    argv = ["finetune", "--config", str(CONFIG), *overrides]
+    sigkill_after_step(argv, out, 3)
+    assert not (out / "summary.json").exists()
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000002"
+    assert cli.main([*argv, "--resume", "auto"]) == 0
+    assert _logged(out) == _logged(full)
+    report = lambda run: json.loads((run / "report.json").read_text())  # noqa: E731
+    assert len(report(full)["inject_schedule"]) == 3  # p set at steps 2 and 4
+    assert report(out)["inject_schedule"] == report(full)["inject_schedule"]
+    assert report(out)["inject_control"] == report(full)["inject_control"]
+    resumed = json.loads((out / "summary.json").read_text())
     assert {k: v for k, v in resumed.items() if k != "run_id"} == {
         k: v for k, v in summary.items() if k != "run_id"
     }
