@@ -45,11 +45,12 @@ def _logged(run: Path) -> list[dict]:
     ]
 
 
+def _overrides(tiny_data, base_model, out, prior, *extra) -> list[str]:
+    return tiny_finetune_overrides(tiny_data, base_model, out, *AUTO, f"data.inject_prior={prior}", *extra)
+
+
 def _cfg(tiny_data, base_model, out, prior, *extra) -> RunConfig:
-    overrides = tiny_finetune_overrides(
-        tiny_data, base_model, out, *AUTO, f"data.inject_prior={prior}", *extra
-    )
-    return load_config(RunConfig, CONFIG, overrides)
+    return load_config(RunConfig, CONFIG, _overrides(tiny_data, base_model, out, prior, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +115,7 @@ def test_sigkill_then_resume_auto_with_an_adaptive_schedule_is_bit_identical(
     full = tmp_path / "full"
     summary = train(_cfg(tiny_data, base_model, full, prior, *six), "finetune")
     out = tmp_path / "killed"
-    overrides = tiny_finetune_overrides(tiny_data, base_model, out, *AUTO, f"data.inject_prior={prior}", *six)
-    argv = ["finetune", "--config", str(CONFIG), *overrides]
+    argv = ["finetune", "--config", str(CONFIG), *_overrides(tiny_data, base_model, out, prior, *six)]
     sigkill_after_step(argv, out, 3)
     assert not (out / "summary.json").exists()
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000002"
