@@ -14,6 +14,7 @@ from dist_forget.engine.config import RunConfig
 from dist_forget.engine.metrics_log import plot
 from dist_forget.engine.run_state import RunState
 from dist_forget.io import write_json_atomic
+from dist_forget.machine import fingerprint
 from dist_forget.schema import METRICS_FILE, SUMMARY_FILE, summary_row
 
 
@@ -61,7 +62,9 @@ def write_outputs(
     step's MLflow metrics and registered model, loss_curves.png, and the closing line."""
     out = Path(cfg.out_dir)
     write_json_atomic(out / SUMMARY_FILE, summary)
-    write_json_atomic(out / "report.json", {**state.state_dict(), "mode": mode, **report})
+    # the machine beside the numbers: runs repeat bit for bit on one machine, not across CPU models
+    machine = {"machine": fingerprint()}
+    write_json_atomic(out / "report.json", {**state.state_dict(), "mode": mode, **report, **machine})
     best = {"best/ft_loss": state.best_ft, "best/step": float(state.best_step)}
     if mode == "finetune":
         best.update(

@@ -94,7 +94,11 @@ def test_injection_fraction_is_exact(tiny_data, base_model, tmp_path):
     steps = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     fractions = [r["inject_fraction"] for r in steps if r["kind"] == "train"]
     assert fractions == [0.01, 0.01]
-    assert json.loads((out / "report.json").read_text())["inject_fraction_observed"] == 0.01
+    report = json.loads((out / "report.json").read_text())
+    assert report["inject_fraction_observed"] == 0.01
+    # the machine the numbers come from (they repeat bit for bit on it, not across CPU models)
+    assert report["machine"]["cpu_model"] and report["machine"]["threads"] >= 1
+    assert report["machine"]["aten_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_resume_gives_identical_losses(tiny_data, base_model, full_run, tmp_path):
