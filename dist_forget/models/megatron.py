@@ -1,7 +1,7 @@
 """A Llama model built from megatron-core tensor-parallel layers, named exactly like Hugging Face's.
 
 Why not the stock `megatron.core.models.gpt.GPTModel`: its attention allocates on
-`torch.cuda.current_device()`, so it cannot run on a CPU-only machine (platform-facts.md). This model
+`torch.cuda.current_device()`, so it cannot run on a CPU-only machine. This model
 uses only `ColumnParallelLinear`, `RowParallelLinear`, `VocabParallelEmbedding` and
 `vocab_parallel_cross_entropy`, which run on gloo/CPU and on NCCL/GPU alike. Where CUDA exists the
 stock GPTModel is selectable with `parallel.impl=stock` (`StockLlama`: the GPTModel behind the same

@@ -1,4 +1,4 @@
-"""`dist-forget study adaptive`: a forgetting budget held online against the static planner (issue 13).
+"""`dist-forget study adaptive`: a forgetting budget held online against the static planner.
 
 A sweep with `inject_fraction: [0.0, auto]`, `max_forgetting: [ε...]` and `adaptive.static_arm`
 (configs/sweep/adaptive.yaml) leaves three arms per (domain, N, D) in its finetune/ folder, told apart
@@ -10,7 +10,7 @@ Each run is read at its best target checkpoint (summary.json): forgetting F = pt
 the best target loss, and the pretraining sequences injected by that step (report.json, as the
 protocol check reads it). "Held" means F <= ε.
 
-The goal of the issue, checked on the auto runs and their plan twins (same domain, N, D, ε, seed):
+The goal, checked on the auto runs and their plan twins (same domain, N, D, ε, seed):
 the budget held in >= 90 % of auto runs; fewer injected tokens than the plan on average; a best target
 loss on average at most 0.5 % above the plan's. Only plain AdamW runs (anchor_decay 0) are compared.
 """
@@ -135,7 +135,8 @@ def compare(runs: list[ArmRun]) -> dict[str, Any]:
 
 
 def goal_check(runs: list[ArmRun]) -> dict[str, Any]:
-    """Issue 13's goal on the auto runs and their plan twins; each part None when nothing measures it."""
+    """The goal on the auto runs and their plan twins (module docstring); each part None when nothing
+    measures it."""
     auto = [r for r in runs if r.arm == AUTO]
     plans = {
         (r.domain, r.model_params, r.target_tokens, r.max_forgetting, r.seed): r
@@ -191,7 +192,7 @@ def markdown(result: dict[str, Any], sweep: Path, png: str | None) -> str:
         f"Sweep: `{sweep}`; {g['auto_runs']} adaptive runs, {g['pairs']} of them with a static-plan twin "
         "(same domain, N, D, ε, seed). Each run at its best target checkpoint; held = forgetting ≤ ε.",
         "",
-        "## Goal (issue 13)",
+        "## Goal",
         "",
         f"- budget held in ≥ {100 * g['share_held_goal']:.0f} % of adaptive runs: {pct(g['share_held'])} "
         f"(static plan: {pct(g['share_held_plan'])}) → {_yes(c['budget_held'])}",
@@ -268,7 +269,7 @@ def plot(path: Path, runs: list[ArmRun], result: dict[str, Any]) -> None:
 
 
 def adaptive(sweep: Path, out: Path, baseline: Path | None = None) -> int:
-    """Compare adaptive injection, the static planner's p and p = 0 on a sweep's finetunes (issue 13).
+    """Compare adaptive injection, the static planner's p and p = 0 on a sweep's finetunes.
 
     Writes ADAPTIVE.md (the goal check and a table per (domain, N, D, ε) and arm), adaptive.json (SI units:
     tokens, nats/token, fractions) and adaptive.png into --out; other files there are left alone.
