@@ -88,3 +88,31 @@ def test_comments_state_facts_instead_of_pointing_elsewhere():
                     if POINTERS.search(line):
                         found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not found, "say the fact in a sentence instead:\n" + "\n".join(found)
+
+
+# megatron-core's tensor names: models/mcore_map.py maps them to Llama's, and every other module asks it
+MCORE_NAMES = re.compile(
+    r"\b(linear_qkv|linear_fc1|linear_fc2|linear_proj|word_embeddings|self_attention|final_layernorm|"
+    r"pre_mlp_layernorm|layer_norm_weight|output_layer)\b|decoder\.layers"
+)
+MAX_MODULE_LINES = 600
+
+
+def test_megatron_core_names_live_in_one_module():
+    found = {
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if MCORE_NAMES.search(path.read_text())
+    }
+    assert found == {"models/mcore_map.py"}, (
+        f"megatron-core tensor names outside models/mcore_map.py: {found}"
+    )
+
+
+def test_no_library_module_over_600_lines():
+    long = {
+        f"{path.relative_to(PACKAGE)}: {n} lines"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"split these by job: {sorted(long)}"
