@@ -187,6 +187,20 @@ def read_pieces(folder: Path, blocks: list[ShardedTensor]) -> None:
     )
 
 
+def read_tensors(folder: Path, state: dict[str, torch.Tensor]) -> None:
+    """Fill whole tensors `state` (DCP keys -> tensors of the saved shapes and dtypes) from the folder's
+    files; no process group needed, `.metadata` read without running code."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    _dcp_call(
+        folder,
+        lambda: dcp.load(
+            state, storage_reader=_safe_reader(folder), planner=DefaultLoadPlanner(), no_dist=True
+        ),
+    )
+
+
 def _dcp_call(folder: Path, call: Any) -> None:
     """Run a DCP read; a missing or cut .distcp file becomes one line naming the folder."""
     from torch.distributed.checkpoint.api import CheckpointException

@@ -44,9 +44,8 @@ import torch
 
 from dist_forget.checkpoint.dcp_io import (
     DCP_METADATA,
-    _dcp_call,
-    _safe_reader,
     read_dcp_metadata,
+    read_tensors,
     write_pieces,
 )
 from dist_forget.checkpoint.megatron_folder import (
@@ -55,11 +54,11 @@ from dist_forget.checkpoint.megatron_folder import (
     METADATA_JSON,
     RELEASE,
     TRACKER,
-    _architecture,
-    _permit_common,
+    architecture,
     common_state,
     find_folder,
     load_common,
+    permit_common,
     resolve,
 )
 from dist_forget.checkpoint.megatron_layout import Layout, hf_to_mcore, mcore_to_hf, pieces
@@ -83,7 +82,7 @@ def verify_folder(folder: Path) -> None:
     load_common(folder)
     for path in sorted(folder.rglob("*.pt")):
         if path.name != COMMON:
-            load_pt_permitting(path, _permit_common)
+            load_pt_permitting(path, permit_common)
     for key, item in md.state_dict_metadata.items():
         if not isinstance(item, BytesStorageMetadata):
             continue
@@ -94,7 +93,7 @@ def verify_folder(folder: Path) -> None:
             fh.seek(info.offset)
             data = fh.read(info.length)
         load_pt_permitting(
-            io.BytesIO(data), _permit_common, where=f"{folder / info.relative_path} (object {key})"
+            io.BytesIO(data), permit_common, where=f"{folder / info.relative_path} (object {key})"
         )
 
 
@@ -150,8 +149,6 @@ def read_folder(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
     """(hf_config, whole HF tensors, common state) of a torch_dist folder of any TP/PP, ours or
     Megatron-LM's; only the model's tensors are read (optimizer and RNG entries are left on disk)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import DefaultLoadPlanner
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     folder = resolve(path)
@@ -170,15 +167,10 @@ def read_folder(
             f"{folder}: holds {OUTPUT} (untie_embeddings_and_output_weights); the Llama path here needs "
             "tied input and output embeddings"
         )
-    cfg = _architecture(folder, common, hf_config, int(tensors[EMBEDDING].size[0]))
+    cfg = architecture(folder, common, hf_config, int(tensors[EMBEDDING].size[0]))
     dims = LlamaDims.from_hf(cfg)
     state = {prefix + k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in tensors.items()}
-    _dcp_call(
-        folder,
-        lambda: dcp.load(
-            state, storage_reader=_safe_reader(folder), planner=DefaultLoadPlanner(), no_dist=True
-        ),
-    )
+    read_tensors(folder, state)
     full = mcore_to_hf({k[len(prefix) :]: v for k, v in state.items()}, dims, str(folder))
     return cfg, {k: v.float() if v.is_floating_point() else v for k, v in full.items()}, common
 

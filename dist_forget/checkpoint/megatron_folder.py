@@ -94,7 +94,7 @@ def common_state(cfg: dict[str, Any], tp: int = 1, pp: int = 1) -> dict[str, Any
     }
 
 
-def _permit_common(name: str) -> Any | None:
+def permit_common(name: str) -> Any | None:
     """What a Megatron-LM common.pt (or a pickled object of its .distcp files) may hold beyond plain data:
     the classes megatron-core itself allows for weights-only loading (`megatron.core.safe_globals`: its
     args Namespace, numpy arrays of the RNG state, BytesIO, its enums...) and any other enum of megatron's.
@@ -119,17 +119,17 @@ def _permit_common(name: str) -> Any | None:
 
 
 def load_common(folder: Path) -> dict[str, Any]:
-    """common.pt, weights-only (see `_permit_common`); {} when the folder has none of it."""
+    """common.pt, weights-only (see `permit_common`); {} when the folder has none of it."""
     path = folder / COMMON
     if not path.is_file():
         return {}
-    common = load_pt_permitting(path, _permit_common)
+    common = load_pt_permitting(path, permit_common)
     if not isinstance(common, dict):
         raise UserError(f"{path}: holds a {type(common).__name__}, not megatron-core's common state dict")
     return common
 
 
-def _architecture(
+def architecture(
     folder: Path, common: dict[str, Any], hf_config: dict[str, Any] | None, vocab: int
 ) -> dict[str, Any]:
     """The HF config of a folder: given, ours (common.pt), or from Megatron-LM's args (common.pt)."""
