@@ -67,9 +67,9 @@ from dist_forget.models.mcore_map import EMBEDDING, LAYERS, LINEAR_MODULES, MODE
 from dist_forget.safeload import load_pt_permitting
 
 # what callers name through this module: the folder's files and where it is (megatron_folder.py)
-__all__ = ["BACKEND", "COMMON", "DCP_METADATA", "METADATA_JSON", "TRACKER", "Layout", "find_folder", "hf_to_mcore",
-           "load_common", "load_gpt", "read_dcp_metadata", "read_folder", "resolve", "save_gpt", "verify_folder",
-           "write_folder", "write_save_dir"]  # fmt: skip
+__all__ = ["BACKEND", "COMMON", "DCP_METADATA", "METADATA_JSON", "TRACKER", "Layout", "find_folder",
+           "hf_to_mcore", "load_common", "load_gpt", "read_dcp_metadata", "read_folder", "resolve", "save_gpt",
+           "verify_folder", "write_folder", "write_save_dir"]  # fmt: skip
 
 
 def verify_folder(folder: Path) -> None:

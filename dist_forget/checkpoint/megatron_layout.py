@@ -2,11 +2,11 @@
 them one TP/PP rank holds (the names, fusions and TP splits come from models/mcore_map.py).
 
 Tensors are global (whole) under megatron-core's sharded keys, the layers stacked on a leading axis of size
-num_layers (what `GPTModel.sharded_state_dict()` declares for homogeneous layers; the per-layer keys
-of non-homogeneous saves, layer N's under `mcore_map.LAYERS` + "N.", are read too). The fusions make each global tensor
-independent of TP, which is why megatron-core reshards these folders to any TP/PP at load. One rank's share
-(`Layout`: its TP rank and pipeline stage) is a list of blocks (`pieces`: fc1 gives two per TP rank, one in
-each half) that checkpoint/dcp_io.py writes and reads.
+num_layers (what `GPTModel.sharded_state_dict()` declares for homogeneous layers; the per-layer keys of
+non-homogeneous saves, layer N's under `mcore_map.LAYERS` + "N.", are read too). The fusions make each
+global tensor independent of TP, which is why megatron-core reshards these folders to any TP/PP at load.
+One rank's share (`Layout`: its TP rank and pipeline stage) is a list of blocks (`pieces`: megatron-core's
+ShardedTensors; fc1 gives two per TP rank, one in each half) that checkpoint/dcp_io.py writes and reads.
 """
 
 from __future__ import annotations

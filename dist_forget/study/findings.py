@@ -97,7 +97,8 @@ def removal_verdict(removed: float) -> str:
 
 
 def ft_verdict(ft_change_mean: float) -> str:
-    """Finding 4: injection does not hurt the target loss when its mean relative change is within tolerance."""
+    """Finding 4: injection does not hurt the target loss when its mean relative change is within
+    FT_TOLERANCE."""
     return "holds" if ft_change_mean <= FT_TOLERANCE else "does not hold"
 
 
@@ -263,8 +264,10 @@ def heldout(records: list[dict[str, Any]]) -> dict[str, Any]:
     best = {}
     for law, goal in HELDOUT_GOAL.items():
         forms = dict.fromkeys(r["form"] for r in records if r["law"] == law)
-        form, mre = min(((f, by_form[f]) for f in forms), key=lambda x: x[1] if np.isfinite(x[1]) else float("inf"),
-                        default=("–", float("inf")))  # fmt: skip
+        scored = [(f, by_form[f]) for f in forms]
+        form, mre = min(
+            scored, key=lambda x: x[1] if np.isfinite(x[1]) else math.inf, default=("–", math.inf)
+        )
         best[law] = {"form": form, "mre": mre, "goal": goal, "reached": bool(mre <= goal)}
     return {"mre_by_form": by_form, "best": best}
 

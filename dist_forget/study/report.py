@@ -308,10 +308,10 @@ def _findings_text(facts: dict[str, Any]) -> list[str]:
     if "injection" in verdicts:
         one = inj[headline]
         lines.append(
-            f"**3. {p_text} removes most forgetting — {_verdict(verdicts['injection'])}.** Over {one['n_pairs']} "
-            f"pairs (same domain, N, D, seed; {p_text} vs 0) it removes {pct(one['forgetting_removed_mean'])} of "
-            f"the forgetting on average (range {pct(one['forgetting_removed_min'])} to "
-            f"{pct(one['forgetting_removed_max'])})."
+            f"**3. {p_text} removes most forgetting — {_verdict(verdicts['injection'])}.** Over "
+            f"{one['n_pairs']} pairs (same domain, N, D, seed; {p_text} vs 0) it removes "
+            f"{pct(one['forgetting_removed_mean'])} of the forgetting on average (range "
+            f"{pct(one['forgetting_removed_min'])} to {pct(one['forgetting_removed_max'])})."
         )
     for key, e in inj.items():
         if key != headline and e["n_pairs"]:
@@ -322,10 +322,10 @@ def _findings_text(facts: dict[str, Any]) -> list[str]:
         e = inj[key]
         lines.append(
             f"**4. Injection does not hurt the target loss (p = {float(key):g}) — {_verdict(stated)}.** Mean "
-            f"relative change of the best target loss {e['ft_change_mean']:+.2%} (largest {e['ft_change_max']:+.2%}; "
-            f"not worse in {pct(e['share_ft_not_worse'])} of {e['n_pairs']} pairs); the verdict allows "
-            f"{pct(th['ft_tolerance'])}. Paired runs share their target sequences and order, so the seed noise "
-            "floor, which changes both, is not the yardstick here."
+            f"relative change of the best target loss {e['ft_change_mean']:+.2%} (largest "
+            f"{e['ft_change_max']:+.2%}; not worse in {pct(e['share_ft_not_worse'])} of {e['n_pairs']} pairs); "
+            f"the verdict allows {pct(th['ft_tolerance'])}. Paired runs share their target sequences and order, "
+            "so the seed noise floor, which changes both, is not the yardstick here."
         )
     lines.append("")
     avi = facts["anchored_vs_injection"]["by_anchor_decay"]

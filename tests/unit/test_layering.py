@@ -23,7 +23,7 @@ FORBIDDEN = {
     "models": ("dist_forget.checkpoint", "dist_forget.convert", "dist_forget.engine"),
 }
 MAX_FUNCTION_LINES = 80
-# functions over the limit that a rewrite under way shortens: the test fails once one is short, to drop it here
+# functions over the limit that a rewrite under way shortens: the test fails once one is short, to drop it
 KNOWN_LONG: set[str] = set()
 
 
