@@ -41,45 +41,24 @@ class LayerTensor:
     split: tuple[int, int] | None  # TP split: (dim, pieces per rank); None = replicated on every TP rank
 
 
-# In megatron-core's order within a layer. `split` is also the dim along which each HF part splits.
+# In megatron-core's order within a layer. `split` is also the dim along which each HF part splits: QKV's
+# query groups are whole on a rank (contiguous rows); fc1 = [gate; up] holds a slice of each half (2 pieces),
+# as megatron-core's SwiGLU sharded factory declares it.
 LAYER_TENSORS = (
-    LayerTensor(
-        mcore="self_attention.linear_qkv.layer_norm_weight",
-        stock="input_layernorm.weight",
-        hf=("input_layernorm.weight",),
-        split=None,
-    ),
-    LayerTensor(
-        mcore="self_attention.linear_qkv.weight",
-        stock="self_attention.linear_qkv.weight",
-        hf=("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-        split=(0, 1),  # whole query groups per rank: contiguous rows
-    ),
-    LayerTensor(
-        mcore="self_attention.linear_proj.weight",
-        stock="self_attention.linear_proj.weight",
-        hf=("self_attn.o_proj.weight",),
-        split=(1, 1),
-    ),
-    LayerTensor(
-        mcore="mlp.linear_fc1.layer_norm_weight",
-        stock="pre_mlp_layernorm.weight",
-        hf=("post_attention_layernorm.weight",),
-        split=None,
-    ),
-    LayerTensor(
-        mcore="mlp.linear_fc1.weight",
-        stock="mlp.linear_fc1.weight",
-        hf=("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-        split=(0, 2),  # a slice of each half per rank, as megatron-core's SwiGLU sharded factory declares it
-    ),
-    LayerTensor(
-        mcore="mlp.linear_fc2.weight",
-        stock="mlp.linear_fc2.weight",
-        hf=("mlp.down_proj.weight",),
-        split=(1, 1),
-    ),
-)
+    # (megatron-core key, local-spec GPTModel name, HF parts in fusion order, TP split)
+    LayerTensor("self_attention.linear_qkv.layer_norm_weight", "input_layernorm.weight",
+                ("input_layernorm.weight",), None),
+    LayerTensor("self_attention.linear_qkv.weight", "self_attention.linear_qkv.weight",
+                ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"), (0, 1)),
+    LayerTensor("self_attention.linear_proj.weight", "self_attention.linear_proj.weight",
+                ("self_attn.o_proj.weight",), (1, 1)),
+    LayerTensor("mlp.linear_fc1.layer_norm_weight", "pre_mlp_layernorm.weight",
+                ("post_attention_layernorm.weight",), None),
+    LayerTensor("mlp.linear_fc1.weight", "mlp.linear_fc1.weight",
+                ("mlp.gate_proj.weight", "mlp.up_proj.weight"), (0, 2)),
+    LayerTensor("mlp.linear_fc2.weight", "mlp.linear_fc2.weight",
+                ("mlp.down_proj.weight",), (1, 1)),
+)  # fmt: skip
 # HF's (and the GPTModel's) parameter order within a layer: the linear layers, then the two norms
 HF_ORDER = tuple(sorted(LAYER_TENSORS, key=lambda t: t.split is None))
 
