@@ -1,4 +1,4 @@
-"""The micro ladder's training throughput on this machine: what sizes a study can afford (issue #18).
+"""The micro ladder's training throughput on this machine: what sizes a study can afford.
 
 For each ladder size, tokens/s of the engine's training step (SingleBackend + AnchoredAdamW, vocab 1024,
 seq 128, fp32) in the layouts a sweep can choose between on 2 cores, each measured in this run:

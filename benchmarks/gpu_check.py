@@ -1,4 +1,4 @@
-"""One command that proves the GPU path (`make gpu-check`; issue #20), and its CPU skip mode.
+"""One command that proves the GPU path (`make gpu-check`), and its CPU skip mode.
 
     python -m benchmarks.gpu_check [--out DIR] [--budget-s 480] [--only engines,resume] [--cpu]
 

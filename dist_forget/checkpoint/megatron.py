@@ -1,6 +1,5 @@
 """Our Megatron tensor/pipeline-parallel conversion format (`dist-forget-megatron-v1`, what `convert
-hf-to-megatron --format legacy` writes), the reader of every Megatron folder, and the optimizer-state
-mapping of megatron-core's GPTModel.
+hf-to-megatron --format legacy` writes) and the reader of every Megatron folder.
 
 A legacy folder:
 
@@ -10,7 +9,7 @@ A legacy folder:
 
 With pipeline parallelism (pp > 1) the files are mp_rank_XX_YYY (TP rank XX, stage YYY); a stage holds
 its layers under their global names, the tied embedding sits on the first and the last stage.
-Weights are pure slices (models/megatron.SHARD_DIM), so both directions are bit-exact. Optimizer state
+Weights are pure slices (models/mcore_map.shard_dim), so both directions are bit-exact. Optimizer state
 (Adam moments and the Anchored-AdamW anchor θ₀) is optional; per-parameter tensors are sliced like their
 parameter, scalars (`step`) are copied; whole, it is our named format (checkpoint/hf.py).
 
@@ -32,7 +31,6 @@ import torch
 
 from dist_forget.checkpoint import megatron_dist, megatron_train
 from dist_forget.checkpoint.hf import (
-    OPTIM_FORMAT,
     indexed_optimizer_state,
     named_optimizer_state,
     read_hf_config,
@@ -40,17 +38,9 @@ from dist_forget.checkpoint.hf import (
 )
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir, write_json_atomic
-from dist_forget.models.megatron import (
-    LlamaDims,
-    check_pp,
-    fuse_stock,
-    merge_shards,
-    shard_dim,
-    shard_tensor,
-    split_stock,
-    stages_of,
-    stock_parts,
-)
+from dist_forget.models import mcore_map
+from dist_forget.models.mcore_map import LlamaDims, hf_shapes, shard_dim
+from dist_forget.models.megatron import check_pp, merge_shards, shard_tensor, stages_of
 from dist_forget.safeload import load_pt
 
 META_FILE = "megatron.json"
@@ -63,32 +53,9 @@ def rank_file(root: Path, tp_rank: int, pp_rank: int = 0, pp: int = 1) -> Path:
     return Path(root) / name / "model_optim.pt"
 
 
-def expected_shapes(dims: LlamaDims) -> dict[str, tuple[int, ...]]:
-    """Every HF tensor name of the architecture and its full shape (tied lm_head excluded)."""
-    h, q, kv, f = dims.hidden, dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim, dims.ffn
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (dims.vocab, h)}
-    for i in range(dims.layers):
-        p = f"model.layers.{i}."
-        shapes.update(
-            {
-                p + "self_attn.q_proj.weight": (q, h),
-                p + "self_attn.k_proj.weight": (kv, h),
-                p + "self_attn.v_proj.weight": (kv, h),
-                p + "self_attn.o_proj.weight": (h, q),
-                p + "mlp.gate_proj.weight": (f, h),
-                p + "mlp.up_proj.weight": (f, h),
-                p + "mlp.down_proj.weight": (h, f),
-                p + "input_layernorm.weight": (h,),
-                p + "post_attention_layernorm.weight": (h,),
-            }
-        )
-    shapes["model.norm.weight"] = (h,)
-    return shapes
-
-
 def check_architecture(state: dict[str, torch.Tensor], dims: LlamaDims, where: str) -> None:
     """The tensors must be exactly those the config describes (names and shapes)."""
-    want = expected_shapes(dims)
+    want = hf_shapes(dims)
     missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     if missing:
         raise UserError(
@@ -222,7 +189,7 @@ def write_folder(
 ) -> None:
     """Write whole HF tensors (and a named optimizer state) as a tp x pp Megatron folder into `tmp`."""
     dims = LlamaDims.from_hf(cfg)
-    shapes = expected_shapes(dims)
+    shapes = hf_shapes(dims)
     for stage in range(pp):
         mine = {n for n in state if stage in stages_of(n, dims.layers, pp)}
         for rank in range(tp):
@@ -325,7 +292,7 @@ def read_folder(
     if optimizer:
         if any("optimizer" not in e for e in ranks):
             raise UserError(f"--optimizer: {meg_dir} holds no optimizer state; convert without --optimizer")
-        named = _merge_named_optims([e["optimizer"] for e in ranks], expected_shapes(dims))
+        named = _merge_named_optims([e["optimizer"] for e in ranks], hf_shapes(dims))
     return cfg, full, named
 
 
@@ -365,7 +332,7 @@ def hf_folder_for_init(meg_dir: str | Path, cache_dir: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------
-# the stock GPTModel's optimizer state <-> ours (HF names)
+# the stock GPTModel's optimizer state as a torch state_dict <-> the indexed layout of our rank files
 
 
 def stock_optimizer_to_hf(
@@ -373,28 +340,8 @@ def stock_optimizer_to_hf(
 ) -> dict[str, Any]:
     """A torch optimizer state_dict over GPTModel parameters (`groups`: their names per param group) -> the
     same state over HF-named TP shards, index-keyed with `param_names` (the layout our checkpoints hold)."""
-    parts = stock_parts(dims)
-    order = {n: i for i, n in enumerate(expected_shapes(dims))}
     named = named_optimizer_state(sd, [n for g in groups for n in g])
-    state: dict[str, Any] = {}
-    for sname, st in named["state"].items():
-        # scalars (`step`) are cloned per part: torch.save keeps aliasing, and one shared step tensor
-        # would then be incremented once per part by the foreach update
-        pieces = {
-            k: (
-                split_stock(sname, v, dims, tp)
-                if torch.is_tensor(v) and v.ndim > 0
-                else [v.clone() if torch.is_tensor(v) else v for _ in parts[sname]]
-            )
-            for k, v in st.items()
-        }
-        for j, hname in enumerate(parts[sname]):
-            state[hname] = {k: v[j] for k, v in pieces.items()}
-    hf_groups = [
-        {**g, "params": sorted((h for s in g["params"] for h in parts[s]), key=order.__getitem__)}
-        for g in named["param_groups"]
-    ]
-    return indexed_optimizer_state({"format": OPTIM_FORMAT, "state": state, "param_groups": hf_groups})
+    return indexed_optimizer_state(mcore_map.stock_optimizer_to_hf(named, dims, tp))
 
 
 def stock_optimizer_from_hf(
@@ -402,36 +349,4 @@ def stock_optimizer_from_hf(
 ) -> dict[str, Any]:
     """Inverse of `stock_optimizer_to_hf`, for an optimizer whose param groups hold GPTModel parameters
     named `groups` (in order): a torch state_dict it can load."""
-    parts = stock_parts(dims)
-    named = named_optimizer_state(opt)
-    if len(named["param_groups"]) != len(groups):
-        raise UserError(
-            f"{where}: optimizer state has {len(named['param_groups'])} param groups, this run "
-            f"{len(groups)}; resume with the same optimizer settings"
-        )
-    index: dict[str, int] = {}
-    out_groups = []
-    for saved, names in zip(named["param_groups"], groups):
-        want = sorted(h for s in names for h in parts[s])
-        if sorted(saved["params"]) != want:
-            raise UserError(
-                f"{where}: optimizer state is for parameters {sorted(saved['params'])[:2]}..., this "
-                f"model has {want[:2]}...; resume with the same model"
-            )
-        ids = [index.setdefault(s, len(index)) for s in names]
-        out_groups.append({**{k: v for k, v in saved.items() if k != "params"}, "params": ids})
-    state = {}
-    for sname, i in index.items():
-        have = [named["state"].get(h) for h in parts[sname]]
-        if all(h is None for h in have):
-            continue  # never stepped: no state, as in a fresh optimizer
-        if any(h is None for h in have):
-            raise UserError(
-                f"{where}: optimizer state covers only part of {sname}'s tensors; the checkpoint "
-                "is incomplete"
-            )
-        state[i] = {
-            k: (fuse_stock(sname, [h[k] for h in have], dims, tp) if torch.is_tensor(v) and v.ndim > 0 else v)
-            for k, v in have[0].items()
-        }
-    return {"state": state, "param_groups": out_groups}
+    return mcore_map.stock_optimizer_from_hf(named_optimizer_state(opt), groups, dims, tp, where)

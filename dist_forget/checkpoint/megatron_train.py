@@ -4,7 +4,7 @@ at any TP/PP and megatron-core reads its weights and optimizer state.
 A checkpoint (`checkpoints/step-XXXXXXXX/`, beside the engine's meta.json and hf_config.json) is a
 megatron-core folder (checkpoint/megatron_dist.py: metadata.json, DCP's `.metadata` and `__R_N.distcp`):
 
-    embedding.word_embeddings.weight, decoder.layers.*, ...   the weights: global tensors, layers stacked
+    mcore_map.MODEL_KEYS                 the weights: global tensors, layers stacked
     optimizer.state.<k>.<model key>      k = exp_avg, exp_avg_sq, anchor (Anchored AdamW's θ₀): shaped and
                                          sharded like the weight, keyed as megatron-core keys the state of
                                          its optimizer (`optim_state_to_sharding_state`)
@@ -34,28 +34,20 @@ from typing import Any
 
 import torch
 
+from dist_forget.checkpoint.dcp_io import DCP_METADATA, read_dcp_metadata, read_pieces, write_pieces
 from dist_forget.checkpoint.hf import OPTIM_FORMAT
-from dist_forget.checkpoint.megatron_dist import (
+from dist_forget.checkpoint.megatron_dist import extra_state_objects, verify_folder
+from dist_forget.checkpoint.megatron_folder import (
     BACKEND,
     COMMON,
-    DCP_METADATA,
     FORMAT,
     METADATA_JSON,
-    MODEL_KEYS,
-    Layout,
     common_state,
-    extra_state_objects,
     load_common,
-    local_tensors,
-    mcore_shapes,
-    pieces,
-    read_dcp_metadata,
-    read_pieces,
-    shard_of,
-    verify_folder,
-    write_pieces,
 )
+from dist_forget.checkpoint.megatron_layout import Layout, local_tensors, pieces, shard_of
 from dist_forget.errors import UserError
+from dist_forget.models.mcore_map import MODEL_KEYS, LlamaDims, mcore_shapes
 
 STATE_PREFIX = "optimizer.state."
 STEP = "step"  # the per-parameter Adam step: one value for all, saved once as common_step
@@ -143,8 +135,6 @@ def load(
 
 def read_optimizer(folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """The whole named optimizer state (HF names, every parameter) of a training checkpoint."""
-    from dist_forget.models.megatron import LlamaDims
-
     layout = Layout(LlamaDims.from_hf(cfg))
     whole = shard_of({k: torch.empty(s) for k, s in mcore_shapes(layout.dims).items()}, layout)
     names = read_common(folder)["dist_forget"]["param_names"]

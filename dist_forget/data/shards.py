@@ -2,9 +2,9 @@
 
 Writing: each document is tokenized and followed by EOS; the split's token stream is cut into `seq_len`
 sequences and `rows_per_member` of them are packed into one `.npy` tar member (one sequence per member is
-~25x slower to read, see platform-facts). Documents, not sequences, are assigned to train or val, so no
-validation text leaks into training. Tars are written with webdataset's `TarWriter` at a fixed mtime, so
-the same input gives byte-identical shards and hashes.
+~25x slower to read: webdataset's cost is per tar member). Documents, not sequences, are assigned to train
+or val, so no validation text leaks into training. Tars are written with webdataset's `TarWriter` at a
+fixed mtime, so the same input gives byte-identical shards and hashes.
 
 Reading (`ShardSet`): random access by sequence index. Tar members are stored uncompressed at 512-byte
 offsets and `.npy` headers are padded to 64 bytes, so each row is a fixed-offset slice of the tar file;

@@ -42,7 +42,7 @@ from torch import Tensor
 from dist_forget.checkpoint import megatron as ckpt
 from dist_forget.checkpoint import megatron_train
 from dist_forget.checkpoint.hf import indexed_optimizer_state, named_optimizer_state
-from dist_forget.checkpoint.megatron_dist import Layout
+from dist_forget.checkpoint.megatron_layout import Layout
 from dist_forget.checkpoint.meta import TRAIN
 from dist_forget.engine.backend import (
     Backend,
@@ -53,6 +53,7 @@ from dist_forget.engine.backend import (
     env_world,
 )
 from dist_forget.errors import UserError
+from dist_forget.models import mcore_map
 from dist_forget.models import megatron as M
 
 
@@ -304,7 +305,7 @@ class MegatronBackend(Backend):
         """This rank's optimizer groups in HF names (the stock GPTModel's fused tensors expanded)."""
         if not self.stock:
             return self._group_names()
-        parts = M.stock_parts(self.model.dims)
+        parts = mcore_map.stock_parts(self.model.dims)
         return [[h for s in g for h in parts[s]] for g in self._group_names()]
 
     def _all_hf_group_names(self) -> list[list[str]]:
@@ -320,21 +321,22 @@ class MegatronBackend(Backend):
 
     def _named_optimizer_state(self) -> dict[str, Any]:
         """The optimizer state over HF-named shards (the stock GPTModel's fused tensors split)."""
-        sd = self.optimizer.state_dict()
-        if self.stock:
-            sd = ckpt.stock_optimizer_to_hf(sd, self._group_names(), self.model.dims, self.tp)
-            return named_optimizer_state(sd)
-        return named_optimizer_state(sd, [n for g in self._group_names() for n in g])
+        named = named_optimizer_state(
+            self.optimizer.state_dict(), [n for g in self._group_names() for n in g]
+        )
+        return mcore_map.stock_optimizer_to_hf(named, self.model.dims, self.tp) if self.stock else named
 
     def load(self, root: Path, tag: str) -> dict[str, Any]:
         d = Path(root) / tag
         own = self.model.shard_state_dict()
         shard, named, client = megatron_train.load(d, self._layout(), own, self._hf_group_names())
         self.model.load_shard({k: v.to(self.device) for k, v in shard.items()}, where=str(d))
-        opt = indexed_optimizer_state(named)
         if self.stock:
-            opt = ckpt.stock_optimizer_from_hf(opt, self._group_names(), self.model.dims, self.tp, str(d))
+            opt = mcore_map.stock_optimizer_from_hf(
+                named, self._group_names(), self.model.dims, self.tp, str(d)
+            )
         else:
+            opt = indexed_optimizer_state(named)
             opt.pop("param_names")
         self.optimizer.load_state_dict(opt)
         return client

@@ -17,8 +17,9 @@ from dist_forget.laws.forms import DEFAULT_FORMS, FORMS
 from dist_forget.laws.pipeline import fit_runs
 from dist_forget.laws.plan import format_plan, load_fits
 from dist_forget.laws.plan import plan as plan_p
-from dist_forget.laws.report import _finite, write_outputs
+from dist_forget.laws.report import write_outputs
 from dist_forget.laws.table import read_mlflow, read_runs
+from dist_forget.numfmt import json_finite
 from dist_forget.redact import redact_uri
 
 
@@ -152,7 +153,7 @@ def plan(
     if json:
         keys = ("inject_fraction", "ci95", "predicted_forgetting", "predicted_ft_loss", "extrapolated")
         ordered = {k: result[k] for k in keys} | {k: v for k, v in result.items() if k not in keys}
-        print(_json.dumps(_finite(ordered)))  # an unreachable budget prints p as null
+        print(_json.dumps(json_finite(ordered)))  # an unreachable budget prints p as null
     else:
         print(format_plan(result))
     # Exit 1 when no p in [0, 1] meets the budget, so scripts can tell "plan found" from "impossible".

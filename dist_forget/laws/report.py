@@ -19,6 +19,7 @@ from dist_forget.laws.diagnostics import format_warnings
 from dist_forget.laws.forms import Forgetting, get_form
 from dist_forget.laws.pipeline import runs_for
 from dist_forget.laws.table import Runs
+from dist_forget.numfmt import json_finite, pct
 
 
 def write_outputs(
@@ -26,25 +27,10 @@ def write_outputs(
 ) -> list[Path]:
     """Write fit.json, REPORT.md and plots into `out` (replaced as a whole, never half-written)."""
     with atomic_dir(out, overwrite=True) as tmp:
-        write_json_atomic(tmp / "fit.json", _finite({"meta": meta, "fits": records}))
+        write_json_atomic(tmp / "fit.json", json_finite({"meta": meta, "fits": records}))
         pngs = plot_all(tmp, records, runs) if plots else []
         write_text_atomic(tmp / "REPORT.md", report_markdown(records, meta, [p.name for p in pngs]))
     return [Path(out) / "fit.json", Path(out) / "REPORT.md"] + [Path(out) / p.name for p in pngs]
-
-
-def _finite(obj: Any) -> Any:
-    """NaN/inf -> null: strict JSON readers (the study, jq, browsers) reject NaN."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None or not np.isfinite(x) else f"{100 * x:.2f} %"
 
 
 def report_markdown(records: list[dict[str, Any]], meta: dict[str, Any], pngs: list[str]) -> str:
@@ -65,8 +51,8 @@ def report_markdown(records: list[dict[str, Any]], meta: dict[str, Any], pngs: l
     for r in records:
         h = r.get("holdout") or {}
         lines.append(
-            f"| {r['domain']} | {r['law']} | {r['form']} | {r['n_runs']} | {_pct(r['mre'])} | "
-            f"{_pct(r['max_re'])} | {r['r2']:.4f} | {_pct(h.get('mre'))} | {_pct(h.get('max_re'))} |"
+            f"| {r['domain']} | {r['law']} | {r['form']} | {r['n_runs']} | {pct(r['mre'])} | "
+            f"{pct(r['max_re'])} | {r['r2']:.4f} | {pct(h.get('mre'))} | {pct(h.get('max_re'))} |"
         )
     lines += ["", "## Best form per domain and law", ""]
     best: dict[tuple[str, str], dict[str, Any]] = {}
@@ -77,7 +63,7 @@ def report_markdown(records: list[dict[str, Any]], meta: dict[str, Any], pngs: l
         if k not in best or score < best[k]["_score"]:
             best[k] = dict(r, _score=score)
     for (domain, law), r in sorted(best.items()):
-        lines.append(f"- {domain} / {law}: **{r['form']}** ({key} {_pct(r['_score'])})")
+        lines.append(f"- {domain} / {law}: **{r['form']}** ({key} {pct(r['_score'])})")
     lines += ["", "## Parameters (95 % bootstrap intervals)", ""]
     for r in records:
         params = ", ".join(

@@ -1,7 +1,7 @@
 """A Llama model built from megatron-core tensor-parallel layers, named exactly like Hugging Face's.
 
 Why not the stock `megatron.core.models.gpt.GPTModel`: its attention allocates on
-`torch.cuda.current_device()`, so it cannot run on a CPU-only machine (platform-facts.md). This model
+`torch.cuda.current_device()`, so it cannot run on a CPU-only machine. This model
 uses only `ColumnParallelLinear`, `RowParallelLinear`, `VocabParallelEmbedding` and
 `vocab_parallel_cross_entropy`, which run on gloo/CPU and on NCCL/GPU alike. Where CUDA exists the
 stock GPTModel is selectable with `parallel.impl=stock` (`StockLlama`: the GPTModel behind the same
@@ -10,7 +10,8 @@ interface, weights in and out as HF-named TP shards, so checkpoints and conversi
 Every parameter has the same name and, once gathered, the same tensor as in
 `transformers.LlamaForCausalLM` built from `ladder.hf_config(...)`. q/k/v and gate/up are kept as
 separate column-parallel layers (not fused) so that the HF <-> Megatron mapping is a pure slice per
-tensor: `SHARD_DIM` says along which dimension each tensor is split over the TP ranks.
+tensor: `mcore_map.shard_dim` says along which dimension each tensor is split over the TP ranks, and
+`mcore_map` maps these names to megatron-core's (the stock GPTModel and its checkpoints).
 
 Pipeline parallelism: a stage holds a contiguous block of layers under their global names (`Trunk`),
 the first stage the embedding, the last the final norm and the tied head (a second copy of the
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,100 +33,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_forget.errors import UserError
+from dist_forget.models.mcore_map import (
+    HF_EMBEDDING,
+    HF_HEAD,
+    HF_NORM,
+    LlamaDims,
+    fuse,
+    shard_dim,
+    stock_parts,
+    transformer_config,
+    unfuse,
+)
 
 # megatron-core warns at import that the optional CUDA kernel packages are absent, and on every forward
 # about a CUDA env var; neither applies to these layers, and the noise buries the training log.
 warnings.filterwarnings("ignore", message="(Transformer Engine and )?Apex (is|are) not installed")
 warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS")
-
-# HF parameter name pattern -> the dim split over TP ranks (None: replicated on every TP rank).
-SHARD_DIM: list[tuple[str, int | None]] = [
-    (r"model\.embed_tokens\.weight", 0),  # vocab rows
-    (r"model\.layers\.\d+\.self_attn\.[qkv]_proj\.weight", 0),  # heads (output rows)
-    (r"model\.layers\.\d+\.self_attn\.o_proj\.weight", 1),  # heads (input columns)
-    (r"model\.layers\.\d+\.mlp\.(gate|up)_proj\.weight", 0),  # ffn rows
-    (r"model\.layers\.\d+\.mlp\.down_proj\.weight", 1),  # ffn columns
-    (r"model\.layers\.\d+\.(input|post_attention)_layernorm\.weight", None),
-    (r"model\.norm\.weight", None),
-]
-
-
-def shard_dim(name: str) -> int | None:
-    """The dimension along which HF tensor `name` is split across TP ranks (None = replicated)."""
-    for pattern, dim in SHARD_DIM:
-        if re.fullmatch(pattern, name):
-            return dim
-    raise UserError(
-        f"parameter {name!r} is not part of the Llama architecture this Megatron path supports; "
-        "convert a transformers LlamaForCausalLM (ladder.hf_config) checkpoint"
-    )
-
-
-@dataclass(frozen=True)
-class LlamaDims:
-    """The shape facts the TP split depends on, read from a `LlamaConfig` (or its dict)."""
-
-    vocab: int
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    ffn: int
-    head_dim: int
-    rms_eps: float
-    rope_theta: float
-    tied: bool
-
-    @classmethod
-    def from_hf(cls, cfg: Any) -> LlamaDims:
-        d = cfg if isinstance(cfg, dict) else cfg.to_dict()
-        rope = d.get("rope_parameters") or {"rope_type": "default", "rope_theta": d.get("rope_theta", 1e4)}
-        if rope.get("rope_type", "default") != "default":
-            raise UserError(
-                f"model config rope_parameters.rope_type={rope.get('rope_type')!r} is not supported by the "
-                "Megatron path; use the default rotary embedding (ladder.hf_config)"
-            )
-        for key, want in (("attention_bias", False), ("mlp_bias", False), ("hidden_act", "silu")):
-            if d.get(key, want) != want:
-                raise UserError(
-                    f"model config {key}={d.get(key)!r} is not supported by the Megatron path; "
-                    f"it needs {key}={want!r} (ladder.hf_config)"
-                )
-        heads = int(d["num_attention_heads"])
-        return cls(
-            vocab=int(d["vocab_size"]),
-            hidden=int(d["hidden_size"]),
-            layers=int(d["num_hidden_layers"]),
-            heads=heads,
-            kv_heads=int(d.get("num_key_value_heads") or heads),
-            ffn=int(d["intermediate_size"]),
-            head_dim=int(d.get("head_dim") or d["hidden_size"] // heads),
-            rms_eps=float(d["rms_norm_eps"]),
-            rope_theta=float(rope.get("rope_theta", 1e4)),
-            tied=bool(d.get("tie_word_embeddings", True)),
-        )
-
-    def check_tp(self, tp: int, where: str = "parallel.tp") -> None:
-        """Every split dimension must divide by tp; the error names the first that does not."""
-        if tp < 1:
-            raise UserError(f"{where}={tp}: must be >= 1")
-        if not self.tied:
-            raise UserError(
-                "model config tie_word_embeddings=False is not supported by the Megatron path; "
-                "use tied embeddings (ladder.hf_config)"
-            )
-        for dim, value in (
-            ("num_attention_heads", self.heads),
-            ("num_key_value_heads", self.kv_heads),
-            ("hidden_size", self.hidden),
-            ("intermediate_size (ffn)", self.ffn),
-            ("vocab_size", self.vocab),
-        ):
-            if value % tp:
-                raise UserError(
-                    f"{where}={tp} does not divide the model's {dim}={value}; choose a tp that divides "
-                    f"it (or pad {dim} to a multiple of {tp})"
-                )
 
 
 def check_pp(pp: int, where: str = "parallel.pp", layers: int | None = None) -> None:
@@ -148,9 +70,9 @@ def stage_layers(layers: int, pp: int, pp_rank: int) -> range:
 def stages_of(name: str, layers: int, pp: int) -> list[int]:
     """The pipeline stages that hold HF tensor `name`. The tied embedding lives on the first stage (input)
     and on the last (output head): two copies kept equal by summing their gradients."""
-    if name == "model.embed_tokens.weight":
+    if name == HF_EMBEDDING:
         return sorted({0, pp - 1})
-    if name == "model.norm.weight":
+    if name == HF_NORM:
         return [pp - 1]
     match = re.match(r"model\.layers\.(\d+)\.", name)
     if not match:
@@ -517,7 +439,7 @@ def shard_tensor(name: str, t: torch.Tensor, tp: int, rank: int) -> torch.Tensor
 
 def shard_state(full: dict[str, Any], tp: int, rank: int, where: str = "HF state") -> dict[str, Any]:
     """Rank `rank`'s TP slice of every tensor keyed by an HF parameter name (tied lm_head dropped)."""
-    return {n: shard_tensor(n, t, tp, rank) for n, t in full.items() if n != "lm_head.weight"}
+    return {n: shard_tensor(n, t, tp, rank) for n, t in full.items() if n != HF_HEAD}
 
 
 def merge_shards(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -544,17 +466,7 @@ def build_stock_gpt(hf_cfg: Any, dtype: torch.dtype = torch.float32):
     _, tp = tp_rank_size()
     d.check_tp(tp)
     cfg = TransformerConfig(
-        num_layers=d.layers,
-        hidden_size=d.hidden,
-        num_attention_heads=d.heads,
-        num_query_groups=d.kv_heads,
-        ffn_hidden_size=d.ffn,
-        kv_channels=d.head_dim,
-        normalization="RMSNorm",
-        layernorm_epsilon=d.rms_eps,
-        gated_linear_unit=True,
-        activation_func=F.silu,
-        add_bias_linear=False,
+        **transformer_config(d),
         hidden_dropout=0.0,
         attention_dropout=0.0,
         tensor_model_parallel_size=tp,
@@ -590,62 +502,16 @@ def require_cuda_for_stock() -> None:
         )
 
 
-# The stock GPTModel's tensors (TP-local) and the HF tensors each is made of, in fusion order: QKV is fused
-# per query group ([q heads of the group; k; v] rows), fc1 is [gate; up]; everything else is one to one.
-
-
-def stock_parts(dims: LlamaDims) -> dict[str, list[str]]:
-    """GPTModel parameter name -> the HF names it holds, for every parameter (HF layer order)."""
-    out = {"embedding.word_embeddings.weight": ["model.embed_tokens.weight"]}
-    for i in range(dims.layers):
-        p, q = f"model.layers.{i}.", f"decoder.layers.{i}."
-        out[q + "self_attention.linear_qkv.weight"] = [p + f"self_attn.{x}_proj.weight" for x in "qkv"]
-        out[q + "self_attention.linear_proj.weight"] = [p + "self_attn.o_proj.weight"]
-        out[q + "mlp.linear_fc1.weight"] = [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
-        out[q + "mlp.linear_fc2.weight"] = [p + "mlp.down_proj.weight"]
-        out[q + "input_layernorm.weight"] = [p + "input_layernorm.weight"]
-        out[q + "pre_mlp_layernorm.weight"] = [p + "post_attention_layernorm.weight"]
-    out["decoder.final_layernorm.weight"] = ["model.norm.weight"]
-    return out
-
-
-def _qkv_rows(dims: LlamaDims, tp: int) -> tuple[int, int, int]:
-    """(query groups on a TP rank, q rows per group, k = v rows per group)."""
-    return dims.kv_heads // tp, dims.heads // dims.kv_heads * dims.head_dim, dims.head_dim
-
-
-def fuse_stock(name: str, parts: list[torch.Tensor], dims: LlamaDims, tp: int) -> torch.Tensor:
-    """TP-local HF tensors (or optimizer state shaped like them) -> GPTModel tensor `name`."""
-    if name.endswith("linear_qkv.weight"):
-        groups, qr, kr = _qkv_rows(dims, tp)
-        q, k, v = (t.reshape(groups, rows, -1) for t, rows in zip(parts, (qr, kr, kr)))
-        return torch.cat([q, k, v], dim=1).reshape(groups * (qr + 2 * kr), -1)
-    if name.endswith("linear_fc1.weight"):
-        return torch.cat(parts, dim=0)
-    return parts[0].clone()
-
-
-def split_stock(name: str, t: torch.Tensor, dims: LlamaDims, tp: int) -> list[torch.Tensor]:
-    """Inverse of `fuse_stock`: GPTModel tensor -> its TP-local HF tensors, in `stock_parts` order."""
-    if name.endswith("linear_qkv.weight"):
-        groups, qr, kr = _qkv_rows(dims, tp)
-        q, k, v = t.reshape(groups, qr + 2 * kr, -1).split([qr, kr, kr], dim=1)
-        return [x.reshape(groups * x.shape[1], -1).clone() for x in (q, k, v)]
-    if name.endswith("linear_fc1.weight"):
-        return [x.clone() for x in t.chunk(2, dim=0)]
-    return [t.clone()]
-
-
 def hf_shard_to_stock(shard: dict[str, torch.Tensor], dims: LlamaDims, tp: int) -> dict[str, torch.Tensor]:
     """One TP rank's HF-named shard -> the same rank's GPTModel state (exact: pure reshapes and concats)."""
-    return {s: fuse_stock(s, [shard[h] for h in hs], dims, tp) for s, hs in stock_parts(dims).items()}
+    return {s: fuse(s, [shard[h] for h in hs], dims, tp) for s, hs in stock_parts(dims).items()}
 
 
 def stock_shard_to_hf(stock: dict[str, torch.Tensor], dims: LlamaDims, tp: int) -> dict[str, torch.Tensor]:
     """Inverse of `hf_shard_to_stock` (extra keys such as `_extra_state` are ignored)."""
     out: dict[str, torch.Tensor] = {}
     for s, hs in stock_parts(dims).items():
-        out.update(zip(hs, split_stock(s, stock[s], dims, tp)))
+        out.update(zip(hs, unfuse(s, stock[s], dims, tp)))
     return out
 
 
@@ -660,7 +526,7 @@ def hf_to_stock_shard(
 class StockLlama(nn.Module):
     """megatron-core's own GPTModel behind MegatronLlama's interface (`parallel.impl=stock`, GPU only).
 
-    Weights go in and come out as HF-named TP shards (`stock_parts` maps names, `fuse_stock`/`split_stock`
+    Weights go in and come out as HF-named TP shards (`mcore_map.stock_parts` maps names, `fuse`/`unfuse`
     the fused QKV and fc1 tensors), so checkpoints, `convert` and resume are the same for both
     implementations. Forward returns vocab-parallel logits [b, s, vocab/tp] (GPTModel's parallel_output).
     """
@@ -715,9 +581,7 @@ class StockLlama(nn.Module):
 
     def load_full(self, full: dict[str, torch.Tensor], where: str = "HF state") -> None:
         self.load_shard(
-            shard_state(
-                {k: v for k, v in full.items() if k != "lm_head.weight"}, self.tp, self.tp_rank, where=where
-            ),
+            shard_state({k: v for k, v in full.items() if k != HF_HEAD}, self.tp, self.tp_rank, where=where),
             where=where,
         )
 

@@ -1,4 +1,4 @@
-"""`dist-forget study adaptive`: a forgetting budget held online against the static planner (issue 13).
+"""`dist-forget study adaptive`: a forgetting budget held online against the static planner.
 
 A sweep with `inject_fraction: [0.0, auto]`, `max_forgetting: [ε...]` and `adaptive.static_arm`
 (configs/sweep/adaptive.yaml) leaves three arms per (domain, N, D) in its finetune/ folder, told apart
@@ -10,7 +10,7 @@ Each run is read at its best target checkpoint (summary.json): forgetting F = pt
 the best target loss, and the pretraining sequences injected by that step (report.json, as the
 protocol check reads it). "Held" means F <= ε.
 
-The goal of the issue, checked on the auto runs and their plan twins (same domain, N, D, ε, seed):
+The goal, checked on the auto runs and their plan twins (same domain, N, D, ε, seed):
 the budget held in >= 90 % of auto runs; fewer injected tokens than the plan on average; a best target
 loss on average at most 0.5 % above the plan's. Only plain AdamW runs (anchor_decay 0) are compared.
 """
@@ -27,12 +27,11 @@ import numpy as np
 
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_path, write_json_atomic, write_text_atomic
-from dist_forget.laws.report import _finite, _pct
+from dist_forget.numfmt import json_finite, num, pct
 from dist_forget.study import protocol
-from dist_forget.study.report import FT_TOLERANCE
+from dist_forget.study.findings import BUDGET_HELD_GOAL, FT_TOLERANCE
 from dist_forget.sweep.grid import AUTO, PLAN, arm_of
 
-HELD_GOAL = 0.9  # share of auto runs that must end with forgetting <= ε
 P0 = "p0"
 ARMS = (AUTO, PLAN, P0)
 LABELS = {AUTO: "adaptive", PLAN: "static plan", P0: "p = 0"}
@@ -136,7 +135,8 @@ def compare(runs: list[ArmRun]) -> dict[str, Any]:
 
 
 def goal_check(runs: list[ArmRun]) -> dict[str, Any]:
-    """Issue 13's goal on the auto runs and their plan twins; each part None when nothing measures it."""
+    """The goal on the auto runs and their plan twins (module docstring); each part None when nothing
+    measures it."""
     auto = [r for r in runs if r.arm == AUTO]
     plans = {
         (r.domain, r.model_params, r.target_tokens, r.max_forgetting, r.seed): r
@@ -161,14 +161,14 @@ def goal_check(runs: list[ArmRun]) -> dict[str, Any]:
     tok_plan = _mean([x["plan_injected_tokens"] for x in pairs])
     ft_change = _mean([x["ft_change"] for x in pairs])
     checks = {
-        "budget_held": None if not auto else held >= HELD_GOAL,
+        "budget_held": None if not auto else held >= BUDGET_HELD_GOAL,
         "fewer_injected": None if not pairs else inj_auto < inj_plan,
         "target_loss_kept": None if not pairs else ft_change <= FT_TOLERANCE,
     }
     return {
         "pairs": pairs,
         "goal": {
-            "share_held": held, "share_held_plan": plan_held, "share_held_goal": HELD_GOAL,
+            "share_held": held, "share_held_plan": plan_held, "share_held_goal": BUDGET_HELD_GOAL,
             "auto_runs": len(auto), "pairs": len(pairs),
             "injected_sequences_mean": inj_auto, "plan_injected_sequences_mean": inj_plan,
             "injected_tokens_mean": tok_auto, "plan_injected_tokens_mean": tok_plan,
@@ -177,10 +177,6 @@ def goal_check(runs: list[ArmRun]) -> dict[str, Any]:
             "met": None if None in checks.values() else all(checks.values()),
         },
     }  # fmt: skip
-
-
-def _f(x: float | None, fmt: str = ".4f") -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:{fmt}}"
 
 
 def _yes(x: bool | None) -> str:
@@ -196,16 +192,16 @@ def markdown(result: dict[str, Any], sweep: Path, png: str | None) -> str:
         f"Sweep: `{sweep}`; {g['auto_runs']} adaptive runs, {g['pairs']} of them with a static-plan twin "
         "(same domain, N, D, ε, seed). Each run at its best target checkpoint; held = forgetting ≤ ε.",
         "",
-        "## Goal (issue 13)",
+        "## Goal",
         "",
-        f"- budget held in ≥ {100 * HELD_GOAL:.0f} % of adaptive runs: {_pct(g['share_held'])} "
-        f"(static plan: {_pct(g['share_held_plan'])}) → {_yes(c['budget_held'])}",
-        f"- fewer injected tokens than the static plan on average: {_f(g['injected_tokens_mean'], ',.0f')} vs "
-        f"{_f(g['plan_injected_tokens_mean'], ',.0f')} tokens ({_f(g['injected_sequences_mean'], '.1f')} vs "
-        f"{_f(g['plan_injected_sequences_mean'], '.1f')} sequences, ratio {_f(g['injected_ratio'], '.3f')}) "
+        f"- budget held in ≥ {100 * g['share_held_goal']:.0f} % of adaptive runs: {pct(g['share_held'])} "
+        f"(static plan: {pct(g['share_held_plan'])}) → {_yes(c['budget_held'])}",
+        f"- fewer injected tokens than the static plan on average: {num(g['injected_tokens_mean'], ',.0f')} vs "
+        f"{num(g['plan_injected_tokens_mean'], ',.0f')} tokens ({num(g['injected_sequences_mean'], '.1f')} vs "
+        f"{num(g['plan_injected_sequences_mean'], '.1f')} sequences, ratio {num(g['injected_ratio'], '.3f')}) "
         f"→ {_yes(c['fewer_injected'])}",
         f"- best target loss no worse than +{100 * g['ft_tolerance']:.1f} % of the plan's: mean change "
-        f"{_pct(g['ft_change_mean'])} → {_yes(c['target_loss_kept'])}",
+        f"{pct(g['ft_change_mean'])} → {_yes(c['target_loss_kept'])}",
         f"- **goal met: {_yes(g['met']).strip('*')}**",
         "",
         "## Per (domain, N, D, ε) and arm",
@@ -217,10 +213,10 @@ def markdown(result: dict[str, Any], sweep: Path, png: str | None) -> str:
     for r in result["rows"]:
         lines.append(
             f"| {r['domain']} | {r['model_params']:,.0f} | {r['target_tokens']:,.0f} | "
-            f"{r['max_forgetting']:g} | {LABELS[r['arm']]} | {r['runs']} | {_pct(r['share_held'])} | "
-            f"{_f(r['injected_tokens_mean'], ',.0f')} | "
-            f"{_f(r['ft_loss_mean'])} | {_f(r['forgetting_mean'])} | {_pct(r['inject_fraction_mean'])} | "
-            f"{_pct(r['inject_fraction_final_mean'])} |"
+            f"{r['max_forgetting']:g} | {LABELS[r['arm']]} | {r['runs']} | {pct(r['share_held'])} | "
+            f"{num(r['injected_tokens_mean'], ',.0f')} | "
+            f"{num(r['ft_loss_mean'], '.4f')} | {num(r['forgetting_mean'], '.4f')} | {pct(r['inject_fraction_mean'])} | "
+            f"{pct(r['inject_fraction_final_mean'])} |"
         )
     if png:
         lines += ["", f"![forgetting against budget and injected tokens]({png})"]
@@ -257,7 +253,7 @@ def plot(path: Path, runs: list[ArmRun], result: dict[str, Any]) -> None:
     left.set_xlabel("pretraining sequences injected by the best step")
     left.set_ylabel("forgetting / ε")
     left.legend(fontsize=7)
-    right.axhline(HELD_GOAL, color="k", lw=0.8, ls="--")
+    right.axhline(result["goal"]["share_held_goal"], color="k", lw=0.8, ls="--")
     right.set_xscale("log")
     budgets = sorted({row["max_forgetting"] for row in result["rows"]})
     right.set_xticks(budgets, [f"{e:g}" for e in budgets])
@@ -273,7 +269,7 @@ def plot(path: Path, runs: list[ArmRun], result: dict[str, Any]) -> None:
 
 
 def adaptive(sweep: Path, out: Path, baseline: Path | None = None) -> int:
-    """Compare adaptive injection, the static planner's p and p = 0 on a sweep's finetunes (issue 13).
+    """Compare adaptive injection, the static planner's p and p = 0 on a sweep's finetunes.
 
     Writes ADAPTIVE.md (the goal check and a table per (domain, N, D, ε) and arm), adaptive.json (SI units:
     tokens, nats/token, fractions) and adaptive.png into --out; other files there are left alone.
@@ -299,11 +295,11 @@ def adaptive(sweep: Path, out: Path, baseline: Path | None = None) -> int:
     result = compare(runs)
     out.mkdir(parents=True, exist_ok=True)
     plot(out / "adaptive.png", runs, result)
-    write_json_atomic(out / "adaptive.json", _finite({"sweep": str(sweep), **result,
+    write_json_atomic(out / "adaptive.json", json_finite({"sweep": str(sweep), **result,
                                                        "runs": [asdict(r) for r in runs]}))  # fmt: skip
     write_text_atomic(out / "ADAPTIVE.md", markdown(result, sweep, "adaptive.png"))
     g = result["goal"]
-    print(f"{len(runs)} runs; held {_pct(g['share_held'])} of {g['auto_runs']} adaptive runs; injected "
-          f"{_f(g['injected_ratio'], '.3f')} x the plan's; target loss {_pct(g['ft_change_mean'])} vs the plan; "
+    print(f"{len(runs)} runs; held {pct(g['share_held'])} of {g['auto_runs']} adaptive runs; injected "
+          f"{num(g['injected_ratio'], '.3f')} x the plan's; target loss {pct(g['ft_change_mean'])} vs the plan; "
           f"goal met: {_yes(g['met']).strip('*')}; wrote {out / 'ADAPTIVE.md'}")  # fmt: skip
     return 0

@@ -44,8 +44,8 @@ from dist_forget.io import write_json_atomic
 from dist_forget.laws.fit import FitConfig, fit_form
 from dist_forget.laws.forms import get_form
 from dist_forget.laws.plan import predict_bottom_step
-from dist_forget.laws.report import _finite
 from dist_forget.laws.table import Runs, read_runs
+from dist_forget.numfmt import json_finite
 from dist_forget.schema import METRICS_FILE, read_metrics
 from dist_forget.study import protocol
 
@@ -224,7 +224,7 @@ def closed_loop(
           f"{100 * chk['mean_abs_error']:.1f} %, mean {100 * chk['mean_error']:+.1f} %")  # fmt: skip
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "closed_loop.json", _finite(result))
+        write_json_atomic(out / "closed_loop.json", json_finite(result))
         print(f"wrote {out / 'closed_loop.json'}")
     return 0
 

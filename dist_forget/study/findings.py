@@ -4,6 +4,9 @@ Forgetting F = pt_loss - pt_loss_base (nats/token): how much the pretraining val
 best target checkpoint. Each comparison pairs runs that differ in exactly one knob (same domain, size,
 D, seed, and the others fixed), so a difference is that knob's effect and nothing else. Seed noise is
 measured separately (`noise_floor`) and every verdict is read against it.
+
+Every verdict and the threshold it is read against are computed here, into findings.json (`collect`);
+the reports (study/report.py, study/adaptive.py) only render them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,18 @@ from typing import Any
 import numpy as np
 
 from dist_forget.laws.table import Runs
+
+# a share of paired comparisons: at least SHARE_HOLDS agree -> "holds", at most SHARE_FAILS -> "does not hold"
+SHARE_HOLDS, SHARE_FAILS = 0.75, 0.25
+# finding 3 ("p = 1 % removes most forgetting"): the mean share of forgetting removed at HEADLINE_P
+HEADLINE_P = 0.01
+REMOVED_HOLDS, REMOVED_PARTLY = 0.5, 0.25
+# "does not hurt the target loss": the mean relative increase of the best target loss at most 0.5 %
+FT_TOLERANCE = 0.005
+# `study adaptive`: the share of adaptive runs that must end with forgetting <= their budget ε
+BUDGET_HELD_GOAL = 0.9
+# held-out MRE the study aims at, per law (the paper reached 2.01 % and 0.83 %)
+HELDOUT_GOAL = {"finetune": 0.015, "forgetting": 0.006}
 
 
 @dataclass(frozen=True)
@@ -67,7 +82,24 @@ def verdict(share: float) -> str:
     fewer, 'mixed' between."""
     if not math.isfinite(share):
         return "not measured"
-    return "holds" if share >= 0.75 else "does not hold" if share <= 0.25 else "mixed"
+    return "holds" if share >= SHARE_HOLDS else "does not hold" if share <= SHARE_FAILS else "mixed"
+
+
+def removal_verdict(removed: float) -> str:
+    """Finding 3 on the mean share of forgetting removed: most (half or more), partly (a quarter), or not."""
+    return (
+        "holds"
+        if removed >= REMOVED_HOLDS
+        else "partly holds"
+        if removed >= REMOVED_PARTLY
+        else "does not hold"
+    )
+
+
+def ft_verdict(ft_change_mean: float) -> str:
+    """Finding 4: injection does not hurt the target loss when its mean relative change is within
+    FT_TOLERANCE."""
+    return "holds" if ft_change_mean <= FT_TOLERANCE else "does not hold"
 
 
 def trend(runs: list[Run], along: str, decreasing: bool, p: float = 0.0) -> dict[str, Any]:
@@ -150,11 +182,11 @@ def anchored_vs_injection(runs: list[Run]) -> dict[str, Any]:
             "rival": best.name, "rival_p": best.p, "rival_ft": best.ft, "rival_forgetting": best.forgetting,
             "ft_gap": r.ft / best.ft - 1, "forgetting_diff": r.forgetting - best.forgetting,
         })  # fmt: skip
-    by_decay: dict[float, dict[str, float]] = {}
+    by_decay: dict[str, dict[str, float]] = {}
     for a in sorted({x["anchor_decay"] for x in pairs}):
         sel = [x for x in pairs if x["anchor_decay"] == a]
         diff = np.array([x["forgetting_diff"] for x in sel])
-        by_decay[a] = {
+        by_decay[str(a)] = {  # keyed as findings.json keys it, like `anchor`
             "n_pairs": len(sel),
             "forgetting_diff_mean": float(diff.mean()),
             "share_anchor_forgets_less": float(np.mean(diff < 0)),
@@ -213,3 +245,71 @@ def same_as_p0(runs: list[Run], p: float) -> list[dict[str, Any]]:
         if r.p == p and base is not None:
             out.append({"run": r.name, "ft_diff": abs(r.ft - base.ft), "pt_diff": abs(r.pt - base.pt)})
     return out
+
+
+def heldout_mre(record: dict[str, Any]) -> float:
+    """A fit record's held-out MRE (nan when it was not checked on a held-out size)."""
+    return (record.get("holdout") or {}).get("mre", float("nan"))
+
+
+def mean_heldout(records: list[dict[str, Any]], form: str) -> float:
+    """A form's held-out MRE averaged over the domains (nan when it has none)."""
+    vals = [heldout_mre(r) for r in records if r["form"] == form]
+    return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+
+
+def heldout(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each form's mean held-out MRE, and per law the best form against the study's goal (HELDOUT_GOAL)."""
+    by_form = {form: mean_heldout(records, form) for form in dict.fromkeys(r["form"] for r in records)}
+    best = {}
+    for law, goal in HELDOUT_GOAL.items():
+        forms = dict.fromkeys(r["form"] for r in records if r["law"] == law)
+        scored = [(f, by_form[f]) for f in forms]
+        form, mre = min(
+            scored, key=lambda x: x[1] if np.isfinite(x[1]) else math.inf, default=("–", math.inf)
+        )
+        best[law] = {"form": form, "mre": mre, "goal": goal, "reached": bool(mre <= goal)}
+    return {"mre_by_form": by_form, "best": best}
+
+
+def collect(runs: list[Run], proto: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """findings.json: the paired comparisons, the law fits' held-out error against the goal, the protocol
+    check (protocol.check) and every verdict, each with `undermined` when a failed protocol check leaves it
+    without one (the verdict is then what the runs alone would say)."""
+    ps = sorted({r.p for r in runs if r.p > 0})
+    facts: dict[str, Any] = {
+        "forgetting_vs_size": trend(runs, "n", decreasing=True),
+        "forgetting_vs_data": trend(runs, "d", decreasing=False),
+        "injection": {str(p): injection_effect(runs, p) for p in ps},
+        "anchor": {str(a): v for a, v in anchor_effect(runs).items()},
+        "anchored_vs_injection": anchored_vs_injection(runs),
+        "noise_floor": noise_floor(runs),
+        "same_as_p0": {str(p): same_as_p0(runs, p) for p in ps},
+        "protocol": proto,
+    }
+    undermined = set(proto.get("undermined", ()))
+
+    def stated(finding: str, v: str) -> dict[str, Any]:
+        return {"verdict": v, "undermined": finding in undermined}
+
+    verdicts: dict[str, Any] = {
+        "forgetting_vs_size": stated("forgetting_vs_size", facts["forgetting_vs_size"]["verdict"]),
+        "forgetting_vs_data": stated("forgetting_vs_data", facts["forgetting_vs_data"]["verdict"]),
+    }
+    headline = facts["injection"].get(str(HEADLINE_P))
+    if headline and headline["n_pairs"]:
+        verdicts["injection"] = stated("injection", removal_verdict(headline["forgetting_removed_mean"]))
+    verdicts["ft_not_hurt"] = {
+        key: stated("ft_not_hurt", ft_verdict(e["ft_change_mean"]))
+        for key, e in facts["injection"].items()
+        if e["n_pairs"]
+    }
+    facts["heldout"] = heldout(records)
+    facts["heldout"]["undermined"] = "laws" in undermined
+    facts["verdicts"] = verdicts
+    facts["thresholds"] = {
+        "share_holds": SHARE_HOLDS, "share_does_not_hold": SHARE_FAILS, "headline_p": HEADLINE_P,
+        "removed_holds": REMOVED_HOLDS, "removed_partly_holds": REMOVED_PARTLY, "ft_tolerance": FT_TOLERANCE,
+        "heldout_goal": HELDOUT_GOAL,
+    }  # fmt: skip
+    return facts

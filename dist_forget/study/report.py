@@ -22,16 +22,15 @@ from dist_forget.io import atomic_dir, write_json_atomic, write_text_atomic
 from dist_forget.laws.fit import FitConfig, check_identifiable
 from dist_forget.laws.forms import get_form
 from dist_forget.laws.pipeline import fit_runs, runs_for
-from dist_forget.laws.report import _finite, _pct, plot_all, report_markdown
+from dist_forget.laws.report import plot_all, report_markdown
 from dist_forget.laws.table import read_runs
+from dist_forget.numfmt import json_finite, num, pct
 from dist_forget.schema import METRICS_FILE, read_metrics
 from dist_forget.study import findings as fd
 from dist_forget.study import protocol
 
 STUDY_FORMS = ("finetune", "chinchilla", "finetune-eff-data", "finetune-eff-params", "forgetting",
                "forgetting-anchored", "kalajdzievski")  # fmt: skip
-GOAL = {"finetune": 0.015, "forgetting": 0.006}  # held-out MRE the study aims at (the paper: 2.01 %, 0.83 %)
-FT_TOLERANCE = 0.005  # "does not hurt the target loss": mean relative increase at most 0.5 %
 
 
 def report(
@@ -70,12 +69,11 @@ def report(
             "bootstrap": bootstrap, "holdout": "largest", "seed": seed, "forms": list(forms)}  # fmt: skip
     with atomic_dir(out, overwrite=True) as tmp:
         shutil.copyfile(runs_csv, tmp / "runs.csv")
-        write_json_atomic(tmp / "fit.json", _finite({"meta": meta, "fits": records}))
+        write_json_atomic(tmp / "fit.json", json_finite({"meta": meta, "fits": records}))
         fit_pngs = [p.name for p in plot_all(tmp, records, table)]
         study_pngs = plot_study(tmp, runs, sweep)
-        facts = collect_findings(runs)
-        facts["protocol"] = protocol.check(sweep)
-        write_json_atomic(tmp / "findings.json", _finite(facts))
+        facts = fd.collect(runs, protocol.check(sweep), records)
+        write_json_atomic(tmp / "findings.json", json_finite(facts))
         text = report_text(sweep, runs, records, meta, facts, fit_pngs, study_pngs, notes)
         if notes:
             write_text_atomic(tmp / "NOTES.md", notes)
@@ -103,24 +101,7 @@ def _identifiable(forms: tuple[str, ...], table: Any) -> tuple[str, ...]:
     return tuple(usable)
 
 
-def collect_findings(runs: list[fd.Run]) -> dict[str, Any]:
-    ps = sorted({r.p for r in runs if r.p > 0})
-    return {
-        "forgetting_vs_size": fd.trend(runs, "n", decreasing=True),
-        "forgetting_vs_data": fd.trend(runs, "d", decreasing=False),
-        "injection": {str(p): fd.injection_effect(runs, p) for p in ps},
-        "anchor": {str(a): v for a, v in fd.anchor_effect(runs).items()},
-        "anchored_vs_injection": fd.anchored_vs_injection(runs),
-        "noise_floor": fd.noise_floor(runs),
-        "same_as_p0": {str(p): fd.same_as_p0(runs, p) for p in ps},
-    }
-
-
 # ---------------------------------------------------------------------------------------------- text
-
-
-def _f(x: float, digits: int = 3) -> str:
-    return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
 def _ladder_rows(sweep: Path) -> list[str]:
@@ -128,7 +109,7 @@ def _ladder_rows(sweep: Path) -> list[str]:
             "|---|---|---|---|---|---|"]  # fmt: skip
     for r in protocol.ladder(sweep):
         rows.append(f"| {r['size']} | {r['model_params']:,.0f} | {r['total_params']:,} | {r['tokens']:,} | "
-                    f"{r['steps'] or '?'} | {_f(r['pt_loss'])} |")  # fmt: skip
+                    f"{r['steps'] or '?'} | {num(r['pt_loss'])} |")  # fmt: skip
     return rows
 
 
@@ -158,42 +139,29 @@ def _finetune_setup(sweep: Path, runs: list[fd.Run]) -> str:
     )
 
 
-def _heldout_mre(rec: dict[str, Any]) -> float:
-    return (rec.get("holdout") or {}).get("mre", float("nan"))
-
-
-def _mean_heldout(records: list[dict[str, Any]], form: str) -> float:
-    """A form's held-out MRE averaged over the domains (nan when it has none)."""
-    vals = [_heldout_mre(r) for r in records if r["form"] == form]
-    return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
-
-
-def _heldout_rows(records: list[dict[str, Any]]) -> list[str]:
+def _heldout_rows(records: list[dict[str, Any]], heldout: dict[str, Any]) -> list[str]:
     domains = sorted({r["domain"] for r in records})
     rows = ["| law | form | " + " | ".join(domains) + " | mean | goal |",
             "|---|---|" + "---|" * (len(domains) + 2)]  # fmt: skip
     for form in dict.fromkeys(r["form"] for r in records):
         recs = {r["domain"]: r for r in records if r["form"] == form}
         law = next(iter(recs.values()))["law"]
-        vals = [_heldout_mre(recs[d]) if d in recs else float("nan") for d in domains]
-        rows.append(f"| {law} | {form} | " + " | ".join(_pct(v) for v in vals) + f" | "
-                    f"**{_pct(_mean_heldout(records, form))}** | {_pct(GOAL.get(law))} |")  # fmt: skip
+        vals = [fd.heldout_mre(recs[d]) if d in recs else None for d in domains]
+        goal = heldout["best"].get(law, {}).get("goal")
+        rows.append(f"| {law} | {form} | " + " | ".join(pct(v) for v in vals) + f" | "
+                    f"**{pct(heldout['mre_by_form'][form])}** | {pct(goal)} |")  # fmt: skip
     return rows
 
 
-def _best_heldout(records: list[dict[str, Any]], law: str) -> tuple[str, float]:
-    forms = dict.fromkeys(r["form"] for r in records if r["law"] == law)
-    scored = [(form, _mean_heldout(records, form)) for form in forms]
-    return min(scored, key=lambda x: x[1] if np.isfinite(x[1]) else float("inf"), default=("–", float("inf")))
-
-
 def _trend_rows(trend: dict[str, Any], along: str) -> list[str]:
-    xs = sorted({x for s in trend["series"] for x in s["points"]})
+    # a series' points are keyed by a number in memory and by its text in findings.json
+    points = [{float(x): f for x, f in s["points"].items()} for s in trend["series"]]
+    xs = sorted({x for pts in points for x in pts})
     head = "N" if along == "n" else "D"
     fixed = "domain, D" if along == "n" else "domain, N"
     rows = [f"| {fixed} | " + " | ".join(f"{head} = {x:,.0f}" for x in xs) + " |", "|---|" + "---|" * len(xs)]
-    for s in trend["series"]:
-        cells = " | ".join(_f(s["points"].get(x, float("nan"))) for x in xs)
+    for s, pts in zip(trend["series"], points):
+        cells = " | ".join(num(pts.get(x)) for x in xs)
         rows.append(f"| {s['domain']}, {s['fixed']:,.0f} | {cells} |")
     return rows
 
@@ -232,23 +200,21 @@ def report_text(
         "Mean relative error of the predicted loss on the held-out largest size, per domain (each form fitted "
         "per domain; forms without anchor_decay use the plain-AdamW runs only).",
         "",
-        *_heldout_rows(records),
+        *_heldout_rows(records, facts["heldout"]),
         "",
     ]
-    for law in ("finetune", "forgetting"):
-        form, mre = _best_heldout(records, law)
-        goal = GOAL[law]
-        lines.append(f"- {law}: best form **{form}**, held-out MRE {_pct(mre)} — goal ≤ {_pct(goal)} "
-                     f"{'reached' if mre <= goal else 'not reached'}.")  # fmt: skip
+    for law, best in facts["heldout"]["best"].items():
+        lines.append(f"- {law}: best form **{best['form']}**, held-out MRE {pct(best['mre'])} — goal ≤ "
+                     f"{pct(best['goal'])} {'reached' if best['reached'] else 'not reached'}.")  # fmt: skip
     for nf in noise:
         lines.append(
             f"- Seed noise floor ({len(nf['seeds'])} seeds, {nf['domain']}, N = {nf['model_params']:,.0f}, "
             f"D = {nf['target_tokens']:,.0f}, p = {nf['inject_fraction']:g}, anchor_decay = {nf['anchor_decay']:g}): "
-            f"relative std of the target loss {_pct(nf['ft_rel_std'])}, of the pretraining loss "
-            f"{_pct(nf['pt_rel_std'])}, of forgetting {_pct(nf['forgetting_rel_std'])}. A seed draws both which "
+            f"relative std of the target loss {pct(nf['ft_rel_std'])}, of the pretraining loss "
+            f"{pct(nf['pt_rel_std'])}, of forgetting {pct(nf['forgetting_rel_std'])}. A seed draws both which "
             "target sequences make up D and their order; a law cannot predict one run better than this."
         )
-    if "laws" in facts["protocol"]["undermined"]:
+    if facts["heldout"]["undermined"]:
         lines.append(
             f"- **Protocol not met** ({', '.join(facts['protocol']['failed'])}): these errors say how well "
             "each form describes these runs, not whether the paper's laws extrapolate."
@@ -289,12 +255,12 @@ def _protocol_text(proto: dict[str, Any]) -> list[str]:
         f"{mark[c['ladder_trained']]} |",
         f"| ladder ordered | English val loss by N {losses or '–'} | falls by > {th['min_ladder_gap']:g} nats "
         f"at every rung | {mark[c['ladder_ordered']]} |",
-        f"| U-curve bottom reached | best eval before the last in {_pct(proto['share_best_before_last'])} of "
+        f"| U-curve bottom reached | best eval before the last in {pct(proto['share_best_before_last'])} of "
         f"finetunes, and the target loss then rose ≥ {th['min_rise']:g} nats in "
-        f"{_pct(proto.get('share_past_bottom', math.nan))} | ≥ {_pct(th['min_share_best_before_last'])} | "
+        f"{pct(proto.get('share_past_bottom', math.nan))} | ≥ {pct(th['min_share_best_before_last'])} | "
         f"{mark[c['u_curve_bottom']]} |",
         f"| injection acts | p = 1 % runs injected {inj['min'] if inj else '–'} (min), "
-        f"{_f(inj['mean'], 1) if inj else '–'} (mean) sequences by their best step | ≥ {th['min_injected']} | "
+        f"{num(inj['mean'], '.1f') if inj else '–'} (mean) sequences by their best step | ≥ {th['min_injected']} | "
         f"{mark[c['injection_acts']]} |",
         f"| eval size | {proto['eval_sequences']} sequences per side | ≥ {th['min_eval_sequences']} | "
         f"{mark[c['eval_sequences']]} |",
@@ -312,79 +278,70 @@ def _protocol_text(proto: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _verdict(facts: dict[str, Any], finding: str, verdict: str) -> str:
+def _verdict(stated: dict[str, Any]) -> str:
     """The verdict, unless a failed protocol check undermines this finding."""
-    proto = facts.get("protocol") or {}
-    if finding in proto.get("undermined", ()):
-        return f"protocol not met (the runs alone would say: {verdict})"
-    return verdict
+    if stated["undermined"]:
+        return f"protocol not met (the runs alone would say: {stated['verdict']})"
+    return stated["verdict"]
 
 
 def _findings_text(facts: dict[str, Any]) -> list[str]:
-    size, data = facts["forgetting_vs_size"], facts["forgetting_vs_data"]
+    size, data, verdicts = facts["forgetting_vs_size"], facts["forgetting_vs_data"], facts["verdicts"]
     lines = [
-        f"**1. Forgetting shrinks with model size — {_verdict(facts, 'forgetting_vs_size', size['verdict'])}.** "
+        f"**1. Forgetting shrinks with model size — {_verdict(verdicts['forgetting_vs_size'])}.** "
         f"At p = 0, forgetting at the largest "
-        f"size is below that at the smallest in {_pct(size['share_agreeing'])} of {size['n_series']} "
-        f"(domain, D) series; mean ratio F(largest N) / F(smallest N) = {_f(size['mean_ratio_last_first'])}.",
+        f"size is below that at the smallest in {pct(size['share_agreeing'])} of {size['n_series']} "
+        f"(domain, D) series; mean ratio F(largest N) / F(smallest N) = {num(size['mean_ratio_last_first'])}.",
         "",
         *_trend_rows(size, "n"),
         "",
-        f"**2. Forgetting grows with target data D — {_verdict(facts, 'forgetting_vs_data', data['verdict'])}.** "
+        f"**2. Forgetting grows with target data D — {_verdict(verdicts['forgetting_vs_data'])}.** "
         f"At p = 0, forgetting at the largest D "
-        f"is above that at the smallest in {_pct(data['share_agreeing'])} of {data['n_series']} (domain, N) "
-        f"series; mean ratio F(largest D) / F(smallest D) = {_f(data['mean_ratio_last_first'])}.",
+        f"is above that at the smallest in {pct(data['share_agreeing'])} of {data['n_series']} (domain, N) "
+        f"series; mean ratio F(largest D) / F(smallest D) = {num(data['mean_ratio_last_first'])}.",
         "",
         *_trend_rows(data, "d"),
         "",
     ]
-    inj = facts["injection"]
-    one = inj.get("0.01")
-    if one and one["n_pairs"]:
-        removed = one["forgetting_removed_mean"]
-        v = _verdict(
-            facts,
-            "injection",
-            "holds" if removed >= 0.5 else "partly holds" if removed >= 0.25 else "does not hold",
-        )
+    inj, th = facts["injection"], facts["thresholds"]
+    headline, p_text = str(th["headline_p"]), f"p = {100 * th['headline_p']:g} %"
+    if "injection" in verdicts:
+        one = inj[headline]
         lines.append(
-            f"**3. p = 1 % removes most forgetting — {v}.** Over {one['n_pairs']} pairs (same domain, N, D, "
-            f"seed; p = 1 % vs 0) it removes {_pct(removed)} of the forgetting on average (range "
-            f"{_pct(one['forgetting_removed_min'])} to {_pct(one['forgetting_removed_max'])})."
+            f"**3. {p_text} removes most forgetting — {_verdict(verdicts['injection'])}.** Over "
+            f"{one['n_pairs']} pairs (same domain, N, D, seed; {p_text} vs 0) it removes "
+            f"{pct(one['forgetting_removed_mean'])} of the forgetting on average (range "
+            f"{pct(one['forgetting_removed_min'])} to {pct(one['forgetting_removed_max'])})."
         )
     for key, e in inj.items():
-        if key != "0.01" and e["n_pairs"]:
-            lines.append(f"  At p = {float(key):g}: {_pct(e['forgetting_removed_mean'])} removed on average "
+        if key != headline and e["n_pairs"]:
+            lines.append(f"  At p = {float(key):g}: {pct(e['forgetting_removed_mean'])} removed on average "
                          f"({e['n_pairs']} pairs).")  # fmt: skip
     lines.append("")
-    for key, e in inj.items():
-        if not e["n_pairs"]:
-            continue
-        v = _verdict(
-            facts, "ft_not_hurt", "holds" if e["ft_change_mean"] <= FT_TOLERANCE else "does not hold"
-        )
+    for key, stated in verdicts["ft_not_hurt"].items():
+        e = inj[key]
         lines.append(
-            f"**4. Injection does not hurt the target loss (p = {float(key):g}) — {v}.** Mean relative change of "
-            f"the best target loss {e['ft_change_mean']:+.2%} (largest {e['ft_change_max']:+.2%}; not worse in "
-            f"{_pct(e['share_ft_not_worse'])} of {e['n_pairs']} pairs); the verdict allows "
-            f"{_pct(FT_TOLERANCE)}. Paired runs share their target sequences and order, so the seed noise floor, "
-            "which changes both, is not the yardstick here."
+            f"**4. Injection does not hurt the target loss (p = {float(key):g}) — {_verdict(stated)}.** Mean "
+            f"relative change of the best target loss {e['ft_change_mean']:+.2%} (largest "
+            f"{e['ft_change_max']:+.2%}; not worse in {pct(e['share_ft_not_worse'])} of {e['n_pairs']} pairs); "
+            f"the verdict allows {pct(th['ft_tolerance'])}. Paired runs share their target sequences and order, "
+            "so the seed noise floor, which changes both, is not the yardstick here."
         )
     lines.append("")
     avi = facts["anchored_vs_injection"]["by_anchor_decay"]
     for a, eff in facts["anchor"].items():
-        cmp_ = avi.get(float(a), {})
+        cmp_ = avi.get(a, {})
         lines.append(
             f"**5. Anchored AdamW (anchor_decay = {float(a):g}, p = 0) vs injection.** Against plain AdamW at "
-            f"p = 0 it removes {_pct(eff['forgetting_removed_mean'])} of the forgetting and changes the target "
+            f"p = 0 it removes {pct(eff['forgetting_removed_mean'])} of the forgetting and changes the target "
             f"loss by {eff['ft_change_mean']:+.2%} ({eff['n_pairs']} pairs). Against the plain-AdamW run (any p) "
-            f"with the closest target loss (mean gap {_pct(cmp_.get('ft_gap_mean_abs'))}), it forgets "
-            f"{_f(abs(cmp_.get('forgetting_diff_mean', float('nan'))))} nats/token "
+            f"with the closest target loss (mean gap {pct(cmp_.get('ft_gap_mean_abs'))}), it forgets "
+            f"{num(abs(cmp_.get('forgetting_diff_mean', float('nan'))))} nats/token "
             f"{'more' if cmp_.get('forgetting_diff_mean', 0) > 0 else 'less'} on average and less in "
-            f"{_pct(cmp_.get('share_anchor_forgets_less'))} of {cmp_.get('n_pairs', 0)} pairs."
+            f"{pct(cmp_.get('share_anchor_forgets_less'))} of {cmp_.get('n_pairs', 0)} pairs."
         )
     for key, diffs in facts["same_as_p0"].items():
-        if diffs and float(key) < 0.01:
+        if diffs and float(key) < th["headline_p"]:
             worst = max(max(d["ft_diff"], d["pt_diff"]) for d in diffs)
             lines += ["", f"**p = {float(key):g}** on {len(diffs)} runs: largest |loss − loss at p = 0| = "
                           f"{worst:.2e} nats/token."]  # fmt: skip

@@ -101,7 +101,7 @@ class Grid:
 
 @dataclass
 class AdaptiveArms:
-    """The forgetting-budget comparison (issue 13): inject_fraction `auto` against the static planner.
+    """The forgetting-budget comparison: inject_fraction `auto` against the static planner.
 
     `prior_fit` (a fit.json of `dist-forget fit`) is each auto run's data.inject_prior, so it starts from
     the planner's p for its ε; with `static_arm`, every auto point gets a twin run at that constant p

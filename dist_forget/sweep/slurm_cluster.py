@@ -79,7 +79,8 @@ def ensure_installed(say: Callable[[str], None] = print) -> None:
 
 def _apt_install(say: Callable[[str], None]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", *PACKAGES]  # as tried in platform-facts.md
+    # Debian's slurm-wlm and munge packages are all a one-machine cluster needs
+    install = ["apt-get", "install", "-y", "-qq", *PACKAGES]
     say(f"installing {' '.join(PACKAGES)} (apt-get)")
     res = subprocess.run(install, env=env, capture_output=True, text=True)
     if res.returncode != 0:  # a fresh machine may have no package lists yet

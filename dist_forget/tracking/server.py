@@ -1,7 +1,7 @@
 """A throwaway `mlflow server` on loopback: for integration tests, benchmarks and local studies.
 
 The server runs in its own process group and the whole group is ended on exit, because SIGTERM to the
-parent alone can leave gunicorn/uvicorn workers behind (platform-facts). Job execution is switched off
+parent alone can leave gunicorn/uvicorn workers behind. Job execution is switched off
 for the same reason. `admin=(user, password)` starts MLflow's basic-auth app (`--app-name basic-auth`,
 users in `<root>/basic_auth.db`) with that admin account: clients then need MLFLOW_TRACKING_USERNAME/PASSWORD.
 `store=FOLDER` serves an existing local store instead (a sweep folder, or a copy of one): its `mlflow.db`

@@ -1,7 +1,8 @@
 """`Tracker`: what the training loop calls to log to MLflow, without ever waiting on MLflow.
 
 Only rank 0 gets a live tracker; every other rank (and `tracking.enabled: false`) gets a no-op with the
-same methods, because ranks racing MLflow land their runs in the wrong experiment (platform-facts).
+same methods, because when several ranks create the same new experiment at once, the losers' runs land
+silently in MLflow's "Default" experiment.
 
 `log_metrics` only puts a dict on a queue (microseconds); a background thread sends everything queued
 every `flush_every_s` as one `log_batch` (one HTTP request instead of ~60 ms per metric). Order is kept:

@@ -69,6 +69,7 @@ def main() -> None:
     from dist_forget.checkpoint import megatron_dist
     from dist_forget.checkpoint.hf import read_hf_config, read_hf_weights
     from dist_forget.models import megatron as M
+    from dist_forget.models.mcore_map import megatron_lm_args
 
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=world)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -92,32 +93,11 @@ def main() -> None:
     # Megatron-LM's checkpoint of a model holding hf-b's weights
     other = M.build_stock_gpt(cfg)
     other.load_state_dict(M.hf_to_stock_shard(read_hf_weights(a.hf_b), cfg, world, rank), strict=False)
-    d = M.LlamaDims.from_hf(cfg)
-    margs = argparse.Namespace(  # the architecture arguments Megatron-LM records, an enum among them
-        num_layers=d.layers,
-        hidden_size=d.hidden,
-        ffn_hidden_size=d.ffn,
-        num_attention_heads=d.heads,
-        group_query_attention=True,
-        num_query_groups=d.kv_heads,
-        kv_channels=d.head_dim,
-        padded_vocab_size=d.vocab,
-        max_position_embeddings=cfg.max_position_embeddings,
-        seq_length=cfg.max_position_embeddings,
-        position_embedding_type="rope",
-        rotary_base=int(d.rope_theta),
-        rotary_percent=1.0,
-        normalization="RMSNorm",
-        norm_epsilon=d.rms_eps,
-        swiglu=True,
-        add_bias_linear=False,
-        untie_embeddings_and_output_weights=False,
-        tensor_model_parallel_size=world,
-        pipeline_model_parallel_size=1,
-        params_dtype=torch.float32,
-        attention_backend=AttnBackend.auto,
-        ckpt_format="torch_dist",
-    )
+    # the architecture arguments Megatron-LM records, an enum among them
+    margs = megatron_lm_args(cfg.to_dict(), tp=world)
+    margs.group_query_attention = True
+    margs.params_dtype = torch.float32
+    margs.attention_backend = AttnBackend.auto
     rng = ShardedObject(
         "rng_state",
         [{"random_rng_state": random.getstate(), "torch_rng_state": torch.get_rng_state()}],

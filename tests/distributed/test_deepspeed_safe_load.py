@@ -1,4 +1,4 @@
-"""engine=deepspeed never unpickles code from a checkpoint (issue 15): DeepSpeed's own `load_checkpoint` goes
+"""engine=deepspeed never unpickles code from a checkpoint: DeepSpeed's own `load_checkpoint` goes
 through our weights-only checkpoint engine, and `--resume auto` refuses a crafted file in one line.
 
 DeepSpeed runs in this process as a world of one (gloo); the run is the smallest real ZeRO-1 finetune.

@@ -1,4 +1,4 @@
-"""megatron-core's own checkpoint format (torch_dist) in and out (issue 17): `convert hf-to-megatron --format
+"""megatron-core's own checkpoint format (torch_dist) in and out: `convert hf-to-megatron --format
 dist`, `megatron-to-hf` and `model.init_from` of such folders, checked against megatron-core itself.
 
 One 2-rank gloo run of `_mcore_dist_worker.py` (TP = 2) does what only megatron-core can judge: its

@@ -1,4 +1,4 @@
-"""GPU-only: megatron-core's own save and load of a stock GPTModel with our torch_dist folders (issue 17).
+"""GPU-only: megatron-core's own save and load of a stock GPTModel with our torch_dist folders.
 
 Skipped — visibly, with the reason, under `pytest -ra` — where no CUDA device exists. Where one does, one
 rank per GPU (at most 2, TP = that number) on NCCL:

@@ -1,4 +1,4 @@
-"""The engine against a real `mlflow server` on loopback (issue #5), in two engine runs:
+"""The engine against a real `mlflow server` on loopback, in two engine runs:
 
 1. online, stopped (Ctrl-C) during step 4, after the step-2 checkpoint: the server has params = the
    resolved config (lists as JSON, no tracking.* and no machine paths) plus the model's size and counts,

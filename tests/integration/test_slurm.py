@@ -50,7 +50,7 @@ def _wait_for(predicate, timeout_s: float = 120) -> None:  # noqa: ANN001
 def test_submit_wait_keeps_every_override_then_redoes_nothing(
     on_slurm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:  # noqa: ANN001
-    """Issue #19: overrides given when the scripts are written reach every job, collect included (it used to
+    """Overrides given when the scripts are written reach every job, collect included (it used to
     collect the YAML's out_dir); pretrain → finetune → collect run in order; a rerun submits no run again."""
     config = write_sweep(tmp_path)  # its out_dir is tmp/sweep: the override moves the whole sweep
     moved = tmp_path / "moved"

@@ -80,7 +80,7 @@ def rest(base: str, endpoint: str, body: dict | None = None, **query: str) -> di
 
 
 def test_real_sweep_as_a_researcher_reads_it_in_mlflow(tiny_data, tmp_path: Path, mlflow_server) -> None:  # noqa: ANN001
-    """Issue #14: forgetting as a metric series, the sweep's axes as params/tags, dataset inputs, nesting,
+    """Forgetting as a metric series, the sweep's axes as params/tags, dataset inputs, nesting,
     and each finetune's best model registered (both at once: the registry name is created by one of them)."""
     quick = ["train.eval_sequences=8", "schedule.warmup=2", "tracking.flush_every_s=0.5"]
     doc = {

@@ -128,7 +128,7 @@ def test_slurm_backend_writes_array_scripts_that_run(tmp_path: Path, monkeypatch
 def test_slurm_scripts_keep_the_overrides_collect_included(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue #19: an override given when the scripts are written (here out_dir and the grid) reaches the array
+    """An override given when the scripts are written (here out_dir and the grid) reaches the array
     tasks and the collect job, which used to gather the YAML's own out_dir. (Without a cluster: each script
     is run with bash; tests/integration/test_slurm.py submits them to a real one.)"""
     monkeypatch.chdir(ROOT)

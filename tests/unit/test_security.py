@@ -1,4 +1,4 @@
-"""Issue 15 (security and crash hardening) in one process: no checkpoint load runs code (engine=single, the
+"""Security and crash hardening in one process: no checkpoint load runs code (engine=single, the
 Megatron checkpoints and folders, DeepSpeed's checkpoint engine, every converter), shards from another tokenizer are
 refused, `--resume auto` falls back from a broken `latest` and tidies killed saves, config errors come
 together, and shards are checked before the model is built.
@@ -51,7 +51,7 @@ def plant(path: Path, marker: Path, extra: dict | None = None) -> Path:
     probe_marker = marker.with_name(marker.name + ".probe")
     probe_copy = path.with_name(path.name + ".probe")
     torch.save({"module": _Payload(probe_marker)}, probe_copy)
-    torch.load(probe_copy, weights_only=False)  # the unsafe load the issue found in DeepSpeed
+    torch.load(probe_copy, weights_only=False)  # the unsafe load DeepSpeed's own load_checkpoint makes
     assert probe_marker.exists(), "the crafted pickle must be live for the refusal to mean anything"
     probe_copy.unlink()
     probe_marker.unlink()

@@ -1,4 +1,4 @@
-"""The forgetting-budget comparison (issue 13): the shipped sweep's arms and the report on run folders."""
+"""The forgetting-budget comparison: the shipped sweep's arms and the report on run folders."""
 
 from __future__ import annotations
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
-from dist_forget.laws.table import write_runs_csv
+from dist_forget.laws.table import read_runs, write_runs_csv
+from dist_forget.numfmt import json_finite
 from dist_forget.study import findings as fd
-from dist_forget.study.report import report
+from dist_forget.study.report import _findings_text, _heldout_rows, report
 from tests.unit.test_study_protocol import make_sweep
 
 
@@ -124,3 +126,19 @@ def test_forms_these_runs_cannot_identify_are_left_out_and_said_so(tmp_path, cap
     fits = json.loads((tmp_path / "out" / "fit.json").read_text())["fits"]
     assert {"finetune", "forgetting", "chinchilla"} <= {f["form"] for f in fits}
     assert not {"forgetting-anchored", "kalajdzievski"} & {f["form"] for f in fits}
+
+
+@pytest.mark.parametrize("name", ["micro", "demo"])
+def test_committed_reports_render_from_their_findings(name):
+    """findings.json holds every verdict and threshold: it is recomputed byte for byte from the committed
+    runs.csv, fit.json and protocol block, and REPORT.md's findings and held-out goal render from it alone."""
+    folder = Path(__file__).resolve().parents[2] / "reports" / name
+    committed = (folder / "findings.json").read_text()
+    facts, fits = json.loads(committed), json.loads((folder / "fit.json").read_text())["fits"]
+    runs = fd.runs_of(read_runs(folder / "runs.csv"))
+    assert json.dumps(json_finite(fd.collect(runs, facts["protocol"], fits)), indent=2) + "\n" == committed
+    text = (folder / "REPORT.md").read_text()
+    assert "\n".join(_findings_text(facts)) in text
+    assert "\n".join(_heldout_rows(fits, facts["heldout"])) in text
+    for law, best in facts["heldout"]["best"].items():
+        assert f"- {law}: best form **{best['form']}**" in text
