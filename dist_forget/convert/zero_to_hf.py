@@ -88,7 +88,7 @@ def zero_to_hf_folder(
         "checkpoint": checkpoint.name,
         "stage": source.stage,
         "world_size": source.world,
-        "parameters": sum(t.numel() for n, t in sd.items() if n not in tied and n in expected),
+        "parameters": sum(p.numel() for p in model.parameters()),  # tied weights once
     }
     with atomic_dir(out, overwrite=True) as tmp:
         if tok is not None:

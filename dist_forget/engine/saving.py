@@ -56,9 +56,8 @@ class Saver:
         """A checkpoint of the current step (collective): a resume point, never pinned (module docstring)."""
         config = json.dumps(self.meta["config"])  # a string: converters rewrite it (checkpoint/meta.py)
         client = pack_client(self.stream.state_dict(), self.state.state_dict(), config)
-        hf_config = {
-            k: v for k, v in self.hf_config.to_dict().items() if k != "_name_or_path"
-        }  # a local path
+        hf_config = self.hf_config.to_dict()
+        hf_config.pop("_name_or_path", None)  # the init folder, a path of this machine
         path = self.ckpt.save(self.state.step, client, self.meta, is_best=False, hf_config=hf_config)
         self.last_saved = self.state.step
         if self.backend.rank == 0:

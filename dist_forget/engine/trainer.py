@@ -1,8 +1,8 @@
 """The training loop, top to bottom: pretrain and finetune are the same run with different data and init.
 
 stream → model → optimizer → backend → (resume | evaluate the starting model) → steps: train, log,
-evaluate both validation splits every `eval_every` steps, keep the best-target-loss checkpoint (bottom of
-the U-curve), early stop (patience and stop_rise) → final evaluation, checkpoint, HF export, summary.json.
+evaluate both validation splits every `eval_every` steps, export the best-target-loss model to best/ (bottom
+of the U-curve), early stop (patience and stop_rise) → final evaluation, checkpoint, HF export, summary.json.
 
 Outputs in `out_dir`: checkpoints/ (see engine/checkpoint.py), metrics.jsonl (one line per step and per
 evaluation; what a resume rewrites up to its step), summary.json (exactly the runs-table columns),
