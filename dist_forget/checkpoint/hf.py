@@ -70,13 +70,35 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_hf_folder(tmp: Path, state: dict[str, torch.Tensor], hf_config: dict[str, Any]) -> None:
-    """save_pretrained of a real LlamaForCausalLM, so transformers reads the result back as usual."""
+def write_hf_folder(
+    tmp: Path, state: dict[str, torch.Tensor], hf_config: dict[str, Any], tokenizer: Path | None = None
+) -> None:
+    """save_pretrained of a real LlamaForCausalLM, so transformers reads the result back as usual (with the
+    tokenizer of the folder `tokenizer`, when given)."""
     from transformers import LlamaConfig
 
     from dist_forget.models.hf import write_pretrained
 
-    write_pretrained(tmp, state, LlamaConfig.from_dict(hf_config))
+    write_pretrained(tmp, state, LlamaConfig.from_dict(hf_config), tokenizer)
+
+
+def find_tokenizer(source: str | Path, given: str | Path | None = None) -> Path | None:
+    """The tokenizer a conversion of `source` copies into its HF folder: `given` (a folder or a
+    tokenizer.json: --tokenizer), else one in the source folder or the folder above it (a Megatron-LM
+    save dir beside its iteration), else, for a training checkpoint, its run folder's `model/` or `best/`
+    export, then the shards its run trained on (meta.json's config: data.target); None when none is there."""
+    from dist_forget.checkpoint.meta import is_training_checkpoint, read_meta
+    from dist_forget.data.tokenizer import TOKENIZER_FILE, tokenizer_path
+
+    if given is not None:
+        return tokenizer_path(given).parent  # a one-line error when it holds no tokenizer.json
+    source = Path(source)
+    candidates = [source, source.parent]
+    if is_training_checkpoint(source):
+        run = source.parent.parent  # <run>/checkpoints/step-XXXXXXXX
+        target = ((read_meta(source).get("config") or {}).get("data") or {}).get("target")
+        candidates += [run / "model", run / "best"] + ([Path(str(target))] if target else [])
+    return next((c for c in candidates if (c / TOKENIZER_FILE).is_file()), None)
 
 
 def read_named_optimizer(folder: Path) -> dict[str, Any]:

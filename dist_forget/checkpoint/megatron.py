@@ -31,6 +31,7 @@ import torch
 
 from dist_forget.checkpoint import megatron_dist, megatron_train
 from dist_forget.checkpoint.hf import (
+    find_tokenizer,
     indexed_optimizer_state,
     named_optimizer_state,
     read_hf_config,
@@ -324,7 +325,7 @@ def hf_folder_for_init(meg_dir: str | Path, cache_dir: str | Path) -> Path:
     cfg, full, _ = read_megatron(meg_dir)
     try:
         with atomic_dir(folder) as tmp:
-            write_hf_folder(tmp, full, cfg)
+            write_hf_folder(tmp, full, cfg, find_tokenizer(meg_dir))
     except OSError:  # FileExistsError / ENOTEMPTY: another rank of this launch finished first (same bytes)
         if not (folder / "config.json").is_file():
             raise

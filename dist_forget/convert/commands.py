@@ -46,6 +46,7 @@ def megatron_to_hf(
     optimizer: bool = False,
     overwrite: bool = False,
     hf_config: Path | None = None,
+    tokenizer: Path | None = None,
 ) -> int:
     """Merge a Megatron folder into an HF folder: megatron-core's torch_dist (an engine=megatron checkpoint,
     Megatron-LM / NeMo / --format dist, any TP/PP; a Megatron-LM save dir is followed to the iteration its
@@ -61,12 +62,27 @@ def megatron_to_hf(
         overwrite: replace OUT if it exists
         hf_config: transformers config.json (or its folder) for a megatron-core folder whose common.pt
             holds no args; unset = read from the checkpoint
+        tokenizer: tokenizer folder (or tokenizer.json) to copy into OUT; unset = the one in MEGATRON
+            (hf-to-megatron keeps it there) or, for a training checkpoint, its run's
     """
     from dist_forget.convert.megatron_hf import megatron_to_hf as convert
 
-    path = convert(megatron, out, optimizer=optimizer, overwrite=overwrite, hf_config=hf_config)
+    path = convert(
+        megatron, out, optimizer=optimizer, overwrite=overwrite, hf_config=hf_config, tokenizer=tokenizer
+    )
     print(f"wrote {path}{' with optimizer.pt' if optimizer else ''}")
+    _say_tokenizer(path, megatron)
     return 0
+
+
+def _say_tokenizer(out: Path, source: Path) -> None:
+    """One line when an HF folder was written without a tokenizer: AutoTokenizer cannot load it."""
+    if not (Path(out) / "tokenizer.json").is_file():
+        print(
+            f"note: no tokenizer in or beside {source}: {out} holds the weights alone; rerun with "
+            "--tokenizer FOLDER (the tokenizer the model was trained with, e.g. work/data/tokenizer) "
+            "--overwrite so AutoTokenizer loads it"
+        )
 
 
 def reshard_megatron(
@@ -111,7 +127,8 @@ def zero_to_hf(
     with_optimizer: bool = False,
     overwrite: bool = False,
 ) -> int:
-    """Consolidate a DeepSpeed ZeRO checkpoint (stage 1/2/3, any world size) into a Hugging Face folder.
+    """Consolidate a DeepSpeed ZeRO checkpoint (stage 1/2/3, any world size) or an engine=single one into a
+    Hugging Face folder, with the run's tokenizer.
 
     --hf-config: a transformers config.json (or folder); found next to the checkpoint when omitted.
     --with-optimizer also writes optimizer.pt: the whole anchor θ₀, Adam moments and step per parameter.
@@ -120,7 +137,8 @@ def zero_to_hf(
         checkpoint: DeepSpeed ZeRO checkpoint folder (step-*)
         out: Hugging Face folder to write
         hf_config: transformers config.json (or its folder); unset = found next to the checkpoint
-        tokenizer: tokenizer.json (or its folder) to copy into OUT; unset = none copied
+        tokenizer: tokenizer.json (or its folder) to copy into OUT; unset = the run's (its model/ or
+            best/ export, else the shards of meta.json's data.target)
         with_optimizer: also write optimizer.pt (anchor, Adam moments, step per parameter)
         overwrite: replace OUT if it exists
     """
@@ -135,10 +153,11 @@ def zero_to_hf(
         overwrite=overwrite,
     )
     extra = f", optimizer state {summary['optimizer_keys']}" if with_optimizer else ""
-    print(
-        f"wrote {out}: ZeRO-{summary['stage']} x {summary['world_size']} ranks -> "
-        f"{summary['parameters']:,} parameters{extra}"
+    layout = (
+        f"ZeRO-{summary['stage']} x {summary['world_size']} ranks" if summary["stage"] else "engine=single"
     )
+    print(f"wrote {out}: {layout} -> {summary['parameters']:,} parameters{extra}")
+    _say_tokenizer(out, checkpoint)
     return 0
 
 

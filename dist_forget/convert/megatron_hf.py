@@ -21,6 +21,7 @@ from dist_forget.checkpoint import megatron, megatron_dist, megatron_train
 from dist_forget.checkpoint import meta as ckpt_meta
 from dist_forget.checkpoint.hf import (
     OPTIM_FILE,
+    find_tokenizer,
     named_optimizer_state,
     read_hf_config,
     read_hf_weights,
@@ -28,6 +29,7 @@ from dist_forget.checkpoint.hf import (
     write_hf_folder,
 )
 from dist_forget.checkpoint.megatron import META_FILE, rank_file, read_megatron
+from dist_forget.data.tokenizer import write_hf_tokenizer
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir
 from dist_forget.models.megatron import LlamaDims, check_pp
@@ -83,13 +85,15 @@ def hf_to_megatron(
         raise UserError(f"{out_dir} already exists; pass --overwrite or choose another --out")
     state = read_hf_weights(hf_dir)
     megatron.check_architecture(state, dims, str(hf_dir))
-    if format == "dist":
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-            megatron_dist.write_save_dir(tmp, cfg, state)
-        return out_dir
     named = read_named_optimizer(hf_dir) if optimizer else None
+    tokenizer = find_tokenizer(hf_dir)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        megatron.write_folder(tmp, cfg, state, named, tp, pp)
+        if format == "dist":
+            megatron_dist.write_save_dir(tmp, cfg, state)
+        else:
+            megatron.write_folder(tmp, cfg, state, named, tp, pp)
+        if tokenizer is not None:  # beside the weights, so megatron-to-hf gives it back
+            write_hf_tokenizer(tokenizer, tmp)
     return out_dir
 
 
@@ -99,15 +103,18 @@ def megatron_to_hf(
     optimizer: bool = False,
     overwrite: bool = False,
     hf_config: str | Path | None = None,
+    tokenizer: str | Path | None = None,
 ) -> Path:
     """Merge a Megatron folder (ours: TP shards; megatron-core's: any TP/PP) into an HF Llama folder
-    (optionally with optimizer.pt)."""
+    (optionally with optimizer.pt), with the tokenizer `tokenizer` names or the source holds
+    (checkpoint/hf.find_tokenizer), when there is one."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise UserError(f"{out_dir} already exists; pass --overwrite or choose another --out")
+    tok = find_tokenizer(meg_dir, tokenizer)
     cfg, full, named = read_megatron(meg_dir, optimizer, hf_config)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        write_hf_folder(tmp, full, cfg)
+        write_hf_folder(tmp, full, cfg, tok)
         if named is not None:
             torch.save(named, tmp / OPTIM_FILE)
     return out_dir

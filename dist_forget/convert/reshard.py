@@ -7,7 +7,8 @@ world size and written as if that many ranks had saved it: the master weights, e
 state tensor (moments, anchor), the step, and the data-stream state in the client state (re-keyed by
 `dist_forget.data.mixture.reshard_state_dict` when present). An engine checkpoint's `meta.json` gets the
 new world size and the re-keyed stream's fingerprint, so `dist-forget finetune --resume DIR` on the new
-world size accepts it; `hf_config.json` is copied. The source folder is only read.
+world size accepts it; `hf_config.json` and the run's tokenizer (checkpoint/hf.find_tokenizer) are copied,
+so `zero-to-hf` of the copy writes a complete HF folder. The source folder is only read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from dist_forget.checkpoint.hf import find_tokenizer
 from dist_forget.checkpoint.meta import (
     DATA,
     copy_hf_config,
@@ -30,6 +32,7 @@ from dist_forget.checkpoint.meta import (
     write_meta,
 )
 from dist_forget.checkpoint.zero import MODEL_FILE, OPTIM, ZeroCheckpoint, zero_model_file, zero_optim_file
+from dist_forget.data.tokenizer import write_hf_tokenizer
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir
 
@@ -69,12 +72,15 @@ def reshard_checkpoint(src: Path, dst: Path, world_size: int, overwrite: bool = 
         files.update({zero_model_file(r): model_states for r in range(w)})
 
     meta = _engine_meta(src, ckpt.model_states[0].get(DATA), model_states.get(DATA), w)
+    tokenizer = find_tokenizer(src)  # the run's, so zero-to-hf of the copy finds it wherever it goes
     with atomic_dir(dst, overwrite=overwrite) as tmp:
         for name, obj in files.items():
             torch.save(obj, tmp / name)
         if meta is not None:
             copy_hf_config(src, tmp)
             write_meta(tmp, meta)
+        if tokenizer is not None:
+            write_hf_tokenizer(tokenizer, tmp)
     return {
         "source": str(src),
         "out": str(dst),

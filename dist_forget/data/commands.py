@@ -189,7 +189,7 @@ def preview(
         cache_dir: where manifests read from a URL are cached (preview reads no shard)
         json: print one JSON object instead of a table
     """
-    from dist_forget.data.mixture import MixedStream, MixtureConfig, pretrain_count
+    from dist_forget.data.mixture import MixedStream, MixtureConfig, few_injected, pretrain_count
 
     if global_batch < 1 or steps < 0:
         raise UserError(f"--global-batch {global_batch} must be >= 1 and --steps {steps} >= 0")
@@ -233,6 +233,9 @@ def preview(
                 else value
             )
             print(f"{key.ljust(width)}  {shown}")
+    few = few_injected(stream.frac, steps, global_batch)
+    if few:
+        print(f"warning: {few}", file=sys.stderr)
     return 0
 
 

@@ -124,6 +124,27 @@ def pretrain_count(k: np.ndarray | int, frac: Fraction) -> np.ndarray | int:
     return np.asarray(k, dtype=np.int64) * frac.numerator // frac.denominator
 
 
+# Fewer injected sequences than this over a whole run and p measures nothing: each of them is over a fifth
+# of all the pretraining data the run sees, and floor(k·p) may round the nominal k·p down by as much (a
+# run of 40 sequences at p = 1 % injects none at all).
+FEW_INJECTED = 5
+
+
+def few_injected(frac: Fraction, steps: int, batch: int) -> str | None:
+    """A one-line warning when p > 0 injects fewer than FEW_INJECTED sequences in `steps` optimizer steps of
+    `batch` sequences (all ranks), naming how many steps would inject that many; None otherwise."""
+    total = steps * batch
+    n = int(pretrain_count(total, frac))
+    if frac <= 0 or n >= FEW_INJECTED:
+        return None
+    need = -(-FEW_INJECTED * frac.denominator // frac.numerator)  # the smallest k with floor(k p) >= 5
+    return (
+        f"p = {float(frac):g} injects {n} pretraining sequence{'s' * (n != 1)} over {steps} steps x {batch} "
+        f"sequences ({total:,}){': the run trains as p = 0' if n == 0 else ''}; {-(-need // batch):,} steps "
+        f"(or a larger batch) inject at least {FEW_INJECTED}"
+    )
+
+
 class Schedule:
     """The piecewise-constant p of a stream and its exact pretraining count (module docstring).
 

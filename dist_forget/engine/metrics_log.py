@@ -81,7 +81,9 @@ class MetricsLog:
             "injected_sequences": float(state.pretrain_sequences),
         }
         self.write(train_record(state.step, {**metrics, "inject_fraction_set": p_set}))
-        mlflow = {f"train/{k}": v for k, v in metrics.items()}
+        # p goes to MLflow once, as `inject_fraction` (the p set; the observed share of this step is
+        # metrics.jsonl's, its running mean `train/inject_fraction_cum`)
+        mlflow = {f"train/{k}": v for k, v in metrics.items() if k != "inject_fraction"}
         self.tracker.log_metrics({**mlflow, "inject_fraction": p_set}, state.step)
         eta = sum(self.times) / len(self.times) * (self.cost.steps - state.step)
         self.say(
@@ -102,8 +104,10 @@ def _fmt_time(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def plot(metrics: Path, path: Path) -> Path:
-    """loss_curves.png: train loss per step, target and pretraining validation loss per evaluation."""
+def plot(metrics: Path, path: Path, pt_loss_base: float | None = None, best_step: int | None = None) -> Path:
+    """loss_curves.png: train loss per step, target and pretraining validation loss per evaluation and, for
+    a finetune (`pt_loss_base` given), forgetting = pretraining validation loss − the starting model's
+    below it, on its own scale (a few hundredths of a nat beside losses of several), the best step marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,17 +115,28 @@ def plot(metrics: Path, path: Path) -> Path:
 
     train_pts = [(r["step"], r["loss"]) for r in read_metrics(metrics, "train")]
     evals = read_metrics(metrics, "eval")
-    fig, ax = plt.subplots(figsize=(7, 4))
+    forgetting = pt_loss_base is not None and bool(evals)
+    fig, axes = plt.subplots(
+        2 if forgetting else 1, 1, figsize=(7, 6.5 if forgetting else 4), sharex=True, squeeze=False
+    )
+    ax = axes[0][0]
     if train_pts:
         ax.plot(*zip(*train_pts), lw=0.8, alpha=0.6, label="train loss")
+    steps = [r["step"] for r in evals]
     if evals:
-        ax.plot([r["step"] for r in evals], [r["ft_loss"] for r in evals], "o-", label="target validation")
-        ax.plot(
-            [r["step"] for r in evals], [r["pt_loss"] for r in evals], "s-", label="pretraining validation"
-        )
-    ax.set_xlabel("step")
+        ax.plot(steps, [r["ft_loss"] for r in evals], "o-", label="target validation")
+        ax.plot(steps, [r["pt_loss"] for r in evals], "s-", label="pretraining validation")
     ax.set_ylabel("loss (nats/token)")
     ax.legend()
+    if forgetting:
+        ax = axes[1][0]
+        ax.plot(steps, [r["pt_loss"] - pt_loss_base for r in evals], "s-", color="C2", label="forgetting")
+        ax.axhline(0.0, color="k", lw=0.6)
+        if best_step is not None:
+            ax.axvline(best_step, color="C1", ls="--", lw=0.8, label=f"best target loss (step {best_step})")
+        ax.set_ylabel("forgetting: pt val − base (nats/token)")
+        ax.legend()
+    ax.set_xlabel("step")
     fig.tight_layout()
     tmp = path.with_name("." + path.name + ".tmp.png")
     fig.savefig(tmp, dpi=100)

@@ -1,13 +1,17 @@
 """What a run tells MLflow about itself, shaped for a researcher's runs table and compare view.
 
 - params: the resolved config, flattened (lists as JSON), without `tracking.*` (where to log is not what
-  was run, and a resumed or synced run would show stale values) and without this machine's paths, plus
-  the model as it was built: `model.size` (a finetune's base model is looked up on the ladder),
-  `model.params_non_embedding` (N of the laws) and `model.params_total`;
-- tags: the sweep's axes as columns to sort, filter and group by (`stage`, `domain`, `size`,
-  `target_tokens`, `inject_fraction`, `anchor_decay`, `seed`), the run's paths relative to its root
-  (`dist_forget.path.<key>`; the root is the sweep folder, `$DIST_FORGET_SWEEP_DIR`, else the folder
-  holding out_dir, where the default store lives) and the base model's run id (`dist_forget.base_run_id`);
+  was run, and a resumed or synced run would show stale values) and without this machine's paths (any
+  other absolute path is made relative to the run's root, below), plus the model as it was built:
+  `model.size` (a finetune's base model is looked up on the ladder), `model.params_non_embedding` (N of
+  the laws) and `model.params_total`. D is `data.target_tokens`: the unique target tokens the run
+  trained on (whole sequences: the runs table's value), with the config's value as
+  `data.target_tokens_requested`; p is `data.inject_fraction` (and, per step, the metric `inject_fraction`);
+- tags: what no param says, as columns to sort, filter and group by (`stage`, `domain` as resolved from
+  the target when the config names none; `size`, `anchor_decay`, `seed` beside their params for grouping),
+  the run's paths relative to its root (`dist_forget.path.<key>`; the root is the sweep folder,
+  `$DIST_FORGET_SWEEP_DIR`, else the folder holding out_dir, where the default store lives) and the base
+  model's run id (`dist_forget.base_run_id`);
 - dataset inputs: the target shards and the pretraining shards (name, manifest sha256 as digest, token
   counts per split in the profile), shown in the runs table's Dataset column. MLflow keeps one dataset per
   (name, digest) in an experiment, shared by its runs, so what differs per run (p, the D tokens used) is on
@@ -27,7 +31,7 @@ from dist_forget.models.ladder import size_of
 from dist_forget.tracking.config import relative, run_root
 
 PATH_KEYS = ("out_dir", "model.init_from", "model.cache_dir", "data.target", "data.pretrain")
-AXES = ("stage", "domain", "size", "target_tokens", "inject_fraction", "anchor_decay", "seed")
+AXES = ("stage", "domain", "size", "anchor_decay", "seed")
 
 
 def _is_path(key: str, value: Any) -> bool:
@@ -53,17 +57,16 @@ def params_and_tags(
     """(MLflow params, tags) of a run from its flattened, redacted config and the built model's signature."""
     root = run_root(out_dir)
     size = model_size(flat.get("model.size"), flat.get("model.init_from"), sig)
-    params = {k: v for k, v in flat.items()
+    params = {k: portable(v, root) for k, v in flat.items()
               if not k.startswith("tracking.") and not (k in PATH_KEYS and _is_path(k, v))}  # fmt: skip
     params.update({"model.size": size, "model.params_non_embedding": sig["non_embedding_params"],
-                   "model.params_total": sig["total_params"]})  # fmt: skip
+                   "model.params_total": sig["total_params"], "data.target_tokens": target_tokens,
+                   "data.target_tokens_requested": flat.get("data.target_tokens")})  # fmt: skip
     domain = flat.get("domain") or location_name(str(flat["data.target"]))
     tags = {
         "stage": mode,
         "domain": domain,
         "size": size,
-        "target_tokens": str(flat.get("data.target_tokens") or target_tokens),
-        "inject_fraction": str(flat.get("data.inject_fraction", 0.0)),
         "anchor_decay": str(flat.get("optim.anchor_decay", 0.0)),
         "seed": str(flat.get("train.seed", 0)),
     }
@@ -79,6 +82,26 @@ def params_and_tags(
         if base_id and not str(base_id).startswith("local:"):
             tags["dist_forget.base_run_id"] = str(base_id)
     return params, tags
+
+
+def portable(value: Any, root: Path) -> Any:
+    """`value` with an absolute path (or a sqlite:/// URI of one) made relative to `root`, recursively
+    through dicts and lists: what goes to the artifact store names no folder of this machine."""
+    if isinstance(value, dict):
+        return {k: portable(v, root) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(portable(v, root) for v in value)
+    if isinstance(value, str) and value.startswith("sqlite:///") and Path(value[10:]).is_absolute():
+        return "sqlite:///" + relative(value[10:], root)
+    if isinstance(value, str) and not is_remote(value) and Path(value).is_absolute():
+        return relative(value, root)
+    return value
+
+
+def config_artifact(config: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """run_config.json as the artifact store gets it: the resolved config with its paths relative to the
+    run's root (the file in out_dir keeps them as they were given, to rerun from the same place)."""
+    return portable(config, run_root(out_dir))
 
 
 def _sha256(path: Path) -> str:

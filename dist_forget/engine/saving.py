@@ -1,6 +1,14 @@
 """Checkpoint + export for one run: what goes into each checkpoint beside the backend's files (client
 state: data-stream position, run state, config; meta.json), restoring it, and the HF folder exports
-(`best/` at every new best evaluation, `model/` at the end). Tags, pointers and retention: checkpoint.py."""
+(`best/` at every new best evaluation, `model/` at the end). Tags, pointers and retention: checkpoint.py.
+
+The best step is kept once, as the `best/` export (weights + tokenizer: what the runs table's row was
+measured on). The checkpoint saved with it is an ordinary resume point that `checkpoint.keep` retires like
+any other: pinning it too would keep a second copy of those weights plus the optimizer state (Adam moments
+and the anchor θ₀: three more copies of the model), 2.1 GB beside best/'s 0.5 GB for SmolLM2-135M in fp32,
+which only a resume from that exact step could use. What each save costs on disk is printed at every new
+best and kept in report.json (`disk_bytes`).
+"""
 
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ class Saver:
         self.meta, self.hf_config, self.every = meta, hf_config, every
         self.out, self.tokenizer_dir = out, tokenizer_dir
         self.last_saved = -1  # the step of the newest checkpoint this run wrote or resumed from
+        self.disk: dict[str, int] = {}  # bytes of the newest checkpoint and of each export (report.json)
 
     def restore(self, path: Path) -> None:
         """Load checkpoint `path` (collective): weights, optimizer, stream position and run state."""
@@ -43,25 +52,35 @@ class Saver:
     def due(self, step: int) -> bool:
         return bool(self.every and step % self.every == 0)
 
-    def save(self, is_best: bool) -> None:
-        """A checkpoint of the current step (collective); `is_best` points `best` at it."""
+    def save(self) -> None:
+        """A checkpoint of the current step (collective): a resume point, never pinned (module docstring)."""
         config = json.dumps(self.meta["config"])  # a string: converters rewrite it (checkpoint/meta.py)
         client = pack_client(self.stream.state_dict(), self.state.state_dict(), config)
-        self.ckpt.save(
-            self.state.step, client, self.meta, is_best=is_best, hf_config=self.hf_config.to_dict()
-        )
+        hf_config = self.hf_config.to_dict()
+        hf_config.pop("_name_or_path", None)  # the init folder, a path of this machine
+        path = self.ckpt.save(self.state.step, client, self.meta, is_best=False, hf_config=hf_config)
         self.last_saved = self.state.step
+        if self.backend.rank == 0:
+            self.disk["checkpoint"] = folder_bytes(path)
 
     def export(self, folder: str) -> None:
-        """The model as an HF folder `out/folder`, with the shards' tokenizer (collective; rank 0 writes)."""
+        """The model as an HF folder `out/folder`, with its tokenizer (collective; rank 0 writes)."""
         sd = self.backend.full_state_dict()
         if self.backend.rank == 0:
             hf.save_folder(sd, self.hf_config, self.out / folder, self.tokenizer_dir)
+            self.disk[folder] = folder_bytes(self.out / folder)
+            if folder == "best":
+                print(
+                    f"saved: best/ {_size(self.disk['best'])} (the step-{self.state.step} model); its "
+                    f"checkpoint {_size(self.disk.get('checkpoint', 0))}, kept while among the last "
+                    f"{self.ckpt.keep} (checkpoint.keep)",
+                    flush=True,
+                )
 
     def finish(self) -> None:
         """The last checkpoint (unless a resume found the run already at its end) and the `model/` export."""
         if self.last_saved != self.state.step:
-            self.save(is_best=False)
+            self.save()
         self.export("model")
 
     def diverged(self, loss: float) -> UserError:
@@ -72,3 +91,12 @@ class Saver:
             f"checkpoint is {self.ckpt.root / last if last else 'none'}; lower optim.lr or raise "
             "schedule.warmup, then --resume auto"
         )
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under `path` (what a checkpoint or an export costs on disk)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"

@@ -16,6 +16,7 @@ from dist_forget.engine.run_state import RunState
 from dist_forget.io import write_json_atomic
 from dist_forget.machine import fingerprint
 from dist_forget.schema import METRICS_FILE, SUMMARY_FILE, summary_row
+from dist_forget.tracking.config import relative, run_root
 
 
 def summary_of(
@@ -44,7 +45,8 @@ def summary_of(
             "pt_loss_base": state.pt_loss_base,
             "ft_loss_base": state.ft_loss_base,
             "steps": state.best_step,
-            "run_id": state.mlflow_run_id or f"local:{out.resolve()}",
+            # without MLflow: the run folder, relative to the sweep's (or its parent): no machine path
+            "run_id": state.mlflow_run_id or f"local:{relative(out, run_root(out))}",
         }
     )
 
@@ -81,7 +83,8 @@ def write_outputs(
             cfg.tracking.register_model,
             {"best_step": state.best_step, "ft_loss": state.best_ft, "pt_loss": state.best_pt},
         )
-    curves = plot(out / METRICS_FILE, out / "loss_curves.png")
+    base = state.pt_loss_base if mode == "finetune" else None
+    curves = plot(out / METRICS_FILE, out / "loss_curves.png", base, state.best_step)
     for path in (out / SUMMARY_FILE, out / "report.json", curves):
         tracker.log_artifact(path)
     say(

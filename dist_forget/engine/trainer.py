@@ -1,8 +1,8 @@
 """The training loop, top to bottom: pretrain and finetune are the same run with different data and init.
 
 stream → model → optimizer → backend → (resume | evaluate the starting model) → steps: train, log,
-evaluate both validation splits every `eval_every` steps, keep the best-target-loss checkpoint (bottom of
-the U-curve), early stop (patience and stop_rise) → final evaluation, checkpoint, HF export, summary.json.
+evaluate both validation splits every `eval_every` steps, export the best-target-loss model to best/ (bottom
+of the U-curve), early stop (patience and stop_rise) → final evaluation, checkpoint, HF export, summary.json.
 
 Outputs in `out_dir`: checkpoints/ (see engine/checkpoint.py), metrics.jsonl (one line per step and per
 evaluation; what a resume rewrites up to its step), summary.json (exactly the runs-table columns),
@@ -13,7 +13,7 @@ The parts, one file each: run_state.py (what a resume restores), evaluation.py (
 the best step, early stop), metrics_log.py (metrics.jsonl, progress line, plot), saving.py (checkpoint +
 HF export), summary.py (summary.json, report.json, the closing line).
 
-MLflow (rank 0): per step `train/*` (loss, lr, grad_norm, tokens_per_s, mfu, inject_fraction[_cum],
+MLflow (rank 0): per step `train/*` (loss, lr, grad_norm, tokens_per_s, mfu, inject_fraction_cum,
 injected_sequences cumulative); per evaluation `val/ft_loss`, `val/pt_loss`, `val/best_ft_loss` and, on a
 finetune, `val/forgetting` = val/pt_loss − the starting model's; at step 0 `val/pt_loss_base` and
 `val/ft_loss_base`; at the end `best/ft_loss`, `best/step` and, on a finetune, `best/pt_loss`,
@@ -39,7 +39,7 @@ import torch
 from dist_forget.checkpoint import init_from
 from dist_forget.checkpoint.meta import check_compatible, read_meta
 from dist_forget.config import flatten, to_dict
-from dist_forget.data.mixture import MixedStream
+from dist_forget.data.mixture import MixedStream, few_injected
 from dist_forget.data.remote import location_name, tokenizer_folder
 from dist_forget.engine.backend import Backend, BackendConfig, make_backend
 from dist_forget.engine.checkpoint import CheckpointManager, prepare_resume, resolve_resume
@@ -48,6 +48,7 @@ from dist_forget.engine.evaluation import Evaluator
 from dist_forget.engine.flops import flops_per_token, measure_peak
 from dist_forget.engine.inject_control import InjectController, read_prior
 from dist_forget.engine.metrics_log import MetricsLog, StepCost
+from dist_forget.engine.run_meta import config_artifact
 from dist_forget.engine.run_state import RunState
 from dist_forget.engine.saving import Saver
 from dist_forget.engine.schedule import lr_at
@@ -64,6 +65,7 @@ class _NullTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_dict(self, data: dict[str, Any], name: str) -> None: ...
     def log_inputs(self, datasets: list[dict[str, Any]]) -> None: ...
     def register_model(self, folder: str | Path, name: str, tags: dict[str, str] | None = None) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
@@ -247,7 +249,7 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
             _adapt(r)  # p for the steps up to the next evaluation; saved below with the checkpoint
         # a new best is saved (and exported) at once: it is the row the runs table reports
         if best or final or stopped_early or r.saver.due(state.step):
-            r.saver.save(is_best=best)
+            r.saver.save()
         if best:
             r.saver.export("best")
         if stopped_early:
@@ -283,6 +285,7 @@ def _summarize(
             # the p of each segment from its first global sequence on (one segment: a constant p)
             "inject_schedule": r.stream.schedule.to_list(),
             "inject_fraction_mean": r.stream.schedule.mean(state.sequences),
+            "disk_bytes": r.saver.disk,  # the newest checkpoint, best/ and model/ (engine/saving.py)
         }
         write_outputs(cfg, mode, state, summary, report, r.tracker, print)
     return summary
@@ -319,8 +322,9 @@ def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Ex
     t = cfg.train
     stream = MixedStream(cfg.data, rank=backend.dp_rank, world_size=backend.dp_size)
     stream.verify()  # every shard's hash and layout now, not after the model is built and evaluated
-    # what the HF exports copy beside the weights; for shards at a URL fetched now, not at the end of the run
-    tokenizer_dir = tokenizer_folder(stream.target_manifest) if rank0 else None
+    few = None if cfg.data.adaptive else few_injected(stream.frac, cfg.schedule.steps, t.batch_size)
+    if few:
+        say(f"warning: {few}", flush=True)
     per_step_micro = t.micro_batch * backend.dp_size
     if t.batch_size % per_step_micro:
         raise UserError(
@@ -328,7 +332,9 @@ def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Ex
             f"({t.micro_batch}) × {backend.dp_size} data-parallel ranks; change either"
         )
     grad_accum = t.batch_size // per_step_micro
-    sig, hf_config = _build_model(cfg, mode, backend, stream, resume_path, grad_accum)
+    sig, hf_config, init_dir = _build_model(cfg, mode, backend, stream, resume_path, grad_accum)
+    # what the HF exports copy beside the weights; for shards at a URL fetched now, not at the end of the run
+    tokenizer_dir = hf.tokenizer_source(tokenizer_folder(stream.target_manifest), init_dir) if rank0 else None
 
     safe_cfg = redact_tree(to_dict(cfg))  # what files, checkpoints and MLflow get: URIs without credentials
     meta = {
@@ -368,7 +374,7 @@ def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Ex
     cleanup.callback(log.close)
     if rank0:
         write_json_atomic(out / "run_config.json", safe_cfg)
-        tracker.log_artifact(out / "run_config.json")
+        tracker.log_dict(config_artifact(safe_cfg, out), "run_config.json")  # no path of this machine
     # the manifests the stream opened (a URL's validation shards go to the same cache)
     target_val = stream.target_manifest
     pretrain_val = stream.pretrain_manifest or stream.target_manifest
@@ -448,9 +454,9 @@ def _build_model(
     stream: MixedStream,
     resume_path: Path | None,
     grad_accum: int,
-) -> tuple[dict[str, Any], Any]:
+) -> tuple[dict[str, Any], Any, Path | None]:
     """Build (or load) the model, check it against the data and the checkpoint, hand it to the backend;
-    returns (model signature, HF config)."""
+    returns (model signature, HF config, the HF folder it was initialised from)."""
     init_dir = _init_folder(cfg, mode)
     _check_tokenizer(init_dir, stream)
     model = _model_factory(cfg, init_dir, stream)
@@ -471,7 +477,7 @@ def _build_model(
     handover = [model]
     del model  # the backend owns it from here (and may wrap or shard it): keep no second reference
     backend.build(handover.pop, _make_optimizer(cfg), cfg.train.micro_batch, grad_accum)
-    return sig, hf_config
+    return sig, hf_config, init_dir
 
 
 def _begin(cfg: RunConfig, mode: str, backend: Backend, r: _Parts) -> None:

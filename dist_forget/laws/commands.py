@@ -17,7 +17,7 @@ from dist_forget.laws.forms import DEFAULT_FORMS, FORMS
 from dist_forget.laws.pipeline import fit_runs
 from dist_forget.laws.plan import format_plan, load_fits
 from dist_forget.laws.plan import plan as plan_p
-from dist_forget.laws.report import write_outputs
+from dist_forget.laws.report import relative_to, write_outputs
 from dist_forget.laws.table import read_mlflow, read_runs
 from dist_forget.numfmt import json_finite
 from dist_forget.redact import redact_uri
@@ -72,7 +72,7 @@ def fit(
     if pooled:
         table.domain = np.full(len(table), "all", dtype=object)
     source = (
-        str(runs)
+        relative_to(runs, out)  # REPORT.md links it: relative to its folder, no path of this machine
         if runs is not None
         else f"mlflow:{mlflow}@{redact_uri(os.environ.get('MLFLOW_TRACKING_URI', 'default'))}"
     )

@@ -8,6 +8,7 @@ Errors are fractions, losses nats/token, sizes in parameters and tokens.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,17 @@ def write_outputs(
     return [Path(out) / "fit.json", Path(out) / "REPORT.md"] + [Path(out) / p.name for p in pngs]
 
 
+def relative_to(path: str | Path, folder: str | Path) -> str:
+    """`path` as seen from `folder` (e.g. the runs table from the report's folder): what fit.json and
+    REPORT.md name it by, so they hold no path of this machine and the link works in a copy of the tree."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve())).as_posix()
+
+
 def report_markdown(records: list[dict[str, Any]], meta: dict[str, Any], pngs: list[str]) -> str:
     lines = [
         "# Law fit report",
         "",
-        f"Runs: {meta.get('source')} ({meta.get('n_runs')} runs). Huber delta {meta.get('delta')} on "
+        f"Runs: {_link(str(meta.get('source')))} ({meta.get('n_runs')} runs). Huber delta {meta.get('delta')} on "
         f"log-loss residuals, summed; {meta.get('bootstrap')} bootstrap resamples; holdout: "
         f"{meta.get('holdout')}. Errors are relative errors of the loss (MRE = mean, max = largest).",
         "",
@@ -71,13 +78,26 @@ def report_markdown(records: list[dict[str, Any]], meta: dict[str, Any], pngs: l
         )
         lines.append(f"- {r['domain']} / {r['form']} (`{r['formula']}`): {params}")
         lines += [f"  - **warning** {text}" for text in format_warnings(r)]
-    if pngs:
-        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in pngs]
+    if pngs:  # beside REPORT.md (also under the sweep run's fit/ artifacts): relative links render
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in pngs]
     return "\n".join(lines) + "\n"
+
+
+def _link(source: str) -> str:
+    """The runs table as a relative Markdown link; an MLflow source (`mlflow:EXP@URI`) stays text."""
+    return source if source.startswith("mlflow:") else f"[{source}]({source})"
 
 
 def _mode(values: np.ndarray) -> float:
     return float(Counter(values.tolist()).most_common(1)[0][0])
+
+
+def forgetting_plot_tokens(target_tokens: Any) -> float:
+    """The D of the forgetting-vs-p plot: the most common D among the runs, the largest of a tie (a grid
+    holds every D equally often; forgetting grows with D, and the planner asks about the largest). The
+    demo's end screen prints its table at this D, beside the plot."""
+    counts = Counter(float(d) for d in np.asarray(target_tokens).tolist())
+    return max(counts, key=lambda d: (counts[d], d))
 
 
 def _curve_cols(runs: Runs, n: float, d: np.ndarray, p: np.ndarray, lam: float) -> dict[str, np.ndarray]:
@@ -125,7 +145,7 @@ def plot_all(out: Path, records: list[dict[str, Any]], runs: Runs) -> list[Path]
         colors = plt.cm.viridis(np.linspace(0, 0.9, len(sizes)))
         lam = _mode(sub.values["anchor_decay"])
         if isinstance(form, Forgetting):
-            d_fix = _mode(sub.values["target_tokens"])
+            d_fix = forgetting_plot_tokens(sub.values["target_tokens"])
             ps = np.unique(sub.values["inject_fraction"])
             grid = np.concatenate(
                 [[0.0], np.geomspace(max(ps[ps > 0].min(initial=1e-4) / 2, 1e-6), ps.max() * 1.5, 60)]

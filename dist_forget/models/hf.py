@@ -115,12 +115,18 @@ def signature(model: nn.Module, size: str | None = None) -> dict[str, Any]:
     }
 
 
-def write_pretrained(tmp: str | Path, state_dict: dict[str, torch.Tensor], config: Any) -> None:
-    """save_pretrained of the model `config` describes, holding `state_dict`, into the (temp) folder `tmp`:
-    the one writer of HF folders (the trainer's export and every converter)."""
+def write_pretrained(
+    tmp: str | Path, state_dict: dict[str, torch.Tensor], config: Any, tokenizer: str | Path | None = None
+) -> None:
+    """save_pretrained of the model `config` describes, holding `state_dict`, into the (temp) folder `tmp`,
+    with the tokenizer files of `tokenizer` (a folder or a tokenizer.json; data/tokenizer.write_hf_tokenizer)
+    and the config's bos/eos/pad ids set to that tokenizer's: the one writer of HF folders (the trainer's
+    export and every converter)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    if tokenizer is not None:
+        config = with_tokenizer(tmp, config, tokenizer)
     model = AutoModelForCausalLM.from_config(config)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
@@ -130,14 +136,41 @@ def write_pretrained(tmp: str | Path, state_dict: dict[str, torch.Tensor], confi
     model.save_pretrained(tmp)
 
 
+def with_tokenizer(tmp: str | Path, config: Any, tokenizer: str | Path) -> Any:
+    """Write the tokenizer files of `tokenizer` into the folder `tmp`; returns a copy of `config` whose
+    special-token ids are that tokenizer's (a ladder model's config keeps Llama's defaults otherwise)."""
+    from dist_forget.data.tokenizer import special_token_ids, write_hf_tokenizer
+
+    write_hf_tokenizer(tokenizer, tmp)
+    config = copy.deepcopy(config)
+    for key, value in special_token_ids(tmp).items():
+        setattr(config, key, value)
+    return config
+
+
+def tokenizer_source(shards: str | Path | None, init: str | Path | None) -> Path | None:
+    """Where an export takes its tokenizer from: the folder the model was initialised from when its
+    tokenizer.json is the shards' (same sha256: its chat template and special tokens, e.g. SmolLM2's
+    `<|im_end|>`, stay), else the shards' own (its manifest names it), else the init folder's, else None."""
+    from dist_forget.data.tokenizer import TOKENIZER_FILE, file_sha256
+
+    shard_file = Path(shards) / TOKENIZER_FILE if shards else None
+    init_file = Path(init) / TOKENIZER_FILE if init else None
+    has_shards = shard_file is not None and shard_file.is_file()
+    if init_file is not None and init_file.is_file():
+        if not has_shards or file_sha256(init_file) == file_sha256(shard_file):
+            return init_file.parent
+    return shard_file.parent if has_shards else None
+
+
 def save_folder(
     state_dict: dict[str, torch.Tensor], config: Any, out: str | Path, tokenizer_dir: str | Path | None = None
 ) -> Path:
-    """Write an HF folder (atomically) from a full state dict and its config."""
+    """Write an HF folder (atomically) from a full state dict and its config, with the tokenizer of
+    `tokenizer_dir` (see write_pretrained) when it holds one."""
     with atomic_dir(out, overwrite=True) as tmp:
-        write_pretrained(tmp, state_dict, config)
-        if tokenizer_dir and (Path(tokenizer_dir) / "tokenizer.json").is_file():
-            (tmp / "tokenizer.json").write_bytes((Path(tokenizer_dir) / "tokenizer.json").read_bytes())
+        has_tokenizer = tokenizer_dir and (Path(tokenizer_dir) / "tokenizer.json").is_file()
+        write_pretrained(tmp, state_dict, config, tokenizer_dir if has_tokenizer else None)
     return Path(out)
 
 

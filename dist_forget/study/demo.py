@@ -70,6 +70,7 @@ def summarize(root: Path, max_forgetting: float = 0.0) -> int:
     """The demo's end screen from a finished sweep folder; 0 when the laws can answer, else 1."""
     from dist_forget.laws.diagnostics import format_warnings
     from dist_forget.laws.plan import format_plan, load_fits, plan
+    from dist_forget.laws.report import forgetting_plot_tokens
     from dist_forget.study.protocol import check
 
     runs = _read_csv(root / "runs.csv")
@@ -77,6 +78,7 @@ def summarize(root: Path, max_forgetting: float = 0.0) -> int:
     domain = runs[0]["domain"]
     sizes = sorted({float(r["model_params"]) for r in runs})
     d_max = max(float(r["target_tokens"]) for r in runs)
+    d_plot = forgetting_plot_tokens([r["target_tokens"] for r in runs])  # the D of the plot named below
 
     print("\n== demo 3/4: the protocol, checked in the run data", flush=True)
     proto = check(root)
@@ -92,11 +94,11 @@ def summarize(root: Path, max_forgetting: float = 0.0) -> int:
     forgetting = {(float(r["model_params"]), float(r["target_tokens"]), float(r["inject_fraction"])):
                   float(r["pt_loss"]) - float(r["pt_loss_base"]) for r in runs}  # fmt: skip
     ps = sorted({k[2] for k in forgetting})
-    print(f"  forgetting (nats/token) at D = {d_max:,.0f}:")
+    print(f"  forgetting (nats/token) at D = {d_plot:,.0f}:")
     print("    N        " + "".join(f"{f'p = {100 * p:g} %':<10}" for p in ps))
     for n in sizes:
         print(
-            f"    {n:<8,.0f} " + "".join(f"{forgetting.get((n, d_max, p), float('nan')):<10.3f}" for p in ps)
+            f"    {n:<8,.0f} " + "".join(f"{forgetting.get((n, d_plot, p), float('nan')):<10.3f}" for p in ps)
         )
     degenerate = False  # the forgetting law carries the answer: a warning there refuses it
     for rec in fits:
@@ -111,7 +113,7 @@ def summarize(root: Path, max_forgetting: float = 0.0) -> int:
             degenerate = degenerate or rec["law"] == "forgetting"
             print(f"    WARNING {text}")
     plot = root / "fit" / f"forgetting_vs_p_{domain}_forgetting.png"
-    print(f"  plot (forgetting vs p per N, fitted curves over the runs): {plot}")
+    print(f"  plot (forgetting vs p per N at D = {d_plot:,.0f}, fitted curves over the runs): {plot}")
     if degenerate or not proto["met"]:
         why = (
             "forgetting-law warnings above"

@@ -65,7 +65,8 @@ def report(
     cfg = FitConfig(bootstrap=bootstrap, seed=seed, workers=workers)
     forms = _identifiable(forms, table)
     records = fit_runs(table, forms, cfg, "largest")
-    meta = {"source": str(runs_csv), "n_runs": len(table), "delta": cfg.delta, "loss": cfg.loss,
+    # the runs table is copied beside the report below: its name, not a path of this machine
+    meta = {"source": "runs.csv", "n_runs": len(table), "delta": cfg.delta, "loss": cfg.loss,
             "bootstrap": bootstrap, "holdout": "largest", "seed": seed, "forms": list(forms)}  # fmt: skip
     with atomic_dir(out, overwrite=True) as tmp:
         shutil.copyfile(runs_csv, tmp / "runs.csv")

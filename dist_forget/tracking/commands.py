@@ -53,7 +53,8 @@ def sync(path: Path, uri: str | None = None) -> int:
             on_created=lambda rid, s=seg: _remember(state_path, state, s, rid),
         )
         print(
-            f"synced {len(seg.metrics)} metric values, {len(seg.tags)} tags, {len(seg.artifacts)} artifacts "
+            f"synced {len(seg.metrics)} metric values, {len(seg.tags)} tags, "
+            f"{len(seg.artifacts) + len(seg.dicts)} artifacts "
             f"of {seg.header.get('run_name')!r} to run {run_id} at {redact_uri(target)}"
         )
     done = file.with_name(file.name + ".synced")
@@ -112,6 +113,8 @@ def _upload(seg: Segment, uri: str, known_run_id: str | None, on_created) -> str
             client.log_artifact(run_id, artifact, folder)
         else:
             warnings.warn(f"artifact {artifact} no longer exists; skipped", RuntimeWarning, stacklevel=2)
+    for data, name in seg.dicts:
+        client.log_dict(run_id, data, name)
     for record in seg.registrations:
         if Path(record["path"]).is_dir():
             register(client, run_id, record)

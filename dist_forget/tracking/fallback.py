@@ -9,6 +9,7 @@ belong to:
    "parent_run_id", "params", "tags"}
   {"type": "metrics", "step": 12, "timestamp_ms": 1700000000000, "metrics": {"train/loss": 3.2}}
   {"type": "tags", "tags": {...}}      {"type": "artifact", "path": "/abs/path", "artifact_path": "fit"}
+  {"type": "dict", "data": {...}, "name": "run_config.json"}   (a JSON artifact given as its content)
   {"type": "inputs", "datasets": [{"name", "digest", "source_type", "source", "profile", "context"}]}
   {"type": "register", "path": "/abs/best", "name": "registry name", "tags": {...}}
   {"type": "end", "status": "FINISHED"}
@@ -73,6 +74,7 @@ class Segment:
     metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, ts_ms, step
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[tuple[str, str | None]] = field(default_factory=list)  # local path, folder in the run
+    dicts: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # JSON artifacts: content, name
     inputs: list[dict[str, Any]] = field(default_factory=list)
     registrations: list[dict[str, Any]] = field(default_factory=list)  # model registry versions to create
     status: str | None = None
@@ -118,6 +120,8 @@ def read_segments(path: Path) -> list[Segment]:
             current.tags.update({str(k): str(v) for k, v in record["tags"].items()})
         elif kind == "artifact":
             current.artifacts.append((str(record["path"]), record.get("artifact_path")))
+        elif kind == "dict":
+            current.dicts.append((record["data"], str(record["name"])))
         elif kind == "register":
             current.registrations.append(record)
         elif kind == "inputs":

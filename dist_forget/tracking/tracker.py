@@ -45,6 +45,9 @@ from dist_forget.tracking.fallback import FALLBACK_NAME, FallbackWriter
 from dist_forget.tracking.store import PROXIED_ROOT, install, sqlite_path
 
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment by its kind: without this tag it guesses "GenAI" and lands on an empty
+# traces overview; "custom_model_development" opens the runs table (values: mlflow's ExperimentKind)
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limits on one log_batch request
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_VALUE = 6000
@@ -170,7 +173,8 @@ def _basic(user: str, password: str) -> dict[str, str]:
 
 
 def experiment_id(client: Any, name: str, uri: str) -> str:
-    """The id of experiment `name`, creating it (artifacts beside a sqlite store) when missing."""
+    """The id of experiment `name`, creating it (artifacts beside a sqlite store) when missing, tagged as
+    model development (KIND_TAG) unless it already has a kind."""
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
@@ -179,7 +183,7 @@ def experiment_id(client: Any, name: str, uri: str) -> str:
         # the folder can be copied and opened elsewhere; a server decides its own location.
         location = PROXIED_ROOT if sqlite_path(uri) is not None else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags={KIND_TAG: KIND})
         except MlflowException:  # another process created it between our two calls
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -189,6 +193,8 @@ def experiment_id(client: Any, name: str, uri: str) -> str:
             f"MLflow experiment {name!r} at {redact_uri(uri)} is deleted; restore it "
             f"(`mlflow experiments restore`) or set tracking.experiment to another name"
         )
+    if KIND_TAG not in exp.tags:  # made before the tag was set (or by hand): the runs table, not traces
+        client.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
     return exp.experiment_id
 
 
@@ -338,6 +344,11 @@ class Tracker:
         """Record the run's datasets (see `dataset_inputs` for the record); MLflow shows them per run."""
         if self.active and datasets:
             self._queue.put(("inputs", {"datasets": datasets}))
+
+    def log_dict(self, data: dict[str, Any], name: str) -> None:
+        """Upload `data` as the JSON artifact `name` (a view of a local file for the artifact store)."""
+        if self.active:
+            self._queue.put(("dict", {"data": data, "name": name}))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.active:
@@ -508,6 +519,8 @@ class _Sender:
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in record["tags"].items()])
         elif kind == "artifact":
             self.client.log_artifact(self.run_id, record["path"], record.get("artifact_path"))
+        elif kind == "dict":
+            self.client.log_dict(self.run_id, record["data"], record["name"])
         elif kind == "inputs":
             self.client.log_inputs(self.run_id, datasets=dataset_inputs(record["datasets"]))
         elif kind == "register":

@@ -229,6 +229,7 @@ def test_other_world_size_needs_reshard_then_resumes_like_two_ranks(
     assert (meta["world_size"], old["world_size"]) == (1, 2)  # the source is only read
     assert meta["data_fingerprint"] != old["data_fingerprint"] and meta["model"] == old["model"]
     assert (resharded / "hf_config.json").is_file()
+    assert (resharded / "tokenizer_config.json").is_file()  # the run's tokenizer travels with the copy
 
     assert cli.main([*argv, "--resume", str(resharded)]) == 0
     full = _losses(zero2_run)
@@ -242,12 +243,13 @@ def test_other_world_size_needs_reshard_then_resumes_like_two_ranks(
 
 
 def test_zero_to_hf_finds_the_engine_config_and_matches_the_export(zero2_run, tmp_path):
-    """Engine ZeRO-2 checkpoint → `convert zero-to-hf` (no --hf-config) → transformers loads it → same logits
-    as the engine's own `model/` export of the same step."""
-    from transformers import AutoModelForCausalLM
+    """Engine ZeRO-2 checkpoint → `convert zero-to-hf` (no --hf-config, no --tokenizer) → transformers loads
+    it → same logits as the engine's own `model/` export of the same step, with the run's tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ckpt = zero2_run / "checkpoints" / f"step-{STEPS:08d}"
     assert cli.main(["convert", "zero-to-hf", "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")]) == 0
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").eos_token == "<|endoftext|>"
     converted = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     exported = hf.load_folder(zero2_run / "model").eval()
     ids = torch.randint(0, exported.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))

@@ -228,3 +228,38 @@ def test_cli_and_tool_scripts(hf_dir: Path, tmp_path: Path, monkeypatch: pytest.
     assert done.value.code == 0
     a, b = C.read_hf_weights(hf_dir), C.read_hf_weights(tmp_path / "h")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_megatron_to_hf_carries_the_tokenizer(hf_dir: Path, tiny_data, tmp_path: Path, capsys) -> None:
+    """The HF folder megatron-to-hf writes has the tokenizer: the one hf-to-megatron kept beside the weights
+    (both formats), else --tokenizer (a folder or a tokenizer.json); with none, one line says what to pass."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dist_forget import cli
+    from dist_forget.data.tokenizer import write_hf_tokenizer
+
+    def convert(meg: Path, out: Path, *extra: str) -> str:
+        argv = ["convert", "megatron-to-hf", "--megatron", str(meg), "--out", str(out), *extra]
+        assert cli.main(argv) == 0
+        return capsys.readouterr().out
+
+    bare = C.hf_to_megatron(hf_dir, tmp_path / "bare")  # an HF folder without a tokenizer
+    (note,) = [ln for ln in convert(bare, tmp_path / "weights").splitlines() if ln.startswith("note:")]
+    assert "--tokenizer" in note and not (tmp_path / "weights" / "tokenizer.json").exists()
+
+    convert(bare, tmp_path / "flag", "--tokenizer", str(tiny_data.tokenizer_dir / "tokenizer.json"))
+    with_tok = tmp_path / "src"
+    shutil.copytree(hf_dir, with_tok)
+    write_hf_tokenizer(tiny_data.tokenizer_dir, with_tok)
+    for fmt in ("legacy", "dist"):
+        meg = C.hf_to_megatron(with_tok, tmp_path / f"meg-{fmt}", format=fmt)
+        assert "note:" not in convert(meg, tmp_path / f"back-{fmt}")
+    for out in (tmp_path / "flag", tmp_path / "back-legacy", tmp_path / "back-dist"):
+        tok = AutoTokenizer.from_pretrained(out)
+        assert (tok.eos_token, tok.pad_token) == ("<|endoftext|>", "<|endoftext|>")
+        model = AutoModelForCausalLM.from_pretrained(out)
+        assert model.config.eos_token_id == tok.eos_token_id == 0
+        ids = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, min_new_tokens=3, do_sample=False)
+        assert ids.shape == (1, 6)

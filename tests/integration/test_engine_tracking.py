@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def test_engine_logs_resumes_into_the_same_run_and_falls_back(
         base_model,
         out,
         "data.inject_fraction=0.25",
+        "data.target_tokens=1000",  # whole sequences of 64: the run trains on 1024 unique tokens
         "tracking.enabled=true",
         f"tracking.experiment={EXPERIMENT}",
         "tracking.flush_every_s=0.2",
@@ -79,20 +81,26 @@ def test_engine_logs_resumes_into_the_same_run_and_falls_back(
     run_id = run.info.run_id
     assert run.info.status == "KILLED" and run.info.run_name == "run"
     params, tags = run.data.params, run.data.tags
+    # MLflow 3 opens a model-development experiment on its runs table (else on an empty GenAI overview)
+    assert (
+        client.get_experiment_by_name(EXPERIMENT).tags["mlflow.experimentKind"] == "custom_model_development"
+    )
     assert params["data.inject_fraction"] == "0.25" and params["optim.betas"] == "[0.9, 0.95]"
+    # D: the unique tokens trained on (the runs table's value), the config's under a name that says so
+    assert (params["data.target_tokens"], params["data.target_tokens_requested"]) == ("1024", "1000")
     assert params["model.size"] == "cpu-0.03m"  # looked up on the ladder: the config names only init_from
     assert params["model.params_non_embedding"] == "26784" and int(params["model.params_total"]) > 26784
     assert not [k for k in params if k.startswith("tracking.")]
     assert not {"out_dir", "model.init_from", "data.target", "data.pretrain"} & set(params)
     assert not [v for v in params.values() if str(tmp_path) in v]  # no path of this machine
-    assert {k: tags[k] for k in ("stage", "domain", "size", "inject_fraction", "anchor_decay", "seed")} == {
+    assert {k: tags[k] for k in ("stage", "domain", "size", "anchor_decay", "seed")} == {
         "stage": "finetune",
         "domain": "code",
         "size": "cpu-0.03m",
-        "inject_fraction": "0.25",
         "anchor_decay": "0.0",
         "seed": "0",
     }
+    assert not {"inject_fraction", "target_tokens"} & set(tags)  # p and D are params, not tags too
     assert tags["dist_forget.path.out_dir"] == "run" and not tags["dist_forget.path.data.target"].startswith(
         "/"
     )
@@ -148,7 +156,7 @@ def test_engine_logs_resumes_into_the_same_run_and_falls_back(
         "train/loss",
         "val/ft_loss",
         "val/pt_loss",
-        "train/inject_fraction",
+        "inject_fraction",
         "train/inject_fraction_cum",
         "train/tokens_per_s",
         "train/lr",
@@ -167,8 +175,20 @@ def test_engine_logs_resumes_into_the_same_run_and_falls_back(
     assert best["forgetting"] == pytest.approx(summary["pt_loss"] - summary["pt_loss_base"])
     assert best["step"] == summary["steps"]
     assert run.data.metrics["train/injected_sequences"] == 4  # 16 sequences at p = 0.25
-    assert run.data.metrics["train/inject_fraction"] == 0.25
+    # p is one metric, `inject_fraction` (the p set for each step), beside the param
+    assert [k for k in run.data.metrics if k.endswith("inject_fraction")] == ["inject_fraction"]
+    assert set(_steps(client, run_id, "inject_fraction")) == {1, 2, 3, 4}
+    assert {m.value for m in client.get_metric_history(run_id, "inject_fraction")} == {0.25}
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"run_config.json", "summary.json", "report.json", "loss_curves.png"} <= names
     local = client.download_artifacts(run_id, "summary.json", str(tmp_path / "dl"))
     assert json.loads(Path(local).read_text()) == summary
+    # no artifact names a folder of this machine: run_config.json's paths are relative to the run's root
+    dl = Path(client.download_artifacts(run_id, "", str(tmp_path / "all")))
+    for path in (p for p in dl.rglob("*") if p.suffix in (".json", ".md", ".csv")):
+        assert str(tmp_path) not in path.read_text(), path.name
+    config = json.loads((dl / "run_config.json").read_text())
+    assert (config["out_dir"], config["data"]["target"]) == ("run", os.path.relpath(tiny_data.code, tmp_path))
+    assert json.loads((out / "run_config.json").read_text())["out_dir"] == str(
+        out
+    )  # the local file: as given

@@ -94,3 +94,35 @@ def test_smollm2_is_a_pretrained_language_model(folder: Path) -> None:
     assert abs(untrained - chance) < 0.5, untrained
     assert trained < 4.5, f"SmolLM2 loss {trained:.3f} nats/token on plain English: weights not loaded?"
     assert untrained - trained > 6.0
+
+
+def test_a_finetune_export_keeps_the_base_models_chat_template_and_end_token(
+    folder: Path, tmp_path: Path
+) -> None:
+    """Shards tokenized with SmolLM2's tokenizer (`data shard --tokenizer` copies its tokenizer files beside
+    them) and a model initialised from the SmolLM2 folder: the export takes the init folder's tokenizer
+    (same sha256), so <|im_end|> stays the end token and the chat template comes along. A ladder model
+    stands in for the 135M weights: the tokenizer side is what is under test."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from dist_forget.models import hf
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(folder / name, shards / name)
+    source = hf.tokenizer_source(shards, folder)
+    assert source == folder
+    model = hf.build("cpu-0.03m", 49152, 64, seed=0)
+    out = hf.save_folder(model.state_dict(), model.config, tmp_path / "model", source)
+    assert {"chat_template.jinja", "special_tokens_map.json"} <= {p.name for p in out.iterdir()}
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.eos_token == "<|im_end|>" and tok.bos_token == "<|im_start|>"
+    chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
+    assert "<|im_start|>user\nHi<|im_end|>" in chat
+    config = json.loads((out / "config.json").read_text())
+    assert config["eos_token_id"] == tok.eos_token_id == 2
+    # an init folder without a tokenizer (a bare save_pretrained): the shards' own
+    assert hf.tokenizer_source(shards, tmp_path / "no-tokenizer-here") == shards

@@ -132,10 +132,14 @@ def test_real_sweep_as_a_researcher_reads_it_in_mlflow(tiny_data, tmp_path: Path
     pre = runs["pretrain-cpu-0.03m"]
     ft = runs["cpu-0.03m_code_D2048_p0.25_a0_s0"]
     tags, params = kv(ft, "tags"), kv(ft, "params")
-    assert {k: tags[k] for k in ("stage", "domain", "size", "target_tokens", "inject_fraction", "anchor_decay",
-                                 "seed")} == {"stage": "finetune", "domain": "code", "size": "cpu-0.03m",
-                                              "target_tokens": "2048", "inject_fraction": "0.25",
-                                              "anchor_decay": "0.0", "seed": "0"}  # fmt: skip
+    assert {k: tags[k] for k in ("stage", "domain", "size", "anchor_decay", "seed")} == {
+        "stage": "finetune", "domain": "code", "size": "cpu-0.03m", "anchor_decay": "0.0", "seed": "0"}  # fmt: skip
+    # p and D once each, as params (D: the unique tokens trained on, the config's value named as such)
+    assert (params["data.inject_fraction"], params["data.target_tokens"]) == ("0.25", "2048")
+    assert params["data.target_tokens_requested"] == "2048" and not {
+        "inject_fraction",
+        "target_tokens",
+    } & set(tags)
     assert kv(pre, "tags")["stage"] == "pretrain" and kv(pre, "tags")["size"] == "cpu-0.03m"
     # flat under the sweep's run, linked to the base model's run
     assert tags["mlflow.parentRunId"] == kv(pre, "tags")["mlflow.parentRunId"] == parent_id

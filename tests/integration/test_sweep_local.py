@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -247,6 +248,15 @@ def test_parent_run_holds_the_fit_and_the_store_can_move(
         assert {f["path"] for f in listed} == {f"fit/{n}" for n in ["REPORT.md", "fit.json", *plots]}
         report = get("get-artifact", path="fit/REPORT.md", run_uuid=run_id).decode()
         assert report.startswith("# Law fit report") and all(p in report for p in plots)
+        # links relative to REPORT.md's folder (fit/ in the store too): every plot beside it, the runs table
+        # one folder up; no path of the machine that wrote it, in any of the parent's text artifacts
+        links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+        assert sorted(links) == plots and "Runs: [../runs.csv](../runs.csv)" in report
+        for name in ("fit/REPORT.md", "fit/fit.json", "runs.csv"):
+            assert str(tmp_path) not in get("get-artifact", path=name, run_uuid=run_id).decode(), name
+        kind = json.loads(get("api/2.0/mlflow/experiments/get-by-name", experiment_name="portable"))
+        tags = {t["key"]: t["value"] for t in kind["experiment"]["tags"]}
+        assert tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow opens the runs table
         png = get("get-artifact", path=f"fit/{plots[0]}", run_uuid=run_id)
         assert png.startswith(b"\x89PNG")
         assert b"run_id" in get("get-artifact", path="runs.csv", run_uuid=run_id)

@@ -42,6 +42,29 @@ def test_preview_json(tiny_data, capsys):
     assert out["observed_fraction"] == 0.01 and out["inject_fraction_exact"] == "1/100"
 
 
+@pytest.mark.parametrize(
+    "steps, p, warned",
+    [
+        ("5", "0.01", "p = 0.01 injects 0 pretraining sequences over 5 steps x 8 sequences (40): the run trains "
+         "as p = 0; 63 steps (or a larger batch) inject at least 5"),
+        ("50", "0.01", "p = 0.01 injects 4 pretraining sequences over 50 steps x 8 sequences (400); 63 steps"),
+        ("63", "0.01", None),  # floor(504 x 0.01) = 5: enough
+        ("5", "0", None),  # no injection asked for: nothing to warn about
+    ],
+)  # fmt: skip
+def test_preview_warns_when_p_injects_almost_nothing(tiny_data, capsys, steps, p, warned):
+    args = ["data", "preview", "--target", str(tiny_data.code), "--pretrain", str(tiny_data.english),
+            "--inject-fraction", p, "--steps", steps, "--global-batch", "8"]  # fmt: skip
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    if warned is None:
+        assert err == ""
+    else:
+        (line,) = err.splitlines()
+        assert line.startswith("warning: " + warned)
+    assert "pretrain_sequences" in out  # the table is printed all the same
+
+
 def test_preview_table(tiny_data, capsys):
     assert (
         main(["data", "preview", "--target", str(tiny_data.code), "--steps", "3", "--global-batch", "4"]) == 0

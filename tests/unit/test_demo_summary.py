@@ -8,6 +8,7 @@ import re
 import pytest
 
 from dist_forget import cli
+from dist_forget.laws.report import forgetting_plot_tokens
 from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
 from dist_forget.laws.table import write_runs_csv
 from dist_forget.study.demo import summarize
@@ -34,6 +35,12 @@ def test_laws_that_can_answer_end_on_a_plan_with_p_in_0_1(tmp_path, capsys):
     assert "FAIL" not in out and "WARNING" not in out
     assert "held-out MRE on N=83,000 (fitted without it)" in out
     assert str(root / "fit" / "forgetting_vs_p_legal_forgetting.png") in out
+    # the forgetting table, the plot beside it and the plot's own title are at one D: the largest of a
+    # grid that holds each D equally often (the plot once showed the first one, beside a table at the last)
+    assert "forgetting (nats/token) at D = 60,000:" in out and "per N at D = 60,000," in out
+    assert (
+        forgetting_plot_tokens([2e4, 6e4, 6e4, 2e4]) == 6e4 and forgetting_plot_tokens([2e4, 2e4, 6e4]) == 2e4
+    )
     p = float(re.search(r"smallest p with forgetting <= [\d.]+ nats/token: ([\d.e+-]+) \(", out).group(1))
     assert 0 < p <= 1
     assert "e+2" not in out and "inf" not in out  # nothing astronomically large or unbounded is printed

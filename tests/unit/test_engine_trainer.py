@@ -68,15 +68,84 @@ def test_finetune_writes_summary_with_the_runs_table_columns(full_run, base_mode
     assert summary["pt_loss_base"] == evals[0]["pt_loss"]
     ckpts = run / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step-00000004"
-    assert (ckpts / (ckpts / "best").read_text().strip()).is_dir()
-    # the transformers config sits beside meta.json (where `convert zero-to-hf` looks for it)
-    assert json.loads((ckpts / "step-00000004" / "hf_config.json").read_text())["model_type"] == "llama"
+    # the best step is kept once, as best/ (weights + tokenizer); its checkpoint is no pinned second copy
+    assert not (ckpts / "best").exists() and (run / "best" / "model.safetensors").is_file()
+    kept = sorted(p.name for p in ckpts.glob("step-*"))
+    assert kept == ["step-00000002", "step-00000004"]  # checkpoint.keep = 2, whatever the best step
+    # the disk each save costs, as report.json states it
+    disk = json.loads((run / "report.json").read_text())["disk_bytes"]
+    size = {
+        name: sum(f.stat().st_size for f in (run / name).rglob("*") if f.is_file())
+        for name in ("best", "model")
+    }
+    assert disk["checkpoint"] == sum(
+        f.stat().st_size for f in (ckpts / "step-00000004").rglob("*") if f.is_file()
+    )
+    assert (disk["best"], disk["model"]) == (size["best"], size["model"]) and disk["checkpoint"] > 3 * size[
+        "model"
+    ] / 2
+    # the transformers config sits beside meta.json (where `convert zero-to-hf` looks for it), no local path in it
+    hf_config = json.loads((ckpts / "step-00000004" / "hf_config.json").read_text())
+    assert hf_config["model_type"] == "llama" and "_name_or_path" not in hf_config
     # the exported final model loads as a plain HF model
     assert hf.load_folder(run / "model").config.hidden_size == 32
+    # loss_curves.png of a finetune has the forgetting panel under the losses
+    from PIL import Image
+
+    assert Image.open(run / "loss_curves.png").size == (700, 650)
 
 
-def test_injection_fraction_is_exact(tiny_data, base_model, tmp_path):
-    """p = 0.01 with 100 sequences per step: every step holds exactly one pretraining sequence."""
+def test_the_export_is_a_complete_hf_folder_that_generates(full_run):
+    """model/ carries the tokenizer with its special tokens: AutoTokenizer knows <|endoftext|> as eos (and bos,
+    pad), the model config stops there, and AutoModelForCausalLM.generate runs on it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run, _ = full_run
+    for folder in (run / "model", run / "best"):
+        assert {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= {
+            p.name for p in folder.iterdir()
+        }
+    tok = AutoTokenizer.from_pretrained(run / "model")
+    assert (tok.eos_token, tok.bos_token, tok.pad_token) == ("<|endoftext|>",) * 3
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert model.config.eos_token_id == tok.eos_token_id == model.generation_config.eos_token_id
+    batch = tok(["def add(a, b):"], return_tensors="pt")
+    ids = model.generate(**batch, max_new_tokens=5, do_sample=False, min_new_tokens=5)
+    assert ids.shape[1] == batch["input_ids"].shape[1] + 5
+    assert isinstance(tok.decode(ids[0]), str)
+
+
+def test_zero_to_hf_converts_a_single_engine_checkpoint(full_run, tmp_path, capsys):
+    """`convert zero-to-hf` on an engine=single checkpoint: the same weights as the run's own export of that
+    step, the run's tokenizer, and the named optimizer state (Adam moments + anchor) with --with-optimizer."""
+    from transformers import AutoTokenizer
+
+    from dist_forget.checkpoint.hf import read_hf_weights
+
+    run, _ = full_run
+    out = tmp_path / "hf"
+    argv = [
+        "convert",
+        "zero-to-hf",
+        "--checkpoint",
+        str(run / "checkpoints" / "step-00000004"),
+        "--out",
+        str(out),
+    ]
+    assert cli.main([*argv, "--with-optimizer"]) == 0
+    assert "engine=single" in capsys.readouterr().out
+    a, b = read_hf_weights(run / "model"), read_hf_weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert AutoTokenizer.from_pretrained(out).eos_token == "<|endoftext|>"
+    named = torch.load(out / "optimizer.pt", weights_only=True)
+    assert set(named["state"]) == set(dict(hf.load_folder(out).named_parameters()))
+    state = named["state"]["model.layers.0.mlp.up_proj.weight"]
+    assert {"exp_avg", "exp_avg_sq", "anchor", "step"} <= set(state) and float(state["step"]) == 4
+
+
+def test_injection_fraction_is_exact(tiny_data, base_model, tmp_path, capsys):
+    """p = 0.01 with 100 sequences per step: every step holds exactly one pretraining sequence (2 in the
+    whole run: the run says so as it starts, and how long a run injects 5)."""
     out = tmp_path / "p"
     train(
         _cfg(
@@ -94,6 +163,9 @@ def test_injection_fraction_is_exact(tiny_data, base_model, tmp_path):
     steps = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     fractions = [r["inject_fraction"] for r in steps if r["kind"] == "train"]
     assert fractions == [0.01, 0.01]
+    warned = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("warning: p = 0.01")]
+    assert warned == ["warning: p = 0.01 injects 2 pretraining sequences over 2 steps x 100 sequences (200); "
+                      "5 steps (or a larger batch) inject at least 5"]  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert report["inject_fraction_observed"] == 0.01
     # the machine the numbers come from (they repeat bit for bit on it, not across CPU models)

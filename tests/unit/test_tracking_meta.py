@@ -23,7 +23,8 @@ def test_finetune_params_are_the_config_and_the_model_tags_are_the_axes(
     flat = {"out_dir": str(tmp_path / "finetune" / "x"), "name": "x", "domain": "code",
             "model.size": None, "model.init_from": str(base), "model.cache_dir": "work/models",
             "data.target": str(tmp_path / "shards" / "code"), "data.pretrain": None, "data.inject_fraction": 0.01,
-            "data.target_tokens": 20000, "optim.betas": (0.9, 0.95), "optim.anchor_decay": 0.0, "train.seed": 1,
+            "data.target_tokens": 20000, "data.inject_prior": str(tmp_path / "fit" / "fit.json"),
+            "data.cache_dir": "~/.cache/x", "optim.betas": (0.9, 0.95), "optim.anchor_decay": 0.0, "train.seed": 1,
             "tracking.uri": "http://h:5000", "tracking.parent_run_id": None}  # fmt: skip
     params, tags = params_and_tags(flat, "finetune", SIG, 20032, tmp_path / "finetune" / "x")
     assert not {
@@ -40,10 +41,13 @@ def test_finetune_params_are_the_config_and_the_model_tags_are_the_axes(
         26784,
         43168,
     )
-    assert {k: tags[k] for k in ("stage", "domain", "size", "target_tokens", "inject_fraction", "anchor_decay",
-                                 "seed")} == {"stage": "finetune", "domain": "code", "size": "cpu-0.03m",
-                                              "target_tokens": "20000", "inject_fraction": "0.01",
-                                              "anchor_decay": "0.0", "seed": "1"}  # fmt: skip
+    assert {k: tags[k] for k in ("stage", "domain", "size", "anchor_decay", "seed")} == {
+        "stage": "finetune", "domain": "code", "size": "cpu-0.03m", "anchor_decay": "0.0", "seed": "1"}  # fmt: skip
+    # p and D are params only; D is what the run trained on (whole sequences), the config's value named so
+    assert not {"inject_fraction", "target_tokens"} & set(tags) and params["data.inject_fraction"] == 0.01
+    assert (params["data.target_tokens"], params["data.target_tokens_requested"]) == (20032, 20000)
+    # any other absolute path (here the planner's fit) is relative to the sweep folder: no machine path
+    assert params["data.inject_prior"] == "fit/fit.json" and params["data.cache_dir"] == "~/.cache/x"
     assert tags["dist_forget.path.out_dir"] == "finetune/x"
     assert tags["dist_forget.path.model.init_from"] == "pretrain/cpu-0.03m"
     assert (
