@@ -38,11 +38,20 @@ def build(size: str, vocab_size: int, max_seq_len: int, seed: int) -> nn.Module:
 def load_folder(path: str | Path) -> nn.Module:
     """An HF folder (config.json + weights), fp32."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(f"{path} is not a Hugging Face model folder (no config.json)")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    # transformers draws a "Loading weights" bar on stderr: in a run's log (and under an error line) it is
+    # only noise, so it is off while our loader runs and restored after
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def smollm2_folder(cache_dir: str | Path) -> Path:
