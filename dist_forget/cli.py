@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from dist_forget.config import is_fraction_key
 from dist_forget.errors import UserError
 
 # (command words) -> "module:function". Keep sorted by area; add a line to add a subcommand.
@@ -133,6 +134,14 @@ def _shown(value: Any) -> str:
     return repr(value) if value == "" else str(value)
 
 
+def _fraction(text: str) -> float:
+    """A fraction flag's value: 0.01, or the same as a percent, 1% (as config keys take it)."""
+    return float(text.strip()[:-1]) / 100 if text.strip().endswith("%") else float(text)
+
+
+_fraction.__name__ = "fraction"  # argparse's "invalid fraction value: 'x'"
+
+
 def add_signature_arguments(parser: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
     """Turn `fn`'s typed signature into argparse flags (see the module docstring for the rules)."""
     hints = typing.get_type_hints(fn)
@@ -163,6 +172,8 @@ def add_signature_arguments(parser: argparse.ArgumentParser, fn: Callable[..., A
         elif origin in (list, tuple, Sequence):
             kwargs["nargs"] = "+"
             kwargs["type"] = args[0] if args and args[0] in (int, float, str) else str
+        elif tp is float and is_fraction_key(name):
+            kwargs["type"] = _fraction
         elif tp in (int, float, str):
             kwargs["type"] = tp
         elif tp is Path:

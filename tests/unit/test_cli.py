@@ -151,3 +151,23 @@ def test_every_command_and_group_is_listed_with_a_one_line_description():
 def test_group_without_a_verb_says_what_is_missing():
     res = subprocess.run([sys.executable, "-m", "dist_forget.cli", "convert"], capture_output=True, text=True)
     assert res.returncode == 2 and "the following arguments are required: COMMAND" in res.stderr
+
+
+def test_a_fraction_flag_takes_a_percent():
+    def f(inject_fraction: float = 0.0, lr: float = 1e-3) -> int:
+        """F.
+
+        Args:
+            inject_fraction: p
+            lr: learning rate
+        """
+        return 0
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    cli.add_signature_arguments(parser, f)
+    assert parser.parse_args(["--inject-fraction", "1%"]).inject_fraction == pytest.approx(0.01)
+    assert parser.parse_args(["--inject-fraction", "0.05"]).inject_fraction == 0.05
+    with pytest.raises(argparse.ArgumentError, match="invalid fraction value: 'x%'"):
+        parser.parse_args(["--inject-fraction", "x%"])
+    with pytest.raises(argparse.ArgumentError, match="invalid float value: '1%'"):
+        parser.parse_args(["--lr", "1%"])  # not a fraction: a percent means nothing there
