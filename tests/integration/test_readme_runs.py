@@ -458,10 +458,12 @@ def test_the_quickstart_lines_run_in_a_new_shell(scratch: Path) -> None:
             continue
         res = _run(Line(text, words), scratch)
         ran.add(text)
-        if words[:2] == ["dist-forget", "plan"]:  # the README's planner example answers
+        if words[:2] == ["dist-forget", "plan"]:  # the README's planner example answers, as the README says
             assert re.search(r"smallest p with forgetting <= [\d.]+ nats/token: [\d.]+ \(", res.stdout), (
                 res.stdout
             )
+            quoted = re.search(r"It answers p = ([\d.]+ %)", README.read_text()).group(1)
+            assert f"({quoted})" in res.stdout, (quoted, res.stdout)
         if words[:3] == ["dist-forget", "config", "show"]:
             assert "inject_fraction: 0.01" in res.stdout, res.stdout
         if words[1:] == ["--help"]:
