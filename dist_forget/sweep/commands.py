@@ -89,7 +89,7 @@ def sweep(
         raise
     parent.finish("FINISHED" if ok else "FAILED")
     if parent.run_id:
-        print(f"MLflow: {ui_command(_sweep_uri(cfg, root))}")
+        print(f"MLflow: {ui_command(sweep_uri(cfg, root))}")
     return 0 if ok else 1
 
 
@@ -191,7 +191,7 @@ def _start_tracking_server(cfg: SweepConfig, root: Path) -> LocalServer:
 
 def _refuse_shared_sqlite(cfg: SweepConfig, root: Path) -> None:
     """SLURM array tasks, possibly on many nodes, must not all write one sqlite file (NFS/Lustre locks fail)."""
-    uri = _sweep_uri(cfg, root)
+    uri = sweep_uri(cfg, root)
     if cfg.tracking.enabled and (uri.startswith(("sqlite:", "file:")) or "://" not in uri):
         raise UserError(
             f"sweep --backend slurm: every array task would write the sqlite store {redact_uri(uri)} at once, "
@@ -206,7 +206,7 @@ def _parent_tracker(cfg: SweepConfig, root: Path, config: str, points: list[Poin
     state_path = root / "sweep_state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     tcfg = TrackingConfig(**{**cfg.tracking.__dict__})
-    tcfg.uri = _sweep_uri(cfg, root)
+    tcfg.uri = sweep_uri(cfg, root)
     tcfg.run_id = state.get("parent_run_id")
     tcfg.parent_run_id = None
     tcfg.system_metrics = False  # the parent only waits; each run monitors its own machine
@@ -233,7 +233,8 @@ def _parent_tracker(cfg: SweepConfig, root: Path, config: str, points: list[Poin
     return parent
 
 
-def _sweep_uri(cfg: SweepConfig, root: Path) -> str:
+def sweep_uri(cfg: SweepConfig, root: Path) -> str:
+    """The sweep's MLflow store: tracking.uri, else $MLFLOW_TRACKING_URI, else <sweep>/mlflow.db."""
     return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
@@ -242,7 +243,7 @@ def _child_env(cfg: SweepConfig, parent: Tracker) -> dict[str, str]:
     threads = str(cfg.threads_per_run)
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false")
     # One store and experiment for the whole sweep (else each run's default store is beside its folder).
-    env["MLFLOW_TRACKING_URI"] = _sweep_uri(cfg, sweep_dir(cfg))
+    env["MLFLOW_TRACKING_URI"] = sweep_uri(cfg, sweep_dir(cfg))
     env["MLFLOW_EXPERIMENT_NAME"] = resolve(cfg.tracking, Path(".")).experiment
     if parent.run_id:
         # Every run, pretrain and finetune alike, is a direct child of the sweep's run; the `stage` tag groups

@@ -40,8 +40,8 @@ def _finetune_set() -> dict[str, str]:
 class PretrainStage:
     """One model per ladder size, trained for tokens_per_param · N tokens (N = non-embedding params)."""
 
-    config: str = ""
-    sizes: list[str] = field(default_factory=list)
+    config: str = ""  # the pretrain run YAML each size starts from (configs/pretrain/)
+    sizes: list[str] = field(default_factory=list)  # ladder names (configs/model/), one pretrained model each
     tokens_per_param: float = 20.0  # Chinchilla-like; tokens = tokens_per_param · (the parameters below)
     # which parameters tokens_per_param counts: "total" includes the (tied) embedding, which dominates
     # the micro sizes; "non_embedding" is the N of the laws
@@ -52,9 +52,11 @@ class PretrainStage:
     seq_len: int = 0  # tokens per sequence; 0 = read from the manifest.json of the config's data.target
     vocab_size: int = 0  # for count: total; 0 = read from that manifest.json
     batch_size: int = 0  # sequences per step; 0 = the config's train.batch_size
-    seed: int = 0
-    overrides: list[str] = field(default_factory=list)
-    set: dict[str, str] = field(default_factory=_pretrain_set)
+    seed: int = 0  # the {seed} of every pretrain run
+    overrides: list[str] = field(default_factory=list)  # key=value overrides of every pretrain run
+    set: dict[str, str] = field(
+        default_factory=_pretrain_set
+    )  # run key -> template filled per size ({size} {steps} {seed})
 
     def validate(self) -> None:
         if not self.config or not self.sizes:
@@ -67,12 +69,12 @@ class PretrainStage:
 
 @dataclass
 class FinetuneStage:
-    config: str = ""
+    config: str = ""  # the finetune run YAML every point starts from (configs/finetune/)
     domains: dict[str, str] = field(default_factory=dict)  # domain name → its shard dir ({domain_dir})
-    overrides: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # key=value overrides of every finetune run
     # per ladder size, after `overrides`: e.g. a smaller lr for larger models, as every LM ladder tunes
     size_overrides: dict[str, list[str]] = field(default_factory=dict)
-    set: dict[str, str] = field(default_factory=_finetune_set)
+    set: dict[str, str] = field(default_factory=_finetune_set)  # run key -> template filled per point
 
     def validate(self) -> None:
         if not self.config or not self.domains:
@@ -88,15 +90,15 @@ class Grid:
 
     sizes: list[str] = field(default_factory=list)  # default: pretrain.sizes
     domains: list[str] = field(default_factory=list)  # default: every finetune.domains key
-    target_tokens: list[int] = field(default_factory=list)
+    target_tokens: list[int] = field(default_factory=list)  # D values: unique target tokens of a finetune
     # a fraction, or `auto`: the run adapts p to hold forgetting under each budget of max_forgetting
     inject_fraction: list[float | Literal["auto"]] = field(default_factory=lambda: [0.0])
     max_forgetting: list[float] = field(default_factory=list)  # budgets ε (nats/token) of the auto points
     # budgets as shares of the forgetting that adaptive.baseline measured at p = 0 on the same point
     # (e.g. [0.7, 0.5]): one ε per (size, domain, D) where the p = 0 forgetting spans 10x across a ladder
     max_forgetting_share: list[float] = field(default_factory=list)
-    anchor_decay: list[float] = field(default_factory=lambda: [0.0])
-    seeds: list[int] = field(default_factory=lambda: [0])
+    anchor_decay: list[float] = field(default_factory=lambda: [0.0])  # Anchored AdamW decays (0 = AdamW)
+    seeds: list[int] = field(default_factory=lambda: [0])  # data and init seeds: one run each
 
 
 @dataclass
@@ -110,7 +112,7 @@ class AdaptiveArms:
     """
 
     prior_fit: str = ""  # empty: auto runs start from the controller's default p and there is no static arm
-    static_arm: bool = False
+    static_arm: bool = False  # a twin run at the planner's constant p for every auto point
     inject_max: float = 0.2  # data.inject_max of the auto runs and the cap on the static arm's p
     # a sweep folder holding this grid's p = 0 runs under the same protocol (e.g. work/sweeps/micro): the
     # budgets of grid.max_forgetting_share are shares of their forgetting, and they are the p = 0 arm of
@@ -129,7 +131,7 @@ class AdaptiveArms:
 
 @dataclass
 class FitStage:
-    enabled: bool = True
+    enabled: bool = True  # fit the laws to runs.csv after the grid
     # Arguments of `dist-forget fit` after the grid; {runs_csv} and {sweep_dir} are filled in.
     args: list[str] = field(default_factory=lambda: ["--runs", "{runs_csv}", "--out", "{sweep_dir}/fit"])
 
@@ -138,10 +140,10 @@ class FitStage:
 class SlurmConfig:
     """For `--backend slurm`: each point is one task of an `sbatch --array` job."""
 
-    partition: str = ""
-    time: str = "04:00:00"
-    cpus_per_task: int = 1
-    mem: str = ""  # e.g. 8G; empty = the cluster default
+    partition: str = ""  # sbatch --partition; empty = the cluster default
+    time: str = "04:00:00"  # sbatch --time of each task
+    cpus_per_task: int = 1  # sbatch --cpus-per-task
+    mem: str = ""  # sbatch --mem, e.g. 8G; empty = the cluster default
     sbatch: list[str] = field(default_factory=list)  # extra #SBATCH options, e.g. --gpus-per-task=1
     setup: list[str] = field(default_factory=list)  # shell lines run first, e.g. source .venv/bin/activate
     poll_s: float = 5.0  # --wait: seconds between two looks at the queue (squeue)
@@ -149,9 +151,11 @@ class SlurmConfig:
 
 @dataclass
 class SweepConfig:
-    name: str = ""
-    out_dir: str = ""  # default work/sweeps/<name>
-    command: list[str] = field(default_factory=list)  # default: this Python's `-m dist_forget.cli`
+    name: str = ""  # the sweep's name: its folder and MLflow parent run
+    out_dir: str = ""  # the sweep folder (runs, runs.csv, fit/); default work/sweeps/<name>
+    # what starts a run; default: this Python's `-m dist_forget.cli`
+    command: list[str] = field(default_factory=list)
+    # added to every run's command line, so that a rerun of the sweep continues each run
     resume_args: list[str] = field(default_factory=lambda: ["--resume", "auto"])
     max_parallel: int = 0  # runs at once; 0 = CPU cores // threads_per_run
     threads_per_run: int = 1  # OMP_NUM_THREADS of each run

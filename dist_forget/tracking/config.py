@@ -36,12 +36,14 @@ def relative(path: str | Path, root: Path) -> str:
 
 @dataclass
 class TrackingConfig:
-    enabled: bool = True
-    uri: str | None = None
-    experiment: str = "dist-forget"
-    run_id: str | None = None
-    parent_run_id: str | None = None
-    flush_every_s: float = 5.0
+    enabled: bool = True  # log to MLflow (rank 0 only); false: metrics.jsonl and summary.json only
+    uri: str | None = (
+        None  # MLflow tracking URI; unset: $MLFLOW_TRACKING_URI, else sqlite:///<out_dir>/../mlflow.db
+    )
+    experiment: str = "dist-forget"  # MLflow experiment ($MLFLOW_EXPERIMENT_NAME wins)
+    run_id: str | None = None  # log into this existing MLflow run (else $MLFLOW_RUN_ID, else a new run)
+    parent_run_id: str | None = None  # nest the run under this one (a sweep sets it)
+    flush_every_s: float = 5.0  # seconds between two batched uploads of metrics
     system_metrics: bool = True  # MLflow's CPU/memory/disk/network/GPU monitor on the run (system/*)
     system_metrics_interval_s: float = 10.0  # seconds between its samples
     register_model: str = ""  # register the run's best model (best/) under this registry name; "" = don't

@@ -1,9 +1,18 @@
-"""README.md runs as written: every `dist-forget` line of its pipeline block, in order, and its launcher lines.
+"""README.md runs as written, in a new shell after its two set-up lines: every `dist-forget` line of its
+pipeline block, in order, its launcher lines, and its Quickstart and MLflow lines.
+
+Every line runs in a login bash after the README's `source .venv/bin/activate` (tests/integration/
+newshell.py: none of the variables `make` exports, no virtualenv on PATH before that line; `.venv` is the
+virtualenv running the tests, which `make install` made), so a command that works only inside `make` or
+only with the virtualenv's full path fails here.
 
 The lines are read from README.md (never copied here) and run in a scratch folder laid out like the
 repository: `configs/` and `launchers/` link to the real ones, and every relative path the README names
-(`work/...`, `hf/`, `meg/`) is made there by the commands themselves, in README order. What the test adds,
-and nothing else (a README line that needs more than this fails the test):
+(`work/...`, `hf/`, `meg/`) is made there by the commands themselves, in README order (`reports/` links to
+the committed reports, which the Quickstart's planner line reads). What the test adds, and nothing else
+(a README line that needs more than this fails the test):
+
+- OMP_NUM_THREADS=1 (2 cores shared with the other xdist worker);
 
 - sizes, added to a line (the table `SIZES`; overrides go right after `--config C`): the corpora are the tiny samples in tests/data, seeded as
   already fetched (fetching needs the Debian/PyPI registries: tests/unit/test_data_corpora.py), with a
@@ -20,6 +29,9 @@ and nothing else (a README line that needs more than this fails the test):
 - the block of shards over HTTP: its server line runs in the background on 127.0.0.1 and a free port
   instead of 0.0.0.0:8000, the node address 10.0.0.1:8000 in the URLs becomes that address, and the
   launch line gets `data.cache_dir=work/shard-cache` (not the user's ~/.cache);
+- `mlflow ui` lines get `--host 127.0.0.1 --port <free port>` (not 5000, which other jobs may hold): each
+  runs until the server answers, then stops;
+- Quickstart lines that are not run, and why, are in `QUICKSTART_NOT_RUN`: their `--help` runs instead;
 - the SLURM sweep block runs after the pipeline, on that cluster, with the pipeline's sweep sizes (tracked:
   it serves MLflow) and `slurm.poll_s=1`: every run has finished in the pipeline, so it resubmits none
   and submits the collect + fit job alone.
@@ -31,12 +43,10 @@ or refuse their degenerate fit ("cannot answer", exit 2): each means that the li
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +57,14 @@ from dist_forget.data.documents import DOCUMENTS
 from dist_forget.data.tokenizer import file_sha256
 from dist_forget.net import free_port
 from tests.integration.launching import ROOT, run_together
+from tests.integration.newshell import (
+    in_new_shell,
+    link_venv,
+    new_shell_env,
+    serve_until_healthy,
+    setup_lines,
+    stop,
+)
 
 pytestmark = pytest.mark.slow
 README = ROOT / "README.md"
@@ -143,21 +161,8 @@ def launcher_lines() -> list[Line]:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
-    env["PATH"] = os.pathsep.join(
-        [str(Path(sys.executable).parent), env.get("PATH", "")]
-    )  # dist-forget, deepspeed
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    for var in (
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_RUN_ID",
-        "MLFLOW_EXPERIMENT_NAME",
-        "DIST_FORGET_PARENT_RUN_ID",
-    ):
-        env.pop(var, None)
-    env.update(extra)
-    return env
+    """A new shell's environment, and one thread per process (2 cores shared with the other xdist worker)."""
+    return new_shell_env(OMP_NUM_THREADS="1", **extra)
 
 
 def _split_env(words: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -172,7 +177,7 @@ def _run(
     # a hang guard, as long as make test's per-test --timeout: the sweep line shares 2 cores with the other
     # xdist worker, and takes longer than alone
     res = subprocess.run(
-        line.words, cwd=scratch, env=_env(**env), capture_output=True, text=True, timeout=900
+        in_new_shell(line.words), cwd=scratch, env=_env(**env), capture_output=True, text=True, timeout=900
     )
     assert res.returncode in ok, (
         f"README line failed (exit {res.returncode}): {line.text}\nran: "
@@ -199,8 +204,9 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The README's pipeline block run in order in a fresh scratch folder (the launcher lines reuse its
     data and its pretrained model, as a reader of the README would)."""
     root = tmp_path_factory.mktemp("readme")
-    for name in ("configs", "launchers"):
+    for name in ("configs", "launchers", "reports"):
         (root / name).symlink_to(ROOT / name)
+    link_venv(root)
     _seed_corpora(root / "work")
     down = root / "mlflow-down"
     down.write_text("a file where the MLflow store's folder should be: the store cannot open")
@@ -278,7 +284,7 @@ def test_the_per_node_launcher_line_runs_as_two_nodes_on_loopback(scratch: Path)
     assign, words = _split_env(line.words)
     (scratch / assign["HOSTFILE"]).write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")
     loopback = {**assign, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    run_together([([*words, "out_dir=work/launch-nodes"], _env(**{**loopback, "NODE_RANK": str(rank)}))
+    run_together([(in_new_shell([*words, "out_dir=work/launch-nodes"]), _env(**{**loopback, "NODE_RANK": str(rank)}))
                   for rank in (0, 1)], cwd=scratch)  # fmt: skip
     report = json.loads((scratch / "work" / "launch-nodes" / "report.json").read_text())
     assert (report["world_size"], report["engine"]) == (2, "deepspeed")
@@ -299,7 +305,8 @@ def test_the_sbatch_line_runs_on_two_slurm_nodes_like_torchrun(scratch: Path, sl
     out, log = scratch / "work" / "launch-slurm", scratch / "work" / "launch-slurm.out"
     words = [line.words[0], "--wait", f"--output={log}", *line.words[1:], f"out_dir={out}"]
     env = {"SLURM_CONF": str(slurm.conf), "RDZV_PORT": str(free_port())}
-    res = subprocess.run(words, cwd=scratch, env=_env(**env), capture_output=True, text=True, timeout=600)
+    res = subprocess.run(in_new_shell(words), cwd=scratch, env=_env(**env), capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
     assert res.returncode == 0, (
         f"{line.text}\n{res.stderr}\n{log.read_text()[-3000:] if log.exists() else ''}"
     )
@@ -360,8 +367,8 @@ def test_the_http_shards_block_runs_as_two_nodes_on_loopback(scratch: Path) -> N
     subst = {"8000": port, "0.0.0.0": "127.0.0.1"}
     log = scratch / "http-server.log"
     with open(log, "w") as fh:
-        server = subprocess.Popen([subst.get(w, w) for w in server_line.words[:-1]], cwd=scratch,
-                                  env=_env(), stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+        server = subprocess.Popen(in_new_shell([subst.get(w, w) for w in server_line.words[:-1]]), cwd=scratch,
+                                  env=_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         _wait_for_port(int(port))
         for line in lines:
@@ -374,10 +381,10 @@ def test_the_http_shards_block_runs_as_two_nodes_on_loopback(scratch: Path) -> N
             (scratch / assign["HOSTFILE"]).write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")
             env = {**assign, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
             cmd = [*cmd, "out_dir=work/launch-url", "data.cache_dir=work/shard-cache"]
-            run_together([(cmd, _env(**{**env, "NODE_RANK": str(rank)})) for rank in (0, 1)], cwd=scratch)
+            run_together([(in_new_shell(cmd), _env(**{**env, "NODE_RANK": str(rank)})) for rank in (0, 1)],
+                         cwd=scratch)  # fmt: skip
     finally:
-        server.terminate()
-        server.wait()
+        stop(server)
     report = json.loads((scratch / "work" / "launch-url" / "report.json").read_text())
     assert (report["world_size"], report["engine"]) == (2, "deepspeed")
     served = (
@@ -397,3 +404,86 @@ def _wait_for_port(port: int, timeout_s: float = 30.0) -> None:
                 return
         time.sleep(0.05)
     raise AssertionError(f"the README's http.server line did not listen on port {port}")
+
+
+def _blocks_under(heading: str) -> list[str]:
+    """The bash blocks of one `## ` section of README.md."""
+    text = README.read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+
+
+def quickstart_lines() -> list[str]:
+    """The Quickstart's command lines after its set-up block (comments dropped, continuations joined)."""
+    return [
+        ln for b in _blocks_under("Quickstart") if "source .venv/bin/activate" not in b for ln in _lines(b)
+    ]
+
+
+# Quickstart lines that are not run here, and why (their `--help` runs in a new shell instead).
+QUICKSTART_NOT_RUN = {
+    "dist-forget demo": "make demo, 21 min; its sweep is the pipeline's sweep line at test sizes, its end screen's "
+    "commands run in tests/integration/test_end_screens.py",
+}
+
+
+def test_the_setup_block_is_make_install_then_activate() -> None:
+    assert setup_lines() == ["make install", "source .venv/bin/activate"]
+    assert re.search(r"^install:", (ROOT / "Makefile").read_text(), flags=re.M)
+    assert re.search(r"^VENV\s*:=\s*\.venv$", (ROOT / "Makefile").read_text(), flags=re.M)
+
+
+def test_without_the_setup_the_cli_is_not_on_path(scratch: Path) -> None:
+    """The reason the README has its set-up line: a new shell does not find the commands without it."""
+    res = subprocess.run(["bash", "-lc", "command -v dist-forget || command -v mlflow || echo none"],
+                         cwd=scratch, env=_env(), capture_output=True, text=True)  # fmt: skip
+    assert res.stdout.strip() == "none", res.stdout
+
+
+def test_the_quickstart_lines_run_in_a_new_shell(scratch: Path) -> None:
+    lines = quickstart_lines()
+    pipeline = {ln.text for ln in pipeline_lines()}
+    ran = set()
+    for text in lines:
+        if "mlflow ui" in text:  # test_the_mlflow_ui_lines_serve
+            continue
+        words = shlex.split(text)
+        if text in pipeline:  # ran in the pipeline block, at test sizes
+            ran.add(text)
+            continue
+        if text in QUICKSTART_NOT_RUN:
+            res = _run(Line(text, [*words, "--help"]), scratch)
+            assert "usage: dist-forget" in res.stdout
+            ran.add(text)
+            continue
+        res = _run(Line(text, words), scratch)
+        ran.add(text)
+        if words[:2] == ["dist-forget", "plan"]:  # the README's planner example answers, as the README says
+            assert re.search(r"smallest p with forgetting <= [\d.]+ nats/token: [\d.]+ \(", res.stdout), (
+                res.stdout
+            )
+            quoted = re.search(r"It answers p = ([\d.]+ %)", README.read_text()).group(1)
+            assert f"({quoted})" in res.stdout, (quoted, res.stdout)
+        if words[:3] == ["dist-forget", "config", "show"]:
+            assert "inject_fraction: 0.01" in res.stdout, res.stdout
+        if words[1:] == ["--help"]:
+            assert "plan " in res.stdout and "finetune " in res.stdout
+    assert ran == {t for t in lines if "mlflow ui" not in t}
+    assert any(t.startswith("dist-forget plan --fit reports/") for t in ran)
+
+
+def mlflow_ui_lines() -> list[str]:
+    return [ln for b in _blocks_under("Quickstart") + _blocks_under("Tracking (MLflow)") for ln in _lines(b)
+            if "mlflow ui" in ln]  # fmt: skip
+
+
+def test_the_mlflow_ui_lines_serve(scratch: Path) -> None:
+    """The Quickstart's (the demo sweep's store) and the Tracking section's (the pipeline runs' store)."""
+    lines = mlflow_ui_lines()
+    assert len(lines) == 2
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(lines)) as pool:  # both at once: an MLflow server takes a while to start
+        answers = list(pool.map(lambda text: serve_until_healthy(text, scratch, _env()), lines))
+    assert answers == ["OK"] * len(lines)
+    assert (scratch / "work" / "runs" / "mlflow.db").is_file()  # the store the pipeline's runs wrote

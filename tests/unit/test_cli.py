@@ -118,3 +118,56 @@ def test_google_args_block_is_parsed():
 
     text, args = cli.parse_doc(f)
     assert text == "Do it.\n\nMore text." and args == {"a": "first one, continued", "b": "second one"}
+
+
+def _listing(words: list[str]) -> str:
+    """`dist-forget [GROUP] --help` as a user sees it (a fresh process: the listing imports no command)."""
+    res = subprocess.run([sys.executable, "-m", "dist_forget.cli", *words, "--help"], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return " ".join(res.stdout.split())
+
+
+def test_every_command_and_group_is_listed_with_a_one_line_description():
+    """Derived from COMMANDS: a new command (or group) without its SUMMARY line fails here."""
+    groups = {words[:depth] for words in cli.COMMANDS for depth in range(1, len(words))}
+    for words in [*cli.COMMANDS, *groups]:
+        text = cli.SUMMARY.get(words, "")
+        assert text.strip() and "\n" not in text, f"dist-forget {' '.join(words)}: no one-line SUMMARY"
+    assert set(cli.SUMMARY) <= set(cli.COMMANDS) | groups, set(cli.SUMMARY) - set(cli.COMMANDS) - groups
+    for parent in [(), *sorted(groups)]:
+        out = _listing(list(parent))
+        children = {
+            w[len(parent)]
+            for w in [*cli.COMMANDS, *groups]
+            if w[: len(parent)] == parent and len(w) > len(parent)
+        }
+        for child in children:
+            summary = " ".join(cli.SUMMARY[(*parent, child)].split())
+            assert f"{child} {summary}" in out, (parent, child, out)
+    top = _listing([])
+    assert "typed function" not in top and "dispatches" not in top and " commands " not in top
+
+
+def test_group_without_a_verb_says_what_is_missing():
+    res = subprocess.run([sys.executable, "-m", "dist_forget.cli", "convert"], capture_output=True, text=True)
+    assert res.returncode == 2 and "the following arguments are required: COMMAND" in res.stderr
+
+
+def test_a_fraction_flag_takes_a_percent():
+    def f(inject_fraction: float = 0.0, lr: float = 1e-3) -> int:
+        """F.
+
+        Args:
+            inject_fraction: p
+            lr: learning rate
+        """
+        return 0
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    cli.add_signature_arguments(parser, f)
+    assert parser.parse_args(["--inject-fraction", "1%"]).inject_fraction == pytest.approx(0.01)
+    assert parser.parse_args(["--inject-fraction", "0.05"]).inject_fraction == 0.05
+    with pytest.raises(argparse.ArgumentError, match="invalid fraction value: 'x%'"):
+        parser.parse_args(["--inject-fraction", "x%"])
+    with pytest.raises(argparse.ArgumentError, match="invalid float value: '1%'"):
+        parser.parse_args(["--lr", "1%"])  # not a fraction: a percent means nothing there

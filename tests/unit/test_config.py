@@ -76,3 +76,71 @@ def test_none_allowed_only_where_typed_optional():
 
 def test_parse_overrides_nests_and_parses_yaml_scalars():
     assert parse_overrides(["a.b=1", "a.c=x", "d=true"]) == {"a": {"b": 1, "c": "x"}, "d": True}
+
+
+@dataclass
+class Data:
+    inject_fraction: float | Literal["auto"] = 0.0
+    max_forgetting: float | None = None
+    fractions: list[float] = field(default_factory=list)
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class WithData:
+    data: Data = field(default_factory=Data)
+    optim: Optim = field(default_factory=Optim)
+
+
+@pytest.mark.parametrize(
+    ("override", "value"),
+    [("data.inject_fraction=1%", 0.01), ("data.inject_fraction=5 %", 0.05), ("data.min_lr_ratio=10%", 0.1),
+     ("data.inject_fraction=auto", "auto")],
+)  # fmt: skip
+def test_a_fraction_takes_a_percent(override, value):
+    cfg = load_config(WithData, None, [override])
+    key = override.split("=")[0].split(".")[1]
+    assert (
+        getattr(cfg.data, key) == pytest.approx(value)
+        if value != "auto"
+        else getattr(cfg.data, key) == "auto"
+    )
+
+
+def test_a_percent_elsewhere_is_refused_saying_what_to_write(tmp_path):
+    with pytest.raises(UserError) as info:
+        load_config(WithData, None, ["data.max_forgetting=5%"])
+    assert "key 'data.max_forgetting' = '5%' is not a fraction" in str(info.value)
+    assert "write a plain number" in str(info.value)
+    with pytest.raises(UserError, match=r"'data.inject_fraction' = 'x%' is not a percent; write 0.01 or 1%"):
+        load_config(WithData, None, ["data.inject_fraction=x%"])
+    with pytest.raises(UserError, match=r"'data.inject_fraction' = 'abc' should be float or 'auto'"):
+        load_config(WithData, None, ["data.inject_fraction=abc"])
+
+
+def test_an_unknown_key_says_where_it_came_from_and_what_was_meant(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  lr: 0.1\n")
+    with pytest.raises(UserError) as info:
+        load_config(WithData, path, ["optim.lrr=1e-3"])
+    assert str(info.value).startswith(
+        "command line override 'optim.lrr=1e-3': unknown key 'optim.lrr' (did you mean 'optim.lr'?)"
+    )
+    path.write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(UserError) as info:
+        load_config(WithData, path, ["optim.lr=1e-3"])
+    assert str(info.value).startswith(f"{path}: unknown key 'optim.lrr' (did you mean 'optim.lr'?)")
+    with pytest.raises(
+        UserError, match=r"^command line override 'dta.seed=1': unknown key 'dta' \(did you mean 'data'"
+    ):
+        load_config(WithData, None, ["dta.seed=1"])
+    with pytest.raises(UserError) as info:  # nothing close: no guess
+        load_config(WithData, None, ["zzz=1"])
+    assert "did you mean" not in str(info.value)
+
+
+def test_a_bad_value_on_the_command_line_is_blamed_on_that_override(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  lr: 0.1\n")
+    with pytest.raises(UserError, match=r"^command line override 'optim.lr=fast': key 'optim.lr' = 'fast'"):
+        load_config(WithData, path, ["optim.lr=fast"])

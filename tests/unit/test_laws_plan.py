@@ -160,3 +160,14 @@ def test_tiny_exponent_is_unreachable_not_an_overflow():
     params = {"A": 2.0, "alpha": 0.5, "beta": 0.3, "B": 100.0}
     closed = ((2.0 * 1e5**0.3 / 0.02) ** 2 / 1e6 - 1) / 100
     assert get_form("forgetting").solve_p(params, 1e6, 1e5, 0.02) == pytest.approx(closed, rel=1e-9)
+
+
+def test_an_unreachable_budget_outside_the_fitted_range_still_says_extrapolated(fits):
+    from dist_forget.laws.plan import format_plan
+
+    n_lo = min(f["range"]["model_params"][0] for f in fits)
+    out = plan(fits, "wiki", n_lo / 100, 1e9, max_forgetting=1e-4)
+    assert out["reachable"] is False and out["extrapolated"]
+    text = format_plan(out)
+    assert "not reachable by injection alone" in text
+    assert text.splitlines()[-1].startswith("EXTRAPOLATED: model_params ")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from dist_forget import cli
-from dist_forget.config import load_config
+from dist_forget.config import load_config, read_yaml
+from dist_forget.config_commands import SWEEP_KEYS, _config_class
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -36,11 +37,17 @@ def test_readme_commands_parse():
     commands = _readme_commands()
     assert len(commands) >= 10
     for words in commands:
+        if words in (["--help"], ["-h"]):  # the top-level listing
+            continue
         key = next((k for k in cli.COMMANDS if tuple(words[: len(k)]) == k), None)
         assert key is not None, f"README shows an unknown command: dist-forget {' '.join(words)}"
         parser = argparse.ArgumentParser(exit_on_error=False)
         cli.add_signature_arguments(parser, cli._resolve(cli.COMMANDS[key]))
-        parser.parse_args(words[len(key) :])  # raises on an unknown flag or a badly typed value
+        ns = parser.parse_args(words[len(key) :])  # raises on an unknown flag or a badly typed value
+        config = getattr(ns, "config", None)
+        if config is not None and str(config).startswith("configs/"):  # its config and overrides load
+            kind = "sweep" if SWEEP_KEYS & set(read_yaml(ROOT / config)) else "run"
+            load_config(_config_class(kind), ROOT / config, getattr(ns, "overrides", None))
 
 
 LAUNCHED = re.compile(r"(?:^|\s)launchers/(?:deepspeed\.sh|torchrun\.sh|slurm\.sbatch)\s+(.*)$")
@@ -87,3 +94,25 @@ def test_launcher_examples_are_valid_command_lines(where: str, args: str):
 def test_every_launcher_is_shown_with_a_command():
     shown = {where for where, _ in _launcher_lines()}
     assert shown == {"README.md", "launchers/deepspeed.sh", "launchers/torchrun.sh", "launchers/slurm.sbatch"}
+
+
+def test_the_readme_is_scannable_in_the_documented_order():
+    """What it is, the two commands, a quickstart, then each topic under its own heading."""
+    headings = re.findall(r"^## (.+)$", README.read_text(), flags=re.M)
+    want = ["Two commands", "Quickstart", "Pipeline, one command per step", "Launching", "Reports", "Library use",
+            "Reliability", "Security"]  # fmt: skip
+    assert [h for h in headings if h in want] == want, headings
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    assert [ln.split("#")[0].split() for ln in blocks[0].splitlines()] == [["make", "demo"], ["make", "test"]]
+    prose = re.sub(r"```.*?```", "", README.read_text(), flags=re.S)
+    longest = max(len(p) for p in prose.split("\n\n"))
+    assert longest < 1800, (
+        f"a README paragraph of {longest} characters: split it or move it to a report's NOTES"
+    )
+
+
+def test_the_readme_links_point_at_files():
+    for target in re.findall(r"\]\(([^)#]+)\)", README.read_text()):
+        if target.startswith("http") or target == "RELIABILITY.md":  # the lead writes RELIABILITY.md
+            continue
+        assert (ROOT / target).exists(), target
