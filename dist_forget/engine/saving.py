@@ -1,10 +1,16 @@
 """Checkpoint + export for one run: what goes into each checkpoint beside the backend's files (client
 state: data-stream position, run state, config; meta.json), restoring it, and the HF folder exports
-(`best/` at every new best evaluation, `model/` at the end). Tags, pointers and retention: checkpoint.py."""
+(`best/` at every new best evaluation, `model/` at the end). Tags, pointers and retention: checkpoint.py.
+
+An export that fails (a full disk) stops every rank with one line naming the folder; the checkpoint of that
+step is complete, and `--resume auto` exports again: `model/` at the end, `best/` when the resumed
+checkpoint is the best one and `best/` is missing (a failed export of `best/` removes the previous one,
+which no longer matches `best`)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +19,7 @@ from dist_forget.data.mixture import MixedStream
 from dist_forget.engine.checkpoint import CheckpointManager
 from dist_forget.engine.run_state import RunState
 from dist_forget.errors import UserError
+from dist_forget.io import DISK_FULL, disk_full
 from dist_forget.models import hf
 
 
@@ -39,6 +46,14 @@ class Saver:
         self.stream.load_state_dict(data)
         self.state.load_state_dict(train)
         self.last_saved = self.state.step
+        s = self.state
+        self.ckpt.point_best(s.best_step)  # not a best of a branch a resume abandoned (checkpoint.py)
+        # the resumed step is the best one but its export is missing (abandoned with its branch, or a failed
+        # or killed export): it is exported now, from the weights just loaded. Rank 0 decides for all.
+        missing = self.backend.rank == 0 and 0 < s.best_step == s.step and not (self.out / "best").is_dir()
+        (again,) = self.backend.all_reduce_sum([1.0 if missing else 0.0])
+        if again:
+            self.export("best")
 
     def due(self, step: int) -> bool:
         return bool(self.every and step % self.every == 0)
@@ -54,9 +69,27 @@ class Saver:
 
     def export(self, folder: str) -> None:
         """The model as an HF folder `out/folder`, with the shards' tokenizer (collective; rank 0 writes)."""
-        sd = self.backend.full_state_dict()
+        sd, path = self.backend.full_state_dict(), self.out / folder
+        failure: Exception | None = None
+        full = False
         if self.backend.rank == 0:
-            hf.save_folder(sd, self.hf_config, self.out / folder, self.tokenizer_dir)
+            try:
+                hf.save_folder(sd, self.hf_config, path, self.tokenizer_dir)
+            except Exception as exc:  # noqa: BLE001 - every rank must learn of it, whatever the writer raised
+                failure, full = exc, disk_full(exc, path)
+                if folder == "best":  # the previous export no longer matches `best`: a resume redoes it
+                    shutil.rmtree(path, ignore_errors=True)
+        (failed,) = self.backend.all_reduce_sum([1.0 if failure is not None else 0.0])
+        if not failed:
+            return
+        if failure is not None and not full and not isinstance(failure, UserError):
+            raise failure  # a bug, with its traceback
+        last = self.ckpt.read_pointer("latest")
+        why = DISK_FULL if full else str(failure) if failure is not None else "on rank 0"
+        raise UserError(
+            f"exporting {path} failed ({why}); the checkpoint {self.ckpt.root / str(last)} is complete: free "
+            "disk space and rerun with --resume auto, which exports it again"
+        )
 
     def finish(self) -> None:
         """The last checkpoint (unless a resume found the run already at its end) and the `model/` export."""
