@@ -28,8 +28,8 @@ import pytest
 
 from dist_forget import cli
 from dist_forget.engine import run_lock
-from dist_forget.engine.checkpoint import CheckpointManager
 from dist_forget.engine import summary as summary_module
+from dist_forget.engine.checkpoint import CheckpointManager
 from dist_forget.engine.metrics_log import MetricsLog, StepCost
 from dist_forget.engine.saving import Saver
 from dist_forget.engine.trainer import train
@@ -69,7 +69,9 @@ def eight(tiny_data, base_model, tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.mark.slow
-def test_a_second_run_into_a_live_out_dir_is_refused_and_the_first_ends_intact(tiny_data, base_model, four, tmp_path):
+def test_a_second_run_into_a_live_out_dir_is_refused_and_the_first_ends_intact(
+    tiny_data, base_model, four, tmp_path
+):
     """The first run is stopped (SIGSTOP) after its first step, so it is alive and holds the lock while a
     second process, with another lr, tries the same out_dir; then it is continued and ends normally."""
     out = tmp_path / "live"
@@ -174,7 +176,9 @@ def test_a_resume_from_an_earlier_checkpoint_starts_a_branch(tiny_data, base_mod
     out = tmp_path / "run"
     shutil.copytree(full, out)
     ckpts = out / "checkpoints"
-    metrics = out / "metrics.jsonl"  # what the resume keeps anyway; else the watcher below sees the old step 5
+    metrics = (
+        out / "metrics.jsonl"
+    )  # what the resume keeps anyway; else the watcher below sees the old step 5
     write_text_atomic(metrics, "".join(json.dumps(r) + "\n" for r in read_metrics(metrics, until_step=2)))
     argv = _argv(tiny_data, base_model, out, *EIGHT, "checkpoint.keep=2")
     sigkill_after_step([*argv, "--resume", str(ckpts / "step-00000002")], out, 5)
@@ -235,7 +239,9 @@ def small_disk(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
     )
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
@@ -257,7 +263,14 @@ def _fill(disk: Path, leave: int) -> None:
 FULL_DISK = {
     "checkpoint": (CheckpointManager, "save", lambda a: a[1] == 4, 200_000, "checkpoints/step-00000004", 2),
     "export": (Saver, "export", lambda a: a[1] == "model", 50_000, "model", 4),
-    "summary": (summary_module, "write_json_atomic", lambda a: a[0].name == "summary.json", 0, "summary.json", 4),
+    "summary": (
+        summary_module,
+        "write_json_atomic",
+        lambda a: a[0].name == "summary.json",
+        0,
+        "summary.json",
+        4,
+    ),
 }
 
 
