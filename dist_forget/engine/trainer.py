@@ -7,7 +7,9 @@ the U-curve), early stop (patience and stop_rise) → final evaluation, checkpoi
 Outputs in `out_dir`: checkpoints/ (see engine/checkpoint.py), metrics.jsonl (one line per step and per
 evaluation; what a resume rewrites up to its step), summary.json (exactly the runs-table columns),
 report.json (everything else about the run), run_config.json (the resolved config), model/ and best/
-(HF folders), loss_curves.png.
+(HF folders), loss_curves.png, and run.lock while the run lives (engine/run_lock.py). A resume refuses a
+config that changes the result (checkpoint/meta.py config_changes) and records the changes it accepts in
+the run state (report.json `config_changes`).
 
 The parts, one file each: run_state.py (what a resume restores), evaluation.py (both validation splits,
 the best step, early stop), metrics_log.py (metrics.jsonl, progress line, plot), saving.py (checkpoint +

@@ -36,7 +36,7 @@ from dist_forget.engine.trainer import train
 from dist_forget.errors import UserError
 from dist_forget.io import write_text_atomic
 from dist_forget.schema import read_metrics
-from tests.conftest import REPO, sigkill_after_step, tiny_finetune_overrides
+from tests.conftest import REPO, sigkill_after_step, tiny_finetune_overrides, tmpfs
 from tests.unit.test_engine_trainer import CONFIG, _cfg, _losses
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -234,21 +234,8 @@ def test_a_resume_with_changed_settings_is_refused_in_one_line(tiny_data, base_m
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 4 MiB tmpfs: a run's outputs (about 2 MiB) fit; filled from the test at a chosen moment."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "size=4m,mode=0700") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def _fill(disk: Path, leave: int) -> None:
