@@ -7,9 +7,10 @@ therefore leaves `latest` naming a complete checkpoint, and a full disk ends the
 checkpoint and "no space left on device". Retention keeps the last `keep` checkpoints plus the one `best`
 names.
 
-One lineage per folder: every resume first moves the checkpoints that come after its resume point into
-`abandoned-<UTC time>/` (with the summary, report and exports they produced, and the `best/` export when
-`best` named one of them), saying so in one line; they are never resumed from nor deleted. So the steps in
+One lineage per folder: every resume first moves the checkpoints that come after its resume point (all of
+them when it resumes from a checkpoint outside the folder) into `abandoned-<UTC time>/`, with the summary,
+report and exports they produced (and the `best/` export when `best` named one of them), saying so in one
+line; they are never resumed from nor deleted. So the steps in
 the folder always run in the order they were saved in this lineage: retention by step, `latest` and
 `--resume auto` never reach back into an abandoned branch (`--resume checkpoints/step-40` of a run that
 reached 120 starts a branch at 40; a kill at 95 then resumes at 90, not at the old 120). After a resume
@@ -272,7 +273,9 @@ def prepare_resume(resume: str, root: Path, keep: int, say: Callable[[str], Any]
             )
         if _is_in(point, root) and read_pointer(root, "latest") != point.name:
             write_text_atomic(root / "latest", point.name + "\n")  # commit the branch before moving anything
-    if not _abandon_after(root, point, say):
+    # a checkpoint from elsewhere (e.g. a resharded copy) starts the lineage anew: all of this folder's go aside
+    step = _step(point) if _is_in(point, root) else -1
+    if not _abandon_after(root, point, step, say):
         retain(root, keep)  # (after a move, retention waits until the restored state re-points `best`)
 
 
@@ -337,12 +340,15 @@ def _auto_point(root: Path, say: Callable[[str], Any]) -> str | None:
 REPORTED = ("summary.json", "report.json", "model", "loss_curves.png")
 
 
-def _abandon_after(root: Path, point: Path, say: Callable[[str], Any]) -> list[str]:
-    """Move the checkpoints saved after `point` (a later step) into `abandoned-<UTC time>/`, with what that
-    branch reported (summary, report, exports; `best/` when `best` named one of them); returns their tags."""
-    step = read_meta(point).get("step", step_of(point.name) if TAG.fullmatch(point.name) else None)
-    if step is None:
-        return []  # a checkpoint that does not say its step: nothing to order the folder's by
+def _step(point: Path) -> int:
+    """The step of checkpoint `point`, as its meta.json says (its tag's otherwise)."""
+    return int(read_meta(point).get("step", step_of(point.name)))
+
+
+def _abandon_after(root: Path, point: Path, step: int, say: Callable[[str], Any]) -> list[str]:
+    """Move the checkpoints after `step` (where the run continues from `point`) into `abandoned-<UTC time>/`,
+    with what that branch reported (summary, report, exports; `best/` when `best` named one of them);
+    returns their tags."""
     later = [t for t in _tags(root) if step_of(t) > step]
     if not later:
         return []
@@ -362,15 +368,12 @@ def _abandon_after(root: Path, point: Path, say: Callable[[str], Any]) -> list[s
     moved = [name for name in outputs if (out / name).exists()]
     for name in moved:
         (out / name).rename(aside / name)
-    if read_pointer(root, "latest") in later:  # resumed from a folder elsewhere: the newest one left, if any
-        left = _tags(root)
-        if left:
-            write_text_atomic(root / "latest", left[-1] + "\n")
-        else:
-            (root / "latest").unlink()
+    if read_pointer(root, "latest") in later:  # resumed from elsewhere: the first save here commits anew
+        (root / "latest").unlink()
     with_them = f" with {', '.join(moved)}" if moved else ""
+    which = "saved after it" if step >= 0 else "of another lineage"
     say(
-        f"resume: continuing from {point} (step {step}); the checkpoints saved after it in this folder "
+        f"resume: continuing from {point} (step {_step(point)}); the checkpoints {which} in this folder "
         f"({', '.join(later)}) are an abandoned branch, moved to {aside}{with_them}: never resumed from, "
         "delete it when it is not needed"
     )
