@@ -10,11 +10,11 @@ names.
 One lineage per folder: every resume first moves the checkpoints that come after its resume point (all of
 them when it resumes from a checkpoint outside the folder) into `abandoned-<UTC time>/`, with the summary,
 report and exports they produced (and the `best/` export when `best` named one of them), saying so in one
-line; they are never resumed from nor deleted. So the steps in
-the folder always run in the order they were saved in this lineage: retention by step, `latest` and
-`--resume auto` never reach back into an abandoned branch (`--resume checkpoints/step-40` of a run that
-reached 120 starts a branch at 40; a kill at 95 then resumes at 90, not at the old 120). After a resume
-`best` names the best checkpoint the restored run state knows of (`point_best`).
+line; they are never resumed from nor deleted. So the steps in the folder always run in the order they were
+saved in this lineage: retention by step, `latest` and `--resume auto` never reach back into an abandoned
+branch (`--resume checkpoints/step-40` of a run that reached 120 starts a branch at 40; a kill at 95 then
+resumes at 90, not at the old 120). After a resume `best` names the best checkpoint the restored run state
+knows of (`point_best`).
 
 `meta.json` and `hf_config.json` beside the backend's files, and the check a resume makes on them, are
 dist_forget/checkpoint/meta.py; the backends' file layouts are dist_forget/checkpoint/ too (zero.py,
