@@ -9,12 +9,13 @@ names.
 
 One lineage per folder: every resume first moves the checkpoints that come after its resume point (all of
 them when it resumes from a checkpoint outside the folder) into `abandoned-<UTC time>/`, with the summary,
-report and exports they produced (and the `best/` export when `best` named one of them), saying so in one
-line; they are never resumed from nor deleted. So the steps in the folder always run in the order they were
-saved in this lineage: retention by step, `latest` and `--resume auto` never reach back into an abandoned
-branch (`--resume checkpoints/step-40` of a run that reached 120 starts a branch at 40; a kill at 95 then
-resumes at 90, not at the old 120). After a resume `best` names the best checkpoint the restored run state
-knows of (`point_best`).
+report and `model/` they produced, saying so in one line; they are never resumed from nor deleted. So the
+steps in the folder always run in the order they were saved in this lineage: retention by step, `latest`
+and `--resume auto` never reach back into an abandoned branch (`--resume checkpoints/step-40` of a run that
+reached 120 starts a branch at 40; a kill at 95 then resumes at 90, not at the old 120). A `best` pointer
+or `best/` export of a step past the resume point goes with them (each checkpoint's meta.json records the
+step its run's best is at); the resumed run exports its own best at its next new best, or at once when the
+resumed checkpoint is its best (saving.py).
 
 `meta.json` and `hf_config.json` beside the backend's files, and the check a resume makes on them, are
 dist_forget/checkpoint/meta.py; the backends' file layouts are dist_forget/checkpoint/ too (zero.py,
@@ -123,21 +124,9 @@ class CheckpointManager:
                 old.rename(final)
             raise
         shutil.rmtree(old, ignore_errors=True)
-        if is_best:  # after the commit: a resume re-points `best` from the run state (point_best)
+        if is_best:  # after the commit: `latest` is what a resume needs
             write_text_atomic(self.root / "best", tag + "\n")
         self._retain()
-
-    def point_best(self, best_step: int) -> None:
-        """Rank 0, after a resume: `best` names the checkpoint of the restored run state's best step, or
-        nothing when this folder does not hold it (dropped by retention, or the state came from elsewhere)."""
-        if self.backend.rank != 0:
-            return
-        tag, pointer = tag_of(best_step), self.root / "best"
-        if (self.root / tag).is_dir():
-            if self.read_pointer("best") != tag:
-                write_text_atomic(pointer, tag + "\n")
-        else:
-            pointer.unlink(missing_ok=True)
 
     def _raise_if_failed(self, error: str, tag: str, tmp: str, verbatim: bool = False) -> None:
         """Collective: if any rank failed, drop the temp tag and raise the same one-line error everywhere."""
@@ -275,8 +264,8 @@ def prepare_resume(resume: str, root: Path, keep: int, say: Callable[[str], Any]
             write_text_atomic(root / "latest", point.name + "\n")  # commit the branch before moving anything
     # a checkpoint from elsewhere (e.g. a resharded copy) starts the lineage anew: all of this folder's go aside
     step = _step(point) if _is_in(point, root) else -1
-    if not _abandon_after(root, point, step, say):
-        retain(root, keep)  # (after a move, retention waits until the restored state re-points `best`)
+    _abandon_after(root, point, step, say)
+    retain(root, keep)
 
 
 def _is_in(point: Path, root: Path) -> bool:
@@ -345,13 +334,16 @@ def _step(point: Path) -> int:
     return int(read_meta(point).get("step", step_of(point.name)))
 
 
-def _abandon_after(root: Path, point: Path, step: int, say: Callable[[str], Any]) -> list[str]:
+def _abandon_after(root: Path, point: Path, step: int, say: Callable[[str], Any]) -> None:
     """Move the checkpoints after `step` (where the run continues from `point`) into `abandoned-<UTC time>/`,
-    with what that branch reported (summary, report, exports; `best/` when `best` named one of them);
-    returns their tags."""
+    with what that branch reported: summary, report, `model/`, and `best/` unless it is of a step up to
+    `step` (then it is also the best the resumed state knows: the lowest loss up to `step` is the lowest
+    over all steps when it lies there)."""
     later = [t for t in _tags(root) if step_of(t) > step]
     if not later:
-        return []
+        return
+    # the step of the abandoned branch's best/ export, as its newest checkpoint records it (None: unknown)
+    best_step = read_meta(root / later[-1]).get("best_step") if (root / later[-1] / META).is_file() else None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aside = root / f"abandoned-{stamp}"
     n = 1
@@ -362,9 +354,10 @@ def _abandon_after(root: Path, point: Path, step: int, say: Callable[[str], Any]
     for tag in later:
         (root / tag).rename(aside / tag)
     out, outputs = root.parent, list(REPORTED)
+    if best_step is None or best_step > step or read_pointer(root, "best") in later:
+        outputs.append("best")  # the export of a best this run no longer reaches
     if read_pointer(root, "best") in later:
         (root / "best").unlink()
-        outputs.append("best")  # the export of that best checkpoint
     moved = [name for name in outputs if (out / name).exists()]
     for name in moved:
         (out / name).rename(aside / name)
@@ -377,7 +370,6 @@ def _abandon_after(root: Path, point: Path, step: int, say: Callable[[str], Any]
         f"({', '.join(later)}) are an abandoned branch, moved to {aside}{with_them}: never resumed from, "
         "delete it when it is not needed"
     )
-    return later
 
 
 def resolve_resume(resume: str, root: Path) -> Path | None:

@@ -140,7 +140,8 @@ class RunLock:
         me = identity()
         for _ in range(5):  # each pass ends in a lock of ours, a refusal, or a race lost to another taker
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                # readable by all: another user's run into this folder must be able to name the holder
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 holder = read_holder(self.path)
                 if holder is None:

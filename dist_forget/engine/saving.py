@@ -47,7 +47,6 @@ class Saver:
         self.state.load_state_dict(train)
         self.last_saved = self.state.step
         s = self.state
-        self.ckpt.point_best(s.best_step)  # not a best of a branch a resume abandoned (checkpoint.py)
         # the resumed step is the best one but its export is missing (abandoned with its branch, or a failed
         # or killed export): it is exported now, from the weights just loaded. Rank 0 decides for all.
         missing = self.backend.rank == 0 and 0 < s.best_step == s.step and not (self.out / "best").is_dir()
@@ -62,9 +61,9 @@ class Saver:
         """A checkpoint of the current step (collective); `is_best` points `best` at it."""
         config = json.dumps(self.meta["config"])  # a string: converters rewrite it (checkpoint/meta.py)
         client = pack_client(self.stream.state_dict(), self.state.state_dict(), config)
-        self.ckpt.save(
-            self.state.step, client, self.meta, is_best=is_best, hf_config=self.hf_config.to_dict()
-        )
+        # best_step: which step the best/ export is of, for a resume that abandons this branch (checkpoint.py)
+        meta = {**self.meta, "best_step": self.state.best_step}
+        self.ckpt.save(self.state.step, client, meta, is_best=is_best, hf_config=self.hf_config.to_dict())
         self.last_saved = self.state.step
 
     def export(self, folder: str) -> None:

@@ -185,7 +185,7 @@ def test_a_resume_from_an_earlier_checkpoint_starts_a_branch(tiny_data, base_mod
 
     (aside,) = ckpts.glob("abandoned-*")
     assert sorted(p.name for p in aside.iterdir()) == [
-        "best",  # the old branch's best/ export: `best` named its step 8
+        "best",  # the old branch's best/ export, of its step 8
         "loss_curves.png",
         "model",
         "report.json",
@@ -196,8 +196,10 @@ def test_a_resume_from_an_earlier_checkpoint_starts_a_branch(tiny_data, base_mod
     ]
     assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000002", "step-00000004"]
     assert (ckpts / "latest").read_text().strip() == "step-00000004"
-    assert (ckpts / "best").read_text().strip() == "step-00000004"  # the branch's best, not the old 8
-    assert (out / "best" / "config.json").is_file() and not (out / "summary.json").exists()
+    pointer = ckpts / "best"  # where the folder keeps one: never into the abandoned branch
+    assert not pointer.exists() or (ckpts / pointer.read_text().strip()).is_dir()
+    assert (out / "best" / "config.json").is_file()  # the branch's own best (step 4), exported by it
+    assert not (out / "summary.json").exists()  # the abandoned branch's row is not reported
 
     train(_cfg(tiny_data, base_model, out, *EIGHT, "checkpoint.keep=2"), "finetune", resume="auto")
     said = capsys.readouterr().out
