@@ -13,7 +13,9 @@ descriptor, so it never touches a file that replaced this one.
 Stale (taken over):
 - held on this machine (same host, pid namespace and boot): its pid is gone or now names another process.
   A live pid is never stale, stopped (SIGSTOP) or not: it may resume writing;
-- held elsewhere (another host, container or boot): no heartbeat for `STALE_S` seconds.
+- held elsewhere (another host, container or boot): no heartbeat for `STALE_S` seconds. A lock from
+  elsewhere whose heartbeat is late (`LATE_S`) but not yet stale is waited for, not refused: a job requeued
+  on another node seconds after its predecessor was killed finds its lock so.
 
 A takeover renames the stale file aside and checks it moved the very file it judged stale (same inode) before
 creating its own, so two contenders never both hold the lock. The holder checks at every checkpoint that the
@@ -45,6 +47,7 @@ from dist_forget.errors import UserError
 LOCK = "run.lock"
 HEARTBEAT_S = 5.0  # how often the holder touches the lock
 STALE_S = 60.0  # a lock from another host untouched this long belongs to a dead run
+LATE_S = 3 * HEARTBEAT_S  # three missed heartbeats: late (waited for), not yet stale
 
 
 def _proc_start(pid: int) -> int | None:
@@ -104,11 +107,21 @@ def read_holder(path: Path) -> Holder | None:
     return Holder(info if isinstance(info, dict) else {}, st.st_ino, time.time() - st.st_mtime)
 
 
+def _here(holder: Holder, me: dict[str, Any]) -> bool:
+    """Whether `holder`'s pid names a process of this machine (same host, pid namespace and boot)."""
+    return bool(holder.info) and all(holder.info.get(k) == me[k] for k in ("host", "pid_ns", "boot_id"))
+
+
+def late(holder: Holder, me: dict[str, Any]) -> bool:
+    """A holder elsewhere that missed its last heartbeats: dead or stalled, not yet stale. A job requeued on
+    another node seconds after its predecessor was killed meets such a lock: it waits for the verdict."""
+    return not _here(holder, me) and LATE_S < holder.age_s < STALE_S
+
+
 def stale_reason(holder: Holder, me: dict[str, Any]) -> str | None:
     """Why `holder` no longer holds the lock, or None while it may still write."""
     i = holder.info
-    here = bool(i) and all(i.get(k) == me[k] for k in ("host", "pid_ns", "boot_id"))
-    if here:
+    if _here(holder, me):
         pid = int(i["pid"])
         try:
             os.kill(pid, 0)
@@ -137,16 +150,24 @@ class RunLock:
     def acquire(self, say: Callable[[str], Any] = print) -> None:
         """Take the lock or raise a one-line UserError naming who holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = identity()
-        for _ in range(5):  # each pass ends in a lock of ours, a refusal, or a race lost to another taker
+        me, races, waiting = identity(), 0, False
+        while races < 5:  # a pass ends in our lock, a refusal, a wait, or a race lost to another taker
             try:
                 # readable by all: another user's run into this folder must be able to name the holder
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 holder = read_holder(self.path)
                 if holder is None:
-                    continue  # released between our create and our read
+                    races += 1  # released between our create and our read
+                    continue
                 why = stale_reason(holder, me)
+                if why is None and late(holder, me):
+                    if not waiting:
+                        say(f"run lock: {self.path} is held by {holder.describe()}; waiting up to "
+                            f"{STALE_S - holder.age_s:.0f} s for its next heartbeat or its end")  # fmt: skip
+                    waiting = True
+                    time.sleep(HEARTBEAT_S)
+                    continue
                 if why is None:
                     raise UserError(
                         f"out_dir {self.path.parent} is in use by another run: {self.path} is held by "
@@ -155,6 +176,7 @@ class RunLock:
                     ) from None
                 if _take_over(self.path, holder.inode):
                     say(f"run lock: took over {self.path} from {holder.describe()}: {why}")
+                races += 1
                 continue
             try:
                 os.write(fd, (json.dumps(me) + "\n").encode())

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def _lock_file(path: Path, **info) -> None:
     write_text_atomic(path, json.dumps({**run_lock.identity(), **info}) + "\n")
 
 
-def test_stale_locks_are_taken_over_live_ones_refused_and_a_lost_lock_stops_the_holder(tmp_path):
+def test_stale_locks_are_taken_over_live_ones_refused_and_a_lost_lock_stops_the_holder(tmp_path, monkeypatch):
     said: list[str] = []
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -151,6 +152,7 @@ def test_stale_locks_are_taken_over_live_ones_refused_and_a_lost_lock_stops_the_
             run_lock.RunLock(tmp_path).acquire(say=said.append)
         assert f"host {info.get('host', socket.gethostname())} pid {info['pid']}" in str(exc.value)
         path.unlink()
+    _late_locks_elsewhere_are_waited_for(path, monkeypatch, said)
     # a holder frozen past the timeout is taken over elsewhere: it finds out at its next save and stops
     lock = run_lock.RunLock(tmp_path)
     lock.acquire()
@@ -160,6 +162,43 @@ def test_stale_locks_are_taken_over_live_ones_refused_and_a_lost_lock_stops_the_
         lock.check()
     lock.release()
     assert path.exists()  # the new holder's lock is left alone
+
+
+def _beat(path: Path, stop: threading.Event) -> None:
+    while not stop.wait(0.05):
+        os.utime(path)
+
+
+def _late_locks_elsewhere_are_waited_for(path: Path, monkeypatch, said: list[str]) -> None:
+    """A lock from another host that missed heartbeats but is not stale yet (a job requeued on another node
+    right after its predecessor was killed) is waited for: taken over once stale, refused if it beats again.
+    The timescales shrink (heartbeat 0.05 s, stale after 5 s); the outcome, not the time, is asserted."""
+    monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(run_lock, "LATE_S", 0.15)
+    monkeypatch.setattr(run_lock, "STALE_S", 5.0)
+    for beats_again in (False, True):
+        _lock_file(path, host="node-b", pid=1)
+        old = time.time() - 1.0
+        os.utime(path, (old, old))
+        stop = threading.Event()
+        beat = threading.Thread(target=_beat, args=(path, stop))  # the holder comes back to life
+        if beats_again:
+            beat.start()
+        lock = run_lock.RunLock(path.parent)
+        try:
+            if beats_again:
+                with pytest.raises(UserError, match="is in use by another run"):
+                    lock.acquire(say=said.append)
+            else:
+                lock.acquire(say=said.append)
+                assert "no heartbeat for" in said[-1]
+        finally:
+            stop.set()
+            if beats_again:
+                beat.join()
+            lock.release()
+        assert "waiting up to" in said[-1 if beats_again else -2]
+        path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------- one lineage
