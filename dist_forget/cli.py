@@ -14,7 +14,8 @@ indented deeper); `--help` shows it with the default taken from the signature, s
 the code (tests/unit/test_cli.py fails on an undocumented option). The listings of `dist-forget --help`
 and of each group's `--help` show SUMMARY's one line per command and group, so that listing them imports
 no command module (tests/unit/test_cli.py fails on a command or group without one). A `UserError` prints
-one line and exits 2; a function may return an int exit status.
+one line and exits 2, and so does a full disk (ENOSPC/EDQUOT) wherever it strikes, naming the file; a
+function may return an int exit status.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, Literal
 
 from dist_forget.config import is_fraction_key
 from dist_forget.errors import UserError
+from dist_forget.io import DISK_FULL, SPACE_ERRNOS
 
 # (command words) -> "module:function". Keep sorted by area; add a line to add a subcommand.
 COMMANDS: dict[tuple[str, ...], str] = {
@@ -234,6 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         result = fn(**vars(ns))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in SPACE_ERRNOS:
+            raise
+        print(
+            f"error: {exc.filename or 'a file'}: {DISK_FULL}; free disk space and run the command again "
+            "(a training run continues from its last checkpoint with --resume auto)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

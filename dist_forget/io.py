@@ -1,7 +1,13 @@
-"""Atomic file writes: a crash at any moment leaves either the old file or the new one, never half."""
+"""Atomic file writes: a crash at any moment leaves either the old file or the new one, never half.
+
+A write that fails for want of space says so: `atomic_path` re-raises ENOSPC naming the file (a bare
+write() error names none) and `write_failure` turns any writer's error into the words the user needs,
+also for writers that lose the errno (torch.save reports a full disk as `enforce fail ... unexpected pos`).
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -10,6 +16,37 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+DISK_FULL = "no space left on device"
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_NEARLY_FULL = 1 << 20  # bytes left after a failed write that mean it failed for want of space
+
+
+def disk_full(exc: BaseException, path: str | Path) -> bool:
+    """Whether writing `path` failed for want of space: ENOSPC or EDQUOT, the words in the message (Rust
+    writers: safetensors), or, for writers that lose the errno, under 1 MiB left where `path` lives
+    (a write that failed on a full disk leaves its partial file there until the caller cleans up)."""
+    if isinstance(exc, OSError) and exc.errno in SPACE_ERRNOS:
+        return True
+    if "No space left on device" in str(exc) or "StorageFull" in str(exc):
+        return True
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _NEARLY_FULL
+
+
+def write_failure(exc: BaseException, path: str | Path) -> str:
+    """One line for a failed write of `path`: "no space left on device" when that is why, else the error's
+    first line."""
+    if disk_full(exc, path):
+        return DISK_FULL
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextmanager
@@ -25,6 +62,10 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno in SPACE_ERRNOS and not exc.filename:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,3 +178,19 @@ def sigkill_after_step(argv: list[str], out: Path, step: int, timeout_s: float =
     assert killed and proc.returncode == -signal.SIGKILL, (
         f"the run ended before step {step} (or took over {timeout_s} s)"
     )
+
+
+@contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A real small filesystem at `path` (mount options e.g. "size=4m"), unmounted after; skips the test where
+    it cannot be mounted (it needs root; CI runs as root)."""
+    path.mkdir(parents=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if res.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)

@@ -10,6 +10,10 @@
 
 `reshard_meta` is the one rewrite of meta.json for another layout (ZeRO world size, Megatron
 data-parallel size).
+
+`config_changes` compares the config a resume runs with to the one its checkpoint recorded: a setting that
+changes what the run computes may not change (one line listing each, with both values); the settings in
+`RESULT_NEUTRAL` may, and the changes are returned for the run to record.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dist_forget.config import flatten
 from dist_forget.errors import UserError
 from dist_forget.io import write_json_atomic
 
@@ -168,3 +173,57 @@ def _describe(sig: Any) -> str:
         f"{sig.get('size') or sig.get('architecture')}: hidden {sig.get('hidden')}, layers {sig.get('layers')}, "
         f"vocab {sig.get('vocab')}, N {sig.get('non_embedding_params')}"
     )
+
+
+# The settings a resume may change: none of them changes a number the run computes or reports. Every other
+# key (optim.*, schedule.*, data.*, model.size/init_from, train.* below, engine, parallel.zero_stage) must
+# match the checkpoint's. Not here, on purpose:
+# - train.eval_every, train.eval_sequences: which steps are evaluated, on how many sequences, decides the
+#   best step, i.e. the runs-table row, and the early stop; under data.inject_fraction=auto also when p moves;
+# - train.patience, stop_rise, stop_sustained: when the run stops; schedule.steps: the lr of every step.
+RESULT_NEUTRAL = (
+    "out_dir",  # where the run lives (a folder copied elsewhere resumes there)
+    "name",  # the MLflow run name
+    "domain",  # the runs-table label of the whole run
+    "model.cache_dir",  # where `smollm2` is cached
+    "data.cache_dir",  # where shards at a URL are cached (their content is in the data fingerprint)
+    "train.peak_flops",  # MFU's denominator only
+    "checkpoint.",  # how often and how many checkpoints are kept
+    "tracking.",  # where metrics go
+    # layout: the same sums in another order (fp32 rounding only), as a resume at another world size is
+    "train.micro_batch",
+    "parallel.tp",
+    "parallel.pp",
+    "parallel.impl",
+)
+# `auto` is bf16 on a GPU, fp32 on a CPU: the precision it resolved to is compared
+PRECISION_KEY = "train.precision (resolved)"
+
+
+def _neutral(key: str) -> bool:
+    return any(key == n or (n.endswith(".") and key.startswith(n)) for n in RESULT_NEUTRAL)
+
+
+def config_changes(
+    meta: dict[str, Any], path: Path, config: dict[str, Any], precision: str
+) -> list[dict[str, Any]]:
+    """The result-neutral settings this resume changes ({key, old, new}); raises a one-line UserError
+    listing every other changed setting. `config`: this run's resolved, redacted config (what meta.json
+    records); `precision`: the one it resolved to. A key one side lacks (a setting added or removed by
+    another dist-forget version) is not compared."""
+    saved = meta.get("config")
+    if not isinstance(saved, dict):
+        return []  # written before checkpoints recorded their config
+    old = flatten(saved)
+    new = flatten(json.loads(json.dumps(config)))  # as meta.json holds it: tuples are lists
+    if meta.get("precision") is not None:
+        old[PRECISION_KEY], new[PRECISION_KEY] = meta["precision"], precision
+    changed = [(k, old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k]]
+    refused = [f"{k} {o!r} -> {n!r}" for k, o, n in changed if not _neutral(k)]
+    if refused:
+        raise UserError(
+            f"checkpoint {path} was trained with other settings: {', '.join(refused)}; a resume continues the "
+            "same run: restore them (e.g. the command line it was started with), or start a new out_dir "
+            "for a new run"
+        )
+    return [{"key": k, "old": o, "new": n} for k, o, n in changed]

@@ -17,7 +17,10 @@ def _run(mode: str, config: str, overrides: list[str], resume: str) -> int:
 def pretrain(config: str, overrides: list[str], resume: str = "none") -> int:
     """Pretrain a ladder-size model from scratch on the pretraining shards (data.target, no injection).
 
-    --resume auto continues from the latest checkpoint in out_dir; a path resumes from that checkpoint.
+    --resume auto continues from the latest checkpoint in out_dir; a path resumes from that checkpoint
+    (one of out_dir's before its latest starts a branch: the later ones move to checkpoints/abandoned-*/).
+    A resume keeps the settings that change the result (checkpoint/meta.py RESULT_NEUTRAL lists those
+    that may change); one run at a time per out_dir (out_dir/run.lock).
 
     Args:
         config: run YAML (configs/pretrain/*.yaml), a view of engine/config.py's RunConfig
@@ -30,7 +33,10 @@ def pretrain(config: str, overrides: list[str], resume: str = "none") -> int:
 def finetune(config: str, overrides: list[str], resume: str = "none") -> int:
     """Finetune model.init_from on data.target with pretraining injection data.inject_fraction.
 
-    --resume auto continues from the latest checkpoint in out_dir; a path resumes from that checkpoint.
+    --resume auto continues from the latest checkpoint in out_dir; a path resumes from that checkpoint
+    (one of out_dir's before its latest starts a branch: the later ones move to checkpoints/abandoned-*/).
+    A resume keeps the settings that change the result (checkpoint/meta.py RESULT_NEUTRAL lists those
+    that may change); one run at a time per out_dir (out_dir/run.lock).
 
     Args:
         config: run YAML (configs/finetune/*.yaml), a view of engine/config.py's RunConfig

@@ -48,8 +48,11 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.rank == 0:
-            self.fh.write(json.dumps(record) + "\n")
-            self.fh.flush()
+            try:
+                self.fh.write(json.dumps(record) + "\n")
+                self.fh.flush()
+            except OSError as exc:  # a write() error names no file: name it (a full disk: one line, cli.py)
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
 
     def tokens_per_s(self) -> float | None:
         return self.cost.tokens_per_step / (sum(self.times) / len(self.times)) if self.times else None
@@ -94,7 +97,10 @@ class MetricsLog:
 
     def close(self) -> None:
         if self.rank == 0 and not self.fh.closed:
-            self.fh.close()
+            try:
+                self.fh.close()
+            except OSError:
+                pass  # the line it still held failed to write already, and that error is the one reported
 
 
 def _fmt_time(seconds: float) -> str:
@@ -139,7 +145,12 @@ def plot(metrics: Path, path: Path, pt_loss_base: float | None = None, best_step
     ax.set_xlabel("step")
     fig.tight_layout()
     tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(tmp, dpi=100)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    finally:
+        plt.close(fig)
     tmp.replace(path)
     return path

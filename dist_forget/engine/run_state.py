@@ -29,6 +29,8 @@ class RunState:
     pretrain_sequences_at_best: int = 0  # injected by the best step: does injection have room to act?
     mlflow_run_id: str | None = None
     inject_control: dict[str, Any] | None = None  # data.inject_fraction=auto: the controller's state
+    # result-neutral settings resumes changed ({step, key, old, new}; checkpoint/meta.py config_changes)
+    config_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def advance(self, sequences: int, pretrain_sequences: int) -> None:
         """One optimizer step that consumed `sequences` (all ranks), `pretrain_sequences` of them injected."""

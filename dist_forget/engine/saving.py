@@ -8,11 +8,16 @@ any other: pinning it too would keep a second copy of those weights plus the opt
 and the anchor θ₀: three more copies of the model), 2.1 GB beside best/'s 0.5 GB for SmolLM2-135M in fp32,
 which only a resume from that exact step could use. What each save costs on disk is printed at every new
 best and kept in report.json (`disk_bytes`).
-"""
+
+An export that fails (a full disk) stops every rank with one line naming the folder; the checkpoint of that
+step is complete, and `--resume auto` exports again: `model/` at the end, `best/` when the resumed
+checkpoint is the best one and `best/` is missing (a failed export of `best/` removes the previous one,
+which no longer matches `best`)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ from dist_forget.data.mixture import MixedStream
 from dist_forget.engine.checkpoint import CheckpointManager
 from dist_forget.engine.run_state import RunState
 from dist_forget.errors import UserError
+from dist_forget.io import DISK_FULL, disk_full
 from dist_forget.models import hf
 
 
@@ -48,6 +54,13 @@ class Saver:
         self.stream.load_state_dict(data)
         self.state.load_state_dict(train)
         self.last_saved = self.state.step
+        s = self.state
+        # the resumed step is the best one but its export is missing (abandoned with its branch, or a failed
+        # or killed export): it is exported now, from the weights just loaded. Rank 0 decides for all.
+        missing = self.backend.rank == 0 and 0 < s.best_step == s.step and not (self.out / "best").is_dir()
+        (again,) = self.backend.all_reduce_sum([1.0 if missing else 0.0])
+        if again:
+            self.export("best")
 
     def due(self, step: int) -> bool:
         return bool(self.every and step % self.every == 0)
@@ -58,17 +71,37 @@ class Saver:
         client = pack_client(self.stream.state_dict(), self.state.state_dict(), config)
         hf_config = self.hf_config.to_dict()
         hf_config.pop("_name_or_path", None)  # the init folder, a path of this machine
-        path = self.ckpt.save(self.state.step, client, self.meta, is_best=False, hf_config=hf_config)
+        # best_step: which step the best/ export is of, for a resume that abandons this branch (checkpoint.py)
+        meta = {**self.meta, "best_step": self.state.best_step}
+        path = self.ckpt.save(self.state.step, client, meta, is_best=False, hf_config=hf_config)
         self.last_saved = self.state.step
         if self.backend.rank == 0:
             self.disk["checkpoint"] = folder_bytes(path)
 
     def export(self, folder: str) -> None:
         """The model as an HF folder `out/folder`, with its tokenizer (collective; rank 0 writes)."""
-        sd = self.backend.full_state_dict()
+        sd, path = self.backend.full_state_dict(), self.out / folder
+        failure: Exception | None = None
+        full = False
         if self.backend.rank == 0:
-            hf.save_folder(sd, self.hf_config, self.out / folder, self.tokenizer_dir)
-            self.disk[folder] = folder_bytes(self.out / folder)
+            try:
+                hf.save_folder(sd, self.hf_config, path, self.tokenizer_dir)
+            except Exception as exc:  # noqa: BLE001 - every rank must learn of it, whatever the writer raised
+                failure, full = exc, disk_full(exc, path)
+                if folder == "best":  # the previous export no longer matches `best`: a resume redoes it
+                    shutil.rmtree(path, ignore_errors=True)
+        (failed,) = self.backend.all_reduce_sum([1.0 if failure is not None else 0.0])
+        if failed:
+            if failure is not None and not full and not isinstance(failure, UserError):
+                raise failure  # a bug, with its traceback
+            last = self.ckpt.read_pointer("latest")
+            why = DISK_FULL if full else str(failure) if failure is not None else "on rank 0"
+            raise UserError(
+                f"exporting {path} failed ({why}); the checkpoint {self.ckpt.root / str(last)} is complete: free "
+                "disk space and rerun with --resume auto, which exports it again"
+            )
+        if self.backend.rank == 0:
+            self.disk[folder] = folder_bytes(path)
             if folder == "best":
                 print(
                     f"saved: best/ {_size(self.disk['best'])} (the step-{self.state.step} model); its "

@@ -7,7 +7,9 @@ of the U-curve), early stop (patience and stop_rise) → final evaluation, check
 Outputs in `out_dir`: checkpoints/ (see engine/checkpoint.py), metrics.jsonl (one line per step and per
 evaluation; what a resume rewrites up to its step), summary.json (exactly the runs-table columns),
 report.json (everything else about the run), run_config.json (the resolved config), model/ and best/
-(HF folders), loss_curves.png.
+(HF folders), loss_curves.png, and run.lock while the run lives (engine/run_lock.py). A resume refuses a
+config that changes the result (checkpoint/meta.py config_changes) and records the changes it accepts in
+the run state (report.json `config_changes`).
 
 The parts, one file each: run_state.py (what a resume restores), evaluation.py (both validation splits,
 the best step, early stop), metrics_log.py (metrics.jsonl, progress line, plot), saving.py (checkpoint +
@@ -37,7 +39,7 @@ from typing import Any, Literal
 import torch
 
 from dist_forget.checkpoint import init_from
-from dist_forget.checkpoint.meta import check_compatible, read_meta
+from dist_forget.checkpoint.meta import check_compatible, config_changes, read_meta
 from dist_forget.config import flatten, to_dict
 from dist_forget.data.mixture import MixedStream, few_injected
 from dist_forget.data.remote import location_name, tokenizer_folder
@@ -48,6 +50,7 @@ from dist_forget.engine.evaluation import Evaluator
 from dist_forget.engine.flops import flops_per_token, measure_peak
 from dist_forget.engine.inject_control import InjectController, read_prior
 from dist_forget.engine.metrics_log import MetricsLog, StepCost
+from dist_forget.engine.run_lock import RunLock
 from dist_forget.engine.run_meta import config_artifact
 from dist_forget.engine.run_state import RunState
 from dist_forget.engine.saving import Saver
@@ -318,7 +321,9 @@ def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Ex
         )
     out = Path(cfg.out_dir)
     say = print if rank0 else (lambda *a, **k: None)
-    resume_path = _resume_point(cfg, resume, backend, out)
+    lock = RunLock(out)  # one run per out_dir: rank 0 takes it first (_resume_point), frees it at the end
+    cleanup.callback(lock.release)
+    resume_path = _resume_point(cfg, resume, backend, out, lock)
     t = cfg.train
     stream = MixedStream(cfg.data, rank=backend.dp_rank, world_size=backend.dp_size)
     stream.verify()  # every shard's hash and layout now, not after the model is built and evaluated
@@ -332,11 +337,12 @@ def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Ex
             f"({t.micro_batch}) × {backend.dp_size} data-parallel ranks; change either"
         )
     grad_accum = t.batch_size // per_step_micro
-    sig, hf_config, init_dir = _build_model(cfg, mode, backend, stream, resume_path, grad_accum)
+    safe_cfg = redact_tree(to_dict(cfg))  # what files, checkpoints and MLflow get: URIs without credentials
+    sig, hf_config, init_dir, changes = _build_model(
+        cfg, mode, backend, stream, resume_path, grad_accum, safe_cfg
+    )
     # what the HF exports copy beside the weights; for shards at a URL fetched now, not at the end of the run
     tokenizer_dir = hf.tokenizer_source(tokenizer_folder(stream.target_manifest), init_dir) if rank0 else None
-
-    safe_cfg = redact_tree(to_dict(cfg))  # what files, checkpoints and MLflow get: URIs without credentials
     meta = {
         "model": sig,
         "data_fingerprint": stream.fingerprint,
@@ -345,15 +351,17 @@ def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Ex
         "engine": cfg.engine,
         "zero_stage": cfg.parallel.zero_stage,
         "config": safe_cfg,
+        "precision": backend.cfg.precision,  # resolved: `auto` is bf16 on a GPU, fp32 on a CPU
         "mode": mode,
     }
-    ckpt = CheckpointManager(out / "checkpoints", backend, cfg.checkpoint.keep)
+    ckpt = CheckpointManager(out / "checkpoints", backend, cfg.checkpoint.keep, guard=lock.check)
     state = RunState()
     saver = Saver(ckpt, state, stream, meta, hf_config, cfg.checkpoint.every, out, tokenizer_dir)
     control = _controller(cfg, stream, sig["non_embedding_params"], say)
     if resume_path is not None:
         saver.restore(resume_path)  # the stream's schedule and the controller's state come back with it
         say(f"resumed from {resume_path} at step {state.step}")
+        _record_changes(state, changes, say)
     if control is not None:
         if state.inject_control is not None:
             control.load_state_dict(state.inject_control)
@@ -419,14 +427,22 @@ def _adapt(r: _Parts) -> None:
     )
 
 
-def _resume_point(cfg: RunConfig, resume: str, backend: Backend, out: Path) -> Path | None:
-    """The checkpoint to resume from (None: a fresh start), after rank 0 tidied and checked the folder."""
+def _record_changes(state: RunState, changes: list[dict[str, Any]], say: Callable[..., Any]) -> None:
+    """The result-neutral settings this resume changed, in the run state (so in report.json) and one line."""
+    if changes:
+        state.config_changes += [{"step": state.step, **c} for c in changes]
+        listed = ", ".join(f"{c['key']} {c['old']!r} -> {c['new']!r}" for c in changes)
+        say(f"resume: changed settings that leave the result as it is: {listed} (report.json config_changes)")
+
+
+def _resume_point(cfg: RunConfig, resume: str, backend: Backend, out: Path, lock: RunLock) -> Path | None:
+    """The checkpoint to resume from (None: a fresh start), after rank 0 took out_dir's lock and tidied and
+    checked the folder."""
     ckpt_root = out / "checkpoints"
     error = ""
-    if (
-        backend.rank == 0
-    ):  # tidy killed saves, check the checkpoint to resume from (or fall back to an intact one)
+    if backend.rank == 0:  # the lock, then tidy killed saves and check the checkpoint to resume from
         try:
+            lock.acquire(say=lambda m: print(m, flush=True))
             prepare_resume(resume, ckpt_root, cfg.checkpoint.keep, say=lambda m: print(m, flush=True))
         except UserError as exc:
             error = str(exc)
@@ -454,18 +470,21 @@ def _build_model(
     stream: MixedStream,
     resume_path: Path | None,
     grad_accum: int,
-) -> tuple[dict[str, Any], Any, Path | None]:
-    """Build (or load) the model, check it against the data and the checkpoint, hand it to the backend;
-    returns (model signature, HF config, the HF folder it was initialised from)."""
+    safe_cfg: dict[str, Any],
+) -> tuple[dict[str, Any], Any, Path | None, list[dict[str, Any]]]:
+    """Build (or load) the model, check it and the config against the data and the checkpoint, hand it to
+    the backend; returns (model signature, HF config, the HF folder it was initialised from, the
+    result-neutral settings the resume changed)."""
     init_dir = _init_folder(cfg, mode)
     _check_tokenizer(init_dir, stream)
     model = _model_factory(cfg, init_dir, stream)
     _check_fits(model, stream, cfg.model.init_from or cfg.model.size or "the model")
     sig = hf.signature(model, cfg.model.size)
-    hf_config = model.config
+    hf_config, changes = model.config, []
     if resume_path is not None:  # refuse a mismatch before the backend builds (and shards) anything
+        saved = read_meta(resume_path)
         check_compatible(
-            read_meta(resume_path),
+            saved,
             resume_path,
             model=sig,
             fingerprint=stream.fingerprint,
@@ -474,10 +493,11 @@ def _build_model(
             zero_stage=cfg.parallel.zero_stage,
             data_parallel=backend.dp_size,
         )
+        changes = config_changes(saved, resume_path, safe_cfg, backend.cfg.precision)
     handover = [model]
     del model  # the backend owns it from here (and may wrap or shard it): keep no second reference
     backend.build(handover.pop, _make_optimizer(cfg), cfg.train.micro_batch, grad_accum)
-    return sig, hf_config, init_dir
+    return sig, hf_config, init_dir, changes
 
 
 def _begin(cfg: RunConfig, mode: str, backend: Backend, r: _Parts) -> None:

@@ -20,8 +20,9 @@ the committed reports, which the Quickstart's planner line reads). What the test
   its ladder 4 steps, finetunes on D in {2048, 4096} (Anchored AdamW at the smaller D only) and its
   fit draws 10 bootstrap samples, like the other fits;
 - one path: the convert lines name the checkpoint of step 100, which the 4-step run calls step-00000004;
-- MLflow is down while the `--resume auto` line runs (its store's folder is a plain file) and back before
-  `track sync`, so that the sync line has metrics to upload; sweep runs are not tracked (time);
+- the `--resume auto` line finds the run as a crash during its step 3 leaves it (`_crashed_after_step_2`);
+  MLflow is down while it runs (its store's folder is a plain file) and back before `track sync`, so that
+  the sync line has metrics to upload; sweep runs are not tracked (time);
 - launcher lines: `out_dir=work/launch-<i>` each (they would share one), free ports instead of the defaults
   29500/29400 that other jobs on a machine may hold; the `sbatch` line runs on the test's SLURM cluster
   (tests/integration/conftest.py: 2 nodes on loopback) with `--wait --output=FILE` added, so that it
@@ -103,7 +104,6 @@ SIZES: list[tuple[str, list[str]]] = [
         ["--domains", "english", "code", "--vocab-size", "512", "--seq-len", "64"],
     ),
     (r"^dist-forget data preview", ["--target-tokens", "4096"]),
-    (r"^dist-forget (pretrain|finetune) .*--resume auto", [*RUN, "schedule.steps=6"]),  # continues 4 -> 6
     (r"^dist-forget (pretrain|finetune) ", RUN),
     (r"^dist-forget sweep .*--backend slurm", SLURM_SWEEP),
     (r"^dist-forget sweep ", SWEEP),
@@ -199,6 +199,14 @@ def _seed_corpora(work: Path) -> None:
         (corpus / "source.json").write_text(json.dumps(source))
 
 
+def _crashed_after_step_2(run: Path) -> None:
+    """The finished 4-step run as a crash during its step 3 leaves it: the step-4 checkpoint never written,
+    `latest` at step 2 (what the README's `--resume auto` line then continues; its settings must be the
+    same: a resume refuses a changed run)."""
+    shutil.rmtree(run / "checkpoints" / "step-00000004")
+    (run / "checkpoints" / "latest").write_text("step-00000002\n")
+
+
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The README's pipeline block run in order in a fresh scratch folder (the launcher lines reuse its
@@ -215,6 +223,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
             down.unlink()
             down.mkdir()  # MLflow is back
         if "--resume auto" in line.text:
+            _crashed_after_step_2(root / "work" / "runs" / "finetune-tiny")
             _run(line, root, MLFLOW_TRACKING_URI=f"sqlite:///{down}/mlflow.db")
         else:
             is_plan = line.words[:2] == ["dist-forget", "plan"]
@@ -236,7 +245,8 @@ def test_the_pipeline_block_runs_in_order(scratch: Path) -> None:
         for ln in (tiny / "metrics.jsonl").read_text().splitlines()
         if json.loads(ln)["kind"] == "train"
     ]
-    assert train_steps == [1, 2, 3, 4, 5, 6]  # the --resume auto line continued the 4-step run
+    assert train_steps == [1, 2, 3, 4]  # the --resume auto line continued the run from step 2 ...
+    assert (tiny / "checkpoints" / "step-00000004").is_dir()  # ... to its end
     assert json.loads((tiny / "summary.json").read_text())["anchor_decay"] == 0.1
     assert list(tiny.glob("mlflow_fallback.jsonl.synced*")), "track sync uploaded nothing"
     assert (work / "runs" / "zero2" / "checkpoints" / "step-00000004").is_dir()

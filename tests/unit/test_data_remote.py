@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from dist_forget.data.remote import RemoteFolder, location_name, open_manifest, 
 from dist_forget.data.shards import ShardConfig, ShardSet, write_shards
 from dist_forget.errors import UserError
 from dist_forget.net import StaticServer, _QuietFiles, free_port
+from tests.conftest import tmpfs
 from tests.distributed.conftest import run_ranks
 
 DATA = Path(__file__).parents[1] / "data"
@@ -335,31 +335,16 @@ def test_a_fetch_killed_mid_download_leaves_no_shard_and_the_next_fetch_cleans_u
     assert _cache_files(tmp_path) == [f"{remote.folder.name}/{info.file}"]  # the killed fetch's temp: gone
 
 
-@contextmanager
-def _tmpfs(path: Path, options: str) -> Iterator[Path]:
-    """A real small filesystem (root only; CI runs as root)."""
-    path.mkdir(parents=True)
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
-    )
-    if res.returncode:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
-
-
 def test_a_full_or_read_only_cache_is_one_line_naming_cache_dir(tiny_data, tmp_path):
     info = read_manifest(tiny_data.code).splits["train"].shards[0]  # ~70 KB
     with StaticServer(tiny_data.code.parent) as server:
-        with _tmpfs(tmp_path / "small", "size=16k") as small:  # holds the manifest, not a shard
+        with tmpfs(tmp_path / "small", "size=16k") as small:  # holds the manifest, not a shard
             remote = RemoteFolder(f"{server.url}/code", small, **FAST)
             with pytest.raises(UserError) as exc:
                 remote.fetch(info.file, info.sha256)
             assert f"data.cache_dir {small} is full" in str(exc.value) and "\n" not in str(exc.value)
             assert _cache_files(small) == []
-        with _tmpfs(tmp_path / "ro", "size=1m") as ro:
+        with tmpfs(tmp_path / "ro", "size=1m") as ro:
             filled = RemoteFolder(f"{server.url}/code", ro, **FAST)
             filled.fetch(info.file, info.sha256)  # a cache filled earlier ...
             subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
