@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from dist_forget.config import load_config
 
 
@@ -9,8 +11,15 @@ def _run(mode: str, config: str, overrides: list[str], resume: str) -> int:
     from dist_forget.engine.config import RunConfig
     from dist_forget.engine.trainer import train
 
+    from dist_forget.engine.preemption import PREEMPTED_EXIT, Preempted
+
     cfg = load_config(RunConfig, config, overrides)
-    train(cfg, mode, resume)  # type: ignore[arg-type]
+    try:
+        train(cfg, mode, resume)  # type: ignore[arg-type]
+    except Preempted as stopped:  # a signal or a dead launcher: a checkpoint of the last step is saved
+        if stopped.rank == 0:
+            print(f"{mode}: {stopped}", file=sys.stderr, flush=True)
+        return PREEMPTED_EXIT
     return 0
 
 
@@ -18,6 +27,7 @@ def pretrain(config: str, overrides: list[str], resume: str = "none") -> int:
     """Pretrain a ladder-size model from scratch on the pretraining shards (data.target, no injection).
 
     --resume auto continues from the latest checkpoint in out_dir; a path resumes from that checkpoint.
+    SIGTERM or SIGUSR1 (preempt.signals) saves a checkpoint at the end of the step and exits 75.
 
     Args:
         config: run YAML (configs/pretrain/*.yaml), a view of engine/config.py's RunConfig
@@ -31,6 +41,7 @@ def finetune(config: str, overrides: list[str], resume: str = "none") -> int:
     """Finetune model.init_from on data.target with pretraining injection data.inject_fraction.
 
     --resume auto continues from the latest checkpoint in out_dir; a path resumes from that checkpoint.
+    SIGTERM or SIGUSR1 (preempt.signals) saves a checkpoint at the end of the step and exits 75.
 
     Args:
         config: run YAML (configs/finetune/*.yaml), a view of engine/config.py's RunConfig
