@@ -199,6 +199,25 @@ def signal_after_step(
     return proc
 
 
+def group_gone(pgid: int, deadline_s: float) -> bool:
+    """Whether every process of group `pgid` has exited (zombies waiting for a reaper count as exited)
+    within `deadline_s`: a deadline for "did not exit", not a measure of speed."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                alive.append(stat.parent.name)
+        if not alive:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def sigkill_after_step(argv: list[str], out: Path, step: int, timeout_s: float = 240) -> None:
     """SIGKILL `dist-forget <argv>` as soon as it logs train step `step`: a crash one step past a checkpoint."""
     proc = signal_after_step(argv, out, step, signal.SIGKILL, timeout_s)

@@ -30,7 +30,7 @@ from dist_forget.engine.preemption import PREEMPTED_EXIT
 from dist_forget.engine.trainer import train
 from dist_forget.models import hf
 from dist_forget.net import free_port
-from tests.conftest import sigkill_after_step, signal_after_step, tiny_finetune_overrides
+from tests.conftest import group_gone, sigkill_after_step, signal_after_step, tiny_finetune_overrides
 from tests.distributed.conftest import REPO, run_ranks
 
 CONFIG = REPO / "configs" / "finetune" / "tiny.yaml"
@@ -229,6 +229,29 @@ def test_sigterm_saves_the_step_reached_then_resume_auto_equals_uninterrupted(
     assert cli.main([*argv, "--resume", "auto"]) == 0
     assert _losses(out) == _losses(single_run)
     one, two = (json.loads((d / "summary.json").read_text()) for d in (out, single_run))
+    assert {k: v for k, v in one.items() if k != "run_id"} == {k: v for k, v in two.items() if k != "run_id"}
+
+
+def test_two_rank_zero2_under_deepspeed_sigterm_then_resume_auto_equals_uninterrupted(
+    tiny_data, base_model, zero2_run, tmp_path
+):
+    """SIGTERM to every process of a `launchers/deepspeed.sh` launch (as SLURM sends it: the runner, its
+    launch.py and both ranks) right after step 2: both ranks finish step 3 and save it together, every process
+    is gone, and `--resume auto` on 2 ranks ends bit-identical to the uninterrupted 2-rank run."""
+    from tests.integration.launching import LAUNCHERS, launch_env
+
+    out, log = tmp_path / "termed", tmp_path / "termed.log"
+    argv = _argv(tiny_data, base_model, out, *TWO_RANK)
+    env = launch_env(NPROC="2", MASTER_PORT=str(free_port()))
+    proc = signal_after_step(argv, out, 2, signal.SIGTERM, command=[str(LAUNCHERS / "deepspeed.sh"), *argv],
+                             env=env, log=log)  # fmt: skip
+    assert group_gone(proc.pid, 120), "ranks still running 120 s after SIGTERM"
+    text = log.read_text()
+    assert _stopped_at(log) == 3 and text.count("stopped at step 3") == 1, text[-3000:]  # rank 0 says it
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+    run_ranks("-m", ["dist_forget.cli", *argv, "--resume", "auto"], world=2)
+    assert _losses(out) == _losses(zero2_run)
+    one, two = (json.loads((d / "summary.json").read_text()) for d in (out, zero2_run))
     assert {k: v for k, v in one.items() if k != "run_id"} == {k: v for k, v in two.items() if k != "run_id"}
 
 
