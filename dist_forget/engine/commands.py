@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from dist_forget.config import load_config
@@ -14,6 +15,10 @@ def _run(mode: str, config: str, overrides: list[str], resume: str) -> int:
     from dist_forget.engine.preemption import PREEMPTED_EXIT, Preempted
 
     cfg = load_config(RunConfig, config, overrides)
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if resume == "none" and restarts > 0:  # a requeued SLURM job continues its run (sweep/requeue.py)
+        print(f"{mode}: SLURM restart {restarts} of this job: resuming as with --resume auto", flush=True)
+        resume = "auto"
     try:
         train(cfg, mode, resume)  # type: ignore[arg-type]
     except Preempted as stopped:  # a signal or a dead launcher: a checkpoint of the last step is saved
@@ -27,7 +32,8 @@ def pretrain(config: str, overrides: list[str], resume: str = "none") -> int:
     """Pretrain a ladder-size model from scratch on the pretraining shards (data.target, no injection).
 
     --resume auto continues from the latest checkpoint in out_dir; a path resumes from that checkpoint.
-    SIGTERM or SIGUSR1 (preempt.signals) saves a checkpoint at the end of the step and exits 75.
+    SIGTERM or SIGUSR1 (preempt.signals) saves a checkpoint at the end of the step and exits 75; in a
+    requeued SLURM job (SLURM_RESTART_COUNT > 0) the default is --resume auto.
 
     Args:
         config: run YAML (configs/pretrain/*.yaml), a view of engine/config.py's RunConfig
@@ -41,7 +47,8 @@ def finetune(config: str, overrides: list[str], resume: str = "none") -> int:
     """Finetune model.init_from on data.target with pretraining injection data.inject_fraction.
 
     --resume auto continues from the latest checkpoint in out_dir; a path resumes from that checkpoint.
-    SIGTERM or SIGUSR1 (preempt.signals) saves a checkpoint at the end of the step and exits 75.
+    SIGTERM or SIGUSR1 (preempt.signals) saves a checkpoint at the end of the step and exits 75; in a
+    requeued SLURM job (SLURM_RESTART_COUNT > 0) the default is --resume auto.
 
     Args:
         config: run YAML (configs/finetune/*.yaml), a view of engine/config.py's RunConfig
