@@ -10,9 +10,8 @@ from dist_forget.config import load_config
 
 def _run(mode: str, config: str, overrides: list[str], resume: str) -> int:
     from dist_forget.engine.config import RunConfig
-    from dist_forget.engine.trainer import train
-
     from dist_forget.engine.preemption import PREEMPTED_EXIT, Preempted
+    from dist_forget.engine.trainer import train
 
     cfg = load_config(RunConfig, config, overrides)
     restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)

@@ -28,7 +28,9 @@ def is_collective_error(exc: BaseException) -> bool:
     import torch.distributed as dist
 
     dist_error = getattr(dist, "DistError", ())
-    return isinstance(exc, dist_error) or (isinstance(exc, RuntimeError) and bool(_COLLECTIVE.search(str(exc))))
+    return isinstance(exc, dist_error) or (
+        isinstance(exc, RuntimeError) and bool(_COLLECTIVE.search(str(exc)))
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -141,7 +141,9 @@ def _gone(pid: int, start: str) -> bool:
     return stat is None or stat[0] in ("Z", "X") or stat[2] != start  # dead, a zombie, or a reused pid
 
 
-def watch_launcher(preemption: Preemption, done: threading.Event, grace_s: float, poll_s: float = 1.0) -> None:
+def watch_launcher(
+    preemption: Preemption, done: threading.Event, grace_s: float, poll_s: float = 1.0
+) -> None:
     """A daemon thread: once a process of `launcher_chain()` is gone, ask for the stop and, if the run has
     not ended `grace_s` later, exit at once."""
     chain = launcher_chain()

@@ -2,16 +2,18 @@
 
 The generated array scripts (sweep/slurm.py) and `launchers/slurm.sbatch` ask SLURM for SIGUSR1 ahead of
 the limit, for the batch shell alone (`#SBATCH --signal=B:USR1@<s>`; SLURM may send it up to 60 s earlier
-still). Only the batch shell: SIGUSR1 sent to every process would kill torchrun's agent (no handler), and
-slurmstepd then SIGKILLs the agent's ranks when the step ends, mid-save. The batch shell passes SIGTERM on
-instead, which every launcher and rank handles: the launchers send it to their ranks, and each rank ends its
-step, saves a checkpoint and exits 75 (engine/preemption.py). When the run has stopped, the batch shell
-requeues the job (`scontrol requeue $SLURM_JOB_ID`; the scripts are `--requeue` and `--open-mode=append`,
-so the next attempt's output follows in the same log), and the next attempt resumes where the last one
-stopped: the engine resumes a run by itself in a requeued job (`SLURM_RESTART_COUNT` > 0), as with
-`--resume auto`. SIGTERM to the batch shell (scancel, preemption, the time limit itself) is passed on the
-same way but requeues nothing: a cancelled job stays cancelled, and SLURM requeues a preempted `--requeue`
-job itself when its PreemptMode says so.
+still). The batch shell passes it on to the run: each rank ends its step, saves a checkpoint and exits 75
+(engine/preemption.py; the launchers ignore SIGUSR1, launchers/common.sh). Not SIGTERM: srun answers SIGTERM
+by ending the whole step, SIGKILL included KillWait later, and a checkpoint in flight with it. And not
+SIGUSR1 from SLURM to every process (no `B:`): it would also reach processes that are not ours. When the run
+has stopped, the batch shell requeues the job (`scontrol requeue $SLURM_JOB_ID`; the scripts are
+`--requeue` and `--open-mode=append`, so the next attempt's output follows in the same log; SLURM holds a
+requeued job back for about 2 minutes before it may start again), and the next attempt resumes where the last
+one stopped: the engine resumes a run by itself in a requeued job (`SLURM_RESTART_COUNT` > 0), as with
+`--resume auto`. SIGTERM (scancel, preemption, the time limit itself) reaches every process from SLURM and
+the ranks save the same way (within KillWait, 30 s by default); the batch shell passes SIGUSR1 on too (for a
+`scancel --batch`), waits for the run and requeues nothing: a cancelled job stays cancelled, and SLURM
+requeues a preempted `--requeue` job itself when its PreemptMode says so.
 
 Here: that batch-shell part for a Python process (the sweep's array task, sweep/task.py);
 launchers/slurm.sbatch does the same in bash.
@@ -36,7 +38,7 @@ def sbatch_lines(seconds: int = WARNING_S) -> list[str]:
 
 
 def supervise(proc: subprocess.Popen[bytes]) -> tuple[int, bool]:
-    """Wait for `proc`, passing SIGUSR1 and SIGTERM on to it as SIGTERM; (its exit status, whether the
+    """Wait for `proc`, passing SIGUSR1 and SIGTERM on to it as SIGUSR1; (its exit status, whether the
     time-limit warning came)."""
     warned = False
 
@@ -44,7 +46,7 @@ def supervise(proc: subprocess.Popen[bytes]) -> tuple[int, bool]:
         nonlocal warned
         warned = warned or signum == signal.SIGUSR1
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGUSR1)
 
     old = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGUSR1, signal.SIGTERM)}
     try:

@@ -29,7 +29,12 @@ DEADLINE_S = 120  # for "did not exit": far above what any of these takes
 
 
 def _argv(tiny_data, base_model: Path, out: Path, *extra: str) -> list[str]:  # noqa: ANN001
-    return ["finetune", "--config", str(CONFIG), *tiny_finetune_overrides(tiny_data, base_model, out, *LONG, *extra)]
+    return [
+        "finetune",
+        "--config",
+        str(CONFIG),
+        *tiny_finetune_overrides(tiny_data, base_model, out, *LONG, *extra),
+    ]
 
 
 def _wait_for_step(out: Path, step: int, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -89,7 +94,10 @@ def _stopped_at(text: str) -> int:
 
 @pytest.mark.parametrize("launcher", ["torchrun-kill-9", "deepspeed-sigterm"])
 def test_ranks_stop_with_a_checkpoint_when_their_launcher_dies(
-    launcher: str, tiny_data, base_model, tmp_path: Path  # noqa: ANN001
+    launcher: str,
+    tiny_data,
+    base_model,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     out, log = tmp_path / "run", tmp_path / "run.log"
     if launcher.startswith("torchrun"):
@@ -119,12 +127,21 @@ def test_ranks_stop_with_a_checkpoint_when_their_launcher_dies(
     assert meta["world_size"] == 2
 
 
-def test_a_stalled_rank_ends_the_other_within_the_timeout_naming_it(tiny_data, base_model, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_stalled_rank_ends_the_other_within_the_timeout_naming_it(
+    tiny_data, base_model, tmp_path: Path
+) -> None:  # noqa: ANN001
     """SIGSTOP on rank 1 of 2 (no launcher: the ranks as a launcher starts them): rank 0's next collective
     gives up after parallel.timeout_s = 10 s and rank 0 exits 2 with one line naming rank 1."""
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "dist_forget.cli", *_argv(tiny_data, base_model, out, "parallel.timeout_s=10")]
-    base = launch_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    argv = [
+        sys.executable,
+        "-m",
+        "dist_forget.cli",
+        *_argv(tiny_data, base_model, out, "parallel.timeout_s=10"),
+    ]
+    base = launch_env(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2"
+    )
     procs = [subprocess.Popen(argv, cwd=REPO, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
              for r in (0, 1)]  # fmt: skip

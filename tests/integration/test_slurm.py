@@ -244,7 +244,11 @@ def test_slurm_up_and_down_stop_exactly_their_daemons(slurm, tmp_path: Path) -> 
 
 @pytest.mark.slurm
 def test_time_limit_warning_saves_requeues_and_resumes_bit_identically(
-    slurm, tiny_data, base_model, one_thread, tmp_path: Path  # noqa: ANN001
+    slurm,
+    tiny_data,
+    base_model,
+    one_thread,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     """launchers/slurm.sbatch on the loopback cluster (1 node, torchrun, 1 rank) gets SIGUSR1 in its batch
     shell as SLURM sends it ahead of the time limit (`--signal=B:USR1@180`; here `scancel --batch
@@ -257,9 +261,15 @@ def test_time_limit_warning_saves_requeues_and_resumes_bit_identically(
     from tests.conftest import tiny_finetune_overrides
     from tests.integration.launching import LAUNCHERS, launch_env
 
-    config, extra = ROOT / "configs/finetune/tiny.yaml", ("schedule.steps=40", "train.eval_every=10", "checkpoint.every=10")
+    config, extra = (
+        ROOT / "configs/finetune/tiny.yaml",
+        ("schedule.steps=40", "train.eval_every=10", "checkpoint.every=10"),
+    )
     reference, out, log = tmp_path / "reference", tmp_path / "run", tmp_path / "job.out"
-    train(load_config(RunConfig, config, tiny_finetune_overrides(tiny_data, base_model, reference, *extra)), "finetune")
+    train(
+        load_config(RunConfig, config, tiny_finetune_overrides(tiny_data, base_model, reference, *extra)),
+        "finetune",
+    )
     argv = ["finetune", "--config", str(config), *tiny_finetune_overrides(tiny_data, base_model, out, *extra)]
     env = {**slurm.env(), **launch_env(NPROC="1", RDZV_PORT=str(free_port()))}
     env["PATH"] = slurm.env()["PATH"] + os.pathsep + env["PATH"]
@@ -291,7 +301,9 @@ def test_time_limit_warning_saves_requeues_and_resumes_bit_identically(
 
     assert rows(out) == rows(reference)  # every step and evaluation, bit for bit (timings aside)
     ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
-    assert {k: v for k, v in ours.items() if k != "run_id"} == {k: v for k, v in theirs.items() if k != "run_id"}
+    assert {k: v for k, v in ours.items() if k != "run_id"} == {
+        k: v for k, v in theirs.items() if k != "run_id"
+    }
 
 
 def _listed(job: str, env: dict[str, str], state: str = "") -> bool:
