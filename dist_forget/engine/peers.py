@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from datetime import timedelta
 
@@ -37,6 +38,12 @@ def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
     return re.sub(r"^\[[^\]]*\]\s*", "", text)[:300]  # gloo prefixes its source file and line
+
+
+def say_failed(exc: BaseException, rank: int, world: int) -> None:
+    """One line naming this rank before its traceback: a launcher reports only a process's exit status."""
+    print(f"rank {rank} of {world} failed first: {type(exc).__name__}: {_first_line(exc)}; the other ranks "
+          "stop when their next collective finds it gone", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def silent_ranks(rank: int, world: int, wait_s: float) -> list[int] | None:

@@ -48,7 +48,7 @@ from dist_forget.engine.evaluation import Evaluator
 from dist_forget.engine.flops import flops_per_token, measure_peak
 from dist_forget.engine.inject_control import InjectController, read_prior
 from dist_forget.engine.metrics_log import MetricsLog, StepCost
-from dist_forget.engine.peers import is_collective_error, peer_lost
+from dist_forget.engine.peers import is_collective_error, peer_lost, say_failed
 from dist_forget.engine.preemption import Preempted, Preemption
 from dist_forget.engine.run_state import RunState
 from dist_forget.engine.saving import Saver
@@ -214,6 +214,8 @@ def train(cfg: RunConfig, mode: Literal["pretrain", "finetune"], resume: str = "
         except Exception as exc:  # a stalled or dead peer: one line naming it (engine/peers.py)
             if backend.world_size > 1 and is_collective_error(exc):
                 raise peer_lost(exc, backend.rank, backend.world_size, cfg.parallel.timeout_s) from None
+            if backend.world_size > 1 and not isinstance(exc, (UserError, Preempted)):
+                say_failed(exc, backend.rank, backend.world_size)  # the launchers do not say which rank
             raise
         finally:
             backend.close()
