@@ -95,7 +95,7 @@ class Preemption:
         and return the exception that ends the run."""
         close()
         backend.barrier()
-        why = self.reason or "a signal to another rank"
+        why = self.reason or "another rank was asked to stop"
         return Preempted(
             f"stopped at step {step} ({why}): checkpoint {checkpoint} saved; exit {PREEMPTED_EXIT}; "
             "rerun the same command with --resume auto to continue",
