@@ -1,7 +1,7 @@
 """Faults of launched runs, with real processes on 127.0.0.1: a launcher that dies leaves no rank running
 (torchrun's agent kill -9'd; the `deepspeed` runner SIGTERM'd, which leaves its launch.py behind), each time
-with a checkpoint of the step the ranks stopped at; a stalled rank (SIGSTOP) ends the other within
-`parallel.timeout_s` with one line naming it. The runs are long (400 steps): they never end on their own
+with a checkpoint of the step the ranks stopped at; a stalled (SIGSTOP) or dead (SIGKILL) rank ends the
+other within `parallel.timeout_s` with one line naming it. The runs are long (400 steps): they never end on their own
 before the fault; each check waits with a generous deadline for "did not exit", never for speed."""
 
 from __future__ import annotations
@@ -127,11 +127,13 @@ def test_ranks_stop_with_a_checkpoint_when_their_launcher_dies(
     assert meta["world_size"] == 2
 
 
-def test_a_stalled_rank_ends_the_other_within_the_timeout_naming_it(
-    tiny_data, base_model, tmp_path: Path
+@pytest.mark.parametrize("fault", ["SIGSTOP", "SIGKILL"])
+def test_a_stalled_or_dead_rank_ends_the_other_within_the_timeout_naming_it(
+    fault: str, tiny_data, base_model, tmp_path: Path
 ) -> None:  # noqa: ANN001
-    """SIGSTOP on rank 1 of 2 (no launcher: the ranks as a launcher starts them): rank 0's next collective
-    gives up after parallel.timeout_s = 10 s and rank 0 exits 2 with one line naming rank 1."""
+    """SIGSTOP (stalled) or SIGKILL (dead) on rank 1 of 2 (no launcher: the ranks as a launcher starts them):
+    rank 0's next collective gives up (after parallel.timeout_s = 10 s, or at once on the lost connection)
+    and rank 0 exits 2 with one line naming rank 1, not gloo's traceback."""
     out = tmp_path / "run"
     argv = [
         sys.executable,
@@ -147,7 +149,7 @@ def test_a_stalled_rank_ends_the_other_within_the_timeout_naming_it(
              for r in (0, 1)]  # fmt: skip
     try:
         _wait_for_step(out, 2, procs)
-        os.kill(procs[1].pid, signal.SIGSTOP)
+        os.kill(procs[1].pid, getattr(signal, fault))
         _, err = procs[0].communicate(timeout=DEADLINE_S)
     finally:
         for p in procs:
