@@ -11,6 +11,11 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 fi
 export TOKENIZERS_PARALLELISM=false MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+# SIGUSR1 asks the ranks to save and stop (preempt.signals; SLURM's warning ahead of the time limit, passed
+# to every process of the step): the launcher itself must outlive it (torchrun's agent and DeepSpeed's
+# launcher would die of it and leave their ranks to be killed mid-save). Ignored here, it stays ignored
+# through exec; the ranks install their own handler.
+trap '' USR1
 if [[ $# -eq 0 ]]; then
   echo "usage: $0 COMMAND [ARGS...]   (a dist-forget command line such as 'finetune --config C', or a .py script)" >&2
   exit 2

@@ -140,15 +140,30 @@ def tiny_finetune_overrides(tiny_data: TinyData, base_model: Path, out: Path, *e
     ]
 
 
-def sigkill_after_step(argv: list[str], out: Path, step: int, timeout_s: float = 240) -> None:
-    """Run `dist-forget <argv>` in a fresh process and SIGKILL it as soon as out/metrics.jsonl logs train
-    step `step`: a crash one step past a checkpoint. Fails the test if the run ended first."""
+def signal_after_step(
+    argv: list[str],
+    out: Path,
+    step: int,
+    sig: int = signal.SIGKILL,
+    timeout_s: float = 240,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Run `dist-forget <argv>` (or `command`, e.g. a launcher) in a fresh process group and send `sig` to the
+    whole group as soon as out/metrics.jsonl logs train step `step`; returns the process once it has ended
+    (stdout and stderr in `log`). The group is stopped (SIGSTOP) while the signal is sent and then continued,
+    so that the signal lands in the step after `step` however loaded the machine is. Fails the test if the
+    run ended first."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    sink = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dist_forget.cli", *argv],
+        command or [sys.executable, "-m", "dist_forget.cli", *argv],
         cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env=full_env,
+        stdout=sink,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
     def logged() -> bool:
@@ -165,19 +180,50 @@ def sigkill_after_step(argv: list[str], out: Path, step: int, timeout_s: float =
                 return True
         return False
 
-    deadline, killed = time.monotonic() + timeout_s, False
-    while time.monotonic() < deadline and proc.poll() is None:
-        if logged():
-            proc.send_signal(signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(0.01)
-    if not killed and proc.poll() is None:
-        proc.kill()  # out of time
-    proc.wait()
-    assert killed and proc.returncode == -signal.SIGKILL, (
-        f"the run ended before step {step} (or took over {timeout_s} s)"
-    )
+    deadline, sent = time.monotonic() + timeout_s, False
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if logged():
+                os.killpg(proc.pid, signal.SIGSTOP)
+                os.killpg(proc.pid, sig)
+                os.killpg(proc.pid, signal.SIGCONT)
+                sent = True
+                break
+            time.sleep(0.01)
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # out of time
+            proc.wait()
+        if log:
+            sink.close()  # type: ignore[union-attr]
+    assert sent, f"the run ended before step {step} (or took over {timeout_s} s)"
+    return proc
+
+
+def group_gone(pgid: int, deadline_s: float) -> bool:
+    """Whether every process of group `pgid` has exited (zombies waiting for a reaper count as exited)
+    within `deadline_s`: a deadline for "did not exit", not a measure of speed."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                alive.append(stat.parent.name)
+        if not alive:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def sigkill_after_step(argv: list[str], out: Path, step: int, timeout_s: float = 240) -> None:
+    """SIGKILL `dist-forget <argv>` as soon as it logs train step `step`: a crash one step past a checkpoint."""
+    proc = signal_after_step(argv, out, step, signal.SIGKILL, timeout_s)
+    assert proc.returncode == -signal.SIGKILL
 
 
 @contextmanager

@@ -190,6 +190,8 @@ RESULT_NEUTRAL = (
     "train.peak_flops",  # MFU's denominator only
     "checkpoint.",  # how often and how many checkpoints are kept
     "tracking.",  # where metrics go
+    "preempt.",  # which signals save and stop the run
+    "parallel.timeout_s",  # how long a collective may wait before the run stops
     # layout: the same sums in another order (fp32 rounding only), as a resume at another world size is
     "train.micro_batch",
     "parallel.tp",

@@ -39,6 +39,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +66,11 @@ class ParallelConfig:
     impl: Literal["local", "stock"] = (
         "local"  # megatron: our TP layers (CPU+GPU) or megatron-core's GPTModel (GPU)
     )
+    # seconds a collective (and the start-up rendezvous) waits for a stalled or dead rank before every rank
+    # stops with one line (engine/peers.py). 300 s is far above any healthy wait of this loop (a
+    # step, rank 0 exporting an HF folder while the others wait, a checkpoint of a few GB) and 2-6x shorter
+    # than torch's and DeepSpeed's 10-30 min defaults; raise it for models whose save takes minutes
+    timeout_s: float = 300.0
 
     def validate(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -73,6 +79,8 @@ class ParallelConfig:
             raise UserError(f"parallel.tp = {self.tp}, parallel.pp = {self.pp} must both be >= 1")
         if self.impl not in ("local", "stock"):
             raise UserError(f"parallel.impl = {self.impl!r} must be 'local' or 'stock'")
+        if not self.timeout_s > 0:
+            raise UserError(f"parallel.timeout_s = {self.timeout_s} must be > 0 seconds; try 300")
 
 
 @dataclass
@@ -177,6 +185,7 @@ class Backend(ABC):
                 MASTER_ADDR="127.0.0.1",
                 MASTER_PORT=str(free_port()),
             )
+        set_collective_timeout(self.cfg.parallel.timeout_s)
         rank, world, local_rank, local_world = env_world()
         self.rank, self.world_size, self.local_rank = rank, world, local_rank
         self.dp_rank, self.dp_size = (
@@ -195,6 +204,21 @@ class Backend(ABC):
         if self.cfg.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def collective_timeout(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)
+
+
+def set_collective_timeout(seconds: float) -> None:
+    """Make `seconds` the timeout of every process group created from now on in this process: torch gives a
+    `new_group` without a timeout its module default (30 min for gloo), not the world group's, and DeepSpeed
+    and megatron-core make their groups that way (ZeRO's copy of the world group, TP/DP groups)."""
+    from torch.distributed import distributed_c10d as c10d
+
+    c10d.default_pg_timeout = collective_timeout(seconds)
+    if isinstance(getattr(c10d, "default_pg_nccl_timeout", None), timedelta):
+        c10d.default_pg_nccl_timeout = collective_timeout(seconds)
 
 
 def make_backend(name: str, cfg: BackendConfig) -> Backend:

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from dist_forget.config import load_config
 
 
 def _run(mode: str, config: str, overrides: list[str], resume: str) -> int:
     from dist_forget.engine.config import RunConfig
+    from dist_forget.engine.preemption import PREEMPTED_EXIT, Preempted
     from dist_forget.engine.trainer import train
 
     cfg = load_config(RunConfig, config, overrides)
-    train(cfg, mode, resume)  # type: ignore[arg-type]
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if resume == "none" and restarts > 0:  # a requeued SLURM job continues its run (sweep/requeue.py)
+        print(f"{mode}: SLURM restart {restarts} of this job: resuming as with --resume auto", flush=True)
+        resume = "auto"
+    try:
+        train(cfg, mode, resume)  # type: ignore[arg-type]
+    except Preempted as stopped:  # a signal or a dead launcher: a checkpoint of the last step is saved
+        if stopped.rank == 0:
+            print(f"{mode}: {stopped}", file=sys.stderr, flush=True)
+        return PREEMPTED_EXIT
     return 0
 
 
@@ -21,6 +34,8 @@ def pretrain(config: str, overrides: list[str], resume: str = "none") -> int:
     (one of out_dir's before its latest starts a branch: the later ones move to checkpoints/abandoned-*/).
     A resume keeps the settings that change the result (checkpoint/meta.py RESULT_NEUTRAL lists those
     that may change); one run at a time per out_dir (out_dir/run.lock).
+    SIGTERM or SIGUSR1 (preempt.signals) saves a checkpoint at the end of the step and exits 75; in a
+    requeued SLURM job (SLURM_RESTART_COUNT > 0) the default is --resume auto.
 
     Args:
         config: run YAML (configs/pretrain/*.yaml), a view of engine/config.py's RunConfig
@@ -37,6 +52,8 @@ def finetune(config: str, overrides: list[str], resume: str = "none") -> int:
     (one of out_dir's before its latest starts a branch: the later ones move to checkpoints/abandoned-*/).
     A resume keeps the settings that change the result (checkpoint/meta.py RESULT_NEUTRAL lists those
     that may change); one run at a time per out_dir (out_dir/run.lock).
+    SIGTERM or SIGUSR1 (preempt.signals) saves a checkpoint at the end of the step and exits 75; in a
+    requeued SLURM job (SLURM_RESTART_COUNT > 0) the default is --resume auto.
 
     Args:
         config: run YAML (configs/finetune/*.yaml), a view of engine/config.py's RunConfig

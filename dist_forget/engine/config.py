@@ -111,6 +111,27 @@ class CheckpointConfig:
 
 
 @dataclass
+class PreemptConfig:
+    """What stops a run early but resumable (engine/preemption.py): any of `signals` on any rank, or its
+    launcher dying, ends the step in flight; then every rank saves a checkpoint of that step and the run
+    exits with status 75. SLURM sends SIGTERM at preemption and at the time limit; the sbatch scripts ask
+    for SIGUSR1 ahead of the limit. (Ctrl-C stays an interrupt: add SIGINT to save on it too.)"""
+
+    # signal names that save a checkpoint at the end of the step and exit 75 ([] for none)
+    signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+
+    def validate(self) -> None:
+        import signal
+
+        for name in self.signals:
+            if name not in signal.Signals.__members__ or name in ("SIGKILL", "SIGSTOP"):
+                raise UserError(
+                    f"preempt.signals: {name!r} is not a signal a process can catch; use names such as "
+                    "SIGTERM, SIGUSR1, SIGUSR2, SIGINT (or [] for none)"
+                )
+
+
+@dataclass
 class RunConfig:
     out_dir: str = "work/runs/run"  # the run folder: checkpoints, summary.json, metrics, HF exports
     name: str = ""  # run name in MLflow; default: the out_dir folder name
@@ -126,6 +147,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    preempt: PreemptConfig = field(default_factory=PreemptConfig)
 
     def validate(self) -> None:
         if not self.data.target:

@@ -25,6 +25,7 @@ from dist_forget.engine.backend import (
     OptimizerFactory,
     StepResult,
     causal_lm_loss_sum,
+    collective_timeout,
 )
 from dist_forget.errors import UserError
 from dist_forget.safeload import deepspeed_safe_globals, make_safe_checkpoint_engine, verify_pt_files
@@ -45,7 +46,12 @@ class DeepSpeedBackend(Backend):
             # DeepSpeed compiles its shared-memory comm op for ~75 s on first use; every ZeRO stage works
             # without it (start-up then takes ~2 s)
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+        deepspeed.init_distributed(
+            dist_backend=backend,
+            auto_mpi_discovery=False,
+            verbose=False,
+            timeout=collective_timeout(self.cfg.parallel.timeout_s),
+        )
 
     def build(
         self,

@@ -50,6 +50,7 @@ from dist_forget.engine.backend import (
     ModelFactory,
     OptimizerFactory,
     StepResult,
+    collective_timeout,
     env_world,
 )
 from dist_forget.errors import UserError
@@ -84,8 +85,13 @@ class MegatronBackend(Backend):
             )
         backend = self._join_world()
         if not dist.is_initialized():
-            dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
-        M.init_model_parallel(self.tp, self.cfg.parallel.pp)
+            dist.init_process_group(
+                backend,
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=collective_timeout(self.cfg.parallel.timeout_s),
+            )
+        M.init_model_parallel(self.tp, self.cfg.parallel.pp, self.cfg.parallel.timeout_s)
         self.tp_rank, _ = M.tp_rank_size()
         self.pp_rank, _ = M.pp_rank_size()
         self.dp_rank, self.dp_size = M.dp_rank_size()

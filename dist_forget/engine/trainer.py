@@ -50,6 +50,8 @@ from dist_forget.engine.evaluation import Evaluator
 from dist_forget.engine.flops import flops_per_token, measure_peak
 from dist_forget.engine.inject_control import InjectController, read_prior
 from dist_forget.engine.metrics_log import MetricsLog, StepCost
+from dist_forget.engine.peers import is_collective_error, peer_lost, say_failed
+from dist_forget.engine.preemption import Preempted, Preemption
 from dist_forget.engine.run_lock import RunLock
 from dist_forget.engine.run_meta import config_artifact
 from dist_forget.engine.run_state import RunState
@@ -208,21 +210,31 @@ def train(cfg: RunConfig, mode: Literal["pretrain", "finetune"], resume: str = "
     backend = make_backend(
         cfg.engine, BackendConfig(cfg.parallel, precision, cfg.optim.grad_clip, cfg.train.seed)
     )
-    backend.init_distributed()
-    try:
-        with ExitStack() as cleanup:
-            return _run(cfg, mode, resume, backend, cleanup)
-    finally:
-        backend.close()
+    # signals and a dead launcher stop the run at a step boundary with a checkpoint (engine/preemption.py)
+    with Preemption(cfg.preempt.signals, cfg.parallel.timeout_s) as preempt:
+        backend.init_distributed()
+        try:
+            with ExitStack() as cleanup:
+                return _run(cfg, mode, resume, backend, cleanup, preempt)
+        except Exception as exc:  # a stalled or dead peer: one line naming it (engine/peers.py)
+            if backend.world_size > 1 and is_collective_error(exc):
+                raise peer_lost(exc, backend.rank, backend.world_size, cfg.parallel.timeout_s) from None
+            if backend.world_size > 1 and not isinstance(exc, (UserError, Preempted)):
+                say_failed(exc, backend.rank, backend.world_size)  # the launchers do not say which rank
+            raise
+        finally:
+            backend.close()
 
 
 def _end_status(exc_type: type[BaseException] | None) -> str:
-    return (
-        "FINISHED" if exc_type is None else "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
-    )
+    if exc_type is None:
+        return "FINISHED"
+    return "KILLED" if issubclass(exc_type, (KeyboardInterrupt, Preempted)) else "FAILED"
 
 
-def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: ExitStack) -> dict[str, Any]:
+def _run(
+    cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: ExitStack, preempt: Preemption
+) -> dict[str, Any]:
     """The loop: one optimizer step, its log line, an evaluation when due, a checkpoint when due."""
     r = _setup(cfg, mode, resume, backend, cleanup)
     state, t, steps = r.state, cfg.train, cfg.schedule.steps
@@ -236,7 +248,8 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         result = backend.train_step([b.input_ids for b in batches], lr)
         # sequences and injected ones over all data-parallel ranks: the exact fraction is checked on these
         n_pre = float(sum(int(b.is_pretrain.sum()) for b in batches))
-        n_pre, n_seq = backend.dp_all_reduce_sum([n_pre, float(t.micro_batch * r.grad_accum)])
+        # ...with the stop flag of every rank in the same all-reduce (engine/preemption.py)
+        (n_pre, n_seq), stop = preempt.agree(backend, [n_pre, float(t.micro_batch * r.grad_accum)])
         dt = time.perf_counter() - t0  # the step alone: tokens/s and ETA leave out evaluations and saves
         if not math.isfinite(result.loss):  # stop before a diverged model reaches a checkpoint
             r.tracker.finish("FAILED")
@@ -251,12 +264,16 @@ def _run(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Exit
         if r.control is not None and evaluated and not (final or stopped_early):
             _adapt(r)  # p for the steps up to the next evaluation; saved below with the checkpoint
         # a new best is saved (and exported) at once: it is the row the runs table reports
-        if best or final or stopped_early or r.saver.due(state.step):
+        if best or final or stopped_early or stop or r.saver.due(state.step):
             r.saver.save()
         if best:
             r.saver.export("best")
         if stopped_early:
             break
+        if stop and not final:  # every rank saved this step: close the logs, exit PREEMPTED_EXIT
+            latest = r.saver.ckpt.read_pointer("latest")
+            finish = lambda: (r.log.close(), r.tracker.finish("KILLED"))  # noqa: E731
+            raise preempt.stop(state.step, r.saver.ckpt.root / str(latest), backend, finish)
 
     r.saver.finish()  # the last checkpoint and the `model/` export
     summary = _summarize(cfg, mode, backend, r, stopped_early, time.perf_counter() - wall0)

@@ -85,8 +85,9 @@ def stages_of(name: str, layers: int, pp: int) -> list[int]:
 # process groups
 
 
-def init_model_parallel(tp: int, pp: int = 1) -> None:
-    """megatron-core's TP/PP/DP groups over the already-initialised default process group."""
+def init_model_parallel(tp: int, pp: int = 1, timeout_s: float = 1800.0) -> None:
+    """megatron-core's TP/PP/DP groups over the already-initialised default process group; a collective
+    of theirs waits `timeout_s` for a stalled rank (megatron-core takes minutes, and a fraction works)."""
     import torch.distributed as dist
     from megatron.core import parallel_state
 
@@ -101,7 +102,10 @@ def init_model_parallel(tp: int, pp: int = 1) -> None:
         parallel_state.destroy_model_parallel()
     # Gloo groups for the distributed optimizer are not needed and cost start-up time.
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, create_gloo_process_groups=False
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        create_gloo_process_groups=False,
+        distributed_timeout_minutes=timeout_s / 60,  # type: ignore[arg-type]
     )
 
 

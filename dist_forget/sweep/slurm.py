@@ -17,6 +17,7 @@ from dist_forget.io import write_json_atomic, write_text_atomic
 from dist_forget.redact import redact_uri, scrub
 from dist_forget.sweep.config import SweepConfig
 from dist_forget.sweep.grid import Point
+from dist_forget.sweep.requeue import sbatch_lines
 
 STAGES = ("pretrain", "finetune")
 
@@ -41,6 +42,7 @@ def _sbatch(
     if array:
         throttle = f"%{cfg.max_parallel}" if cfg.max_parallel else ""
         lines.append(f"#SBATCH --array=0-{array - 1}{throttle}")
+        lines += sbatch_lines()  # a run checkpoints ahead of the time limit and its task is requeued
     if s.partition:
         lines.append(f"#SBATCH --partition={s.partition}")
     if s.mem:

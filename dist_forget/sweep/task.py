@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dist_forget.sweep.grid import Point
 from dist_forget.sweep.pool import LOG_NAME, start, try_lock
+from dist_forget.sweep.requeue import requeue, supervise
 
 
 def run_task(points_json: Path, index: int) -> int:
@@ -36,8 +37,11 @@ def run_task(points_json: Path, index: int) -> int:
         )
         return 1
     print(f"{point.name}: {' '.join(point.argv)} (log: {Path(point.out_dir) / LOG_NAME})", flush=True)
-    rc = start(point, dict(os.environ), lock).wait()
+    # the time-limit warning: the run saves and stops, and the job is requeued to continue (sweep/requeue.py)
+    rc, warned = supervise(start(point, dict(os.environ), lock))
     lock.close()
+    if requeue(rc, warned):
+        return 0
     if rc == 0 and not point.done():
         print(f"error: {point.name} exited 0 but wrote no {point.summary}", file=sys.stderr)
         return 1

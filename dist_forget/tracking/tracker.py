@@ -51,6 +51,7 @@ KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limits on one log_batch request
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_VALUE = 6000
+FINISH_TIMEOUT_S = 15.0  # the longest `finish` holds the process for a server that does not answer
 
 # MLflow's HTTP client retries for minutes by default; the sender thread should give up sooner and
 # fall back to the JSONL. A user's own settings win.
@@ -251,6 +252,7 @@ class Tracker:
         self._queue: queue.Queue[tuple[Any, ...]] | None = None
         self._thread: threading.Thread | None = None
         self._monitor: Any = None
+        self._sender: _Sender | None = None
         self._finished = False
 
     @classmethod
@@ -305,7 +307,7 @@ class Tracker:
             client = None
             _warn_offline(shown, exc, tracker.fallback_path)
         tracker._queue = queue.Queue()
-        sender = _Sender(client, tracker.run_id, rt, fallback, tracker._queue)
+        sender = tracker._sender = _Sender(client, tracker.run_id, rt, fallback, tracker._queue)
         tracker._thread = threading.Thread(target=sender.loop, name="mlflow-sender", daemon=True)
         tracker._thread.start()
         atexit.register(tracker.finish, "FAILED")  # a crash that skips finish() still closes the run
@@ -362,15 +364,23 @@ class Tracker:
             done.wait()
 
     def finish(self, status: str = "FINISHED") -> None:
-        """Send what is queued, mark the run `status` (FINISHED, FAILED, KILLED) and stop the sender."""
+        """Send what is queued, mark the run `status` (FINISHED, FAILED, KILLED) and stop the sender.
+
+        Waits at most FINISH_TIMEOUT_S: a server that accepts connections but does not answer (frozen,
+        overloaded) would otherwise hold the process for MLflow's retries, minutes. What is not sent by
+        then goes to the fallback JSONL (`track sync` uploads it; a record the server took meanwhile is
+        sent twice, which MLflow stores once)."""
         if not self.active:
             return
         self._finished = True
+        deadline = time.monotonic() + FINISH_TIMEOUT_S
         if self._monitor is not None:  # its last samples land before the run is closed
-            stop_system_metrics(self._monitor)
+            _bounded(lambda: stop_system_metrics(self._monitor), deadline)
             self._monitor = None
         self._queue.put(("end", {"status": status}))
-        self._thread.join()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self._sender.abandon()
         atexit.unregister(self.finish)
 
     def __enter__(self) -> Tracker:
@@ -428,6 +438,13 @@ def stop_system_metrics(monitor: Any) -> None:
         pass
 
 
+def _bounded(fn: Any, deadline: float) -> None:
+    """Run `fn` in a daemon thread and wait for it until `deadline` (time.monotonic) at most."""
+    thread = threading.Thread(target=fn, daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def _warn_offline(uri: str, exc: BaseException, path: Path) -> None:
     reason = scrub(" ".join(str(exc).split()))[:300]
     warnings.warn(
@@ -454,11 +471,14 @@ class _Sender:
         self.rt = rt
         self.fallback = fallback
         self.queue = q
+        self.lock = threading.Lock()  # between this thread and `abandon` (the caller's thread)
+        self.abandoned = False
+        self.inflight: list[tuple[str, dict[str, Any]]] = []  # what the call in progress sends
 
     def loop(self) -> None:
         pending: list[tuple[int, int, dict[str, float]]] = []
         deadline = time.monotonic() + self.rt.flush_every_s
-        while True:
+        while not self.abandoned:
             try:
                 op = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
@@ -482,15 +502,36 @@ class _Sender:
             if kind == "end":
                 return
 
+    def abandon(self) -> None:
+        """Stop sending (the thread is stuck in a call): what it holds and what is queued go to the JSONL;
+        the thread, if its call ever returns, writes and sends nothing more."""
+        with self.lock:
+            self.abandoned = True
+            for kind, record in self.inflight:
+                self._to_fallback(kind, record)
+            while True:
+                try:
+                    op = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op[0] == "metrics":
+                    self._to_fallback("metrics", {"step": op[1], "timestamp_ms": op[2], "metrics": op[3]})
+                elif op[0] == "flush":
+                    op[1].set()
+                else:
+                    self._to_fallback(*op)
+
+    def _to_fallback(self, kind: str, record: dict[str, Any]) -> None:
+        self.fallback.append({"type": kind, **record})
+
     def _send_metrics(self, pending: list[tuple[int, int, dict[str, float]]]) -> None:
-        if not pending:
+        if not pending or self.abandoned:
             return
         if self.client is None:
             for step, stamp, metrics in pending:
-                self.fallback.append(
-                    {"type": "metrics", "step": step, "timestamp_ms": stamp, "metrics": metrics}
-                )
+                self._to_fallback("metrics", {"step": step, "timestamp_ms": stamp, "metrics": metrics})
             return
+        self.inflight = [("metrics", {"step": st, "timestamp_ms": ts, "metrics": m}) for st, ts, m in pending]
         from mlflow.entities import Metric
 
         batch = [Metric(k, v, stamp, step) for step, stamp, metrics in pending for k, v in metrics.items()]
@@ -498,17 +539,31 @@ class _Sender:
             for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
                 self.client.log_batch(self.run_id, metrics=batch[i : i + MAX_METRICS_PER_BATCH])
         except Exception as exc:  # noqa: BLE001 - offline from now on; the batch goes to the JSONL
-            self._go_offline(exc)
-            self._send_metrics(pending)
+            with self.lock:
+                if not self.abandoned:
+                    self._go_offline(exc)
+                    self._send_metrics(pending)
+        finally:
+            with self.lock:
+                self.inflight = []
 
     def _call(self, kind: str, record: dict[str, Any]) -> None:
+        if self.abandoned:
+            return
         if self.client is not None:
+            self.inflight = [(kind, record)]
             try:
                 self._send(kind, record)
                 return
             except Exception as exc:  # noqa: BLE001 - offline from now on; the record goes to the JSONL
-                self._go_offline(exc)
-        self.fallback.append({"type": kind, **record})
+                with self.lock:
+                    if self.abandoned:
+                        return
+                    self._go_offline(exc)
+            finally:
+                with self.lock:
+                    self.inflight = []
+        self._to_fallback(kind, record)
 
     def _send(self, kind: str, record: dict[str, Any]) -> None:
         from mlflow.entities import RunTag

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +26,11 @@ from dist_forget import cli
 from dist_forget.config import load_config
 from dist_forget.engine.checkpoint import read_meta
 from dist_forget.engine.config import RunConfig
+from dist_forget.engine.preemption import PREEMPTED_EXIT
 from dist_forget.engine.trainer import train
 from dist_forget.models import hf
 from dist_forget.net import free_port
-from tests.conftest import sigkill_after_step, tiny_finetune_overrides
+from tests.conftest import group_gone, sigkill_after_step, signal_after_step, tiny_finetune_overrides
 from tests.distributed.conftest import REPO, run_ranks
 
 CONFIG = REPO / "configs" / "finetune" / "tiny.yaml"
@@ -201,6 +203,56 @@ def test_sigkill_then_resume_auto_equals_uninterrupted(tiny_data, base_model, si
     assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{CKPT_AT:08d}"
     assert cli.main([*argv, "--resume", "auto"]) == 0  # the resume itself needs no fresh process
     assert _losses(out) == _losses(single_run)  # bit-identical: same process count, fp32, CPU
+
+
+def _stopped_at(log: Path) -> int:
+    """The step a preempted run saved, from its one line (`stopped at step N (...)`)."""
+    import re
+
+    (step,) = re.findall(r"stopped at step (\d+) \(", log.read_text())
+    return int(step)
+
+
+def test_sigterm_saves_the_step_reached_then_resume_auto_equals_uninterrupted(
+    tiny_data, base_model, single_run, tmp_path
+):
+    """SIGTERM right after step 2: the run finishes step 3, saves it (checkpoint.every = 2 puts none there),
+    exits 75 with one line; `--resume auto` then ends bit-identical to the uninterrupted run."""
+    out, log = tmp_path / "termed", tmp_path / "termed.log"
+    argv = _argv(tiny_data, base_model, out)
+    proc = signal_after_step(argv, out, 2, signal.SIGTERM, log=log)
+    assert proc.returncode == PREEMPTED_EXIT, log.read_text()[-3000:]
+    assert _stopped_at(log) == 3 and not (out / "summary.json").exists()
+    assert "SIGTERM" in log.read_text() and "--resume auto" in log.read_text()
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+    assert max(_losses(out)) == 3  # metrics.jsonl holds the step saved
+    assert cli.main([*argv, "--resume", "auto"]) == 0
+    assert _losses(out) == _losses(single_run)
+    one, two = (json.loads((d / "summary.json").read_text()) for d in (out, single_run))
+    assert {k: v for k, v in one.items() if k != "run_id"} == {k: v for k, v in two.items() if k != "run_id"}
+
+
+def test_two_rank_zero2_under_deepspeed_sigterm_then_resume_auto_equals_uninterrupted(
+    tiny_data, base_model, zero2_run, tmp_path
+):
+    """SIGTERM to every process of a `launchers/deepspeed.sh` launch (as SLURM sends it: the runner, its
+    launch.py and both ranks) right after step 2: both ranks finish step 3 and save it together, every process
+    is gone, and `--resume auto` on 2 ranks ends bit-identical to the uninterrupted 2-rank run."""
+    from tests.integration.launching import LAUNCHERS, launch_env
+
+    out, log = tmp_path / "termed", tmp_path / "termed.log"
+    argv = _argv(tiny_data, base_model, out, *TWO_RANK)
+    env = launch_env(NPROC="2", MASTER_PORT=str(free_port()))
+    proc = signal_after_step(argv, out, 2, signal.SIGTERM, command=[str(LAUNCHERS / "deepspeed.sh"), *argv],
+                             env=env, log=log)  # fmt: skip
+    assert group_gone(proc.pid, 120), "ranks still running 120 s after SIGTERM"
+    text = log.read_text()
+    assert _stopped_at(log) == 3 and text.count("stopped at step 3") == 1, text[-3000:]  # rank 0 says it
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+    run_ranks("-m", ["dist_forget.cli", *argv, "--resume", "auto"], world=2)
+    assert _losses(out) == _losses(zero2_run)
+    one, two = (json.loads((d / "summary.json").read_text()) for d in (out, zero2_run))
+    assert {k: v for k, v in one.items() if k != "run_id"} == {k: v for k, v in two.items() if k != "run_id"}
 
 
 def test_other_world_size_needs_reshard_then_resumes_like_two_ranks(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -239,3 +240,81 @@ def test_slurm_up_and_down_stop_exactly_their_daemons(slurm, tmp_path: Path) -> 
     assert (
         subprocess.run(["sinfo"], env=slurm.env(), capture_output=True).returncode == 0
     )  # the fixture's lives
+
+
+@pytest.mark.slurm
+def test_time_limit_warning_saves_requeues_and_resumes_bit_identically(
+    slurm,
+    tiny_data,
+    base_model,
+    one_thread,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    """launchers/slurm.sbatch on the loopback cluster (1 node, torchrun, 1 rank) gets SIGUSR1 in its batch
+    shell as SLURM sends it ahead of the time limit (`--signal=B:USR1@180`; here `scancel --batch
+    --signal=USR1`, the same delivery): the rank saves the step it reached, the job requeues itself, and its
+    second attempt resumes: the same metrics and summary as an uninterrupted run."""
+    from dist_forget.config import load_config
+    from dist_forget.engine.config import RunConfig
+    from dist_forget.engine.trainer import train
+    from dist_forget.net import free_port
+    from tests.conftest import tiny_finetune_overrides
+    from tests.integration.launching import LAUNCHERS, launch_env
+
+    config, extra = (
+        ROOT / "configs/finetune/tiny.yaml",
+        ("schedule.steps=40", "train.eval_every=10", "checkpoint.every=10"),
+    )
+    reference, out, log = tmp_path / "reference", tmp_path / "run", tmp_path / "job.out"
+    train(
+        load_config(RunConfig, config, tiny_finetune_overrides(tiny_data, base_model, reference, *extra)),
+        "finetune",
+    )
+    argv = ["finetune", "--config", str(config), *tiny_finetune_overrides(tiny_data, base_model, out, *extra)]
+    env = {**slurm.env(), **launch_env(NPROC="1", RDZV_PORT=str(free_port()))}
+    env["PATH"] = slurm.env()["PATH"] + os.pathsep + env["PATH"]
+    sub = subprocess.run(["sbatch", "--parsable", "--nodes=1", f"--output={log}", str(LAUNCHERS / "slurm.sbatch"),
+                          *argv], cwd=ROOT, env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    job = sub.stdout.strip().split(";")[0]
+    try:
+        _wait_for(lambda: '"step": 2,' in _read(out / "metrics.jsonl"), 300)
+        subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, check=True)
+        _wait_for(lambda: _listed(job, env, "PENDING"), 300)  # requeued
+        # SLURM holds a requeued job back for a while (its BeginTime, ~2 min here): start it now
+        # (refused while the job is still completing its first attempt: retried)
+        update = ["scontrol", "update", f"JobId={job}", "StartTime=now"]
+        _wait_for(lambda: subprocess.run(update, env=env, capture_output=True).returncode == 0
+                  or not _listed(job, env, "PENDING"), 120)  # fmt: skip
+        _wait_for(lambda: not _listed(job, env), 400)  # run again, ended
+    finally:
+        if _listed(job, env):
+            subprocess.run(["scancel", job], env=env, capture_output=True)
+    text = log.read_text()
+    assert f"requeueing job {job}" in text and "SLURM restart 1 of this job: resuming" in text, text[-3000:]
+    (step,) = (int(s) for s in re.findall(r"stopped at step (\d+) \(SIGUSR1\)", text))
+    assert 2 < step < 40 and f"resumed from {out / 'checkpoints' / f'step-{step:08d}'}" in text
+
+    def rows(folder: Path) -> list[dict]:
+        timing = ("tokens_per_s", "mfu")
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+
+    assert rows(out) == rows(reference)  # every step and evaluation, bit for bit (timings aside)
+    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
+    assert {k: v for k, v in ours.items() if k != "run_id"} == {
+        k: v for k, v in theirs.items() if k != "run_id"
+    }
+
+
+def _listed(job: str, env: dict[str, str], state: str = "") -> bool:
+    """Whether `job` is in the queue (in `state`, e.g. PENDING, when given)."""
+    res = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=env, capture_output=True, text=True)
+    states = res.stdout.split() if res.returncode == 0 else []
+    return bool(states) and (not state or state in states)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""

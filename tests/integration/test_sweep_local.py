@@ -8,8 +8,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -108,6 +110,10 @@ def test_slurm_backend_writes_array_scripts_that_run(tmp_path: Path, monkeypatch
     slurm = tmp_path / "sweep" / "slurm"
     finetune = (slurm / "finetune.sbatch").read_text()
     assert "#SBATCH --array=0-7%2" in finetune and "export OMP_NUM_THREADS=1" in finetune
+    # a run saves ahead of the time limit and its task is requeued (sweep/requeue.py); collect has no run
+    requeue = ("#SBATCH --signal=B:USR1@180", "#SBATCH --requeue", "#SBATCH --open-mode=append")
+    assert all(line in finetune.splitlines() for line in requeue)
+    assert not any(line in (slurm / "collect.sbatch").read_text() for line in requeue)
     assert len(json.loads((slurm / "finetune.json").read_text())) == 8
     submit = (slurm / "submit.sh").read_text()
     assert (
@@ -260,3 +266,30 @@ def test_parent_run_holds_the_fit_and_the_store_can_move(
         png = get("get-artifact", path=f"fit/{plots[0]}", run_uuid=run_id)
         assert png.startswith(b"\x89PNG")
         assert b"run_id" in get("get-artifact", path="runs.csv", run_uuid=run_id)
+
+
+def test_array_task_passes_the_time_limit_warning_to_its_run() -> None:
+    """The batch shell of an array task (sweep/task.py -> requeue.supervise) gets SIGUSR1 from SLURM: its run
+    gets it too, and the exit status (75: saved) and the warning come back for the requeue decision."""
+    from dist_forget.sweep.requeue import supervise
+
+    child = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGUSR1, lambda *a: sys.exit(75))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE)
+    assert proc.stdout.readline() == b"ready\n"
+
+    def warn() -> None:  # as SLURM's --signal=B:USR1 reaches the batch shell, once it listens
+        while signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=warn, daemon=True).start()
+    try:
+        assert supervise(proc) == (75, True)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import warnings
 from pathlib import Path
 
@@ -151,3 +152,39 @@ def test_server_hangs_midway_then_sync_resumes_same_run(
         range(8)
     )  # once each, though a batch may land twice
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_frozen_server_holds_finish_only_until_its_bound_then_sync(
+    mlflow_server: LocalServer, tmp_path: Path
+) -> None:
+    """With MLflow's HTTP settings as a run has them (20 s timeout, 2 retries: minutes per call on a frozen
+    server), `finish` returns by its bound (FINISH_TIMEOUT_S, + slack for a loaded machine, far below those
+    minutes); what was not sent is in the JSONL, and sync completes the same run."""
+    from dist_forget.tracking.tracker import FINISH_TIMEOUT_S
+
+    out = tmp_path / "run"
+    cfg = TrackingConfig(uri=mlflow_server.uri, experiment="it-frozen", flush_every_s=0.1,
+                         system_metrics_interval_s=1.0)  # fmt: skip
+    tracker = Tracker.create(cfg, 0, "frozen", {}, out)
+    for step in range(3):
+        tracker.log_metrics({"loss": float(step)}, step=step)
+    tracker.flush()
+    os.killpg(mlflow_server.proc.pid, signal.SIGSTOP)  # frozen: connections are accepted, nothing answers
+    try:
+        for step in range(3, 6):
+            tracker.log_metrics({"loss": float(step)}, step=step)
+        start = time.monotonic()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the sender may or may not have given up by then
+            tracker.finish("KILLED")
+        held = time.monotonic() - start
+    finally:
+        os.killpg(mlflow_server.proc.pid, signal.SIGCONT)
+    assert held < FINISH_TIMEOUT_S + 10, held
+    records = [json.loads(line) for line in (out / FALLBACK_NAME).read_text().splitlines()]
+    assert records[0]["run_id"] == tracker.run_id and records[-1] == {"type": "end", "status": "KILLED"}
+
+    assert cli_main(["track", "sync", "--path", str(out)]) == 0
+    client = MlflowClient(mlflow_server.uri)
+    assert _steps(client, tracker.run_id, "loss") == list(range(6))
+    assert client.get_run(tracker.run_id).info.status == "KILLED"
