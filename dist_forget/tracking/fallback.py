@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dist_forget.tracking.records import Artifact, DictArtifact, Finish, Metrics, Record, Tags, parse
+from dist_forget.tracking.records import Artifact, DictArtifact, Metrics, Record, Tags, parse
 
 FALLBACK_NAME = "mlflow_fallback.jsonl"
 
@@ -86,12 +86,6 @@ class Segment:
     @property
     def n_artifacts(self) -> int:
         return sum(isinstance(r, (Artifact, DictArtifact)) for r in self.records)
-
-    @property
-    def status(self) -> str | None:
-        """The last status the run was ended with (None if it never ended)."""
-        ends = [r.status for r in self.records if isinstance(r, Finish)]
-        return ends[-1] if ends else None
 
 
 def segment_key(header: dict[str, Any]) -> str:

@@ -43,7 +43,7 @@ class Record:
 
 def parse(line: dict[str, Any]) -> Record | None:
     """The record a JSONL line holds; None for a `run` header or a type this version does not know."""
-    cls = Record.KINDS.get(line.get("type"))  # type: ignore[arg-type]
+    cls = Record.KINDS.get(line.get("type"))
     return cls.from_json(line) if cls is not None else None
 
 
