@@ -73,7 +73,7 @@ def main() -> None:
     from dist_forget.tracking import Tracker, TrackingConfig
     from dist_forget.tracking.config import resolve
     from dist_forget.tracking.server import LocalServer
-    from dist_forget.tracking.tracker import start_system_metrics, stop_system_metrics
+    from dist_forget.tracking.system_metrics import start_system_metrics, stop_system_metrics
 
     step = make_step(args.size)
     timed(step, 5)  # warm-up

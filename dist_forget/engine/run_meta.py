@@ -109,7 +109,7 @@ def _sha256(path: Path) -> str:
 
 
 def dataset_record(manifest: Manifest, context: str, out_dir: str | Path, **tags: Any) -> dict[str, Any]:
-    """One MLflow dataset input (see tracking.tracker.dataset_inputs) for a shard folder."""
+    """One MLflow dataset input (see tracking.mlflow_calls.dataset_inputs) for a shard folder."""
     assert manifest.directory is not None
     file = manifest.directory / MANIFEST
     sha = _sha256(file)

@@ -65,17 +65,6 @@ from dist_forget.redact import redact_tree
 from dist_forget.schema import METRICS_FILE
 
 
-class _NullTracker:
-    run_id: str | None = None
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
-    def log_dict(self, data: dict[str, Any], name: str) -> None: ...
-    def log_inputs(self, datasets: list[dict[str, Any]]) -> None: ...
-    def register_model(self, folder: str | Path, name: str, tags: dict[str, str] | None = None) -> None: ...
-    def finish(self, status: str = "FINISHED") -> None: ...
-
-
 def _tracker(
     cfg: RunConfig,
     rank: int,
@@ -88,10 +77,10 @@ def _tracker(
 ) -> Any:
     """Rank 0's MLflow tracker; a resume continues the run id its checkpoint recorded (unless the config or
     $MLFLOW_RUN_ID names one). Params are the config as written, so a resume does not 'change' them."""
-    if not cfg.tracking.enabled:
-        return _NullTracker()
-    from dist_forget.tracking import Tracker  # imports mlflow: only when tracking
+    from dist_forget.tracking import Tracker  # mlflow itself loads only when a run opens
 
+    if not cfg.tracking.enabled:
+        return Tracker.inactive()
     tracking = cfg.tracking
     if resumed_run_id and not tracking.run_id and not os.environ.get("MLFLOW_RUN_ID"):
         tracking = replace(tracking, run_id=resumed_run_id)

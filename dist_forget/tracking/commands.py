@@ -6,21 +6,16 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from dist_forget.errors import UserError
 from dist_forget.io import write_json_atomic
 from dist_forget.redact import redact_uri, use_uri
 from dist_forget.tracking.config import ResolvedTracking
 from dist_forget.tracking.fallback import FALLBACK_NAME, Segment, read_segments
+from dist_forget.tracking.mlflow_calls import MlflowUnavailable, connect, existing_run, open_run, probe
+from dist_forget.tracking.records import Metrics, send_metrics
 from dist_forget.tracking.store import install
-from dist_forget.tracking.tracker import (
-    MAX_METRICS_PER_BATCH,
-    MlflowUnavailable,
-    dataset_inputs,
-    open_run,
-    probe,
-    register,
-)
 
 
 def sync(path: Path, uri: str | None = None) -> int:
@@ -54,7 +49,7 @@ def sync(path: Path, uri: str | None = None) -> int:
         )
         print(
             f"synced {len(seg.metrics)} metric values, {len(seg.tags)} tags, "
-            f"{len(seg.artifacts) + len(seg.dicts)} artifacts "
+            f"{seg.n_artifacts} artifacts "
             f"of {seg.header.get('run_name')!r} to run {run_id} at {redact_uri(target)}"
         )
     done = file.with_name(file.name + ".synced")
@@ -72,11 +67,7 @@ def _remember(state_path: Path, state: dict[str, str], seg: Segment, run_id: str
     write_json_atomic(state_path, state)
 
 
-def _upload(seg: Segment, uri: str, known_run_id: str | None, on_created) -> str:  # noqa: ANN001
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, RunTag
-    from mlflow.exceptions import MlflowException
-
+def _upload(seg: Segment, uri: str, known_run_id: str | None, on_created: Any) -> str:
     try:
         probe(uri)
     except MlflowUnavailable as exc:
@@ -86,13 +77,9 @@ def _upload(seg: Segment, uri: str, known_run_id: str | None, on_created) -> str
         ) from None
     install()  # a local sqlite store keeps its artifacts beside it (tracking/store.py)
     uri = use_uri(uri)  # userinfo -> MLFLOW_TRACKING_USERNAME/PASSWORD; a stored `***@` takes them from there
-    client = MlflowClient(tracking_uri=uri)
-    run_id = known_run_id or seg.header.get("run_id")
-    if run_id:
-        try:
-            client.get_run(run_id)
-        except MlflowException:
-            run_id = None  # e.g. --uri names another server than the run used
+    client = connect(uri)
+    # e.g. --uri names another server than the run used: a new run there
+    run_id = existing_run(client, known_run_id or seg.header.get("run_id"))
     header = seg.header
     rt = ResolvedTracking(
         uri, header.get("experiment") or "dist-forget", run_id, header.get("parent_run_id"), 5.0
@@ -101,27 +88,14 @@ def _upload(seg: Segment, uri: str, known_run_id: str | None, on_created) -> str
         client, rt, header.get("run_name") or "synced", header.get("params", {}), header.get("tags", {})
     )
     on_created(run_id)
-    metrics = [Metric(k, v, ts, step) for k, v, ts, step in seg.metrics]
-    for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
-    if seg.tags:
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in seg.tags.items()])
-    if seg.inputs:
-        client.log_inputs(run_id, datasets=dataset_inputs(seg.inputs))
-    for artifact, folder in seg.artifacts:
-        if Path(artifact).is_file():
-            client.log_artifact(run_id, artifact, folder)
+    # metrics first, in as few batches as MLflow allows; then the rest in the order it happened
+    send_metrics(client, run_id, [r for r in seg.records if isinstance(r, Metrics)])
+    for record in seg.records:
+        if isinstance(record, Metrics):
+            continue
+        reason = record.stale()
+        if reason is not None:
+            warnings.warn(reason, RuntimeWarning, stacklevel=2)
         else:
-            warnings.warn(f"artifact {artifact} no longer exists; skipped", RuntimeWarning, stacklevel=2)
-    for data, name in seg.dicts:
-        client.log_dict(run_id, data, name)
-    for record in seg.registrations:
-        if Path(record["path"]).is_dir():
-            register(client, run_id, record)
-        else:
-            warnings.warn(
-                f"model {record['path']} no longer exists; not registered", RuntimeWarning, stacklevel=2
-            )
-    if seg.status:
-        client.set_terminated(run_id, seg.status)
+            record.send(client, run_id)
     return run_id

@@ -14,6 +14,8 @@ belong to:
   {"type": "register", "path": "/abs/best", "name": "registry name", "tags": {...}}
   {"type": "end", "status": "FINISHED"}
 
+Each line after the header is one `records.Record` (its `to_json()`), read back by `Record.from_json`.
+
 The file is created owner-only (0600); its `uri` has any credentials redacted (`http://***@host:port`), and
 `track sync` takes them from MLFLOW_TRACKING_USERNAME/PASSWORD.
 """
@@ -21,19 +23,15 @@ The file is created owner-only (0600); its `uri` has any credentials redacted (`
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dist_forget.tracking.records import Artifact, DictArtifact, Metrics, Record, Tags, parse
+
 FALLBACK_NAME = "mlflow_fallback.jsonl"
-
-
-def _jsonable(value: float) -> float | str:
-    # JSON has no NaN/Inf; keep them as strings so a diverged run's last losses survive the trip.
-    return value if math.isfinite(value) else repr(value)
 
 
 class FallbackWriter:
@@ -49,7 +47,7 @@ class FallbackWriter:
         with self._lock:
             self._header.update(updates)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: Record) -> None:
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # owner-only: the file holds the run's params and tags, which may come from the environment
@@ -59,29 +57,35 @@ class FallbackWriter:
                 if not self._opened:
                     fh.write(json.dumps(self._header) + "\n")
                     self._opened = True
-                if record.get("type") == "metrics":
-                    record = {**record, "metrics": {k: _jsonable(v) for k, v in record["metrics"].items()}}
-                fh.write(json.dumps(record) + "\n")
+                fh.write(json.dumps(record.to_json()) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
 
 
 @dataclass
 class Segment:
-    """Everything recorded for one run (segments of the same run are merged)."""
+    """Everything recorded for one run, in order (segments of the same run are merged)."""
 
     header: dict[str, Any]
-    metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, ts_ms, step
-    tags: dict[str, str] = field(default_factory=dict)
-    artifacts: list[tuple[str, str | None]] = field(default_factory=list)  # local path, folder in the run
-    dicts: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # JSON artifacts: content, name
-    inputs: list[dict[str, Any]] = field(default_factory=list)
-    registrations: list[dict[str, Any]] = field(default_factory=list)  # model registry versions to create
-    status: str | None = None
+    records: list[Record] = field(default_factory=list)
 
     @property
     def key(self) -> str:
         return segment_key(self.header)
+
+    @property
+    def metrics(self) -> list[tuple[str, float, int, int]]:
+        """Every metric value: (key, value, timestamp_ms, step)."""
+        return [v for r in self.records if isinstance(r, Metrics) for v in r.values()]
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The tags as they end up (a later value of a key wins)."""
+        return {k: v for r in self.records if isinstance(r, Tags) for k, v in r.tags.items()}
+
+    @property
+    def n_artifacts(self) -> int:
+        return sum(isinstance(r, (Artifact, DictArtifact)) for r in self.records)
 
 
 def segment_key(header: dict[str, Any]) -> str:
@@ -95,37 +99,22 @@ def read_segments(path: Path) -> list[Segment]:
     """Parse the JSONL into per-run segments, in first-seen order; torn or foreign lines are skipped."""
     segments: dict[str, Segment] = {}
     current: Segment | None = None
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for text in path.read_text(encoding="utf-8").splitlines():
         try:
-            record = json.loads(line)
+            line = json.loads(text)
         except json.JSONDecodeError:
             continue
-        if not isinstance(record, dict):
+        if not isinstance(line, dict):
             continue
-        kind = record.get("type")
-        if kind == "run":
-            key = segment_key(record)
+        if line.get("type") == "run":
+            key = segment_key(line)
             if key in segments:
                 current = segments[key]
-                current.header["params"] = {**current.header.get("params", {}), **record.get("params", {})}
+                current.header["params"] = {**current.header.get("params", {}), **line.get("params", {})}
             else:
-                current = segments[key] = Segment(header=record)
+                current = segments[key] = Segment(header=line)
             continue
-        if current is None:
-            continue
-        if kind == "metrics":
-            for name, value in record["metrics"].items():
-                current.metrics.append((name, float(value), int(record["timestamp_ms"]), int(record["step"])))
-        elif kind == "tags":
-            current.tags.update({str(k): str(v) for k, v in record["tags"].items()})
-        elif kind == "artifact":
-            current.artifacts.append((str(record["path"]), record.get("artifact_path")))
-        elif kind == "dict":
-            current.dicts.append((record["data"], str(record["name"])))
-        elif kind == "register":
-            current.registrations.append(record)
-        elif kind == "inputs":
-            current.inputs.extend(d for d in record.get("datasets", []) if isinstance(d, dict))
-        elif kind == "end":
-            current.status = str(record["status"])
+        record = parse(line) if current is not None else None
+        if record is not None:
+            current.records.append(record)
     return list(segments.values())

@@ -20,8 +20,8 @@ import pytest
 from mlflow import MlflowClient
 
 from dist_forget.tracking.fallback import FALLBACK_NAME
+from dist_forget.tracking.mlflow_calls import MlflowUnavailable, probe
 from dist_forget.tracking.server import LocalServer
-from dist_forget.tracking.tracker import MlflowUnavailable, probe
 from tests.conftest import tiny_finetune_overrides
 
 pytestmark = pytest.mark.slow

@@ -331,13 +331,13 @@ def test_early_stop_needs_patience_and_a_rise_of_stop_rise(tmp_path):
     from dist_forget.engine.evaluation import Evaluator
     from dist_forget.engine.metrics_log import MetricsLog, StepCost
     from dist_forget.engine.run_state import RunState
-    from dist_forget.engine.trainer import _NullTracker
+    from dist_forget.tracking import Tracker
 
     state, lines = RunState(), []
-    log = MetricsLog(tmp_path / "m.jsonl", 0, None, _NullTracker(), StepCost(9, 1, 1.0, 1.0), print)
+    log = MetricsLog(tmp_path / "m.jsonl", 0, None, Tracker.inactive(), StepCost(9, 1, 1.0, 1.0), print)
     train_cfg = TrainConfig(patience=2, stop_rise=0.1)
     ev = Evaluator(
-        None, train_cfg, state, None, None, log, _NullTracker(), True, lambda m, **_: lines.append(m)
+        None, train_cfg, state, None, None, log, Tracker.inactive(), True, lambda m, **_: lines.append(m)
     )
     stops = []
     for step, ft in enumerate([3.0, 2.9, 3.05, 2.95, 2.99, 2.92]):
@@ -356,7 +356,7 @@ def test_early_stop_needs_patience_and_a_rise_of_stop_rise(tmp_path):
     assert ev.should_stop()
     # sustained: the rise must hold at each of the last `patience` evaluations, one spike is not enough
     sustained = Evaluator(None, TrainConfig(patience=2, stop_rise=0.1, stop_sustained=True), RunState(), None,
-                          None, log, _NullTracker(), True, lambda m, **_: lines.append(m))  # fmt: skip
+                          None, log, Tracker.inactive(), True, lambda m, **_: lines.append(m))  # fmt: skip
     stops = []
     for step, ft in enumerate([3.0, 2.9, 3.05, 2.95, 3.01, 3.02, 3.1]):
         sustained(step, (ft, 3.0))

@@ -116,3 +116,25 @@ def test_no_library_module_over_600_lines():
         if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
     }
     assert not long, f"split these by job: {sorted(long)}"
+
+
+# the modules that call MLflow: its client (tracking/mlflow_calls.py), its system-metrics monitor, the
+# artifact stores of a local store, and the laws' reader of the runs table. The tracker only queues and
+# its records send through mlflow_calls, so an inactive tracker (other ranks, tracking off) loads no MLflow.
+MLFLOW_MODULES = {
+    "tracking/mlflow_calls.py",
+    "tracking/system_metrics.py",
+    "tracking/store.py",
+    "laws/table.py",
+}
+
+
+def test_mlflow_is_imported_only_where_mlflow_is_called():
+    found = {
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if any(n == "mlflow" or n.startswith("mlflow.") for n in _imports(path))
+    }
+    assert found <= MLFLOW_MODULES, (
+        f"import mlflow through tracking/mlflow_calls.py: {sorted(found - MLFLOW_MODULES)}"
+    )

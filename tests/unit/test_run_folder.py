@@ -336,10 +336,10 @@ def test_a_metrics_line_on_a_full_disk_names_the_file(small_disk, capsys):
     """metrics.jsonl stays open for the whole run: a line that needs a new page of a full disk fails in
     write() itself, which names no file; the log names it (and the CLI turns it into its one line)."""
     from dist_forget.engine.run_state import RunState
-    from dist_forget.engine.trainer import _NullTracker
+    from dist_forget.tracking import Tracker
 
     path = small_disk / "metrics.jsonl"
-    log = MetricsLog(path, 0, None, _NullTracker(), StepCost(100, 256, 1e6, 1e11), print)
+    log = MetricsLog(path, 0, None, Tracker.inactive(), StepCost(100, 256, 1e6, 1e11), print)
     _fill(small_disk, 0)
     state = RunState(sequences=4)
     with pytest.raises(OSError) as exc:

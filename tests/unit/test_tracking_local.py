@@ -156,3 +156,44 @@ def test_inputs_artifact_folders_and_registration_survive_the_fallback(runs_dir:
     (version,) = client.search_model_versions("name='offline-model'")
     assert version.run_id == run.info.run_id and version.tags == {"best_step": "3"}
     assert version.source == f"runs:/{run.info.run_id}/best_model"
+
+
+def test_a_fallback_file_of_every_record_kind_reads_back_line_for_line_and_syncs(runs_dir: Path) -> None:
+    """The JSONL as earlier versions wrote it (a literal file, every record kind): each line parses into its
+    record and writes back as the same line, and `track sync` sends all of it."""
+    from dist_forget.tracking.records import parse
+
+    out = runs_dir / "old-format"
+    (out / "best").mkdir(parents=True)
+    (out / "best" / "config.json").write_text("{}")
+    (out / "fit.json").write_text("{}")
+    dataset = json.dumps(DATASET)
+    lines = [
+        '{"type": "run", "uri": "http://***@127.0.0.1:1", "experiment": "old-format", "run_id": null, '
+        '"run_name": "old", "parent_run_id": null, "params": {"lr": "0.001"}, "tags": {"stage": "finetune"}}',
+        '{"type": "metrics", "step": 1, "timestamp_ms": 1700000000000, "metrics": {"loss": 3.5, "gnorm": "nan"}}',
+        '{"type": "tags", "tags": {"best_step": "1"}}',
+        f'{{"type": "artifact", "path": "{out / "fit.json"}", "artifact_path": "fit"}}',
+        '{"type": "dict", "data": {"seed": 1}, "name": "run_config.json"}',
+        f'{{"type": "inputs", "datasets": [{dataset}]}}',
+        f'{{"type": "register", "path": "{out / "best"}", "name": "old-format-model", "tags": {{"best_step": "1"}}}}',
+        '{"type": "metrics", "step": 2, "timestamp_ms": 1700000001000, "metrics": {"loss": 3.0}}',
+        '{"type": "end", "status": "FINISHED"}',
+    ]
+    for line in lines[1:]:
+        assert json.dumps(parse(json.loads(line)).to_json()) == line
+    (out / FALLBACK_NAME).write_text("\n".join(lines) + "\n")
+
+    uri = f"sqlite:///{runs_dir / 'mlflow.db'}"
+    assert cli_main(["track", "sync", "--path", str(out), "--uri", uri]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("old-format").experiment_id])
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.001"}
+    assert run.data.tags["stage"] == "finetune" and run.data.tags["best_step"] == "1"
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 3.5), (2, 3.0)]
+    assert str(run.data.metrics["gnorm"]) == "nan"
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["best_model", "fit", "run_config.json"]
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["code"]
+    (version,) = client.search_model_versions("name='old-format-model'")
+    assert version.run_id == run_id and version.tags == {"best_step": "1"}
