@@ -1,6 +1,6 @@
 """Checkpoint + export for one run: what goes into each checkpoint beside the backend's files (client
 state: data-stream position, run state, config; meta.json), restoring it, and the HF folder exports
-(`best/` at every new best evaluation, `model/` at the end). Tags, pointers and retention: checkpoint.py.
+(`best/` at every new best evaluation, `model/` at the end). Tags, pointers and retention: run_folder.py.
 
 The best step is kept once, as the `best/` export (weights + tokenizer: what the runs table's row was
 measured on). The checkpoint saved with it is an ordinary resume point that `checkpoint.keep` retires like
@@ -23,7 +23,7 @@ from typing import Any
 
 from dist_forget.checkpoint.meta import pack_client, unpack_client
 from dist_forget.data.mixture import MixedStream
-from dist_forget.engine.checkpoint import CheckpointManager
+from dist_forget.engine.run_folder import CheckpointManager
 from dist_forget.engine.run_state import RunState
 from dist_forget.errors import UserError
 from dist_forget.io import DISK_FULL, disk_full
@@ -71,7 +71,7 @@ class Saver:
         client = pack_client(self.stream.state_dict(), self.state.state_dict(), config)
         hf_config = self.hf_config.to_dict()
         hf_config.pop("_name_or_path", None)  # the init folder, a path of this machine
-        # best_step: which step the best/ export is of, for a resume that abandons this branch (checkpoint.py)
+        # best_step: which step the best/ export is of, for a resume that abandons this branch (run_folder.py)
         meta = {**self.meta, "best_step": self.state.best_step}
         path = self.ckpt.save(self.state.step, client, meta, is_best=False, hf_config=hf_config)
         self.last_saved = self.state.step

@@ -4,7 +4,7 @@ stream → model → optimizer → backend → (resume | evaluate the starting m
 evaluate both validation splits every `eval_every` steps, export the best-target-loss model to best/ (bottom
 of the U-curve), early stop (patience and stop_rise) → final evaluation, checkpoint, HF export, summary.json.
 
-Outputs in `out_dir`: checkpoints/ (see engine/checkpoint.py), metrics.jsonl (one line per step and per
+Outputs in `out_dir`: checkpoints/ (see engine/run_folder.py), metrics.jsonl (one line per step and per
 evaluation; what a resume rewrites up to its step), summary.json (exactly the runs-table columns),
 report.json (everything else about the run), run_config.json (the resolved config), model/ and best/
 (HF folders), loss_curves.png, and run.lock while the run lives (engine/run_lock.py). A resume refuses a
@@ -44,12 +44,12 @@ from dist_forget.config import flatten, to_dict
 from dist_forget.data.mixture import MixedStream, few_injected
 from dist_forget.data.remote import location_name, tokenizer_folder
 from dist_forget.engine.backend import Backend, BackendConfig, make_backend
-from dist_forget.engine.checkpoint import CheckpointManager, prepare_resume, resolve_resume
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.evaluation import Evaluator
 from dist_forget.engine.flops import flops_per_token, measure_peak
 from dist_forget.engine.inject_control import InjectController, read_prior
 from dist_forget.engine.metrics_log import MetricsLog, StepCost
+from dist_forget.engine.run_folder import CheckpointManager, prepare_resume, resolve_resume
 from dist_forget.engine.run_lock import RunLock
 from dist_forget.engine.run_meta import config_artifact
 from dist_forget.engine.run_state import RunState
