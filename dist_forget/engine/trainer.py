@@ -39,7 +39,7 @@ from typing import Any, Literal
 import torch
 
 from dist_forget.checkpoint import init_from
-from dist_forget.checkpoint.meta import check_compatible, config_changes, read_meta
+from dist_forget.checkpoint.meta import CONTROL, DATA, TRAIN, check_compatible, config_changes, read_meta
 from dist_forget.config import flatten, to_dict
 from dist_forget.data.mixture import MixedStream, few_injected
 from dist_forget.data.remote import location_name, tokenizer_folder
@@ -53,7 +53,7 @@ from dist_forget.engine.run_folder import CheckpointManager, prepare_resume, res
 from dist_forget.engine.run_lock import RunLock
 from dist_forget.engine.run_meta import config_artifact
 from dist_forget.engine.run_state import RunState
-from dist_forget.engine.saving import Saver
+from dist_forget.engine.saving import Saver, Stateful
 from dist_forget.engine.schedule import lr_at
 from dist_forget.engine.summary import summary_of, write_outputs
 from dist_forget.errors import UserError
@@ -290,7 +290,7 @@ def _summarize(
             "inject_fraction_mean": r.stream.schedule.mean(state.sequences),
             "disk_bytes": r.saver.disk,  # the newest checkpoint, best/ and model/ (engine/saving.py)
         }
-        write_outputs(cfg, mode, state, summary, report, r.tracker, print)
+        write_outputs(cfg, mode, state, r.saver.run_record(), summary, report, r.tracker, print)
     return summary
 
 
@@ -356,16 +356,16 @@ def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Ex
     }
     ckpt = CheckpointManager(out / "checkpoints", backend, cfg.checkpoint.keep, guard=lock.check)
     state = RunState()
-    saver = Saver(ckpt, state, stream, meta, hf_config, cfg.checkpoint.every, out, tokenizer_dir)
     control = _controller(cfg, stream, sig["non_embedding_params"], say)
+    # every part a restart restores, saved and loaded through its own state_dict() (checkpoint/meta.py)
+    states: dict[str, Stateful] = {DATA: stream, TRAIN: state}
+    if control is not None:
+        states[CONTROL] = control
+    saver = Saver(ckpt, states, meta, hf_config, cfg.checkpoint.every, out, tokenizer_dir)
     if resume_path is not None:
         saver.restore(resume_path)  # the stream's schedule and the controller's state come back with it
         say(f"resumed from {resume_path} at step {state.step}")
         _record_changes(state, changes, say)
-    if control is not None:
-        if state.inject_control is not None:
-            control.load_state_dict(state.inject_control)
-        state.inject_control = control.state_dict()
 
     run_name = cfg.name or out.resolve().name
     tracker = _tracker(cfg, backend.rank, run_name, out, state.mlflow_run_id, mode, sig, stream)
@@ -418,7 +418,6 @@ def _adapt(r: _Parts) -> None:
     step = r.state.step
     p = r.control.update(forgetting, step)
     r.stream.set_inject_fraction(p)
-    r.state.inject_control = r.control.state_dict()
     projected = r.control.projected(forgetting, step)
     at_bottom = f", {projected:+.4f} projected to the bottom" if projected != forgetting else ""
     r.say(
