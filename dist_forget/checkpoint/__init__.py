@@ -1,5 +1,6 @@
 """The on-disk formats of checkpoints, one writer and one reader each (imports neither engine/ nor convert/).
 
+formats.py: one format per engine (expected files, verify, its backend's save and load), keyed by engine;
 meta.py: meta.json, hf_config.json, the trainer's client state, the resume checks and `reshard_meta`;
 zero.py: single / DeepSpeed ZeRO; megatron.py: the legacy per-TP/PP-rank folders; megatron_dist.py:
 megatron-core's torch_dist (megatron_folder.py: finding it, common.pt; megatron_layout.py: its global

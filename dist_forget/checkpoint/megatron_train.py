@@ -51,6 +51,7 @@ from dist_forget.models.mcore_map import MODEL_KEYS, LlamaDims, mcore_shapes
 
 STATE_PREFIX = "optimizer.state."
 STEP = "step"  # the per-parameter Adam step: one value for all, saved once as common_step
+REQUIRED = (METADATA_JSON, DCP_METADATA, COMMON)  # every checkpoint's; DCP's index names the data files
 
 
 def run_common(
@@ -167,7 +168,7 @@ def check(folder: Path) -> None:
     """Raise UserError naming what is wrong if `folder` is not a complete, safely loadable training
     checkpoint (UnsafeCheckpoint, its subclass, when a file asks to run code)."""
     folder = Path(folder)
-    for name in (METADATA_JSON, DCP_METADATA, COMMON):
+    for name in REQUIRED:
         if not (folder / name).is_file():
             raise UserError(f"incomplete: {name} is missing")
     verify_folder(folder)

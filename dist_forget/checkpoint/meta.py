@@ -5,8 +5,10 @@
   checkpoint another model, data stream, world size or engine wrote, before any backend opens a file.
 - `hf_config.json`: the transformers config of the model, where `convert zero-to-hf` looks for it.
 - the client state: what the trainer saves inside the backend's rank files (`DATA`: the data-stream
-  state, `TRAIN`: the loop's progress (engine/run_state.py), `CONFIG`: the resolved config), packed and unpacked here only,
-  because the converters rewrite it (`reshard_client`) as well as the trainer reading it.
+  state, `TRAIN`: the loop's progress (engine/run_state.py) with the inject controller's state as its
+  `CONTROL` key, `CONFIG`: the resolved config), packed and unpacked here only, because the converters
+  rewrite it (`reshard_client`) as well as the trainer reading it. The trainer hands each stateful part's
+  `state_dict()` by name (`DATA`, `TRAIN`, `CONTROL`) and gets each one's saved state back by that name.
 
 `reshard_meta` is the one rewrite of meta.json for another layout (ZeRO world size, Megatron
 data-parallel size).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +33,31 @@ from dist_forget.io import write_json_atomic
 META = "meta.json"
 HF_CONFIG = "hf_config.json"
 DATA, TRAIN, CONFIG = "data", "train", "config"  # the trainer's client-state keys
+# data.inject_fraction=auto's controller: its state is a key of TRAIN (None in a run without one), the
+# place every checkpoint written so far keeps it
+CONTROL = "inject_control"
 
 
-def pack_client(data: dict[str, Any], train: dict[str, Any], config: str) -> dict[str, Any]:
-    """The trainer's client state (plain data: every backend saves it weights-only-loadable)."""
-    return {DATA: data, TRAIN: train, CONFIG: config}
+def pack_client(states: Mapping[str, dict[str, Any]], config: str) -> dict[str, Any]:
+    """The trainer's client state (plain data: every backend saves it weights-only-loadable) from the
+    `state_dict()` of each stateful part by name: DATA, TRAIN and, in a run that has one, CONTROL."""
+    return {DATA: states[DATA], TRAIN: train_record(states), CONFIG: config}
 
 
-def unpack_client(client: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(data-stream state, train state) of a client state `pack_client` made."""
+def train_record(states: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """The client state's TRAIN entry: the run state with CONTROL's state (None without one) in it."""
+    return {**states[TRAIN], CONTROL: states.get(CONTROL)}
+
+
+def unpack_client(client: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The saved state of each stateful part by name (DATA, TRAIN, and CONTROL when the checkpoint holds
+    one) of a client state `pack_client` made."""
     train = client[TRAIN]
     if isinstance(train, str):  # checkpoints written before the run state had state_dict(): a JSON string
         train = json.loads(train)
-    return client[DATA], train
+    train = dict(train)
+    control = train.pop(CONTROL, None)
+    return {DATA: client[DATA], TRAIN: train, **({CONTROL: control} if control is not None else {})}
 
 
 def reshard_client(

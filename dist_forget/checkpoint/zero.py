@@ -45,16 +45,6 @@ def zero_optim_file(rank: int, bf16: bool = False) -> str:
     return f"{'bf16_' if bf16 else ''}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
 
 
-def expected_files(path: Path, engine: str | None, stage: int | None, world: int | None) -> list[str]:
-    """The files a complete engine=single/deepspeed checkpoint `path` holds (beyond meta.json)."""
-    ranks = range(int(world or 1))
-    names = [zero_model_file(r) for r in ranks] if engine == "deepspeed" and stage == 3 else [MODEL_FILE]
-    if engine == "deepspeed" and stage:
-        bf16 = (Path(path) / zero_optim_file(0, bf16=True)).exists()
-        names += [zero_optim_file(r, bf16) for r in ranks]
-    return names
-
-
 def write_single(
     folder: Path, module: dict[str, Any], optimizer: dict[str, Any], client: dict[str, Any]
 ) -> None:

@@ -16,7 +16,7 @@ The trainer (engine/trainer.py) knows nothing about DeepSpeed or Megatron. It as
    may have fewer batches than another; the backend keeps collectives in step).
 5. `save(root, tag, client_state)` / `load(root, tag) -> client_state` — collective; write/read the
    directory `root/tag/` in the backend's native layout. `client_state` is plain data and tensors
-   (torch.load(weights_only=True)-safe). The checkpoint manager (engine/checkpoint.py) chooses the tags,
+   (torch.load(weights_only=True)-safe). The checkpoint manager (engine/run_folder.py) chooses the tags,
    renames temp tags and owns the `latest` pointer; a backend never writes outside `root/tag/`.
 6. `full_state_dict() -> dict[str, Tensor]` — collective; the full fp32 weights with Hugging Face
    names on rank 0 (empty dict on other ranks), for exporting an HF folder.

@@ -2,7 +2,8 @@
 
 We hand DeepSpeed our own optimizer object (a config optimizer would compile cpu_adam for minutes on
 CPU) and allow it as "untested" (ZeRO checks the exact class). Checkpoints are DeepSpeed's own files
-in `root/tag/`, written with `save_latest=False`: the `latest` pointer is ours (engine/checkpoint.py).
+in `root/tag/` (dist_forget/checkpoint/formats.py `DEEPSPEED`), written with `save_latest=False`: the
+`latest` pointer is ours (engine/run_folder.py).
 They are read through our weights-only checkpoint engine (dist_forget/safeload.py), never DeepSpeed's
 `weights_only=False` one.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dist_forget.checkpoint.formats import DEEPSPEED
 from dist_forget.engine.backend import (
     Backend,
     ModelFactory,
@@ -28,7 +30,7 @@ from dist_forget.engine.backend import (
     collective_timeout,
 )
 from dist_forget.errors import UserError
-from dist_forget.safeload import deepspeed_safe_globals, make_safe_checkpoint_engine, verify_pt_files
+from dist_forget.safeload import make_safe_checkpoint_engine
 
 
 class DeepSpeedBackend(Backend):
@@ -122,7 +124,7 @@ class DeepSpeedBackend(Backend):
 
     def load(self, root: Path, tag: str) -> dict[str, Any]:
         # every rank checks every file first, so a bad file stops all ranks with the same error
-        verify_pt_files((Path(root) / tag).glob("*.pt"), allow=deepspeed_safe_globals())
+        DEEPSPEED.check_files(Path(root) / tag)
         path, client_state = self.engine.load_checkpoint(
             str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
         )

@@ -21,11 +21,11 @@ sharded exactly like the weights it belongs to. Gradients are averaged over the 
 hand (one flat all-reduce); the global grad norm counts sharded tensors over the TP group and replicated
 ones (norm gains) once.
 
-Checkpoint layout in `root/tag/`: megatron-core's own format (dist_forget/checkpoint/megatron_train.py: the
-weights and the optimizer state — Adam moments and the anchor — as global tensors under megatron-core's
-keys, each rank writing its block; the client state in common.pt). A resume reads each rank's blocks at
-whatever TP/PP it runs, so a checkpoint written at tp=2 resumes at tp=1 as it is; `convert megatron-to-hf`
-and `model.init_from` read it too.
+Checkpoint layout in `root/tag/`: megatron-core's own format (dist_forget/checkpoint/formats.py `MEGATRON`
+over megatron_train.py: the weights and the optimizer state — Adam moments and the anchor — as global
+tensors under megatron-core's keys, each rank writing its block; the client state in common.pt). A resume
+reads each rank's blocks at whatever TP/PP it runs, so a checkpoint written at tp=2 resumes at tp=1 as it
+is; `convert megatron-to-hf` and `model.init_from` read it too.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dist_forget.checkpoint import megatron as ckpt
-from dist_forget.checkpoint import megatron_train
+from dist_forget.checkpoint.formats import MEGATRON
 from dist_forget.checkpoint.hf import indexed_optimizer_state, named_optimizer_state
 from dist_forget.checkpoint.megatron_layout import Layout
 from dist_forget.checkpoint.meta import TRAIN
@@ -290,10 +290,10 @@ class MegatronBackend(Backend):
         if self.rank == 0:
             step = int((client_state.get(TRAIN) or {}).get("step") or 0)
             cfg = self.hf_config.to_dict()
-            common = megatron_train.run_common(cfg, self._layout(), step, client_state, named, names)
+            common = MEGATRON.run_common(cfg, self._layout(), step, client_state, named, names)
         # data-parallel replicas hold identical shards: the replica of dp rank 0 writes the tensors
         mine = self.dp_rank == 0
-        megatron_train.save(
+        MEGATRON.save(
             d,
             self._layout(),
             self.model.shard_state_dict() if mine else None,
@@ -335,7 +335,7 @@ class MegatronBackend(Backend):
     def load(self, root: Path, tag: str) -> dict[str, Any]:
         d = Path(root) / tag
         own = self.model.shard_state_dict()
-        shard, named, client = megatron_train.load(d, self._layout(), own, self._hf_group_names())
+        shard, named, client = MEGATRON.load(d, self._layout(), own, self._hf_group_names())
         self.model.load_shard({k: v.to(self.device) for k, v in shard.items()}, where=str(d))
         if self.stock:
             opt = mcore_map.stock_optimizer_from_hf(

@@ -22,7 +22,7 @@ launch.py and the ranks running) would leave the ranks training with nobody to s
 polls the parent (and, under DeepSpeed, the runner above launch.py) every second and stops the run the same
 way; a rank that has still not exited `parallel.timeout_s` later (stuck where no step ends) exits at once.
 Either way the checkpoint being written when a process is killed is a temp folder that the next resume
-removes (engine/checkpoint.py): the last complete checkpoint stays the one `latest` names.
+removes (engine/run_folder.py): the last complete checkpoint stays the one `latest` names.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The loop's progress: everything beyond weights, optimizer and data position that a resume restores.
 
 `RunState.state_dict()` is plain data (ints, floats incl. inf/nan, str, None), saved under the client
-state's train key (dist_forget/checkpoint/meta.py) and loadable weights-only; `report.json` starts from it.
+state's train key (dist_forget/checkpoint/meta.py) and loadable weights-only; `report.json` starts from
+that entry. The evaluator's early-stop state is here; the inject controller saves its own state (the
+saver holds each part by name: engine/saving.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ class RunState:
     pretrain_sequences: int = 0
     pretrain_sequences_at_best: int = 0  # injected by the best step: does injection have room to act?
     mlflow_run_id: str | None = None
-    inject_control: dict[str, Any] | None = None  # data.inject_fraction=auto: the controller's state
     # result-neutral settings resumes changed ({step, key, old, new}; checkpoint/meta.py config_changes)
     config_changes: list[dict[str, Any]] = field(default_factory=list)
 

@@ -1,6 +1,7 @@
 """Checkpoint + export for one run: what goes into each checkpoint beside the backend's files (client
-state: data-stream position, run state, config; meta.json), restoring it, and the HF folder exports
-(`best/` at every new best evaluation, `model/` at the end). Tags, pointers and retention: checkpoint.py.
+state: each stateful part's `state_dict()` at save time, by the name the Saver was given it under, and the
+config; meta.json), restoring it (each part's `load_state_dict()`), and the HF folder exports (`best/` at
+every new best evaluation, `model/` at the end). Tags, pointers and retention: run_folder.py.
 
 The best step is kept once, as the `best/` export (weights + tokenizer: what the runs table's row was
 measured on). The checkpoint saved with it is an ordinary resume point that `checkpoint.keep` retires like
@@ -18,41 +19,54 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from dist_forget.checkpoint.meta import pack_client, unpack_client
-from dist_forget.data.mixture import MixedStream
-from dist_forget.engine.checkpoint import CheckpointManager
+from dist_forget.checkpoint.meta import CONTROL, TRAIN, pack_client, train_record, unpack_client
+from dist_forget.engine.run_folder import CheckpointManager
 from dist_forget.engine.run_state import RunState
 from dist_forget.errors import UserError
 from dist_forget.io import DISK_FULL, disk_full
 from dist_forget.models import hf
 
 
+class Stateful(Protocol):
+    """A part of the run that a restart restores: plain data out, the same data back in."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class Saver:
     def __init__(
         self,
         ckpt: CheckpointManager,
-        state: RunState,
-        stream: MixedStream,
+        states: Mapping[str, Stateful],
         meta: dict[str, Any],
         hf_config: Any,
         every: int,
         out: Path,
         tokenizer_dir: Path | None,
     ):
-        self.ckpt, self.backend, self.state, self.stream = ckpt, ckpt.backend, state, stream
+        """`states`: every part a restart restores, by its client-state name (checkpoint/meta.py: DATA,
+        TRAIN the RunState, CONTROL); each is read at save time and loaded at restore, nothing copied."""
+        self.ckpt, self.backend, self.states = ckpt, ckpt.backend, dict(states)
+        state = self.states[TRAIN]
+        assert isinstance(state, RunState)
+        self.state = state  # the step and best step each save and export are of
         self.meta, self.hf_config, self.every = meta, hf_config, every
         self.out, self.tokenizer_dir = out, tokenizer_dir
         self.last_saved = -1  # the step of the newest checkpoint this run wrote or resumed from
         self.disk: dict[str, int] = {}  # bytes of the newest checkpoint and of each export (report.json)
 
     def restore(self, path: Path) -> None:
-        """Load checkpoint `path` (collective): weights, optimizer, stream position and run state."""
-        data, train = unpack_client(self.backend.load(path.parent, path.name))
-        self.stream.load_state_dict(data)
-        self.state.load_state_dict(train)
+        """Load checkpoint `path` (collective): weights, optimizer and every part's state it holds (a part it
+        holds none for keeps the state it starts with)."""
+        saved = unpack_client(self.backend.load(path.parent, path.name))
+        for name, part in self.states.items():
+            if name in saved:
+                part.load_state_dict(saved[name])
         self.last_saved = self.state.step
         s = self.state
         # the resumed step is the best one but its export is missing (abandoned with its branch, or a failed
@@ -68,15 +82,24 @@ class Saver:
     def save(self) -> None:
         """A checkpoint of the current step (collective): a resume point, never pinned (module docstring)."""
         config = json.dumps(self.meta["config"])  # a string: converters rewrite it (checkpoint/meta.py)
-        client = pack_client(self.stream.state_dict(), self.state.state_dict(), config)
+        client = pack_client(self._state_dicts(), config)
         hf_config = self.hf_config.to_dict()
         hf_config.pop("_name_or_path", None)  # the init folder, a path of this machine
-        # best_step: which step the best/ export is of, for a resume that abandons this branch (checkpoint.py)
+        # best_step: which step the best/ export is of, for a resume that abandons this branch (run_folder.py)
         meta = {**self.meta, "best_step": self.state.best_step}
         path = self.ckpt.save(self.state.step, client, meta, is_best=False, hf_config=hf_config)
         self.last_saved = self.state.step
         if self.backend.rank == 0:
             self.disk["checkpoint"] = folder_bytes(path)
+
+    def _state_dicts(self) -> dict[str, dict[str, Any]]:
+        return {name: part.state_dict() for name, part in self.states.items()}
+
+    def run_record(self) -> dict[str, Any]:
+        """The run state as the checkpoints hold it (controller state included): report.json starts with it."""
+        return train_record(
+            {name: self.states[name].state_dict() for name in (TRAIN, CONTROL) if name in self.states}
+        )
 
     def export(self, folder: str) -> None:
         """The model as an HF folder `out/folder`, with its tokenizer (collective; rank 0 writes)."""

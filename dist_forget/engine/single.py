@@ -1,7 +1,7 @@
 """`single`: one process, plain PyTorch (the laptop path and the speed baseline for the others).
 
-Checkpoint layout mirrors a DeepSpeed stage-0 checkpoint (dist_forget/checkpoint/zero.py: `write_single`,
-`read_single`), so converters read both the same way.
+Checkpoint layout mirrors a DeepSpeed stage-0 checkpoint (dist_forget/checkpoint/formats.py `SINGLE`, over
+zero.py's `write_single` / `read_single`), so converters read both the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dist_forget.checkpoint import zero
+from dist_forget.checkpoint.formats import SINGLE
 from dist_forget.engine.backend import (
     Backend,
     ModelFactory,
@@ -81,12 +81,10 @@ class SingleBackend(Backend):
         return loss_sum / count if count else math.nan
 
     def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None:
-        zero.write_single(
-            Path(root) / tag, self.model.state_dict(), self.optimizer.state_dict(), client_state
-        )
+        SINGLE.save(Path(root) / tag, self.model.state_dict(), self.optimizer.state_dict(), client_state)
 
     def load(self, root: Path, tag: str) -> dict[str, Any]:
-        module, optimizer, client = zero.read_single(Path(root) / tag, device=self.device)
+        module, optimizer, client = SINGLE.load(Path(root) / tag, device=self.device)
         self.model.load_state_dict(module)
         self.optimizer.load_state_dict(optimizer)
         return client

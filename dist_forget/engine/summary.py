@@ -55,18 +55,20 @@ def write_outputs(
     cfg: RunConfig,
     mode: str,
     state: RunState,
+    record: dict[str, Any],
     summary: dict[str, Any],
     report: dict[str, Any],
     tracker: Any,
     say: Callable[..., Any],
 ) -> None:
-    """Rank 0: summary.json, report.json (`report`: what the loop measured, beside the run state), the best
-    step's MLflow metrics and registered model, loss_curves.png, and the closing line."""
+    """Rank 0: summary.json, report.json (`record`: the run state as checkpoints hold it, then `report`:
+    what the loop measured), the best step's MLflow metrics and registered model, loss_curves.png, and the
+    closing line."""
     out = Path(cfg.out_dir)
     write_json_atomic(out / SUMMARY_FILE, summary)
     # the machine beside the numbers: runs repeat bit for bit on one machine, not across CPU models
     machine = {"machine": fingerprint()}
-    write_json_atomic(out / "report.json", {**state.state_dict(), "mode": mode, **report, **machine})
+    write_json_atomic(out / "report.json", {**record, "mode": mode, **report, **machine})
     best = {"best/ft_loss": state.best_ft, "best/step": float(state.best_step)}
     if mode == "finetune":
         best.update(

@@ -4,7 +4,7 @@ stream → model → optimizer → backend → (resume | evaluate the starting m
 evaluate both validation splits every `eval_every` steps, export the best-target-loss model to best/ (bottom
 of the U-curve), early stop (patience and stop_rise) → final evaluation, checkpoint, HF export, summary.json.
 
-Outputs in `out_dir`: checkpoints/ (see engine/checkpoint.py), metrics.jsonl (one line per step and per
+Outputs in `out_dir`: checkpoints/ (see engine/run_folder.py), metrics.jsonl (one line per step and per
 evaluation; what a resume rewrites up to its step), summary.json (exactly the runs-table columns),
 report.json (everything else about the run), run_config.json (the resolved config), model/ and best/
 (HF folders), loss_curves.png, and run.lock while the run lives (engine/run_lock.py). A resume refuses a
@@ -39,12 +39,11 @@ from typing import Any, Literal
 import torch
 
 from dist_forget.checkpoint import init_from
-from dist_forget.checkpoint.meta import check_compatible, config_changes, read_meta
+from dist_forget.checkpoint.meta import CONTROL, DATA, TRAIN, check_compatible, config_changes, read_meta
 from dist_forget.config import flatten, to_dict
 from dist_forget.data.mixture import MixedStream, few_injected
 from dist_forget.data.remote import location_name, tokenizer_folder
 from dist_forget.engine.backend import Backend, BackendConfig, make_backend
-from dist_forget.engine.checkpoint import CheckpointManager, prepare_resume, resolve_resume
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.evaluation import Evaluator
 from dist_forget.engine.flops import flops_per_token, measure_peak
@@ -52,10 +51,11 @@ from dist_forget.engine.inject_control import InjectController, read_prior
 from dist_forget.engine.metrics_log import MetricsLog, StepCost
 from dist_forget.engine.peers import is_collective_error, peer_lost, say_failed
 from dist_forget.engine.preemption import Preempted, Preemption
+from dist_forget.engine.run_folder import CheckpointManager, prepare_resume, resolve_resume
 from dist_forget.engine.run_lock import RunLock
 from dist_forget.engine.run_meta import config_artifact
 from dist_forget.engine.run_state import RunState
-from dist_forget.engine.saving import Saver
+from dist_forget.engine.saving import Saver, Stateful
 from dist_forget.engine.schedule import lr_at
 from dist_forget.engine.summary import summary_of, write_outputs
 from dist_forget.errors import UserError
@@ -296,7 +296,7 @@ def _summarize(
             "inject_fraction_mean": r.stream.schedule.mean(state.sequences),
             "disk_bytes": r.saver.disk,  # the newest checkpoint, best/ and model/ (engine/saving.py)
         }
-        write_outputs(cfg, mode, state, summary, report, r.tracker, print)
+        write_outputs(cfg, mode, state, r.saver.run_record(), summary, report, r.tracker, print)
     return summary
 
 
@@ -362,16 +362,16 @@ def _setup(cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: Ex
     }
     ckpt = CheckpointManager(out / "checkpoints", backend, cfg.checkpoint.keep, guard=lock.check)
     state = RunState()
-    saver = Saver(ckpt, state, stream, meta, hf_config, cfg.checkpoint.every, out, tokenizer_dir)
     control = _controller(cfg, stream, sig["non_embedding_params"], say)
+    # every part a restart restores, saved and loaded through its own state_dict() (checkpoint/meta.py)
+    states: dict[str, Stateful] = {DATA: stream, TRAIN: state}
+    if control is not None:
+        states[CONTROL] = control
+    saver = Saver(ckpt, states, meta, hf_config, cfg.checkpoint.every, out, tokenizer_dir)
     if resume_path is not None:
         saver.restore(resume_path)  # the stream's schedule and the controller's state come back with it
         say(f"resumed from {resume_path} at step {state.step}")
         _record_changes(state, changes, say)
-    if control is not None:
-        if state.inject_control is not None:
-            control.load_state_dict(state.inject_control)
-        state.inject_control = control.state_dict()
 
     run_name = cfg.name or out.resolve().name
     tracker = _tracker(cfg, backend.rank, run_name, out, state.mlflow_run_id, mode, sig, stream)
@@ -424,7 +424,6 @@ def _adapt(r: _Parts) -> None:
     step = r.state.step
     p = r.control.update(forgetting, step)
     r.stream.set_inject_fraction(p)
-    r.state.inject_control = r.control.state_dict()
     projected = r.control.projected(forgetting, step)
     at_bottom = f", {projected:+.4f} projected to the bottom" if projected != forgetting else ""
     r.say(

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from dist_forget import cli
+from dist_forget.checkpoint.meta import read_meta
 from dist_forget.config import load_config
-from dist_forget.engine.checkpoint import read_meta
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.preemption import PREEMPTED_EXIT
 from dist_forget.engine.trainer import train

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from dist_forget import cli
+from dist_forget.checkpoint.zero import MODEL_FILE
 from dist_forget.config import load_config
 from dist_forget.data.mixture import Schedule
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.inject_control import InjectController
 from dist_forget.engine.trainer import train
+from dist_forget.safeload import load_pt
 from dist_forget.schema import SUMMARY_KEYS, read_metrics
 from tests.conftest import sigkill_after_step, tiny_finetune_overrides
 
@@ -86,6 +88,18 @@ def test_p_follows_the_controller_and_the_summary_reports_it(auto_run):
     assert summary["inject_fraction"] == pytest.approx(schedule.mean(summary["steps"] * 8))
     assert summary["inject_fraction_final"] == pytest.approx(p3)
     assert summary["forgetting"] == pytest.approx(summary["pt_loss"] - summary["pt_loss_base"])
+
+
+def test_the_controller_state_is_saved_inside_the_run_state(auto_run):
+    """The on-disk client state every checkpoint so far has: the controller's state is the run state's
+    `inject_control` key (not a key of its own), and report.json starts from that run state."""
+    out, _ = auto_run
+    client = load_pt(out / "checkpoints" / "step-00000004" / MODEL_FILE)
+    assert set(client) == {"module", "optimizer", "data", "train", "config"}
+    report = json.loads((out / "report.json").read_text())
+    assert client["train"]["inject_control"]["updates"] == 1
+    same = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731 - NaN (no T̂ here) equals itself as text
+    assert same({k: report[k] for k in client["train"]}) == same(client["train"])
 
 
 def test_resume_with_an_adaptive_schedule_is_bit_identical(tiny_data, base_model, auto_run, prior, tmp_path):

@@ -14,8 +14,8 @@ import torch
 
 from dist_forget import cli
 from dist_forget.config import load_config
-from dist_forget.engine.checkpoint import CheckpointManager
 from dist_forget.engine.config import RunConfig
+from dist_forget.engine.run_folder import CheckpointManager
 from dist_forget.engine.schedule import lr_at
 from dist_forget.engine.trainer import train
 from dist_forget.errors import UserError

@@ -138,3 +138,68 @@ def test_mlflow_is_imported_only_where_mlflow_is_called():
     assert found <= MLFLOW_MODULES, (
         f"import mlflow through tracking/mlflow_calls.py: {sorted(found - MLFLOW_MODULES)}"
     )
+
+
+def test_the_run_folder_module_is_not_named_like_the_checkpoint_package():
+    """engine/run_folder.py (tags, `latest`, retention, branches, the resume choice) beside checkpoint/
+    (the formats): one name, one meaning."""
+    assert not (PACKAGE / "engine" / "checkpoint.py").exists()
+    assert (PACKAGE / "engine" / "run_folder.py").is_file()
+
+
+ENGINES = ("single", "deepspeed", "megatron")
+FORMATS = PACKAGE / "checkpoint" / "formats.py"
+# what knows a format's files: each engine's format in checkpoint/formats.py, and nothing else
+FORMAT_FUNCTIONS = ("verify_checkpoint", "expected_files")
+
+
+def _engine_comparisons(tree: ast.AST) -> list[int]:
+    """The lines of `tree` that compare something with an engine name."""
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare)
+        and any(isinstance(o, ast.Constant) and o.value in ENGINES for o in (node.left, *node.comparators))
+    ]
+
+
+def _functions(tree: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def test_checkpoint_formats_are_looked_up_by_engine_never_switched_on():
+    """verify_checkpoint asks the format meta.json's engine names (FORMATS): no function that verifies a
+    checkpoint or lists its files compares an engine name, and only formats.py lists a format's files."""
+    switches, defined = [], set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for fn in _functions(ast.parse(path.read_text())):
+            if fn.name.startswith(("verify", "_verify")) or fn.name in FORMAT_FUNCTIONS:
+                switches += [f"{path.relative_to(PACKAGE)}:{line}" for line in _engine_comparisons(fn)]
+            if fn.name in FORMAT_FUNCTIONS:
+                defined.add(path)
+    assert not switches, f"an engine switch where checkpoints are verified: {switches}"
+    assert defined == {FORMATS}, f"a format's files listed outside checkpoint/formats.py: {defined}"
+    assert not _engine_comparisons(ast.parse((PACKAGE / "engine" / "run_folder.py").read_text()))
+
+
+def _class_engines(path: Path) -> set[str]:
+    """The `engine = "..."` class attributes of module `path`."""
+    return {
+        node.value.value
+        for cls in ast.walk(ast.parse(path.read_text()))
+        if isinstance(cls, ast.ClassDef)
+        for node in cls.body
+        if isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == ["engine"]
+        and isinstance(node.value, ast.Constant)
+    }
+
+
+def test_every_backend_has_a_checkpoint_format():
+    tree = ast.parse((PACKAGE / "engine" / "backend.py").read_text())
+    backends = next(
+        {k.value for k in node.value.keys}  # type: ignore[union-attr]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "BACKENDS"
+    )
+    assert _class_engines(FORMATS) == backends == set(ENGINES)

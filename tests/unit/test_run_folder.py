@@ -30,8 +30,8 @@ import pytest
 from dist_forget import cli
 from dist_forget.engine import run_lock
 from dist_forget.engine import summary as summary_module
-from dist_forget.engine.checkpoint import CheckpointManager
 from dist_forget.engine.metrics_log import MetricsLog, StepCost
+from dist_forget.engine.run_folder import CheckpointManager
 from dist_forget.engine.saving import Saver
 from dist_forget.engine.trainer import train
 from dist_forget.errors import UserError

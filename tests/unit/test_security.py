@@ -22,8 +22,8 @@ import torch
 
 from dist_forget import cli
 from dist_forget.config import load_config
-from dist_forget.engine.checkpoint import clean_leftovers, prepare_resume
 from dist_forget.engine.config import RunConfig
+from dist_forget.engine.run_folder import clean_leftovers, prepare_resume
 from dist_forget.engine.trainer import train
 from dist_forget.errors import UserError
 from dist_forget.safeload import UnsafeCheckpoint, load_pt
@@ -149,7 +149,7 @@ def _megatron_training_checkpoint(tmp_path: Path, marker: Path) -> tuple[Path, P
 
 
 def test_megatron_training_checkpoint_is_checked_weights_only_before_a_resume(tmp_path):
-    from dist_forget.engine.checkpoint import verify_checkpoint
+    from dist_forget.checkpoint.formats import verify_checkpoint
 
     marker = tmp_path / "pwned"
     folder, evil = _megatron_training_checkpoint(tmp_path, marker)

@@ -1,4 +1,5 @@
-"""Checkpoints: `<out>/checkpoints/step-XXXXXXXX/`, atomic, with our own `latest` and `best` pointers.
+"""The run folder's checkpoints: `<out>/checkpoints/step-XXXXXXXX/`, atomic, with our own `latest` and
+`best` pointers, retention, one lineage per folder (abandoned branches set aside) and the resume choice.
 
 A save writes the backend's files plus `meta.json` into a temp tag `.tmp-step-XXXXXXXX`, waits for every
 rank, and only then rank 0 renames it to `step-XXXXXXXX` and rewrites the `latest` pointer (an atomic file
@@ -18,13 +19,14 @@ step its run's best is at); the resumed run exports its own best at its next new
 resumed checkpoint is its best (saving.py).
 
 `meta.json` and `hf_config.json` beside the backend's files, and the check a resume makes on them, are
-dist_forget/checkpoint/meta.py; the backends' file layouts are dist_forget/checkpoint/ too (zero.py,
-megatron_train.py). This module is the engine's side: tags, pointers, retention and the choice of checkpoint.
+dist_forget/checkpoint/meta.py; each engine's file layout, and checking a checkpoint of it, is a format
+of dist_forget/checkpoint/formats.py. This module is the engine's side: tags, pointers, retention and the
+choice of checkpoint.
 
 Startup (rank 0, `prepare_resume`) tidies what a killed save left: a `.tmp-step-*` folder or a `.latest.*.tmp`
 pointer temp is dropped, an `.old-step-*` copy is restored if its replacement never arrived (else dropped),
 and retention runs again. `--resume auto` then checks the checkpoint `latest` names by loading every file
-weights-only (`verify_checkpoint`); a damaged or incomplete one is reported in one line and the newest
+weights-only (`verify_checkpoint`, checkpoint/formats.py); a damaged or incomplete one is reported in one line and the newest
 intact checkpoint before it is used instead (broken ones are set aside as `.broken-step-*`), or the run
 stops listing every candidate and what is wrong with it. A file refused as unsafe (it asks to import code)
 stops the run: that is never silently skipped. Checkpoint folders are owner-only (0700).
@@ -40,12 +42,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dist_forget.checkpoint import megatron, megatron_train, zero
+from dist_forget.checkpoint.formats import verify_checkpoint
 from dist_forget.checkpoint.meta import META, read_meta, write_hf_config, write_meta
 from dist_forget.engine.backend import Backend
 from dist_forget.errors import UserError
 from dist_forget.io import write_failure, write_text_atomic
-from dist_forget.safeload import UnsafeCheckpoint, verify_pt_files
 
 TAG = re.compile(r"step-\d{8}")
 
@@ -186,56 +187,6 @@ def clean_leftovers(root: Path) -> list[str]:
             tmp.unlink()
             done.append(f"removed {tmp.name}")
     return done
-
-
-def verify_checkpoint(path: Path) -> str | None:
-    """None if `path` is a complete checkpoint whose every file loads weights-only, else what is wrong.
-
-    Raises UnsafeCheckpoint when a file asks to import code: that is never a reason to fall back."""
-    if not path.is_dir():
-        return "missing"
-    try:
-        meta = read_meta(path)
-    except FileNotFoundError:
-        return f"incomplete: no {META}"
-    except (OSError, ValueError):
-        return f"{META} is damaged"
-    engine, world, stage = meta.get("engine"), meta.get("world_size"), meta.get("zero_stage")
-    if engine == "megatron":
-        return _megatron_problem(path)
-    files = sorted(path.rglob("*.pt"))
-    expected = zero.expected_files(path, engine, stage, world)
-    missing = [name for name in expected if not (path / name).exists()]
-    if missing or not files:
-        return f"incomplete: {(missing or ['*.pt'])[0]} is missing"
-    allow: list[Any] = []
-    if engine == "deepspeed":
-        from dist_forget.safeload import deepspeed_safe_globals
-
-        allow = deepspeed_safe_globals()
-    try:
-        verify_pt_files(files, allow=allow)
-    except UnsafeCheckpoint:
-        raise
-    except UserError as exc:
-        return str(exc).split("; ")[0].replace(f"{path}/", "")
-    return None
-
-
-def _megatron_problem(path: Path) -> str | None:
-    """verify_checkpoint of an engine=megatron checkpoint (megatron-core's format)."""
-    if (path / megatron.META_FILE).is_file():
-        return (
-            "written in the dist-forget-megatron-v1 layout, which engine=megatron no longer resumes: convert "
-            "its weights with `dist-forget convert megatron-to-hf` and start from them with model.init_from"
-        )
-    try:
-        megatron_train.check(path)
-    except UnsafeCheckpoint:
-        raise
-    except UserError as exc:
-        return str(exc).split("; ")[0].replace(f"{path}/", "")
-    return None
 
 
 def prepare_resume(resume: str, root: Path, keep: int, say: Callable[[str], Any] = print) -> None:
