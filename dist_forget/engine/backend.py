@@ -8,12 +8,15 @@ The trainer (engine/trainer.py) knows nothing about DeepSpeed or Megatron. It as
 2. `build(model_factory, optimizer_factory, micro_batch, grad_accum)` — make the model on each rank
    (`model_factory()` returns a `transformers` causal LM on CPU, fp32, HF parameter names) and the
    optimizer (`optimizer_factory(model)`, which makes the param groups; AnchoredAdamW in practice),
-   then wrap them.
+   then wrap them. `Backend.build` runs these steps once for all; a backend says where the model goes
+   (`_place`) and what wraps it (`_wrap`).
 3. `train_step(micro_batches, lr) -> StepResult` — one optimizer step over `grad_accum` micro-batches
    of token ids `[micro_batch, T]` on this rank; the returned loss is the **global** mean next-token loss
    (nats/token) over all micro-batches of all data-parallel ranks, identical on every rank.
+   `Backend.train_step` sets `lr` on every param group; a backend's `_step` does the rest.
 4. `eval_loss(batches) -> float` — global token-weighted mean loss over the batches of all ranks (a rank
-   may have fewer batches than another; the backend keeps collectives in step).
+   may have fewer batches than another; the backend keeps collectives in step). `Backend.eval_loss` sums
+   each batch's `_loss_sum` in eval mode and then over the data-parallel ranks.
 5. `save(root, tag, client_state)` / `load(root, tag) -> client_state` — collective; write/read the
    directory `root/tag/` in the backend's native layout. `client_state` is plain data and tensors
    (torch.load(weights_only=True)-safe). The checkpoint manager (engine/run_folder.py) chooses the tags,
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -120,20 +124,60 @@ class Backend(ABC):
     @abstractmethod
     def init_distributed(self) -> None: ...
 
-    @abstractmethod
     def build(
         self,
         model_factory: ModelFactory,
         optimizer_factory: OptimizerFactory,
         micro_batch: int,
         grad_accum: int,
-    ) -> None: ...
+    ) -> None:
+        """The model placed by `_place`, in train mode, its optimizer over the placed parameters (a
+        model-parallel backend's shards), then both handed to `_wrap`."""
+        self.model = self._place(model_factory())
+        self.model.train()
+        self.optimizer = optimizer_factory(self.model)
+        self._wrap(micro_batch, grad_accum)
+
+    def _place(self, model: nn.Module) -> nn.Module:
+        """The factory's model as this rank holds it: on its device (a backend may keep only its shard)."""
+        return model.to(self.device)
+
+    def _wrap(self, micro_batch: int, grad_accum: int) -> None:
+        """Hand `self.model` and `self.optimizer` to the backend's engine, if it has one."""
+        return None  # plain PyTorch and our Megatron layers run them as they are
+
+    def train_step(self, micro_batches: Sequence[Tensor], lr: float) -> StepResult:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return self._step(micro_batches)
 
     @abstractmethod
-    def train_step(self, micro_batches: Sequence[Tensor], lr: float) -> StepResult: ...
+    def _step(self, micro_batches: Sequence[Tensor]) -> StepResult:
+        """One optimizer step at the learning rate `train_step` has set (see the module docstring)."""
 
-    @abstractmethod
-    def eval_loss(self, batches: Iterable[Tensor]) -> float: ...
+    @torch.no_grad()
+    def eval_loss(self, batches: Iterable[Tensor]) -> float:
+        loss_sum, count = self._eval_sums(batches)
+        total, n_total = self.dp_all_reduce_sum([loss_sum, count])
+        return total / n_total if n_total else math.nan
+
+    def _eval_sums(self, batches: Iterable[Tensor]) -> tuple[float, float]:
+        """(summed next-token loss, predicted tokens) over this rank's batches, in eval mode meanwhile."""
+        self.model.eval()
+        loss_sum, count = 0.0, 0
+        try:
+            for ids in batches:
+                s, n = self._loss_sum(ids.to(self.device))
+                loss_sum, count = loss_sum + s, count + n
+        finally:
+            self.model.train()
+        return loss_sum, count
+
+    def _loss_sum(self, ids: Tensor) -> tuple[float, int]:
+        """(summed next-token loss, predicted tokens) of one batch, forward only."""
+        with self._autocast():
+            s, n = causal_lm_loss_sum(self.model, ids)
+        return float(s), n
 
     @abstractmethod
     def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None: ...

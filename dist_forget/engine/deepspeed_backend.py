@@ -18,17 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dist_forget.checkpoint.formats import DEEPSPEED
-from dist_forget.engine.backend import (
-    Backend,
-    ModelFactory,
-    OptimizerFactory,
-    StepResult,
-    causal_lm_loss_sum,
-    collective_timeout,
-)
+from dist_forget.engine.backend import Backend, StepResult, causal_lm_loss_sum, collective_timeout
 from dist_forget.errors import UserError
 from dist_forget.safeload import make_safe_checkpoint_engine
 
@@ -55,17 +48,12 @@ class DeepSpeedBackend(Backend):
             timeout=collective_timeout(self.cfg.parallel.timeout_s),
         )
 
-    def build(
-        self,
-        model_factory: ModelFactory,
-        optimizer_factory: OptimizerFactory,
-        micro_batch: int,
-        grad_accum: int,
-    ) -> None:
+    def _place(self, model: nn.Module) -> nn.Module:
+        return model  # on the CPU as built: deepspeed.initialize moves it (and ZeRO-3 partitions it)
+
+    def _wrap(self, micro_batch: int, grad_accum: int) -> None:
         import deepspeed
 
-        model = model_factory()
-        optimizer = optimizer_factory(model)
         ds_config: dict[str, Any] = {
             "train_micro_batch_size_per_gpu": micro_batch,
             "gradient_accumulation_steps": grad_accum,
@@ -78,15 +66,13 @@ class DeepSpeedBackend(Backend):
             "wall_clock_breakdown": False,
         }
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=ds_config
+            model=self.model, optimizer=self.optimizer, config=ds_config
         )
         # DeepSpeed's TorchCheckpointEngine unpickles with weights_only=False: load through ours instead
         self.engine.checkpoint_engine = make_safe_checkpoint_engine(self.engine.checkpoint_engine)
         self.engine.train()
 
-    def train_step(self, micro_batches: Sequence[Tensor], lr: float) -> StepResult:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def _step(self, micro_batches: Sequence[Tensor]) -> StepResult:
         local = 0.0
         for ids in micro_batches:
             loss_sum, n = causal_lm_loss_sum(self.engine, ids.to(self.device))

@@ -30,14 +30,13 @@ is; `convert megatron-to-hf` and `model.init_from` read it too.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 from dist_forget.checkpoint import megatron as ckpt
 from dist_forget.checkpoint.formats import MEGATRON
@@ -47,8 +46,6 @@ from dist_forget.checkpoint.meta import TRAIN
 from dist_forget.engine.backend import (
     Backend,
     BackendConfig,
-    ModelFactory,
-    OptimizerFactory,
     StepResult,
     collective_timeout,
     env_world,
@@ -60,6 +57,7 @@ from dist_forget.models import megatron as M
 
 class MegatronBackend(Backend):
     name = "megatron"
+    model: M.MegatronLlama | M.StockLlama  # this rank's shard of the model (`_place`)
 
     def __init__(self, cfg: BackendConfig):
         super().__init__(cfg)
@@ -98,31 +96,22 @@ class MegatronBackend(Backend):
 
     # -- model ---------------------------------------------------------------------------------------
 
-    def build(
-        self,
-        model_factory: ModelFactory,
-        optimizer_factory: OptimizerFactory,
-        micro_batch: int,
-        grad_accum: int,
-    ) -> None:
+    def _place(self, hf: nn.Module) -> nn.Module:
         # Every rank builds the full HF model (same seed or same pretrained folder => same weights) and
         # keeps only its slice: TP init then equals the 1-rank init exactly.
-        hf = model_factory()
         self.hf_config = hf.config
         dims = M.LlamaDims.from_hf(hf.config)
         dims.check_tp(self.tp)
         M.check_pp(self.pp, layers=dims.layers)
         dtype = torch.float32  # master weights; bf16 runs under autocast like the single backend
-        self.model: M.MegatronLlama | M.StockLlama
+        mine: M.MegatronLlama | M.StockLlama
         if self.stock:
-            self.model = M.StockLlama(hf.config, dtype=dtype, device=str(self.device), seed=self.cfg.seed)
+            mine = M.StockLlama(hf.config, dtype=dtype, device=str(self.device), seed=self.cfg.seed)
         else:
-            self.model = M.MegatronLlama(hf.config, dtype=dtype, device=str(self.device))
-        self.model.load_full({k: v.to(self.device) for k, v in hf.state_dict().items()}, where="model")
-        del hf
-        self.model.train()
-        self.optimizer = optimizer_factory(self.model)
-        self.param_names = self.model.param_name_map()
+            mine = M.MegatronLlama(hf.config, dtype=dtype, device=str(self.device))
+        mine.load_full({k: v.to(self.device) for k, v in hf.state_dict().items()}, where="model")
+        self.param_names = mine.param_name_map()
+        return mine
 
     def _dp_group(self):
         from megatron.core import parallel_state
@@ -134,9 +123,7 @@ class MegatronBackend(Backend):
 
         return parallel_state.get_tensor_model_parallel_group()
 
-    def train_step(self, micro_batches: Sequence[Tensor], lr: float) -> StepResult:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def _step(self, micro_batches: Sequence[Tensor]) -> StepResult:
         local = 0.0
         for ids in micro_batches:
             local += self._forward_backward(ids.to(self.device), scale=1.0 / len(micro_batches))[0]
@@ -252,21 +239,14 @@ class MegatronBackend(Backend):
                 torch._foreach_mul_(grads, coef)
         return norm
 
-    @torch.no_grad()
-    def eval_loss(self, batches: Iterable[Tensor]) -> float:
-        # TP ranks of one group hold the same batches (same dp_rank), so their forwards pair up; data-
-        # parallel replicas run no collective until the final sum, so their batch counts may differ.
-        self.model.eval()
-        loss_sum, count = 0.0, 0
-        try:
-            for ids in batches:
-                n = ids.shape[0] * (ids.shape[1] - 1)
-                loss_sum += self._forward_backward(ids.to(self.device), 1.0, backward=False)[1]
-                count += n
-        finally:
-            self.model.train()
-        total, n_total = self.dp_all_reduce_sum(self._from_last_stage([loss_sum, count]))
-        return total / n_total if n_total else math.nan
+    # TP ranks of one group hold the same batches (same dp_rank), so their forwards pair up; data-parallel
+    # replicas run no collective until the final sum, so their batch counts may differ.
+    def _loss_sum(self, ids: Tensor) -> tuple[float, int]:
+        return self._forward_backward(ids, 1.0, backward=False)[1], ids.shape[0] * (ids.shape[1] - 1)
+
+    def _eval_sums(self, batches: Iterable[Tensor]) -> tuple[float, float]:
+        loss_sum, count = self._from_last_stage(list(super()._eval_sums(batches)))  # the stage with losses
+        return loss_sum, count
 
     def dp_all_reduce_sum(self, values: Sequence[float]) -> list[float]:
         if self.dp_size == 1:

@@ -7,7 +7,7 @@ zero.py's `write_single` / `read_single`), so converters read both the same way.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +15,7 @@ import torch
 from torch import Tensor
 
 from dist_forget.checkpoint.formats import SINGLE
-from dist_forget.engine.backend import (
-    Backend,
-    ModelFactory,
-    OptimizerFactory,
-    StepResult,
-    causal_lm_loss_sum,
-    env_world,
-)
+from dist_forget.engine.backend import Backend, StepResult, causal_lm_loss_sum, env_world
 from dist_forget.errors import UserError
 
 
@@ -38,20 +31,7 @@ class SingleBackend(Backend):
             )
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    def build(
-        self,
-        model_factory: ModelFactory,
-        optimizer_factory: OptimizerFactory,
-        micro_batch: int,
-        grad_accum: int,
-    ) -> None:
-        self.model = model_factory().to(self.device)
-        self.model.train()
-        self.optimizer = optimizer_factory(self.model)
-
-    def train_step(self, micro_batches: Sequence[Tensor], lr: float) -> StepResult:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def _step(self, micro_batches: Sequence[Tensor]) -> StepResult:
         total = 0.0
         for ids in micro_batches:
             with self._autocast():
@@ -65,20 +45,6 @@ class SingleBackend(Backend):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss=total / len(micro_batches), grad_norm=grad_norm)
-
-    @torch.no_grad()
-    def eval_loss(self, batches: Iterable[Tensor]) -> float:
-        self.model.eval()
-        loss_sum, count = 0.0, 0
-        try:
-            for ids in batches:
-                with self._autocast():
-                    s, n = causal_lm_loss_sum(self.model, ids.to(self.device))
-                loss_sum += float(s)
-                count += n
-        finally:
-            self.model.train()
-        return loss_sum / count if count else math.nan
 
     def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None:
         SINGLE.save(Path(root) / tag, self.model.state_dict(), self.optimizer.state_dict(), client_state)
