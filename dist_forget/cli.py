@@ -36,6 +36,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("data", "shard"): "dist_forget.data.commands:shard",
     ("data", "preview"): "dist_forget.data.commands:preview",
     ("data", "prepare"): "dist_forget.data.commands:prepare",
+    ("data", "prepare-model"): "dist_forget.models.commands:prepare_model",
     ("pretrain",): "dist_forget.engine.commands:pretrain",
     ("finetune",): "dist_forget.engine.commands:finetune",
     ("fit",): "dist_forget.laws.commands:fit",
