@@ -3,11 +3,11 @@
 On a GPU auto is bf16. On a CPU, bf16 autocast pays only where the CPU multiplies bf16 natively (AVX-512 BF16
 or AMX; elsewhere oneDNN emulates it, slower than fp32) AND the matrices are wide enough that the matmuls,
 not the per-op casts and the fp32 optimizer, dominate the step. Measured (benchmarks/RESULTS.md, "fp32 vs
-bf16 autocast"; training step, 2 threads, fp32 and bf16 alternating in one process), bf16/fp32 tokens/s
-by hidden width: on an AVX-512 BF16 CPU without AMX (loaded machine, median of pairs) 0.83 at 48, 0.94 at
-80, 0.96 at 128, 1.15 at 192, 1.07 at 288, 1.14 at 576 (SmolLM2-135M; by CPU time 1.18, no pair under 1.08);
-on an AMX CPU 0.95 at 128, 1.14 at 192, 1.86 at 288. Weights, gradients and optimizer state stay fp32
-either way (autocast casts per op), so checkpoints and resume are the same in both.
+bf16 autocast"; training step, 2 threads, fp32 and bf16 alternating in one process), bf16/fp32 tokens/s by
+hidden width on an AVX-512 BF16 CPU without AMX, idle: 0.83 at 48, 0.81 at 80, 1.10 at 128, 1.26 at 192,
+1.29 at 288, 1.68 at 576 (SmolLM2-135M: 280 against 166 tokens/s); an AMX CPU gave 0.95 at 128, 1.14 at
+192, 1.86 at 288. Weights, gradients and optimizer state stay fp32 either way (autocast casts per op), so
+checkpoints and resume are the same in both.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-# Smallest hidden width at which auto picks bf16 on a CPU with native bf16 matmul. Both CPUs above cross
-# over between 128 and 192, but at 192 by <= 1.15x, inside a loaded machine's noise; from 288 the gain is
-# clear on AMX (1.86x) and at 576 on AVX-512 BF16 alone (CPU time >= 1.08x in every pair). The micro and demo
-# ladders (hidden <= 128) stay fp32 on every CPU, so their committed figures are reproduced bit for bit.
-BF16_MIN_HIDDEN_CPU = 256
+# Smallest hidden width at which auto picks bf16 on a CPU with native bf16 matmul: between 128 (1.10x on
+# AVX-512 BF16, 0.95x on AMX: no clear gain) and 192 (1.14-1.26x), and above 128 so that the micro and demo
+# ladders (hidden <= 128) stay fp32 on every CPU and their committed figures are reproduced bit for bit.
+BF16_MIN_HIDDEN_CPU = 160
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of a native bf16 dot product
 # engines whose bf16 is autocast over fp32 weights (what was measured); DeepSpeed's bf16 switches to its
 # bf16 optimizer and another checkpoint layout, so auto leaves it in fp32 on a CPU

@@ -28,9 +28,10 @@ def test_native_bf16_cpu_picks_bf16_for_wide_models_only(flag):
 def test_the_demo_and_micro_ladders_stay_fp32_on_a_bf16_cpu():
     """Their committed figures were made in fp32: auto must not change them on any CPU."""
     flags = AVX512 | {"avx512_bf16", "amx_bf16", "amx_tile"}
-    for size in ("cpu-0.01m", "cpu-0.015m", "cpu-0.03m", "cpu-0.1m", "cpu-0.3m", "cpu-1m", "cpu-3m"):
+    for size in ("cpu-0.01m", "cpu-0.015m", "cpu-0.03m", "cpu-0.1m", "cpu-0.3m", "cpu-1m"):
         assert choose("auto", False, "single", flags, shape_of(size).hidden).precision == "fp32", size
-    assert choose("auto", False, "single", flags, shape_of("cpu-10m").hidden).precision == "bf16"
+    for size in ("cpu-3m", "cpu-10m", "paper-41m"):
+        assert choose("auto", False, "single", flags, shape_of(size).hidden).precision == "bf16", size
 
 
 def test_deepspeed_on_cpu_and_unknown_width_stay_fp32_gpu_and_explicit_win():
