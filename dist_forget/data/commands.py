@@ -16,13 +16,13 @@ from dist_forget.errors import UserError
 CAP_RULE = "even-spread"  # how --max-target-chars picks documents (see ShardConfig.max_chars)
 
 
-def _use_all_cores() -> None:
+def use_all_cores() -> None:
     # The Makefile exports TOKENIZERS_PARALLELISM=false for training processes that fork DataLoader
     # workers; these data commands never fork after tokenizing, so let `encode_batch` use every core.
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     cells = [[str(r.get(c, "")) for c in columns] for r in rows]
     widths = [
         max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)
@@ -70,7 +70,7 @@ def fetch(out: Path, domains: list[str] | None = None) -> int:
                 "licence": src["licence"],
             }
         )
-    print(_table(rows, ["domain", "role", "documents", "MB", "licence"]))
+    print(table(rows, ["domain", "role", "documents", "MB", "licence"]))
     return 0
 
 
@@ -101,7 +101,7 @@ def tokenizer(corpus: list[str], out: Path, vocab_size: int = 1024, max_chars: i
     """
     from dist_forget.data.tokenizer import TokenizerConfig, file_sha256, train_tokenizer
 
-    _use_all_cores()
+    use_all_cores()
     started = time.perf_counter()
     cfg = TokenizerConfig(vocab_size=vocab_size, max_chars=max_chars)
     cfg.validate()
@@ -138,7 +138,7 @@ def shard(
     from dist_forget.data.documents import read_documents
     from dist_forget.data.shards import ShardConfig, write_shards
 
-    _use_all_cores()
+    use_all_cores()
     corpus = Path(corpus)
     source_file = (corpus if corpus.is_dir() else corpus.parent) / "source.json"
     source = _json.loads(source_file.read_text()) if source_file.is_file() else {"file": str(corpus)}
@@ -148,12 +148,12 @@ def shard(
         read_documents(corpus), tokenizer, out, name, cfg, source=source, progress=_progress
     )
     print(file=sys.stderr)
-    row = _shard_row(manifest)
-    print(_table([row], list(row)))
+    row = shard_row(manifest)
+    print(table([row], list(row)))
     return 0
 
 
-def _shard_row(manifest: Any) -> dict[str, Any]:
+def shard_row(manifest: Any) -> dict[str, Any]:
     train, val = manifest.splits["train"], manifest.splits["val"]
     return {
         "domain": manifest.domain,
@@ -261,13 +261,10 @@ def prepare(
         tokenizer_chars: characters of the pretraining mix the tokenizer is trained on
     """
     from dist_forget.data.corpora import DEFAULT_DOMAINS, build_domain, domain
-    from dist_forget.data.documents import read_documents
-    from dist_forget.data.manifest import read_manifest
-    from dist_forget.data.shards import ShardConfig, write_shards
-    from dist_forget.data.tokenizer import TokenizerConfig, file_sha256, train_tokenizer
+    from dist_forget.data.tokenizer import TokenizerConfig, train_tokenizer
     from dist_forget.io import write_json_atomic
 
-    _use_all_cores()
+    use_all_cores()
     started = time.perf_counter()
     out = Path(out)
     names = list(domains or DEFAULT_DOMAINS)
@@ -302,43 +299,60 @@ def prepare(
         )
         write_json_atomic(stamp_file, stamp)
         print(f"  trained in {time.perf_counter() - t0:.1f} s")
-    tok_sha = file_sha256(tok_dir / "tokenizer.json")
     print(f"[3/3] shards (seq_len {seq_len}) -> {out / 'shards'}")
     rows = []
     for spec in specs:
-        shard_dir = out / "shards" / spec.name
         cap = None if spec.role == "pretrain" else max_target_chars
-        cfg = ShardConfig(seq_len=seq_len, max_chars=cap)
-        try:
-            manifest = read_manifest(shard_dir)
-            fresh = (
-                manifest.tokenizer_sha256 == tok_sha
-                and manifest.seq_len == seq_len
-                and manifest.source.get("sha256") == sources[spec.name]["sha256"]
-                and manifest.source.get("max_chars") == cap
-                and manifest.source.get("cap_rule") == CAP_RULE
-            )
-        except UserError:
-            fresh = False
-        if fresh:
-            print(f"  {spec.name}: cached")
-        else:
-            manifest = write_shards(
-                read_documents(out / "corpora" / spec.name),
-                tok_dir,
-                shard_dir,
-                spec.name,
-                cfg,
-                source={**sources[spec.name], "max_chars": cap, "cap_rule": CAP_RULE},
-                progress=_progress,
-            )
-            print(file=sys.stderr)
-        row = _shard_row(manifest)
+        manifest = shard_cached(out, spec.name, sources[spec.name], tok_dir, out / "shards", seq_len, cap)
+        row = shard_row(manifest)
         rows.append({**row, "role": spec.role, "tokens": f"{row['tokens'] / 1e6:.2f}M"})
     print()
-    print(_table(rows, ["domain", "role", "documents", "tokens", "train_seq", "val_seq", "shards"]))
+    print(table(rows, ["domain", "role", "documents", "tokens", "train_seq", "val_seq", "shards"]))
     print(
         f"done in {time.perf_counter() - started:.0f} s: tokenizer {tok_dir / 'tokenizer.json'}, "
         f"shards {out / 'shards'}/<domain>"
     )
     return 0
+
+
+def shard_cached(
+    data: Path,
+    name: str,
+    source: dict[str, Any],
+    tok_dir: Path,
+    shards: Path,
+    seq_len: int,
+    cap: int | None,
+) -> Any:
+    """SHARDS/<name> from DATA/corpora/<name> tokenized with TOK_DIR's tokenizer; kept when its manifest
+    already records this tokenizer, corpus, sequence length and cap (a rerun costs seconds)."""
+    from dist_forget.data.documents import read_documents
+    from dist_forget.data.manifest import read_manifest
+    from dist_forget.data.shards import ShardConfig, write_shards
+    from dist_forget.data.tokenizer import file_sha256
+
+    shard_dir = shards / name
+    try:
+        manifest = read_manifest(shard_dir)
+        if (
+            manifest.tokenizer_sha256 == file_sha256(tok_dir / "tokenizer.json")
+            and manifest.seq_len == seq_len
+            and manifest.source.get("sha256") == source["sha256"]
+            and manifest.source.get("max_chars") == cap
+            and manifest.source.get("cap_rule") == CAP_RULE
+        ):
+            print(f"  {name}: cached")
+            return manifest
+    except UserError:
+        pass  # absent or unreadable: written below
+    manifest = write_shards(
+        read_documents(data / "corpora" / name),
+        tok_dir,
+        shard_dir,
+        name,
+        ShardConfig(seq_len=seq_len, max_chars=cap),
+        source={**source, "max_chars": cap, "cap_rule": CAP_RULE},
+        progress=_progress,
+    )
+    print(file=sys.stderr)
+    return manifest

@@ -87,7 +87,8 @@ class TrainConfig:
     # (rises 0.012, 0.010, 0.022) while its p = 0 twin went on to 1.095
     stop_sustained: bool = False
     seed: int = 0  # model init
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
+    # auto: bf16 on a GPU; on a CPU bf16 only with native bf16 matmul and a wide model (engine/precision.py)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     peak_flops: float = 0.0  # FLOP/s for MFU; 0 = measure a matmul on this machine at start
 
     def validate(self) -> None:

@@ -27,6 +27,7 @@ and dataset inputs: engine/run_meta.py.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -43,6 +44,7 @@ from dist_forget.checkpoint.meta import CONTROL, DATA, TRAIN, check_compatible, 
 from dist_forget.config import flatten, to_dict
 from dist_forget.data.mixture import MixedStream, few_injected
 from dist_forget.data.remote import location_name, tokenizer_folder
+from dist_forget.engine import precision
 from dist_forget.engine.backend import Backend, BackendConfig, make_backend
 from dist_forget.engine.config import RunConfig
 from dist_forget.engine.evaluation import Evaluator
@@ -61,6 +63,7 @@ from dist_forget.engine.summary import summary_of, write_outputs
 from dist_forget.errors import UserError
 from dist_forget.io import write_json_atomic
 from dist_forget.models import hf
+from dist_forget.models.ladder import shape_of
 from dist_forget.redact import redact_tree
 from dist_forget.schema import METRICS_FILE
 
@@ -102,10 +105,20 @@ def _tracker(
     return tracker
 
 
-def _precision(cfg: RunConfig) -> Literal["fp32", "bf16"]:
-    if cfg.train.precision == "auto":
-        return "bf16" if torch.cuda.is_available() else "fp32"
-    return cfg.train.precision
+def _precision(cfg: RunConfig, mode: str) -> precision.Choice:
+    """fp32 or bf16 and why (engine/precision.py). Auto on a CPU with native bf16 looks at the model's width:
+    the ladder shape's, or the init folder's config.json (resolved here before anything is built)."""
+    cuda = torch.cuda.is_available()
+    flags = precision.cpu_flags() if cfg.train.precision == "auto" and not cuda else frozenset()
+    hidden = None
+    if flags & set(precision.NATIVE_BF16_FLAGS) and cfg.engine in precision.AUTOCAST_ENGINES:
+        folder = _init_folder(cfg, mode)
+        hidden = (
+            shape_of(cfg.model.size).hidden  # pretrain: validated by _init_folder
+            if folder is None
+            else json.loads((folder / "config.json").read_text()).get("hidden_size")
+        )
+    return precision.choose(cfg.train.precision, cuda, cfg.engine, flags, hidden)
 
 
 def _init_folder(cfg: RunConfig, mode: str) -> Path | None:
@@ -195,16 +208,16 @@ def _make_optimizer(cfg: RunConfig) -> Any:
 
 def train(cfg: RunConfig, mode: Literal["pretrain", "finetune"], resume: str = "none") -> dict[str, Any]:
     """Run `cfg` to the end (or early stop); returns the summary row (on every rank)."""
-    precision = _precision(cfg)
+    choice = _precision(cfg, mode)
     backend = make_backend(
-        cfg.engine, BackendConfig(cfg.parallel, precision, cfg.optim.grad_clip, cfg.train.seed)
+        cfg.engine, BackendConfig(cfg.parallel, choice.precision, cfg.optim.grad_clip, cfg.train.seed)
     )
     # signals and a dead launcher stop the run at a step boundary with a checkpoint (engine/preemption.py)
     with Preemption(cfg.preempt.signals, cfg.parallel.timeout_s) as preempt:
         backend.init_distributed()
         try:
             with ExitStack() as cleanup:
-                return _run(cfg, mode, resume, backend, cleanup, preempt)
+                return _run(cfg, mode, resume, backend, cleanup, preempt, choice)
         except Exception as exc:  # a stalled or dead peer: one line naming it (engine/peers.py)
             if backend.world_size > 1 and is_collective_error(exc):
                 raise peer_lost(exc, backend.rank, backend.world_size, cfg.parallel.timeout_s) from None
@@ -222,10 +235,17 @@ def _end_status(exc_type: type[BaseException] | None) -> str:
 
 
 def _run(
-    cfg: RunConfig, mode: str, resume: str, backend: Backend, cleanup: ExitStack, preempt: Preemption
+    cfg: RunConfig,
+    mode: str,
+    resume: str,
+    backend: Backend,
+    cleanup: ExitStack,
+    preempt: Preemption,
+    choice: precision.Choice,
 ) -> dict[str, Any]:
     """The loop: one optimizer step, its log line, an evaluation when due, a checkpoint when due."""
     r = _setup(cfg, mode, resume, backend, cleanup)
+    r.say(f"precision: {choice.precision} ({choice.reason})", flush=True)
     state, t, steps = r.state, cfg.train, cfg.schedule.steps
     _begin(cfg, mode, backend, r)
     # a run resumed after its early stop has met the rule already: resuming it must not train it further
@@ -265,14 +285,20 @@ def _run(
             raise preempt.stop(state.step, r.saver.ckpt.root / str(latest), backend, finish)
 
     r.saver.finish()  # the last checkpoint and the `model/` export
-    summary = _summarize(cfg, mode, backend, r, stopped_early, time.perf_counter() - wall0)
+    summary = _summarize(cfg, mode, backend, r, stopped_early, time.perf_counter() - wall0, choice)
     r.log.close()
     r.tracker.finish("FINISHED")
     return summary
 
 
 def _summarize(
-    cfg: RunConfig, mode: str, backend: Backend, r: _Parts, stopped_early: bool, wall_s: float
+    cfg: RunConfig,
+    mode: str,
+    backend: Backend,
+    r: _Parts,
+    stopped_early: bool,
+    wall_s: float,
+    choice: precision.Choice,
 ) -> dict[str, Any]:
     """The runs-table row (every rank returns it); rank 0 writes it with report.json (summary.py)."""
     state = r.state
@@ -286,6 +312,8 @@ def _summarize(
             "total_params": r.sig["total_params"],
             "world_size": backend.world_size,
             "engine": cfg.engine,
+            "precision": choice.precision,  # what the steps and evaluations ran in
+            "precision_reason": choice.reason,
             "tokens_per_s": r.log.tokens_per_s(),
             "wall_s": wall_s,
             "inject_fraction_observed": state.pretrain_sequences / state.sequences

@@ -31,6 +31,7 @@ from dist_forget.study import protocol
 
 STUDY_FORMS = ("finetune", "chinchilla", "finetune-eff-data", "finetune-eff-params", "forgetting",
                "forgetting-anchored", "kalajdzievski")  # fmt: skip
+MIN_SIZES_FOR_LAWS = 3  # fit on >= 2 sizes, hold out the largest
 
 
 def report(
@@ -189,22 +190,18 @@ def report_text(
         "",
         "## Setup",
         "",
-        "Pretrained ladder (English public-domain mix, from scratch):",
-        "",
-        *_ladder_rows(sweep),
+        *(
+            ["Pretrained ladder (English public-domain mix, from scratch):", "", *_ladder_rows(sweep)]
+            if protocol.ladder(sweep)
+            else ["No pretraining ladder: the finetunes start from a pretrained model (model.init_from)."]
+        ),
         "",
         _finetune_setup(sweep, runs),
         "",
         *_protocol_text(facts["protocol"]),
-        f"## Held-out error: laws fitted on N < {largest:,.0f}, predicting N = {largest:,.0f}",
-        "",
-        "Mean relative error of the predicted loss on the held-out largest size, per domain (each form fitted "
-        "per domain; forms without anchor_decay use the plain-AdamW runs only).",
-        "",
-        *_heldout_rows(records, facts["heldout"]),
-        "",
+        *_heldout_head(runs, records, largest, facts["heldout"]),
     ]
-    for law, best in facts["heldout"]["best"].items():
+    for law, best in facts["heldout"]["best"].items() if records else ():
         lines.append(f"- {law}: best form **{best['form']}**, held-out MRE {pct(best['mre'])} — goal ≤ "
                      f"{pct(best['goal'])} {'reached' if best['reached'] else 'not reached'}.")  # fmt: skip
     for nf in noise:
@@ -240,10 +237,35 @@ def report_text(
     return "\n".join(lines) + "\n"
 
 
+def _heldout_head(
+    runs: list[fd.Run], records: list[dict[str, Any]], largest: float, heldout: dict[str, Any]
+) -> list[str]:
+    sizes = len({r.n for r in runs})
+    if sizes < MIN_SIZES_FOR_LAWS or not records:
+        return [
+            "## Laws: not fitted",
+            "",
+            f"These runs have {sizes} model size{'s' if sizes != 1 else ''}: a law in N is fitted on all sizes but "
+            f"the largest and checked on it, which needs >= {MIN_SIZES_FOR_LAWS} sizes (and enough runs per "
+            "domain for each form's parameters). The report gives what the runs measure directly: forgetting "
+            "by p per domain (finding 3) and the protocol checks.",
+            "",
+        ]
+    return [
+        f"## Held-out error: laws fitted on N < {largest:,.0f}, predicting N = {largest:,.0f}",
+        "",
+        "Mean relative error of the predicted loss on the held-out largest size, per domain (each form fitted "
+        "per domain; forms without anchor_decay use the plain-AdamW runs only).",
+        "",
+        *_heldout_rows(records, heldout),
+        "",
+    ]
+
+
 def _protocol_text(proto: dict[str, Any]) -> list[str]:
     th = proto["thresholds"]
     inj = proto["injected_at_best"].get("0.01")
-    mark = {True: "met", False: "**not met**"}
+    mark = {True: "met", False: "**not met**", None: "n/a: no pretraining ladder (a pretrained model)"}
     c = proto["checks"]
     losses = ", ".join(f"{float(n):,.0f}: {v:.3f}" for n, v in proto["pretrain_loss_by_size"].items())
     tpp = ", ".join(f"{v:.1f}" for v in proto["pretrain_tokens_per_param"].values())

@@ -93,6 +93,9 @@ def test_finetune_writes_summary_with_the_runs_table_columns(full_run, base_mode
     from PIL import Image
 
     assert Image.open(run / "loss_curves.png").size == (700, 650)
+    # auto on a CPU: a 32-wide model trains in fp32 whatever the CPU, and the report says why
+    report = json.loads((run / "report.json").read_text())
+    assert report["precision"] == "fp32" and report["precision_reason"].startswith("auto: ")
 
 
 def test_the_export_is_a_complete_hf_folder_that_generates(full_run):
@@ -236,6 +239,19 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(
         assert got == want
     else:
         assert got.keys() == want.keys() and max(abs(got[k] - want[k]) for k in got) < 2e-5, (got, want)
+
+
+def test_bf16_resume_gives_identical_losses(tiny_data, base_model, full_run, tmp_path):
+    """Under bf16 autocast the weights and optimizer state stay fp32: a resume is as exact as in fp32."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(_cfg(tiny_data, base_model, full, "train.precision=bf16"), "finetune")
+    shutil.copytree(full, part)
+    (part / "checkpoints" / "latest").write_text("step-00000002\n")
+    train(_cfg(tiny_data, base_model, part, "train.precision=bf16"), "finetune", resume="auto")
+    assert _losses(part) == _losses(full)
+    assert _losses(full) != _losses(full_run[0])  # the steps did run in bf16: not the fp32 run's losses
+    report = json.loads((part / "report.json").read_text())
+    assert (report["precision"], report["precision_reason"]) == ("bf16", "train.precision = bf16")
 
 
 def test_resume_refuses_another_model_size_and_changed_data(tiny_data, base_model, full_run, tmp_path):

@@ -87,3 +87,12 @@ def test_runs_written_before_the_trainer_recorded_injection_count_from_the_exact
     # best steps 100 and 200 of 16 sequences at p = 1 %: floor(16) and floor(32) pretraining sequences
     assert out["injected_at_best"]["0.01"] == {"min": 16, "mean": 24.0, "runs": 2}
     assert out["failed"] == ["injection_acts"]
+
+
+def test_a_sweep_of_a_pretrained_model_has_no_ladder_to_check(tmp_path):
+    """No pretrain stage (model.init_from, one size): the ladder checks do not apply, the others still do."""
+    out = protocol.check(make_sweep(tmp_path, losses=()))
+    assert out["checks"]["ladder_trained"] is None and out["checks"]["ladder_ordered"] is None
+    assert out["met"] is True and out["failed"] == []
+    assert out["not_applicable"] == ["forgetting_vs_size", "laws"]
+    assert protocol.check(make_sweep(tmp_path / "b", losses=(), injected=2))["failed"] == ["injection_acts"]

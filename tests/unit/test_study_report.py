@@ -142,3 +142,18 @@ def test_committed_reports_render_from_their_findings(name):
     assert "\n".join(_heldout_rows(fits, facts["heldout"])) in text
     for law, best in facts["heldout"]["best"].items():
         assert f"- {law}: best form **{best['form']}**" in text
+
+
+def test_report_on_one_pretrained_size_gives_forgetting_by_p_and_says_why_no_law(tmp_path):
+    """The SmolLM2 study's shape: one size, no pretrain stage, two domains, p in {0, 1 %, 5 %}."""
+    cfg = SyntheticConfig(sizes=(1.06e8,), tokens=(1e5,), fractions=(0.0, 0.01, 0.05), domains=("german", "legal"),
+                          noise=0.001)  # fmt: skip
+    sweep = make_sweep(tmp_path / "sweep", losses=(), best=(100,))
+    write_runs_csv(synthetic_runs(cfg), sweep / "runs.csv")
+    assert report(sweep, tmp_path / "out", bootstrap=0) == 0
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "## Laws: not fitted" in text and "needs >= 3 sizes" in text
+    assert "n/a: no pretraining ladder" in text and "The protocol is met" in text
+    facts = json.loads((tmp_path / "out" / "findings.json").read_text())
+    assert facts["injection"]["0.01"]["n_pairs"] == 2 and facts["injection"]["0.05"]["n_pairs"] == 2
+    assert json.loads((tmp_path / "out" / "fit.json").read_text())["fits"] == []
