@@ -112,7 +112,10 @@ def _precision(cfg: RunConfig, mode: str) -> precision.Choice:
     flags = precision.cpu_flags() if cfg.train.precision == "auto" and not cuda else frozenset()
     hidden = None
     if flags & set(precision.NATIVE_BF16_FLAGS) and cfg.engine in precision.AUTOCAST_ENGINES:
-        folder = _init_folder(cfg, mode)
+        try:
+            folder = _init_folder(cfg, mode)
+        except UserError:  # said in order later: the shards are checked before the model is looked for
+            return precision.choose(cfg.train.precision, cuda, cfg.engine, flags, None)
         hidden = (
             shape_of(cfg.model.size).hidden  # pretrain: validated by _init_folder
             if folder is None
