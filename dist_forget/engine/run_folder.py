@@ -1,12 +1,12 @@
-"""The run folder's checkpoints: `<out>/checkpoints/step-XXXXXXXX/`, atomic, with our own `latest` and
-`best` pointers, retention, one lineage per folder (abandoned branches set aside) and the resume choice.
+"""The run folder's checkpoints: `<out>/checkpoints/step-XXXXXXXX/`, atomic, with our own `latest`
+pointer, retention, one lineage per folder (abandoned branches set aside) and the resume choice.
 
 A save writes the backend's files plus `meta.json` into a temp tag `.tmp-step-XXXXXXXX`, waits for every
 rank, and only then rank 0 renames it to `step-XXXXXXXX` and rewrites the `latest` pointer (an atomic file
-write: the commit; if it fails the rename is undone), then `best`. A crash or a full disk at any moment
-therefore leaves `latest` naming a complete checkpoint, and a full disk ends the run in one line naming the
-checkpoint and "no space left on device". Retention keeps the last `keep` checkpoints plus the one `best`
-names.
+write: the commit; if it fails the rename is undone). A crash or a full disk at any moment therefore leaves
+`latest` naming a complete checkpoint, and a full disk ends the run in one line naming the checkpoint and
+"no space left on device". Retention keeps the last `keep` checkpoints (the best step's model is the run's
+`best/` export, saving.py; a `best` pointer left by an older version still pins the checkpoint it names).
 
 One lineage per folder: every resume first moves the checkpoints that come after its resume point (all of
 them when it resumes from a checkpoint outside the folder) into `abandoned-<UTC time>/`, with the summary,
@@ -74,7 +74,6 @@ class CheckpointManager:
         step: int,
         client_state: dict[str, Any],
         meta: dict[str, Any],
-        is_best: bool,
         hf_config: dict[str, Any] | None = None,
     ) -> Path:
         tag, tmp = tag_of(step), f".tmp-{tag_of(step)}"
@@ -104,14 +103,14 @@ class CheckpointManager:
         self._raise_if_failed(error, tag, tmp)
         if rank0:
             try:
-                self._publish(tag, tmp, is_best)
+                self._publish(tag, tmp)
             except OSError as exc:  # e.g. no room left for the new `latest` pointer
                 error = write_failure(exc, self.root)
         self._raise_if_failed(error, tag, tmp)  # also the final barrier: every rank waits for the rename
         return self.root / tag
 
-    def _publish(self, tag: str, tmp: str, is_best: bool) -> None:
-        """Rank 0: the temp tag becomes `tag`, then the pointers name it (last: `latest` is the commit)."""
+    def _publish(self, tag: str, tmp: str) -> None:
+        """Rank 0: the temp tag becomes `tag`, then `latest` names it (the commit)."""
         final, old = self.root / tag, self.root / f".old-{tag}"
         if final.exists():  # re-saving a step after a resume: keep the old copy until the new one is in place
             shutil.rmtree(old, ignore_errors=True)
@@ -125,8 +124,6 @@ class CheckpointManager:
                 old.rename(final)
             raise
         shutil.rmtree(old, ignore_errors=True)
-        if is_best:  # after the commit: `latest` is what a resume needs
-            write_text_atomic(self.root / "best", tag + "\n")
         self._retain()
 
     def _raise_if_failed(self, error: str, tag: str, tmp: str, verbatim: bool = False) -> None:
@@ -155,7 +152,8 @@ def _tags(root: Path) -> list[str]:
 
 
 def retain(root: Path, keep: int) -> None:
-    """Keep the last `keep` checkpoints plus the one `best` names; remove the others."""
+    """Keep the last `keep` checkpoints (plus the one a `best` pointer names: folders of older versions,
+    which pinned the best step's checkpoint; the best model now lives once, in the run's `best/`)."""
     tags = _tags(root)
     kept = set(tags[-keep:])
     best = root / "best"

@@ -87,7 +87,7 @@ class Saver:
         hf_config.pop("_name_or_path", None)  # the init folder, a path of this machine
         # best_step: which step the best/ export is of, for a resume that abandons this branch (run_folder.py)
         meta = {**self.meta, "best_step": self.state.best_step}
-        path = self.ckpt.save(self.state.step, client, meta, is_best=False, hf_config=hf_config)
+        path = self.ckpt.save(self.state.step, client, meta, hf_config=hf_config)
         self.last_saved = self.state.step
         if self.backend.rank == 0:
             self.disk["checkpoint"] = folder_bytes(path)
