@@ -1,8 +1,10 @@
 """Model FLOPs per token and the machine's measured peak, for MFU.
 
 MFU = achieved model FLOP/s ÷ peak FLOP/s. The trainer's peak is not a datasheet number: it is a large
-matmul timed on this process (fp32 on CPU, bf16 on GPU), so the ratio says how close the loop gets to what
-this machine can really do. `datasheet_peak` is the other convention (the vendor's dense bf16 figure, what
+matmul timed on this process in the run's precision (bf16 on a GPU and for a CPU run in bf16 autocast, fp32
+otherwise), so the ratio says how close the loop gets to what this machine can really do in that precision:
+a CPU with native bf16 matmul is several times faster in bf16 than in fp32, and an fp32 peak under a bf16
+run would read as MFU near or above 100 %. `datasheet_peak` is the other convention (the vendor's dense bf16 figure, what
 published MFU numbers divide by), used by the GPU check (benchmarks/gpu_check.py).
 """
 
@@ -30,9 +32,10 @@ def flops_per_token(non_embedding: int, vocab: int, hidden: int, layers: int, se
     return 6.0 * (non_embedding + vocab * hidden) + 12.0 * layers * hidden * seq_len
 
 
-def measure_peak(device: torch.device, size: int = 1024, repeats: int = 10) -> float:
-    """FLOP/s of a square matmul on `device` with this process's threads (fp32 CPU, bf16 GPU)."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+def measure_peak(device: torch.device, precision: str = "fp32", size: int = 1024, repeats: int = 10) -> float:
+    """FLOP/s of a square matmul on `device` with this process's threads, in bf16 on a GPU or when the run's
+    `precision` is bf16, else fp32."""
+    dtype = torch.bfloat16 if device.type == "cuda" or precision == "bf16" else torch.float32
     if device.type == "cuda":
         size = 8192
     a = torch.randn(size, size, device=device, dtype=dtype)

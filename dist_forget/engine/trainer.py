@@ -550,4 +550,6 @@ def _begin(cfg: RunConfig, mode: str, backend: Backend, r: _Parts) -> None:
         )
         r.evaluator(0, (ft, pt))
         r.tracker.log_metrics({"val/pt_loss_base": pt, "val/ft_loss_base": ft}, 0)
-    r.log.cost.peak_flops = cfg.train.peak_flops or measure_peak(backend.device) * backend.world_size
+    r.log.cost.peak_flops = (
+        cfg.train.peak_flops or measure_peak(backend.device, backend.cfg.precision) * backend.world_size
+    )
