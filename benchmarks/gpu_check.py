@@ -34,7 +34,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -95,11 +94,8 @@ def run_pytest(files: list[Path], env: dict[str, str], timeout: float) -> tuple[
 
 def check(args: argparse.Namespace, t0: float) -> tuple[dict[str, Any], str]:
     """Run the selected parts' tests: the result (gpu_check.json) and the log."""
-    import torch
-
-    cuda = torch.cuda.is_available() and not args.cpu
-    no_cuda = "--cpu given" if args.cpu and torch.cuda.is_available() else "no CUDA device here"
-    device = support.device_info(cuda)
+    cuda = not args.cpu and _cuda_available()
+    no_cuda = "--cpu given" if args.cpu else "no CUDA device here"
     only = set(args.only.split(",")) if args.only else set(PARTS)
     parts = {name: Part(name) for name in PARTS}
     run: list[str] = []
@@ -120,25 +116,29 @@ def check(args: argparse.Namespace, t0: float) -> tuple[dict[str, Any], str]:
     records.unlink(missing_ok=True)
     log.unlink(missing_ok=True)
     left = args.budget_s - (time.perf_counter() - t0)
-    # what the tests take from the runner (tests/gpu/support.py): deadline, sizes, device, where to write
+    # what the tests take from the runner (tests/gpu/support.py): deadline, sizes, where to write
     config = {"records": str(records), "log": str(log), "work": str(work), "deadline": time.time() + left,
               "budget_s": args.budget_s, "size": args.size, "seq": args.seq, "steps": args.steps,
-              "device": device, "no_cuda": no_cuda}
+              "no_cuda": no_cuda}
     env = {**support.child_env(cuda), support.CONFIG_ENV: json.dumps(config)}
     if not cuda:
         env[support.CPU_ENV] = "1"
     rc, out, t1 = 0, "", time.perf_counter()
     try:
         if run:
-            rc, out = run_pytest([f for name in run for f in part_files(name)], env, left - 5)
+            rc, out = run_pytest([f for name in run for f in part_files(name)], env, left - 3)
         lines = records.read_text().splitlines() if records.is_file() else []
-        outcomes = tabulate(parts, run, [json.loads(ln) for ln in lines if ln.strip()], rc, _last_error(out))
+        recs = [json.loads(ln) for ln in lines if ln.strip()]
+        outcomes = tabulate(parts, run, [r for r in recs if r["kind"] != "environment"], rc, _last_error(out))
         log_text = f"===== pytest: exit {rc} after {time.perf_counter() - t1:.1f} s\n{out[-20000:]}\n"
         log_text += log.read_text() if log.is_file() else ""
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     failed = [p.name for p in parts.values() if p.status in ("fail", "error")]
+    # the device and versions the tests ran with (measured in their process); here where none of them ran
+    measured = next((r for r in reversed(recs) if r["kind"] == "environment"), None) or {
+        "device": support.device_info(cuda), "versions": support.versions()}
     return {
         "schema": SCHEMA,
         "command": " ".join(["python -m benchmarks.gpu_check", *sys.argv[1:]]),
@@ -147,8 +147,8 @@ def check(args: argparse.Namespace, t0: float) -> tuple[dict[str, Any], str]:
         "failed": failed,
         "budget_s": args.budget_s,
         "wall_s": time.perf_counter() - t0,
-        "device": device,
-        "versions": _versions(),
+        "device": measured["device"],
+        "versions": measured["versions"],
         "settings": asdict(support.Settings.for_mode(cuda, args.size, args.seq, args.steps)),
         "pytest": {"exit_code": rc, "summary_line": _pytest_summary(out) if run else None, "tests": outcomes},
         "parts": {name: asdict(p) for name, p in parts.items()},
@@ -162,17 +162,10 @@ def _pytest_summary(out: str) -> str:
     return "(no pytest summary line)"
 
 
-def _versions() -> dict[str, str | None]:
+def _cuda_available() -> bool:
     import torch
 
-    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__,
-                                  "cuda": torch.version.cuda}
-    for dist in ("transformers", "deepspeed", "megatron-core", "webdataset"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
+    return torch.cuda.is_available()
 
 
 def out_dir(arg: str | None) -> Path:

@@ -30,7 +30,9 @@ def _write(**record: Any) -> None:
 def gpu(tmp_path_factory: pytest.TempPathFactory) -> support.GpuCheck:
     config = support.runner_config()
     work = Path(config["work"]) if "work" in config else tmp_path_factory.mktemp("gpu_check")
-    return support.GpuCheck(work, config)
+    check = support.GpuCheck(work, config)
+    _write(kind="environment", device=check.device, versions=support.versions())  # the table's header
+    return check
 
 
 @pytest.fixture

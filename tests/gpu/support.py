@@ -3,8 +3,8 @@ finetunes in their own processes, and the recorder of the figures `python -m ben
 
 Under CUDA the tests take the GPU setting (paper sizes, bf16); without it they skip, unless
 `DIST_FORGET_GPU_CHECK_CPU` is set (the runner's `--cpu` mode sets it): then they run the tiny CPU setting,
-so the check cannot rot where there is no GPU. The runner hands its budget, sizes, device, work folder and
-records file to the tests as JSON in `DIST_FORGET_GPU_CHECK`; a plain `pytest -m gpu tests/gpu` runs without
+so the check cannot rot where there is no GPU. The runner hands its budget, sizes, work folder and records
+file to the tests as JSON in `DIST_FORGET_GPU_CHECK`; a plain `pytest -m gpu tests/gpu` runs without
 it (no deadline, a temporary work folder, nothing recorded; the bounds are asserted all the same).
 """
 
@@ -96,6 +96,7 @@ def device_info(cuda: bool) -> dict[str, Any]:
         source = "datasheet bf16 dense"
         if peak is None:  # a GPU missing from the table: its measured bf16 matmul, said so
             peak, source = measure_peak(torch.device("cuda")), "measured bf16 matmul (not in the table)"
+            torch.cuda.empty_cache()  # the finetunes after it get the whole GPU
         return {
             "type": "cuda",
             "name": name,
@@ -112,6 +113,24 @@ def device_info(cuda: bool) -> dict[str, Any]:
         "peak_flops": measure_peak(torch.device("cpu")),
         "peak_source": "measured fp32 matmul",
     }
+
+
+def versions() -> dict[str, str | None]:
+    import importlib.metadata
+
+    import torch
+
+    out: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
+    for dist in ("transformers", "deepspeed", "megatron-core", "webdataset"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
 
 
 def child_env(cuda: bool) -> dict[str, str]:
@@ -178,7 +197,7 @@ class GpuCheck:
         self.settings = Settings.for_mode(
             self.cuda, config.get("size"), config.get("seq"), config.get("steps")
         )
-        self.device = config.get("device") or device_info(self.cuda)
+        self.device = device_info(self.cuda)  # measured here, where the tests run, with their threads
         self.work = work
         self.work.mkdir(parents=True, exist_ok=True)
         self.log = Path(config["log"]) if "log" in config else work / "subprocesses.log"
@@ -203,7 +222,8 @@ class GpuCheck:
     def run(self, name: str, cmd: list[str], timeout: float) -> tuple[int, str]:
         """Run a subprocess in the repo with the check's environment; (exit code, output). Its output goes
         to work/logs/<name>.log and its tail into the check's log."""
-        timeout = max(1.0, min(timeout, self.left() - 5))
+        # ends 10 s before the deadline, so that its test still records why (pytest is stopped at it)
+        timeout = max(1.0, min(timeout, self.left() - 10))
         t0 = time.perf_counter()
         # its own process group, so that a timeout also ends what it started
         proc = subprocess.Popen(
