@@ -49,39 +49,16 @@ class Settings:
 
     @classmethod
     def for_mode(cls, cuda: bool, size: str | None, seq: int | None, steps: int | None) -> Settings:
-        if cuda:  # the MFU goal's setting; paper-41m where only correctness is asked
-            size = size or "paper-334m"
-            return cls(
-                cuda=True,
-                size=size,
-                seq=seq or 2048,
-                batch=8,
-                steps=steps or 50,
-                vocab=32000,
-                data_vocab=1024,
-                logits_size="paper-41m",
-                logits_seq=512,
-                resume_size="paper-41m",
-                resume_steps=6,
-                optim_size=size,
-                optim_steps=20,
-            )
-        size = size or "cpu-0.03m"
-        return cls(
-            cuda=False,
-            size=size,
-            seq=seq or 64,
-            batch=4,
-            steps=steps or 4,
-            vocab=512,
-            data_vocab=512,
-            logits_size="cpu-0.3m",
-            logits_seq=64,
-            resume_size=size,
-            resume_steps=steps or 4,
-            optim_size="cpu-3m",
-            optim_steps=10,
-        )
+        """Under CUDA the MFU goal's setting (paper-41m where only correctness is asked); else tiny models."""
+        if cuda:
+            size, seq, steps = size or "paper-334m", seq or 2048, steps or 50
+            sizes = {"logits_size": "paper-41m", "resume_size": "paper-41m", "optim_size": size}
+            counts = {"batch": 8, "vocab": 32000, "data_vocab": 1024, "logits_seq": 512, "resume_steps": 6}
+            return cls(cuda=True, size=size, seq=seq, steps=steps, optim_steps=20, **sizes, **counts)
+        size, seq, steps = size or "cpu-0.03m", seq or 64, steps or 4
+        sizes = {"logits_size": "cpu-0.3m", "resume_size": size, "optim_size": "cpu-3m"}
+        counts = {"batch": 4, "vocab": 512, "data_vocab": 512, "logits_seq": 64, "resume_steps": steps}
+        return cls(cuda=False, size=size, seq=seq, steps=steps, optim_steps=10, **sizes, **counts)
 
 
 def device_info(cuda: bool) -> dict[str, Any]:
