@@ -65,8 +65,9 @@ def part_files(name: str) -> list[Path]:
 
 def run_pytest(files: list[Path], env: dict[str, str], timeout: float) -> tuple[int, str]:
     """`pytest -m gpu` on `files` (in this order), its output shown as it comes; killed (exit 124) after
-    `timeout` seconds with everything it started."""
-    per_test = ["--timeout", str(int(max(30, timeout - 10)))] if importlib.util.find_spec("pytest_timeout") else []
+    `timeout` seconds with everything it started. A test that hangs past the budget outside a finetune (whose
+    own timeout comes first) fails by pytest-timeout where it is installed, so that the others are told."""
+    per_test = ["--timeout", str(int(max(30, timeout - 5)))] if importlib.util.find_spec("pytest_timeout") else []
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-v", "-ra", "--tb=short", "-p", "no:cacheprovider",
            *per_test, *(str(f.relative_to(REPO)) for f in files)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -78,10 +78,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             reason = report.longrepr[2].removeprefix("Skipped: ")
         elif report.failed and call.excinfo is not None:
             reason = f"{call.excinfo.typename}: {call.excinfo.value}".strip().splitlines()[0][:400]
-            # a missed bound fails the part; anything else (a crash, a broken fixture) is an error
-            error = report.when != "call" or not call.excinfo.errisinstance(
-                (AssertionError, pytest.fail.Exception)
-            )
+            # a missed bound (an assert) fails the part; anything else (a crash, a timeout, a broken
+            # fixture) is an error
+            error = report.when != "call" or not call.excinfo.errisinstance(AssertionError)
         _write(
             kind="outcome",
             test=report.nodeid,

@@ -219,6 +219,10 @@ class GpuCheck:
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
             rc, out = 124, out + f"\n[killed after {timeout:.0f} s: out of time]"
+        except BaseException:  # the test itself stopped (pytest-timeout, Ctrl-C): no orphan keeps the GPU
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         logs = self.work / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         (logs / f"{name}.log").write_text(out)
