@@ -50,8 +50,10 @@ study: data
 bench: install
 	$(BIN)/python -m benchmarks.run_all
 
-# The GPU path in one run (<= 8 min on one GPU; benchmarks/gpu_check.py): engines, bf16, MFU, logits, resume,
-# tests/gpu. Without CUDA it runs the CPU parts and lists what it skipped. Output: $OUT or work/gpu_check.
+# The GPU proof in one run (<= 8 min on one GPU): benchmarks/gpu_check.py runs the tests marked `gpu` in tests/gpu
+# (optimizer, logits, the engines' bf16 finetunes and MFU, resume, NCCL and the stock GPTModel) within a time budget
+# and renders their figures as one table. Without CUDA the tests run their CPU setting and the table lists what
+# was skipped. Output: $OUT or work/gpu_check.
 gpu-check: install
 	$(BIN)/python -m benchmarks.gpu_check
 

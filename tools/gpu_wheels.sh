@@ -2,8 +2,8 @@
 # Wheels a GPU machine without this project's stack needs for `make gpu-check` (python -m benchmarks.gpu_check),
 # downloaded here into .whl/ (git-ignored) for Python 3.12 on x86-64 Linux (PYVER to change), at the versions
 # this .venv holds. Such an image usually has torch, transformers, tokenizers, safetensors, numpy, scipy,
-# matplotlib, pyyaml, pytest and pytest-timeout; this brings megatron-core, DeepSpeed (+ hjson, pydantic)
-# and webdataset. On the GPU machine, from the repository root:
+# matplotlib, pyyaml, pytest and pytest-timeout (pytest is needed: the check runs the tests of tests/gpu);
+# this brings megatron-core, DeepSpeed (+ hjson, pydantic) and webdataset. On the GPU machine, from the repository root:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,7 @@
-"""`make gpu-check` in its CPU mode: `python -m benchmarks.gpu_check --cpu`, a real run (data from tests/data,
-real finetunes on all three engines in their own processes), so the GPU check cannot rot where CI has no
-GPU. It must exit 0, print one `skipped` line per part or item that needs CUDA with the reason, and write
+"""`make gpu-check` in its CPU mode: `python -m benchmarks.gpu_check --cpu`, a real run of the tests in
+tests/gpu in their CPU setting (data from tests/data, real finetunes on all three engines in their own
+processes), so the GPU check cannot rot where CI has no GPU (elsewhere in `make test` those tests skip). It
+must exit 0, print one `skipped` line per part or item that needs CUDA with the reason, and write
 gpu_check.json in the structure a GPU run fills (strict JSON: no NaN/Infinity), gpu_check.txt and
 gpu_check.log.
 """
@@ -80,7 +81,12 @@ def test_gpu_check_cpu_mode_runs_the_cpu_parts_and_lists_the_skipped(tmp_path: P
     for _, reason in skipped:
         assert "needs CUDA" in reason
         assert sum(ln.endswith(reason) for ln in lines) == 1, (reason, lines)
-    assert "===== single-fp32: exit 0" in (tmp_path / "gpu_check.log").read_text()
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert "===== pytest: exit 0" in log and "===== single-fp32: exit 0" in log
+    # the parts are the outcomes of the marked tests in tests/gpu, run once by pytest under the runner
+    outcomes = result["pytest"]["tests"]
+    assert result["pytest"]["exit_code"] == 0 and all(t.startswith("tests/gpu/test_") for t in outcomes)
+    assert sorted(outcomes.values()).count("passed") == 7 and len(outcomes) == 10
 
     opt = parts["optimizer"]["figures"]
     assert opt["ratio"] > 0 and opt["baseline"] == "fused" and opt["goal_met"] is None
