@@ -149,6 +149,24 @@ class Finetune(LawForm):
         return [e, a - alpha * ln_n - beta * ln_d], {(0, 0): 1.0, (1, 1): 1.0, (1, 2): -ln_n, (1, 3): -ln_d}
 
 
+class FinetunePower(LawForm):
+    """The finetune law without its irreducible loss E: a pure power law in N and D. Where the runs sit
+    far above the floor of their loss (tiny models, a few thousand target tokens) they cannot tell E from
+    a slightly smaller exponent, and `finetune`'s E is undetermined (its interval reaches 0); this form
+    fits what such runs do determine: how the loss falls with N and D over their range."""
+
+    name = "finetune-power"
+    law = "finetune"
+    formula = "L_ft = A / (N^alpha * D^beta)"
+    params = (Param("A", True, (0.0, 2.5, 5.0, 10.0)), _exponent("alpha"), _exponent("beta"))
+    varies = ("model_params", "target_tokens")
+
+    def log_terms(self, th, cols):
+        a, alpha, beta = th
+        ln_n, ln_d = _logs(cols)
+        return [a - alpha * ln_n - beta * ln_d], {(0, 0): 1.0, (0, 1): -ln_n, (0, 2): -ln_d}
+
+
 class Chinchilla(LawForm):
     """Hoffmann et al.'s additive form, with the start grid of Epoch AI's refit."""
 
@@ -333,6 +351,7 @@ FORMS: dict[str, LawForm] = {
     f.name: f
     for f in (
         Finetune(),
+        FinetunePower(),
         Forgetting(),
         Chinchilla(),
         FinetuneEffData(),

@@ -29,8 +29,8 @@ from dist_forget.schema import METRICS_FILE, read_metrics
 from dist_forget.study import findings as fd
 from dist_forget.study import protocol
 
-STUDY_FORMS = ("finetune", "chinchilla", "finetune-eff-data", "finetune-eff-params", "forgetting",
-               "forgetting-anchored", "kalajdzievski")  # fmt: skip
+STUDY_FORMS = ("finetune", "finetune-power", "chinchilla", "finetune-eff-data", "finetune-eff-params",
+               "forgetting", "forgetting-anchored", "kalajdzievski")  # fmt: skip
 MIN_SIZES_FOR_LAWS = 3  # fit on >= 2 sizes, hold out the largest
 
 

@@ -52,7 +52,8 @@ def test_sweep_config_runs_at_toy_scale(name, tiny_data, tmp_path):
         assert cfg.train.eval_sequences >= 128  # the protocol's eval size survives the overrides
         if point.stage == "finetune":
             assert cfg.train.patience > 0 and cfg.train.stop_rise > 0 and cfg.train.batch_size >= 16
-    pretrain = next(p for p in points if p.stage == "pretrain")
+    # the smallest size (fewest steps): a sweep may list its ladder largest first
+    pretrain = min((p for p in points if p.stage == "pretrain"), key=lambda p: p.values["steps"])
     finetune = next(p for p in points if p.stage == "finetune" and p.needs == pretrain.name
                     and p.values["inject_fraction"] == 0.01)  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

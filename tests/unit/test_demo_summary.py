@@ -15,16 +15,33 @@ from dist_forget.study.demo import summarize
 from tests.unit.test_study_protocol import make_sweep
 
 
-def finished_sweep(tmp_path, forgetting=None, **protocol_changes):
+def finished_sweep(
+    tmp_path, forgetting=None, finetune=None, forms=("finetune", "forgetting"), **protocol_changes
+):
     root = make_sweep(tmp_path / "sweep", **protocol_changes)
     cfg = SyntheticConfig(sizes=(1.3e4, 2.7e4, 8.3e4), tokens=(2e4, 6e4), fractions=(0.0, 0.01, 0.05),
                           domains=("legal",), noise=0.002)  # fmt: skip
     if forgetting:
         cfg.forgetting = forgetting
+    if finetune:
+        cfg.finetune = finetune
     write_runs_csv(synthetic_runs(cfg), root / "runs.csv")
     assert cli.main(["fit", "--runs", str(root / "runs.csv"), "--out", str(root / "fit"), "--holdout", "largest",
-                     "--bootstrap", "40"]) == 0  # fmt: skip
+                     "--bootstrap", "40", "--forms", *forms]) == 0  # fmt: skip
     return root
+
+
+def test_the_demo_shows_and_plans_with_the_power_law_when_its_fit_has_it(tmp_path, capsys):
+    """What `make demo` fits (finetune-power and forgetting): the end screen shows the E-free law, and the
+    planner's finetune-loss line comes from it (an older fit.json with only `finetune` still works above)."""
+    root = finished_sweep(tmp_path, finetune={"E": 1e-9, "A": 20.0, "alpha": 0.075, "beta": 0.09},
+                          forms=("finetune-power", "forgetting"))  # fmt: skip
+    capsys.readouterr()
+    assert summarize(root) == 0
+    out = capsys.readouterr().out
+    assert "finetune   L_ft = A / (N^alpha * D^beta)" in out and "L_ft = E +" not in out
+    assert "WARNING" not in out and "predicted finetune loss: withheld" not in out
+    assert "smallest p with forgetting" in out
 
 
 def test_laws_that_can_answer_end_on_a_plan_with_p_in_0_1(tmp_path, capsys):
