@@ -238,7 +238,8 @@ def _freeze_imports() -> None:
     """The command's modules (torch among them: about a million objects) live as long as the process; out
     of the collector's view (gc.freeze) the full collections that the later imports and the run trigger
     no longer scan them each time (a tiny finetune's full collections: 1.6 CPU-s, benchmarks/
-    bench_startup.py). Nothing is collected differently: they are not garbage."""
+    bench_startup.py). They are not garbage; a cycle the imports left dead and not yet collected stays in
+    memory until exit (import garbage: small)."""
     gc.freeze()
 
 
