@@ -114,17 +114,17 @@ def plot(metrics: Path, path: Path, pt_loss_base: float | None = None, best_step
     """loss_curves.png: train loss per step, target and pretraining validation loss per evaluation and, for
     a finetune (`pt_loss_base` given), forgetting = pretraining validation loss − the starting model's
     below it, on its own scale (a few hundredths of a nat beside losses of several), the best step marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure on the Agg canvas, not pyplot: the same PNG without pyplot's import and backend machinery
+    # (a run draws one file and shows nothing)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     train_pts = [(r["step"], r["loss"]) for r in read_metrics(metrics, "train")]
     evals = read_metrics(metrics, "eval")
     forgetting = pt_loss_base is not None and bool(evals)
-    fig, axes = plt.subplots(
-        2 if forgetting else 1, 1, figsize=(7, 6.5 if forgetting else 4), sharex=True, squeeze=False
-    )
+    fig = Figure(figsize=(7, 6.5 if forgetting else 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2 if forgetting else 1, 1, sharex=True, squeeze=False)
     ax = axes[0][0]
     if train_pts:
         ax.plot(*zip(*train_pts), lw=0.8, alpha=0.6, label="train loss")
@@ -150,7 +150,5 @@ def plot(metrics: Path, path: Path, pt_loss_base: float | None = None, best_step
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OSError(exc.errno, exc.strerror, str(path)) from None
-    finally:
-        plt.close(fig)
     tmp.replace(path)
     return path
