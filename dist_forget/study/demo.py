@@ -159,8 +159,14 @@ def summarize(root: Path, max_forgetting: float = 0.0) -> int:
         f"N={sizes[-1]:,.0f}, D={d_max:,.0f} on {domain}:"
     )
     answer = plan(
-        fits, domain, sizes[-1], d_max, max_forgetting=max_forgetting, ft_form=ft_form, where=str(root / "fit" / "fit.json")
-    )  # fmt: skip
+        fits,
+        domain,
+        sizes[-1],
+        d_max,
+        max_forgetting=max_forgetting,
+        ft_form=ft_form,
+        where=str(root / "fit" / "fit.json"),
+    )
     print("  " + format_plan(answer).replace("\n", "\n  "))
     return 0 if answer["reachable"] else 1
 
