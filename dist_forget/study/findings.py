@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.optimize import brentq
 
 from dist_forget.laws.table import Runs
 
@@ -32,6 +33,10 @@ FT_TOLERANCE = 0.005
 BUDGET_HELD_GOAL = 0.9
 # held-out MRE the study aims at, per law (the paper reached 2.01 % and 0.83 %)
 HELDOUT_GOAL = {"finetune": 0.015, "forgetting": 0.006}
+# the injection strength B implied by the forgetting ratios at two fractions, searched in this bracket:
+# a root at its edge is a bound, not a value
+IMPLIED_P = (0.01, 0.05)
+B_BRACKET = (1e-3, 1e8)
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,103 @@ def injection_effect(runs: list[Run], p: float) -> dict[str, Any]:
         "ft_change_mean": float(ft.mean()) if len(pairs) else float("nan"),
         "ft_change_max": float(ft.max()) if len(pairs) else float("nan"),
         "share_ft_not_worse": float(np.mean(ft <= 0)) if len(pairs) else float("nan"),
+    }
+
+
+def implied_strength(r1: float, r2: float, p1: float, p2: float) -> tuple[float, float, str]:
+    """B and α of the forgetting law's (1 + B·p)^−α from r(p) = F(p)/F(0) at p1 < p2, or (nan, nan, why not).
+
+    ln r1 / ln r2 = ln(1 + B·p1) / ln(1 + B·p2) =: g(B), which rises from p1/p2 (B → 0) to 1 (B → ∞), so
+    one pair of ratios fixes B (root of g in B_BRACKET, on log B) and then α. Outside that range the law
+    cannot produce the two ratios at any finite, positive B.
+    """
+    lo, hi = B_BRACKET
+    at = f"p = {100 * p1:g} %", f"p = {100 * p2:g} %"
+    if not (math.isfinite(r1) and math.isfinite(r2)):
+        return math.nan, math.nan, "no forgetting at p = 0 to compare with"
+    if r1 <= 0 or r2 <= 0:
+        return math.nan, math.nan, f"forgetting at {at[0] if r1 <= 0 else at[1]} is not above 0"
+    if r1 >= 1:
+        return math.nan, math.nan, f"{at[0]} removed nothing"
+    if r2 >= r1:
+        return math.nan, math.nan, f"{at[1]} removed no more than {at[0]}"
+    target = math.log(r1) / math.log(r2)
+
+    def g(log_b: float) -> float:
+        b = math.exp(log_b)
+        return math.log1p(b * p1) / math.log1p(b * p2) - target
+
+    # g is monotone: a sign that does not change inside the bracket puts the root on or beyond an edge
+    if g(math.log(lo)) >= 0:
+        why = f"the B → 0 limit or beyond: ln r at {at[1]} is ≥ {p2 / p1:g}× that at {at[0]}"
+        why += f"; no B above {lo:g} fits"
+        return math.nan, math.nan, why
+    if g(math.log(hi)) <= 0:
+        why = f"the B → ∞ limit: {at[1]} removed barely more than {at[0]} ; no B below {hi:g} fits"
+        return math.nan, math.nan, why
+    b = math.exp(brentq(g, math.log(lo), math.log(hi), xtol=1e-14, rtol=1e-15))
+    return b, -math.log(r1) / math.log1p(b * p1), ""
+
+
+def implied_injection_strength(
+    runs: list[Run], p1: float = IMPLIED_P[0], p2: float = IMPLIED_P[1]
+) -> dict[str, Any]:
+    """The B and α implied at each (domain, N, D, seed) with plain-AdamW runs at p = 0, p1 and p2: a law
+    without fitting one over sizes, so it reads at a single N (and shows how B moves with N on a ladder).
+
+    Where several seeds have all three runs, one more record uses their mean forgetting (`seed` None).
+    The summaries per size and per (size, domain) count one record per (domain, N, D): the seed mean
+    where there is one, else the single seed.
+    """
+    idx = _index(runs)
+    triples: dict[tuple[str, float, float], dict[int, tuple[float, float, float]]] = defaultdict(dict)
+    for r in runs:
+        at = [idx.get((r.domain, r.n, r.d, p, 0.0, r.seed)) for p in (p1, p2)]
+        if r.p == 0 and r.a == 0 and all(at):
+            triples[(r.domain, r.n, r.d)][r.seed] = (r.forgetting, at[0].forgetting, at[1].forgetting)
+
+    def record(key: tuple[str, float, float], seeds: list[int], f: np.ndarray) -> dict[str, Any]:
+        f0, f1, f2 = (float(x) for x in f)
+        r1, r2 = (f1 / f0, f2 / f0) if f0 > 0 else (math.nan, math.nan)
+        b, alpha, reason = implied_strength(r1, r2, p1, p2)
+        return {"domain": key[0], "model_params": key[1], "target_tokens": key[2],
+                "seed": seeds[0] if len(seeds) == 1 else None, "seeds": seeds, "forgetting_p0": f0,
+                "ratio_p1": r1, "ratio_p2": r2, "p1": p1, "p2": p2, "B": b, "alpha": alpha,
+                "identified": not reason, "reason": reason}  # fmt: skip
+
+    records, counted = [], []
+    for key, by_seed in sorted(triples.items()):
+        seeds = sorted(by_seed)
+        records += [record(key, [s], np.array(by_seed[s])) for s in seeds]
+        if len(seeds) > 1:
+            records.append(record(key, seeds, np.mean([by_seed[s] for s in seeds], axis=0)))
+        counted.append(records[-1])
+
+    def summary(sel: list[dict[str, Any]]) -> dict[str, Any]:
+        b = [x["B"] for x in sel if x["identified"]]
+        alpha = [x["alpha"] for x in sel if x["identified"]]
+        stat = lambda f, xs: float(f(xs)) if xs else math.nan  # noqa: E731
+        return {"n": len(sel), "n_identified": len(b), "B_median": stat(np.median, b), "B_min": stat(min, b),
+                "B_max": stat(max, b), "alpha_median": stat(np.median, alpha)}  # fmt: skip
+
+    sizes = sorted({x["model_params"] for x in counted})
+    return {
+        "p1": p1,
+        "p2": p2,
+        "bracket": list(B_BRACKET),
+        "records": records,
+        "by_size": [
+            {"model_params": n, **summary([x for x in counted if x["model_params"] == n])} for n in sizes
+        ],
+        "by_size_domain": [
+            {
+                "model_params": n,
+                "domain": dom,
+                **summary([x for x in counted if (x["model_params"], x["domain"]) == (n, dom)]),
+            }
+            for n in sizes
+            for dom in sorted({x["domain"] for x in counted if x["model_params"] == n})
+        ],
     }
 
 
@@ -306,6 +408,9 @@ def collect(runs: list[Run], proto: dict[str, Any], records: list[dict[str, Any]
     }
     facts["heldout"] = heldout(records)
     facts["heldout"]["undermined"] = "laws" in undermined
+    # finding 3's runs read through the law: context for finding 3, so undermined with it
+    facts["implied_injection_strength"] = implied_injection_strength(runs)
+    facts["implied_injection_strength"]["undermined"] = "injection" in undermined
     facts["verdicts"] = verdicts
     facts["thresholds"] = {
         "share_holds": SHARE_HOLDS, "share_does_not_hold": SHARE_FAILS, "headline_p": HEADLINE_P,

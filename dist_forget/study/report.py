@@ -341,6 +341,9 @@ def _findings_text(facts: dict[str, Any]) -> list[str]:
             lines.append(f"  At p = {float(key):g}: {pct(e['forgetting_removed_mean'])} removed on average "
                          f"({e['n_pairs']} pairs).")  # fmt: skip
     lines.append("")
+    # reports written before the implied strength was computed render without it
+    if facts.get("implied_injection_strength", {}).get("records"):
+        lines += _implied_strength_text(facts["implied_injection_strength"], facts["protocol"])
     for key, stated in verdicts["ft_not_hurt"].items():
         e = inj[key]
         lines.append(
@@ -369,6 +372,54 @@ def _findings_text(facts: dict[str, Any]) -> list[str]:
             lines += ["", f"**p = {float(key):g}** on {len(diffs)} runs: largest |loss − loss at p = 0| = "
                           f"{worst:.2e} nats/token."]  # fmt: skip
     return lines
+
+
+def _strength(b: float) -> str:
+    return f"{b:,.0f}" if b >= 10 else f"{b:.3g}"
+
+
+def _implied_strength_text(implied: dict[str, Any], proto: dict[str, Any]) -> list[str]:
+    """Finding 3's runs read through the forgetting law at each size: the B and α that r(p1) and r(p2) imply."""
+    p1, p2 = (f"{100 * implied[k]:g} %" for k in ("p1", "p2"))
+    lo, hi = implied["bracket"]
+    lines = [
+        "**Injection strength implied at each size.** The forgetting law F = A·D^β / ((1 + B·p)·N)^α says "
+        "injection multiplies the effective N by 1 + B·p: p = 1/B doubles it. At each domain, N and D, the "
+        f"ratios r(p) = F(p) / F(0) at p = {p1} and {p2} fix B and α without a fit across sizes (B searched "
+        f"from {lo:g} to {hi:.0e}). The paper reports B of 10²–10⁴ at 41M–1.27B parameters, where p = 1 % is 1 to 100 "
+        "times 1/B.",
+    ]
+    if implied["undermined"]:
+        lines[0] += (
+            f" **Protocol not met** ({', '.join(proto['failed'])}): these values are context, not a verdict."
+        )
+    for size in implied["by_size"]:
+        n = size["model_params"]
+        found = (
+            f"median B {_strength(size['B_median'])} (range {_strength(size['B_min'])} to "
+            f"{_strength(size['B_max'])}), median α {size['alpha_median']:.2f}"
+            if size["n_identified"]
+            else "B not identified"
+        )
+        lines += [
+            "",
+            f"N = {n:,.0f}: {found}; identified at {size['n_identified']} of {size['n']} (domain, D).",
+            "",
+            f"| domain | D | r({p1}) | r({p2}) | implied B | implied α |",
+            "|---|---|---|---|---|---|",
+        ]
+        # one row per (domain, D): the seed mean where several seeds have all three runs
+        shown: dict[tuple[str, float], dict[str, Any]] = {}
+        for x in implied["records"]:
+            key = (x["domain"], x["target_tokens"])
+            if x["model_params"] == n and len(x["seeds"]) >= len(shown.get(key, {"seeds": ()})["seeds"]):
+                shown[key] = x
+        for (domain, d), x in sorted(shown.items()):
+            seeds = f" (mean of seeds {', '.join(map(str, x['seeds']))})" if len(x["seeds"]) > 1 else ""
+            b = _strength(x["B"]) if x["identified"] else f"not identified ({x['reason']})"
+            lines.append(f"| {domain} | {d:,.0f}{seeds} | {num(x['ratio_p1'])} | {num(x['ratio_p2'])} | {b} | "
+                         f"{num(x['alpha'], '.2f')} |")  # fmt: skip
+    return lines + [""]
 
 
 # ---------------------------------------------------------------------------------------------- plots

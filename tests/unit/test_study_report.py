@@ -157,3 +157,84 @@ def test_report_on_one_pretrained_size_gives_forgetting_by_p_and_says_why_no_law
     facts = json.loads((tmp_path / "out" / "findings.json").read_text())
     assert facts["injection"]["0.01"]["n_pairs"] == 2 and facts["injection"]["0.05"]["n_pairs"] == 2
     assert json.loads((tmp_path / "out" / "fit.json").read_text())["fits"] == []
+
+
+@pytest.mark.parametrize("alpha, b", [(0.3, 500.0), (0.6, 50.0)])
+def test_implied_strength_recovers_the_law_it_was_drawn_from(alpha, b):
+    """Runs drawn without noise from F = A·D^β / ((1 + B·p)·N)^α: each (domain, N, D) gives back B and α."""
+    law = {"A": 2.0, "alpha": alpha, "beta": 0.3, "B": b}
+    cfg = SyntheticConfig(forgetting=law, sizes=(1e5, 1e6), tokens=(1e5, 1e6), fractions=(0.0, 0.01, 0.05),
+                          domains=("code", "legal"), noise=0.0)  # fmt: skip
+    implied = fd.implied_injection_strength(fd.runs_of(synthetic_runs(cfg)))
+    assert len(implied["records"]) == 8 and all(x["identified"] for x in implied["records"])
+    for x in implied["records"]:
+        assert x["B"] == pytest.approx(b, rel=1e-6) and x["alpha"] == pytest.approx(alpha, rel=1e-6)
+        assert x["ratio_p1"] == pytest.approx((1 + b * 0.01) ** -alpha, rel=1e-9)
+    assert [s["model_params"] for s in implied["by_size"]] == [1e5, 1e6]
+    assert all(s["n"] == s["n_identified"] == 4 for s in implied["by_size"])
+    assert implied["by_size"][0]["B_median"] == pytest.approx(b, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "r1, r2, why",
+    [
+        (1.0, 0.5, "p = 1 % removed nothing"),
+        (1.2, 0.5, "p = 1 % removed nothing"),
+        (0.8, 0.8, "p = 5 % removed no more than p = 1 %"),  # the B → ∞ limit reached exactly
+        (0.8, 0.9, "p = 5 % removed no more than p = 1 %"),
+        (0.9, 0.9**5, "the B → 0 limit"),  # ln r2 = 5 ln r1: exactly the limit
+        (0.9, 0.9**6, "the B → 0 limit"),  # beyond it: more than any B allows
+        (0.8, 0.8**1.01, "the B → ∞ limit"),  # a root beyond the bracket's upper end
+        (0.8, -0.1, "forgetting at p = 5 % is not above 0"),
+        (float("nan"), float("nan"), "no forgetting at p = 0"),
+    ],
+)
+def test_implied_strength_says_why_the_ratios_fix_no_b(r1, r2, why):
+    b, alpha, reason = fd.implied_strength(r1, r2, 0.01, 0.05)
+    assert np.isnan(b) and np.isnan(alpha) and why in reason
+
+
+def test_implied_strength_of_several_seeds_adds_their_mean_and_counts_it_once():
+    runs = [run(1e4, 1e4, p=p, seed=s, f=f0 * r) for s, f0 in ((0, 1.0), (1, 3.0))
+            for p, r in ((0.0, 1.0), (0.01, 0.8), (0.05, 0.5))]  # fmt: skip
+    runs.append(run(1e4, 1e4, p=0.01, seed=2, f=0.1))  # no p = 0 or 5 % partner: no record
+    implied = fd.implied_injection_strength(runs)
+    assert [x["seeds"] for x in implied["records"]] == [[0], [1], [0, 1]]
+    mean = implied["records"][-1]
+    assert mean["seed"] is None and mean["forgetting_p0"] == pytest.approx(2.0)
+    assert mean["B"] == pytest.approx(implied["records"][0]["B"], rel=1e-9)  # the same ratios
+    assert implied["by_size"][0]["n"] == 1
+
+
+@pytest.mark.parametrize("injected", [25, 2])
+def test_report_shows_the_implied_strength_under_finding_3(tmp_path, injected):
+    """One size (the SmolLM2 study's shape), B = 500 and α = 0.3; legal's p = 1 % run forgets more than at
+    p = 0, so its B is not identified. With p = 1 % injecting 2 sequences the values are context only."""
+    law = {"A": 2.0, "alpha": 0.3, "beta": 0.3, "B": 500.0}
+    cfg = SyntheticConfig(forgetting=law, sizes=(1.06e8,), tokens=(1e5,), fractions=(0.0, 0.01, 0.05),
+                          domains=("german", "legal"), noise=0.0)  # fmt: skip
+    table = synthetic_runs(cfg)
+    v = table.values
+    bad = (table.domain == "legal") & (v["inject_fraction"] == 0.01)
+    v["pt_loss"][bad] = (
+        v["pt_loss_base"][bad]
+        + 1.1 * (v["pt_loss"] - v["pt_loss_base"])[(table.domain == "legal") & (v["inject_fraction"] == 0.0)]
+    )
+    sweep = make_sweep(tmp_path / "sweep", losses=(), best=(100,), injected=injected)
+    write_runs_csv(table, sweep / "runs.csv")
+    report(sweep, tmp_path / "out", bootstrap=0)
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    section = text[text.index("**Injection strength implied at each size.**") : text.index("**4. ")]
+    assert text.index("**3. ") < text.index("**Injection strength implied")
+    assert "N = 106,000,000: median B 500 (range 500 to 500), median α 0.30; identified at 1 of 2" in section
+    r1, r2 = (1 + 500 * 0.01) ** -0.3, (1 + 500 * 0.05) ** -0.3
+    assert f"| german | 100,000 | {r1:.3f} | {r2:.3f} | 500 | 0.30 |" in section
+    assert "| legal | 100,000 | 1.100 |" in section
+    assert "not identified (p = 1 % removed nothing) | – |" in section
+    facts = json.loads((tmp_path / "out" / "findings.json").read_text())["implied_injection_strength"]
+    assert facts["undermined"] is (injected == 2)
+    assert ("**Protocol not met** (injection_acts): these values are context, not a verdict" in section) is (
+        injected == 2
+    )
+    legal = next(x for x in facts["records"] if x["domain"] == "legal")
+    assert legal["B"] is None and legal["identified"] is False  # NaN is null in findings.json
