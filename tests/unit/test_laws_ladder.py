@@ -159,3 +159,28 @@ def test_ladder_summary_picks_the_best_mean_form_and_states_the_floor_then_rende
     unseeded = fd.ladder_summary(walk, [])
     assert unseeded["goal"]["finetune"]["reached"] is None
     assert "no seed floor measured at this size" in "\n".join(_ladder_walk_text(unseeded))
+
+
+def test_study_report_seed_mean_fits_the_means_and_walks_against_the_floor_at_the_top(tmp_path):
+    """Three seeds at the largest size: the report fits their means, says so, and the walk's last rung is
+    read against the floor those seeds measure (divided by √3: each held-out point is a mean of 3)."""
+    from dist_forget.study.report import report
+    from tests.unit.test_study_protocol import make_sweep
+
+    runs, top = with_replicates()
+    sweep = make_sweep(tmp_path / "sweep", losses=(4.5, 4.3, 4.0, 3.8))
+    write_runs_csv(runs, sweep / "runs.csv")
+    assert report(sweep, tmp_path / "out", forms=("finetune", "forgetting"), bootstrap=0, seed_mean=True) == 0
+    meta = json.loads((tmp_path / "out" / "fit.json").read_text())["meta"]
+    assert meta["seed_mean"] is True and meta["seed_mean_points"]["wiki"]["points_averaged"] == len(top)
+    facts = json.loads((tmp_path / "out" / "findings.json").read_text())
+    assert len(facts["noise_floor"]) == len(top)  # the findings keep every seed's run
+    last = [s for s in facts["ladder_walk"]["summary"] if s["model_params"] == SIZES[-1]]
+    assert {s["law"] for s in last} == {"finetune", "forgetting"}
+    for s in last:
+        assert s["floor"] == pytest.approx(math.sqrt(2 / math.pi) * s["seed_rel_std"] / math.sqrt(3))
+        assert facts["ladder_walk"]["goal"][s["law"]]["reached"] in (True, False)
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    assert (
+        "Fitted and scored on seed means" in text and "## Held-out error as the fit sees more sizes" in text
+    )
