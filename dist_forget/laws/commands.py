@@ -18,7 +18,7 @@ from dist_forget.laws.pipeline import fit_runs
 from dist_forget.laws.plan import format_plan, load_fits
 from dist_forget.laws.plan import plan as plan_p
 from dist_forget.laws.report import relative_to, write_outputs
-from dist_forget.laws.table import read_mlflow, read_runs
+from dist_forget.laws.table import read_mlflow, read_runs, seed_means
 from dist_forget.numfmt import json_finite
 from dist_forget.redact import redact_uri
 
@@ -38,6 +38,7 @@ def fit(
     seed: int = 0,
     top_k: int = 16,
     plots: bool = True,
+    seed_mean: bool = False,
 ) -> int:
     """Fit forgetting and finetuning laws per domain to a runs table; write fit.json, REPORT.md and plots.
 
@@ -60,6 +61,7 @@ def fit(
         seed: seed of the bootstrap resamples
         top_k: optimizer starts taken from the best points of the start grid; 0 = every grid point
         plots: write the PNG plots
+        seed_mean: fit and score on the mean of each point's seeds (runs differing only in seed)
         forms: law forms to fit, among:
     """
     if (runs is None) == (mlflow is None):
@@ -69,6 +71,9 @@ def fit(
         )
     start = time.monotonic()
     table = read_runs(runs) if runs is not None else read_mlflow(str(mlflow))
+    averaged = None
+    if seed_mean:  # before pooling: seeds are averaged within a domain, never across domains
+        table, averaged = seed_means(table, str(runs or f"MLflow experiment {mlflow!r}"))
     if pooled:
         table.domain = np.full(len(table), "all", dtype=object)
     source = (
@@ -77,7 +82,8 @@ def fit(
         else f"mlflow:{mlflow}@{redact_uri(os.environ.get('MLFLOW_TRACKING_URI', 'default'))}"
     )
     cfg = FitConfig(delta=delta, loss=loss, top_k=top_k, bootstrap=bootstrap, seed=seed, workers=workers)
-    print(f"read {len(table)} runs from {source}: domains {', '.join(table.domains())}", flush=True)
+    what = f"{len(table)} seed means" if seed_mean else f"{len(table)} runs"
+    print(f"read {what} from {source}: domains {', '.join(table.domains())}", flush=True)
     records = fit_runs(table, forms, cfg, holdout, domains=domains or None)
     meta = {
         "source": source,
@@ -89,6 +95,8 @@ def fit(
         "seed": seed,
         "forms": list(forms),
     }
+    if averaged is not None:  # absent otherwise: fits written before the switch stay byte-identical
+        meta |= {"seed_mean": True, "seed_mean_points": averaged}
     written = write_outputs(out, records, table, meta, plots=plots)
     print(f"done in {time.monotonic() - start:.1f} s: {len(records)} fits")
     for rec in records:

@@ -17,7 +17,7 @@ from dist_forget.laws.diagnostics import diagnose
 from dist_forget.laws.fit import FitConfig, PointFit, check_identifiable, fit_form
 from dist_forget.laws.forms import LawForm, get_form
 from dist_forget.laws.table import Runs
-from dist_forget.laws.validate import Holdout, holdout
+from dist_forget.laws.validate import Holdout, holdout, ladder_walk
 
 RANGE_COLUMNS = ("model_params", "target_tokens", "inject_fraction", "anchor_decay")
 
@@ -58,6 +58,17 @@ def fit_runs(
     jobs = [BootstrapJob(p.form.name, sub.values, p.observed, p.theta) for _, sub, p, _ in work]
     samples = bootstrap(jobs, cfg, progress=progress)
     return [_record(domain, sub, point, held, s) for (domain, sub, point, held), s in zip(work, samples)]
+
+
+def walk_runs(runs: Runs, forms: Sequence[str], cfg: FitConfig) -> list[dict[str, Any]]:
+    """The ladder walk of every form on every domain (validate.ladder_walk): one record per (domain, form,
+    k), point fits only, so it costs ~2 fits per form and size instead of a bootstrap."""
+    records = []
+    for domain in runs.domains():
+        for form in (get_form(f) for f in forms):
+            walk = ladder_walk(form, runs_for(form, runs.for_domain(domain)), cfg, f"domain {domain!r}")
+            records += [{"domain": domain, "law": form.law, "form": form.name, **step} for step in walk]
+    return records
 
 
 def runs_for(form: LawForm, runs: Runs) -> Runs:

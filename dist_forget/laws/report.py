@@ -49,6 +49,11 @@ def report_markdown(records: list[dict[str, Any]], meta: dict[str, Any], pngs: l
         f"{meta.get('holdout')}. Errors are relative errors of the loss (MRE = mean, max = largest).",
         "",
     ]
+    if meta.get("seed_mean"):
+        counts = ", ".join(f"{d} {c['points_averaged']} from {c['runs_averaged']} runs"
+                           for d, c in meta["seed_mean_points"].items())  # fmt: skip
+        lines += [f"Fitted and scored on seed means: runs differing only in seed are one point, their mean "
+                  f"(points averaged per domain: {counts}).", ""]  # fmt: skip
     lines += [
         "## In-sample and held-out error, every form side by side",
         "",

@@ -286,3 +286,40 @@ def chinchilla_runs(path: Path = CHINCHILLA_CSV) -> Runs:
         str(path),
         required=("domain", "model_params", "target_tokens", "ft_loss"),
     )
+
+
+# the knobs that make two runs the same experiment: rows agreeing on these differ only in their seed
+SEED_GROUP_COLUMNS = ("model_params", "target_tokens", "inject_fraction", "anchor_decay")
+
+
+def seed_means(runs: Runs, where: str) -> tuple[Runs, dict[str, dict[str, int]]]:
+    """One row per (domain, N, D, p, anchor_decay): the mean of its seeds' rows, for fitting on the mean.
+
+    Every numeric column is averaged: the losses, and with them forgetting = pt_loss - pt_loss_base (the
+    mean is linear, so the averaged columns stay consistent; pt_loss_base is one base model's loss, equal
+    across seeds). A row that stands alone is kept as it is. `extra["n_seeds"]` says how many runs each
+    row averages (a seed mean's noise is σ/√m). Returns the table and, per domain, how many points are
+    means of several runs and of how many runs.
+    """
+    if "seed" not in runs.extra:
+        raise UserError(f"{where}: --seed-mean needs a seed column; add one or drop --seed-mean")
+    keys = [c for c in SEED_GROUP_COLUMNS if c in runs.values]
+    groups: dict[tuple, list[int]] = {}
+    for i in range(len(runs)):
+        groups.setdefault((runs.domain[i], *(runs.values[c][i] for c in keys)), []).append(i)
+    first = [rows[0] for rows in groups.values()]
+    out = runs.subset(first)
+    out.values = {c: np.array([v[rows].mean() for rows in groups.values()]) for c, v in runs.values.items()}
+    out.extra["n_seeds"] = [len(rows) for rows in groups.values()]
+    out.extra["seed"] = ["+".join(str(runs.extra["seed"][i]) for i in rows) for rows in groups.values()]
+    out.run_id = [
+        runs.run_id[rows[0]] if len(rows) == 1 else f"{runs.run_id[rows[0]]} (mean of {len(rows)} seeds)"
+        for rows in groups.values()
+    ]
+    averaged: dict[str, dict[str, int]] = {}
+    for (domain, *_), rows in groups.items():
+        counts = averaged.setdefault(str(domain), {"points_averaged": 0, "runs_averaged": 0})
+        if len(rows) > 1:
+            counts["points_averaged"] += 1
+            counts["runs_averaged"] += len(rows)
+    return out, dict(sorted(averaged.items()))

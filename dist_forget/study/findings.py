@@ -37,6 +37,10 @@ HELDOUT_GOAL = {"finetune": 0.015, "forgetting": 0.006}
 # a root at its edge is a bound, not a value
 IMPLIED_P = (0.01, 0.05)
 B_BRACKET = (1e-3, 1e8)
+# the ladder walk's goal: held-out MRE on the largest size within this many times the seed floor
+FLOOR_GOAL_RATIO = 1.5
+# E|x| / σ for normal noise: the mean relative error of a law that predicts every expected loss exactly
+ABS_NORMAL = math.sqrt(2 / math.pi)
 
 
 @dataclass(frozen=True)
@@ -374,10 +378,58 @@ def heldout(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"mre_by_form": by_form, "best": best}
 
 
-def collect(runs: list[Run], proto: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
-    """findings.json: the paired comparisons, the law fits' held-out error against the goal, the protocol
-    check (protocol.check) and every verdict, each with `undermined` when a failed protocol check leaves it
-    without one (the verdict is then what the runs alone would say)."""
+def seed_sigma(noise: list[dict[str, Any]], size: float, law: str) -> float:
+    """The relative seed std of the loss a law predicts at one size, averaged over its seeded configurations
+    (nan where none is measured): ft_loss for the finetune law, pt_loss for the forgetting law."""
+    key = {"finetune": "ft_rel_std", "forgetting": "pt_rel_std"}.get(law)
+    vals = [nf[key] for nf in noise if key and nf["model_params"] == size]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def ladder_summary(walk: list[dict[str, Any]], noise: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per law and held-out size: the best form's held-out MRE (mean over domains) beside the seed floor.
+
+    Best = the form with the lowest held-out MRE averaged over the domains, among the forms walked at that
+    size on every domain, chosen per law and size. Floor = the expected MRE of a perfect law on the same
+    held-out runs: 0.8 σ (E|x| of normal noise) times the mean of 1/√m over them, m the seeds a point averages
+    (1 for single runs), σ the relative seed std measured at that size.
+    """
+    domains = sorted({w["domain"] for w in walk})
+    out = []
+    for law in dict.fromkeys(w["law"] for w in walk):
+        for size in sorted({w["model_params"] for w in walk if w["law"] == law}):
+            at = [w for w in walk if (w["law"], w["model_params"]) == (law, size)]
+            by_form = {f: [w for w in at if w["form"] == f] for f in dict.fromkeys(w["form"] for w in at)}
+            full = {f: ws for f, ws in by_form.items() if len(ws) == len(domains)}
+            if not full:
+                continue
+            form = min(full, key=lambda f: np.mean([w["mre"] for w in full[f]]))
+            best = full[form]
+            mre = float(np.mean([w["mre"] for w in best]))
+            shrink = float(np.mean([np.mean(1 / np.sqrt(w["n_seeds"])) for w in best]))
+            sigma = seed_sigma(noise, size, law)
+            floor = ABS_NORMAL * sigma * shrink
+            out.append({"law": law, "model_params": size, "k": best[0]["k"], "sizes_fitted": best[0]["sizes_fitted"],
+                        "best_form": form, "mre": mre, "mre_by_form": {f: float(np.mean([w["mre"] for w in ws]))
+                        for f, ws in full.items()}, "seed_rel_std": sigma, "floor": floor,
+                        "ratio_to_floor": mre / floor if floor > 0 else math.nan})  # fmt: skip
+    goal = {}
+    for law in dict.fromkeys(s["law"] for s in out):
+        top = max((s for s in out if s["law"] == law), key=lambda s: s["model_params"])
+        goal[law] = {"model_params": top["model_params"], "ratio_to_floor": top["ratio_to_floor"],
+                     # None: no seed floor measured at that size, so the goal cannot be checked
+                     "reached": bool(top["ratio_to_floor"] <= FLOOR_GOAL_RATIO)
+                     if math.isfinite(top["ratio_to_floor"]) else None}  # fmt: skip
+    return {"records": walk, "summary": out, "goal_ratio": FLOOR_GOAL_RATIO, "goal": goal}
+
+
+def collect(
+    runs: list[Run], proto: dict[str, Any], records: list[dict[str, Any]], walk: list[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """findings.json: the paired comparisons, the law fits' held-out error against the goal, the ladder walk
+    (`walk`: laws.pipeline.walk_runs's records) against the seed floor, the protocol check (protocol.check)
+    and every verdict, each with `undermined` when a failed protocol check leaves it without one (the
+    verdict is then what the runs alone would say)."""
     ps = sorted({r.p for r in runs if r.p > 0})
     facts: dict[str, Any] = {
         "forgetting_vs_size": trend(runs, "n", decreasing=True),
@@ -408,6 +460,8 @@ def collect(runs: list[Run], proto: dict[str, Any], records: list[dict[str, Any]
     }
     facts["heldout"] = heldout(records)
     facts["heldout"]["undermined"] = "laws" in undermined
+    facts["ladder_walk"] = ladder_summary(list(walk), facts["noise_floor"])
+    facts["ladder_walk"]["undermined"] = "laws" in undermined
     # finding 3's runs read through the law: context for finding 3, so undermined with it
     facts["implied_injection_strength"] = implied_injection_strength(runs)
     facts["implied_injection_strength"]["undermined"] = "injection" in undermined

@@ -21,9 +21,9 @@ from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir, write_json_atomic, write_text_atomic
 from dist_forget.laws.fit import FitConfig, check_identifiable
 from dist_forget.laws.forms import get_form
-from dist_forget.laws.pipeline import fit_runs, runs_for
+from dist_forget.laws.pipeline import fit_runs, runs_for, walk_runs
 from dist_forget.laws.report import plot_all, report_markdown
-from dist_forget.laws.table import read_runs
+from dist_forget.laws.table import read_runs, seed_means
 from dist_forget.numfmt import json_finite, num, pct
 from dist_forget.schema import METRICS_FILE, read_metrics
 from dist_forget.study import findings as fd
@@ -41,6 +41,7 @@ def report(
     bootstrap: int = 1000,
     workers: int = 0,
     seed: int = 0,
+    seed_mean: bool = False,
 ) -> int:
     """Write the study report of a finished sweep (REPORT.md, runs.csv, fit.json, plots) into --out.
 
@@ -54,6 +55,7 @@ def report(
         bootstrap: bootstrap resamples for the 95 % intervals
         workers: processes for the bootstrap; 0 = one per core
         seed: seed of the bootstrap resamples
+        seed_mean: fit and score the laws on the mean of each point's seeds (the findings keep every run)
     """
     start = time.monotonic()
     runs_csv = sweep / "runs.csv"
@@ -64,17 +66,23 @@ def report(
     runs = fd.runs_of(table)
     print(f"read {len(runs)} runs from {runs_csv}", flush=True)
     cfg = FitConfig(bootstrap=bootstrap, seed=seed, workers=workers)
-    forms = _identifiable(forms, table)
-    records = fit_runs(table, forms, cfg, "largest")
     # the runs table is copied beside the report below: its name, not a path of this machine
     meta = {"source": "runs.csv", "n_runs": len(table), "delta": cfg.delta, "loss": cfg.loss,
-            "bootstrap": bootstrap, "holdout": "largest", "seed": seed, "forms": list(forms)}  # fmt: skip
+            "bootstrap": bootstrap, "holdout": "largest", "seed": seed}  # fmt: skip
+    fit_table = table
+    if seed_mean:
+        fit_table, averaged = seed_means(table, str(runs_csv))
+        meta |= {"seed_mean": True, "seed_mean_points": averaged}
+    forms = _identifiable(forms, fit_table)
+    meta["forms"] = list(forms)
+    records = fit_runs(fit_table, forms, cfg, "largest")
+    walk = walk_runs(fit_table, forms, FitConfig(bootstrap=0))
     with atomic_dir(out, overwrite=True) as tmp:
         shutil.copyfile(runs_csv, tmp / "runs.csv")
         write_json_atomic(tmp / "fit.json", json_finite({"meta": meta, "fits": records}))
-        fit_pngs = [p.name for p in plot_all(tmp, records, table)]
+        fit_pngs = [p.name for p in plot_all(tmp, records, fit_table)]
         study_pngs = plot_study(tmp, runs, sweep)
-        facts = fd.collect(runs, protocol.check(sweep), records)
+        facts = fd.collect(runs, protocol.check(sweep), records, walk)
         write_json_atomic(tmp / "findings.json", json_finite(facts))
         text = report_text(sweep, runs, records, meta, facts, fit_pngs, study_pngs, notes)
         if notes:
@@ -217,6 +225,7 @@ def report_text(
             f"- **Protocol not met** ({', '.join(facts['protocol']['failed'])}): these errors say how well "
             "each form describes these runs, not whether the paper's laws extrapolate."
         )
+    lines += _ladder_walk_text(facts.get("ladder_walk", {}))
     lines += ["", "## The paper's findings, checked", ""]
     lines += _findings_text(facts)
     if notes:
@@ -260,6 +269,41 @@ def _heldout_head(
         *_heldout_rows(records, heldout),
         "",
     ]
+
+
+def _ladder_walk_text(walk: dict[str, Any]) -> list[str]:
+    """The ladder walk: fitted on the k smallest sizes, scored on the next one up, beside the seed floor."""
+    if not walk.get("summary"):
+        return []  # fewer than 3 sizes, or a report written before the walk existed
+    lines = [
+        "",
+        "## Held-out error as the fit sees more sizes",
+        "",
+        "Each form fitted (point fit) on the k smallest sizes and scored on the next size up only. Best form: "
+        "the lowest held-out MRE averaged over the domains, chosen per law and held-out size. Seed floor: the "
+        "MRE a law predicting every expected loss exactly would still show on those runs, 0.8 σ (σ the relative "
+        "seed std of the predicted loss at that size; divided by √m for a mean of m seeds); – where that size has no "
+        f"point with 3 seeds. Goal: the largest size within {walk['goal_ratio']:g}× its floor.",
+    ]
+    if walk.get("undermined"):
+        lines[-1] += " **Protocol not met**: these errors describe the runs, not the laws' extrapolation."
+    for law in dict.fromkeys(s["law"] for s in walk["summary"]):
+        lines += ["", f"**{law}**", "", "| held-out size | sizes fitted | best form | mean held-out MRE | seed floor | "
+                  "ratio to floor |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for s in (s for s in walk["summary"] if s["law"] == law):
+            fitted = ", ".join(f"{n:,.0f}" for n in s["sizes_fitted"])
+            lines.append(f"| {s['model_params']:,.0f} | {fitted} | {s['best_form']} | {pct(s['mre'])} | "
+                         f"{pct(s['floor'])} | {num(s['ratio_to_floor'], '.2f')} |")  # fmt: skip
+        goal, at = walk["goal"][law], f"- {law} at N = {walk['goal'][law]['model_params']:,.0f}"
+        if goal["reached"] is None:
+            lines += [
+                "",
+                f"{at}: no seed floor measured at this size (no point with 3 seeds), goal not checked.",
+            ]
+        else:
+            lines += ["", f"{at}: {num(goal['ratio_to_floor'], '.2f')}× the floor — goal ≤ {walk['goal_ratio']:g}× "
+                      f"{'reached' if goal['reached'] else 'not reached'}."]  # fmt: skip
+    return lines
 
 
 def _protocol_text(proto: dict[str, Any]) -> list[str]:

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dist_forget.laws.fit import FitConfig
+from dist_forget.laws.pipeline import walk_runs
 from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
 from dist_forget.laws.table import read_runs, write_runs_csv
 from dist_forget.numfmt import json_finite
 from dist_forget.study import findings as fd
-from dist_forget.study.report import _findings_text, _heldout_rows, report
+from dist_forget.study.report import _findings_text, _heldout_rows, _ladder_walk_text, report
 from tests.unit.test_study_protocol import make_sweep
 
 
@@ -134,11 +136,17 @@ def test_committed_reports_render_from_their_findings(name):
     runs.csv, fit.json and protocol block, and REPORT.md's findings and held-out goal render from it alone."""
     folder = Path(__file__).resolve().parents[2] / "reports" / name
     committed = (folder / "findings.json").read_text()
-    facts, fits = json.loads(committed), json.loads((folder / "fit.json").read_text())["fits"]
-    runs = fd.runs_of(read_runs(folder / "runs.csv"))
-    assert json.dumps(json_finite(fd.collect(runs, facts["protocol"], fits)), indent=2) + "\n" == committed
+    facts, fit = json.loads(committed), json.loads((folder / "fit.json").read_text())
+    table = read_runs(folder / "runs.csv")
+    # the ladder walk's point fits are deterministic: recomputed from runs.csv, not read back
+    walk = walk_runs(table, fit["meta"]["forms"], FitConfig(bootstrap=0))
+    fits, runs = fit["fits"], fd.runs_of(table)
+    assert (
+        json.dumps(json_finite(fd.collect(runs, facts["protocol"], fits, walk)), indent=2) + "\n" == committed
+    )
     text = (folder / "REPORT.md").read_text()
     assert "\n".join(_findings_text(facts)) in text
+    assert "\n".join(_ladder_walk_text(facts["ladder_walk"])) in text
     assert "\n".join(_heldout_rows(fits, facts["heldout"])) in text
     for law, best in facts["heldout"]["best"].items():
         assert f"- {law}: best form **{best['form']}**" in text
