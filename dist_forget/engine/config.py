@@ -89,7 +89,9 @@ class TrainConfig:
     seed: int = 0  # model init
     # auto: bf16 on a GPU; on a CPU bf16 only with native bf16 matmul and a wide model (engine/precision.py)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    peak_flops: float = 0.0  # FLOP/s for MFU; 0 = measure a matmul on this machine at start
+    # MFU's peak: wall-clock FLOP/s of the whole job (a datasheet figure, say), MFU then wall-clock on any
+    # device; 0 = measure a matmul at start (on a CPU per CPU-second of the process: engine/flops.py)
+    peak_flops: float = 0.0
 
     def validate(self) -> None:
         for name in ("batch_size", "micro_batch", "eval_sequences"):

@@ -23,6 +23,9 @@ class StepCost:
     tokens_per_step: int
     flops_per_token: float
     peak_flops: float
+    # peak_flops is FLOP per CPU-second of this process (a CPU run's measured peak): MFU's achieved side is
+    # then the steps' FLOPs per process CPU-second too, else per wall second (engine/flops.py)
+    per_cpu_second: bool = False
 
 
 class MetricsLog:
@@ -37,6 +40,7 @@ class MetricsLog:
     ):
         self.path, self.rank, self.tracker, self.cost, self.say = path, rank, tracker, cost, say
         self.times: list[float] = []  # recent step times: tokens/s and ETA ignore evaluation and save pauses
+        self.cpu_times: list[float] = []  # the same steps' process CPU seconds (all threads): a CPU run's MFU
         if rank != 0:
             return
         kept: list[dict[str, Any]] = []
@@ -57,6 +61,18 @@ class MetricsLog:
     def tokens_per_s(self) -> float | None:
         return self.cost.tokens_per_step / (sum(self.times) / len(self.times)) if self.times else None
 
+    def mfu(self) -> float | None:
+        """Model FLOPs per second of the recent steps ÷ the peak, both on the peak's clock: per process
+        CPU-second when `cost.per_cpu_second`, else per wall second (tokens/s × FLOPs per token)."""
+        if not self.times:
+            return None
+        if self.cost.per_cpu_second:
+            cpu_s = sum(self.cpu_times) / len(self.cpu_times)
+            per_s = self.cost.tokens_per_step / cpu_s if cpu_s > 0.0 else math.nan  # 0: a clock too coarse
+        else:
+            per_s = self.tokens_per_s() or math.nan
+        return self.cost.flops_per_token * per_s / self.cost.peak_flops
+
     def train_step(
         self,
         state: RunState,
@@ -64,21 +80,23 @@ class MetricsLog:
         lr: float,
         grad_norm: float,
         dt: float,
+        cpu_dt: float,
         n_pre: float,
         n_seq: float,
         p_set: float,
     ) -> None:
         """Log the step `state` just finished: metrics.jsonl, MLflow `train/*` and `inject_fraction` (the p the
         schedule set for this step: constant, or the controller's under data.inject_fraction=auto) and the
-        progress line."""
+        progress line. `dt` is the step's wall seconds, `cpu_dt` its process CPU seconds."""
         self.times = (self.times + [dt])[-20:]
+        self.cpu_times = (self.cpu_times + [cpu_dt])[-20:]
         tok_s = self.tokens_per_s() or math.nan
         metrics = {
             "loss": loss,
             "lr": lr,
             "grad_norm": grad_norm,
             "tokens_per_s": tok_s,
-            "mfu": self.cost.flops_per_token * tok_s / self.cost.peak_flops,
+            "mfu": self.mfu() or math.nan,
             "inject_fraction": n_pre / n_seq,
             "inject_fraction_cum": state.pretrain_sequences / state.sequences,
             "injected_sequences": float(state.pretrain_sequences),

@@ -16,13 +16,14 @@ the best step, early stop), metrics_log.py (metrics.jsonl, progress line, plot),
 HF export), summary.py (summary.json, report.json, the closing line).
 
 MLflow (rank 0): per step `train/*` (loss, lr, grad_norm, tokens_per_s, mfu, inject_fraction_cum,
-injected_sequences cumulative); per evaluation `val/ft_loss`, `val/pt_loss`, `val/best_ft_loss` and, on a
-finetune, `val/forgetting` = val/pt_loss − the starting model's; at step 0 `val/pt_loss_base` and
-`val/ft_loss_base`; at the end `best/ft_loss`, `best/step` and, on a finetune, `best/pt_loss`,
-`best/forgetting`, `best/injected_sequences` (at the bottom of the U-curve, the summary's row); per step
-`inject_fraction`, the p the schedule set (constant, or under `data.inject_fraction=auto` the controller's,
-engine/inject_control.py, updated after each evaluation and saved with the checkpoint). Params, axis tags
-and dataset inputs: engine/run_meta.py.
+injected_sequences cumulative; tokens/s is wall-clock, mfu on a CPU is per CPU-second of the process, so other
+jobs on the cores move neither its achieved side nor its peak: engine/flops.py); per evaluation `val/ft_loss`,
+`val/pt_loss`, `val/best_ft_loss` and, on a finetune, `val/forgetting` = val/pt_loss − the starting model's;
+at step 0 `val/pt_loss_base` and `val/ft_loss_base`; at the end `best/ft_loss`, `best/step` and, on a
+finetune, `best/pt_loss`, `best/forgetting`, `best/injected_sequences` (at the bottom of the U-curve, the
+summary's row); per step `inject_fraction`, the p the schedule set (constant, or under
+`data.inject_fraction=auto` the controller's, engine/inject_control.py, updated after each evaluation and
+saved with the checkpoint). Params, axis tags and dataset inputs: engine/run_meta.py.
 """
 
 from __future__ import annotations
@@ -255,7 +256,7 @@ def _run(
     stopped_early, wall0 = r.resumed and r.evaluator.should_stop(), time.perf_counter()
     while state.step < steps and not stopped_early:
         lr = lr_at(state.step, cfg.optim.lr, cfg.schedule)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         batches = [r.stream.next_batch(t.micro_batch) for _ in range(r.grad_accum)]
         result = backend.train_step([b.input_ids for b in batches], lr)
         # sequences and injected ones over all data-parallel ranks: the exact fraction is checked on these
@@ -263,11 +264,14 @@ def _run(
         # ...with the stop flag of every rank in the same all-reduce (engine/preemption.py)
         (n_pre, n_seq), stop = preempt.agree(backend, [n_pre, float(t.micro_batch * r.grad_accum)])
         dt = time.perf_counter() - t0  # the step alone: tokens/s and ETA leave out evaluations and saves
+        cpu_dt = time.process_time() - cpu0  # its CPU seconds in this process: MFU on a CPU (engine/flops.py)
         if not math.isfinite(result.loss):  # stop before a diverged model reaches a checkpoint
             r.tracker.finish("FAILED")
             raise r.saver.diverged(result.loss)
         state.advance(int(n_seq), int(n_pre))
-        r.log.train_step(state, result.loss, lr, result.grad_norm, dt, n_pre, n_seq, float(r.stream.frac))
+        r.log.train_step(
+            state, result.loss, lr, result.grad_norm, dt, cpu_dt, n_pre, n_seq, float(r.stream.frac)
+        )
 
         final = state.step == steps
         evaluated = r.evaluator.due(state.step, final)
@@ -318,6 +322,10 @@ def _summarize(
             "precision": choice.precision,  # what the steps and evaluations ran in
             "precision_reason": choice.reason,
             "tokens_per_s": r.log.tokens_per_s(),
+            # the last steps' MFU, its peak and the clock of both (cpu: per process CPU-second, engine/flops.py)
+            "mfu": r.log.mfu(),
+            "peak_flops": r.log.cost.peak_flops,
+            "mfu_clock": "cpu" if r.log.cost.per_cpu_second else "wall",
             "wall_s": wall_s,
             "inject_fraction_observed": state.pretrain_sequences / state.sequences
             if state.sequences
@@ -550,6 +558,15 @@ def _begin(cfg: RunConfig, mode: str, backend: Backend, r: _Parts) -> None:
         )
         r.evaluator(0, (ft, pt))
         r.tracker.log_metrics({"val/pt_loss_base": pt, "val/ft_loss_base": ft}, 0)
-    r.log.cost.peak_flops = (
-        cfg.train.peak_flops or measure_peak(backend.device, backend.cfg.precision) * backend.world_size
+    # A given peak is a wall-clock FLOP/s of the whole job (a datasheet figure: its unit is the one users
+    # know), so MFU against it stays wall-clock on any device. A measured CPU peak is per CPU-second of this
+    # process, so a neighbour on the cores moves neither side (engine/flops.py). Each rank would measure
+    # the same peak: × world_size against the job's FLOPs. On a CPU the achieved side is the job's FLOPs over
+    # rank 0's CPU seconds, so the figure is rank 0's share of the work (ranks do equal shares) per
+    # CPU-second it spent, over its own peak; time a rank sleeps waiting on a slower peer is not counted,
+    # time it spins in a collective is.
+    per_cpu = backend.device.type == "cpu" and not cfg.train.peak_flops
+    r.log.cost.per_cpu_second = per_cpu
+    r.log.cost.peak_flops = cfg.train.peak_flops or (
+        measure_peak(backend.device, backend.cfg.precision, cpu_time=per_cpu) * backend.world_size
     )

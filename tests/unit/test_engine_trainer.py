@@ -96,6 +96,8 @@ def test_finetune_writes_summary_with_the_runs_table_columns(full_run, base_mode
     # auto on a CPU: a 32-wide model trains in fp32 whatever the CPU, and the report says why
     report = json.loads((run / "report.json").read_text())
     assert report["precision"] == "fp32" and report["precision_reason"].startswith("auto: ")
+    # a given peak (train.peak_flops = 1e11 here) is wall-clock FLOP/s: MFU against it stays wall-clock
+    assert (report["mfu_clock"], report["peak_flops"]) == ("wall", 1e11)
 
 
 def test_the_export_is_a_complete_hf_folder_that_generates(full_run):

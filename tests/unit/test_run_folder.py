@@ -345,6 +345,6 @@ def test_a_metrics_line_on_a_full_disk_names_the_file(small_disk, capsys):
     with pytest.raises(OSError) as exc:
         for step in range(1, 100):  # a page (4 KiB) holds about 15 of these lines
             state.step = step
-            log.train_step(state, 6.0, 1e-3, 1.0, 0.1, 0.0, 4.0, 0.0)
+            log.train_step(state, 6.0, 1e-3, 1.0, 0.1, 0.1, 0.0, 4.0, 0.0)
     assert exc.value.filename == str(path) and "No space left on device" in str(exc.value)
     log.close()  # what it still held cannot be written either: closing says nothing more
