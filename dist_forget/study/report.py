@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def report(
     forms = _identifiable(forms, fit_table)
     meta["forms"] = list(forms)
     records = fit_runs(fit_table, forms, cfg, "largest")
-    walk = walk_runs(fit_table, forms, FitConfig(bootstrap=0))
+    walk = walk_runs(fit_table, forms, replace(cfg, bootstrap=0))  # the same fit, point estimates only
     with atomic_dir(out, overwrite=True) as tmp:
         shutil.copyfile(runs_csv, tmp / "runs.csv")
         write_json_atomic(tmp / "fit.json", json_finite({"meta": meta, "fits": records}))
