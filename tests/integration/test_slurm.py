@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from dist_forget.cli import main as cli_main
+from dist_forget.sweep.slurm_jobs import ENDED, queue
 from tests.integration.sweeps import attempts, write_sweep
 
 pytestmark = pytest.mark.slow
@@ -249,6 +250,7 @@ def test_time_limit_warning_saves_requeues_and_resumes_bit_identically(
     base_model,
     one_thread,
     tmp_path: Path,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """launchers/slurm.sbatch on the loopback cluster (1 node, torchrun, 1 rank) gets SIGUSR1 in its batch
     shell as SLURM sends it ahead of the time limit (`--signal=B:USR1@180`; here `scancel --batch
@@ -261,6 +263,7 @@ def test_time_limit_warning_saves_requeues_and_resumes_bit_identically(
     from tests.conftest import tiny_finetune_overrides
     from tests.integration.launching import LAUNCHERS, launch_env
 
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))  # for _state (the sweep's own squeue reader)
     config, extra = (
         ROOT / "configs/finetune/tiny.yaml",
         ("schedule.steps=40", "train.eval_every=10", "checkpoint.every=10"),
@@ -279,18 +282,26 @@ def test_time_limit_warning_saves_requeues_and_resumes_bit_identically(
     try:
         _wait_for(lambda: '"step": 2,' in _read(out / "metrics.jsonl"), 300)
         subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, check=True)
-        _wait_for(lambda: _listed(job, env, "PENDING"), 300)  # requeued
+        _wait_for(lambda: _state(job) == "PENDING", 300)  # requeued
         # SLURM holds a requeued job back for a while (its BeginTime, ~2 min here): start it now
         # (refused while the job is still completing its first attempt: retried)
         update = ["scontrol", "update", f"JobId={job}", "StartTime=now"]
         _wait_for(lambda: subprocess.run(update, env=env, capture_output=True).returncode == 0
-                  or not _listed(job, env, "PENDING"), 120)  # fmt: skip
-        _wait_for(lambda: not _listed(job, env), 400)  # run again, ended
+                  or _state(job) != "PENDING", 120)  # fmt: skip
+        # run again and ended: a final state seen, never the mere absence of a line (squeue may fail under load)
+        _wait_for(lambda: _state(job) in ENDED | {"GONE"}, 400)
     finally:
-        if _listed(job, env):
+        if _state(job) not in ENDED | {"GONE"}:
             subprocess.run(["scancel", job], env=env, capture_output=True)
     text = log.read_text()
-    assert f"requeueing job {job}" in text and "SLURM restart 1 of this job: resuming" in text, text[-3000:]
+    assert f"requeueing job {job}" in text and "SLURM restart 1 of this job: resuming" in text, (
+        f"job {job} ended {_state(job)}; its log ends:\n{text[-2000:]}\nslurmctld on it:\n"
+        + "\n".join(
+            line
+            for line in _read(slurm.folder / "log" / "slurmctld.log").splitlines()
+            if f"JobId={job} " in line + " "
+        )  # fmt: skip
+    )
     (step,) = (int(s) for s in re.findall(r"stopped at step (\d+) \(SIGUSR1\)", text))
     assert 2 < step < 40 and f"resumed from {out / 'checkpoints' / f'step-{step:08d}'}" in text
 
@@ -306,11 +317,15 @@ def test_time_limit_warning_saves_requeues_and_resumes_bit_identically(
     }
 
 
-def _listed(job: str, env: dict[str, str], state: str = "") -> bool:
-    """Whether `job` is in the queue (in `state`, e.g. PENDING, when given)."""
-    res = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=env, capture_output=True, text=True)
-    states = res.stdout.split() if res.returncode == 0 else []
-    return bool(states) and (not state or state in states)
+def _state(job: str) -> str:
+    """`job`'s state as the sweep's own `queue` reads it (squeue -t all: PENDING, RUNNING, COMPLETED, ...), or
+    GONE once purged. When squeue cannot answer (a busy controller on a loaded machine) it is asked again: that
+    is never the job having ended."""
+    deadline = time.monotonic() + 60
+    while (states := queue([job])) is None:
+        assert time.monotonic() < deadline, f"squeue kept failing on job {job}"
+        time.sleep(0.5)
+    return states.get(job, "GONE")
 
 
 def _read(path: Path) -> str:
