@@ -74,6 +74,13 @@ def report(
     if seed_mean:
         fit_table, averaged = seed_means(table, str(runs_csv))
         meta |= {"seed_mean": True, "seed_mean_points": averaged}
+    sizes = len({r.n for r in runs})
+    if (
+        sizes < MIN_SIZES_FOR_LAWS
+    ):  # a law in N fitted on fewer sizes than it has parameters in N says nothing
+        print(f"laws: not fitted ({sizes} model size{'s' if sizes != 1 else ''}; "
+              f"a law in N needs >= {MIN_SIZES_FOR_LAWS})", flush=True)  # fmt: skip
+        forms = ()
     forms = _identifiable(forms, fit_table)
     meta["forms"] = list(forms)
     records = fit_runs(fit_table, forms, cfg, "largest")
@@ -81,7 +88,7 @@ def report(
     with atomic_dir(out, overwrite=True) as tmp:
         shutil.copyfile(runs_csv, tmp / "runs.csv")
         write_json_atomic(tmp / "fit.json", json_finite({"meta": meta, "fits": records}))
-        fit_pngs = [p.name for p in plot_all(tmp, records, fit_table)]
+        fit_pngs = [p.name for p in plot_all(tmp, records, fit_table)] if records else []
         study_pngs = plot_study(tmp, runs, sweep)
         facts = fd.collect(runs, protocol.check(sweep), records, walk)
         write_json_atomic(tmp / "findings.json", json_finite(facts))
@@ -231,9 +238,11 @@ def report_text(
     lines += _findings_text(facts)
     if notes:
         lines += ["", "## Discussion (NOTES.md, written by hand)", "", notes.strip()]
-    lines += ["", "## Fitted laws", ""]
-    fit_md = report_markdown(records, meta, []).split("\n", 2)[2]  # drop its title line
-    lines += [fit_md.replace("## ", "### "), "", "## Plots", ""]
+    if records:
+        lines += ["", "## Fitted laws", ""]
+        fit_md = report_markdown(records, meta, []).split("\n", 2)[2]  # drop its title line
+        lines += [fit_md.replace("## ", "### ")]
+    lines += ["", "## Plots", ""]
     lines += [f"![{p}]({p})" for p in study_pngs + fit_pngs]
     lines += [
         "",
@@ -357,16 +366,24 @@ def _findings_text(facts: dict[str, Any]) -> list[str]:
     size, data, verdicts = facts["forgetting_vs_size"], facts["forgetting_vs_data"], facts["verdicts"]
     lines = [
         f"**1. Forgetting shrinks with model size — {_verdict(verdicts['forgetting_vs_size'])}.** "
-        f"At p = 0, forgetting at the largest "
-        f"size is below that at the smallest in {pct(size['share_agreeing'])} of {size['n_series']} "
-        f"(domain, D) series; mean ratio F(largest N) / F(smallest N) = {num(size['mean_ratio_last_first'])}.",
+        + (
+            f"At p = 0, forgetting at the largest size is below that at the smallest in "
+            f"{pct(size['share_agreeing'])} of {size['n_series']} (domain, D) series; mean ratio F(largest N) / "
+            f"F(smallest N) = {num(size['mean_ratio_last_first'])}."
+            if size["n_series"]
+            else "No (domain, D) has runs at two model sizes at p = 0."
+        ),
         "",
         *_trend_rows(size, "n"),
         "",
         f"**2. Forgetting grows with target data D — {_verdict(verdicts['forgetting_vs_data'])}.** "
-        f"At p = 0, forgetting at the largest D "
-        f"is above that at the smallest in {pct(data['share_agreeing'])} of {data['n_series']} (domain, N) "
-        f"series; mean ratio F(largest D) / F(smallest D) = {num(data['mean_ratio_last_first'])}.",
+        + (
+            f"At p = 0, forgetting at the largest D is above that at the smallest in {pct(data['share_agreeing'])} "
+            f"of {data['n_series']} (domain, N) series; mean ratio F(largest D) / F(smallest D) = "
+            f"{num(data['mean_ratio_last_first'])}."
+            if data["n_series"]
+            else "No (domain, N) has runs at two D at p = 0."
+        ),
         "",
         *_trend_rows(data, "d"),
         "",

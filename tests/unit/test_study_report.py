@@ -161,6 +161,9 @@ def test_report_on_one_pretrained_size_gives_forgetting_by_p_and_says_why_no_law
     assert report(sweep, tmp_path / "out", bootstrap=0) == 0
     text = (tmp_path / "out" / "REPORT.md").read_text()
     assert "## Laws: not fitted" in text and "needs >= 3 sizes" in text
+    # nothing fitted, so no fitted-laws section nor its plot, and finding 1 says why it is not measured
+    assert "## Fitted laws" not in text and not (tmp_path / "out" / "predicted_vs_observed.png").exists()
+    assert "**1. Forgetting shrinks with model size — not measured.** No (domain, D) has runs at two" in text
     assert "n/a: no pretraining ladder" in text and "The protocol is met" in text
     facts = json.loads((tmp_path / "out" / "findings.json").read_text())
     assert facts["injection"]["0.01"]["n_pairs"] == 2 and facts["injection"]["0.05"]["n_pairs"] == 2
