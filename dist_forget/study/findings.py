@@ -270,6 +270,28 @@ def implied_injection_strength(
     }
 
 
+def slice_findings(runs: list[Run], source: str, proto: dict[str, Any]) -> dict[str, Any]:
+    """Finding 3 with forgetting measured on a held-out slice (`runs` carry the slice's losses as pt and pt0):
+    the share removed at each p, the implied B, and the verdict beside the one on the runs' own set."""
+    ps = sorted({r.p for r in runs if r.p > 0})
+    injection = {str(p): injection_effect(runs, p) for p in ps}
+    name = {r.name: r for r in runs}
+    for e in injection.values():
+        for pair in e["pairs"]:
+            pair |= {"domain": name[pair["run"]].domain, "target_tokens": name[pair["run"]].d}
+    headline = injection.get(str(HEADLINE_P), {"n_pairs": 0})
+    return {
+        "source": source,
+        "n_runs": len(runs),
+        "injection": injection,
+        "implied_injection_strength": implied_injection_strength(runs),
+        "verdict": removal_verdict(headline["forgetting_removed_mean"])
+        if headline["n_pairs"]
+        else "not measured",
+        "undermined": "injection" in set(proto.get("undermined", ())),
+    }
+
+
 def anchored_vs_injection(runs: list[Run]) -> dict[str, Any]:
     """Each Anchored AdamW run (p = 0) against the plain-AdamW run of the same domain, size, D and seed,
     at any p, whose target loss is closest: at (nearly) equal target loss, which forgets less?"""

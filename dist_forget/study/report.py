@@ -3,12 +3,14 @@
 REPORT.md (setup, held-out error per law form, the paper's findings checked with numbers, the seed noise
 floor, fitted parameters with intervals, plots, the runs table), runs.csv, fit.json and PNG plots. The
 laws are fitted with the same code as `dist-forget fit` on every size but the largest and checked on the
-largest; the findings are paired comparisons from `findings.py`. The folder is replaced as a whole,
-except NOTES.md: a discussion written by hand, kept and shown in REPORT.md after the findings.
+largest; the findings are paired comparisons from `findings.py`. The folder is replaced as a whole, except
+what a report never writes (REPORT_OUTPUTS): NOTES.md, a discussion written by hand and shown in REPORT.md
+after the findings, and pilots, run files or a held-out-slice CSV are kept.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import shutil
 import time
@@ -43,6 +45,7 @@ def report(
     workers: int = 0,
     seed: int = 0,
     seed_mean: bool = False,
+    held_out_slice: Path | None = None,
 ) -> int:
     """Write the study report of a finished sweep (REPORT.md, runs.csv, fit.json, plots) into --out.
 
@@ -57,6 +60,7 @@ def report(
         workers: processes for the bootstrap; 0 = one per core
         seed: seed of the bootstrap resamples
         seed_mean: fit and score the laws on the mean of each point's seeds (the findings keep every run)
+        held_out_slice: a CSV of `dist-forget study held-out-slice`: finding 3 measured on that slice too
     """
     start = time.monotonic()
     runs_csv = sweep / "runs.csv"
@@ -65,6 +69,7 @@ def report(
     table = read_runs(runs_csv)
     notes = (out / "NOTES.md").read_text() if (out / "NOTES.md").is_file() else ""
     runs = fd.runs_of(table)
+    slice_runs = _slice_runs(held_out_slice, runs) if held_out_slice else None
     print(f"read {len(runs)} runs from {runs_csv}", flush=True)
     cfg = FitConfig(bootstrap=bootstrap, seed=seed, workers=workers)
     # the runs table is copied beside the report below: its name, not a path of this machine
@@ -91,15 +96,61 @@ def report(
         fit_pngs = [p.name for p in plot_all(tmp, records, fit_table)] if records else []
         study_pngs = plot_study(tmp, runs, sweep)
         facts = fd.collect(runs, protocol.check(sweep), records, walk)
+        if slice_runs is not None:  # the CSV goes with the report it is read in
+            shutil.copyfile(held_out_slice, tmp / held_out_slice.name)
+            facts["held_out_slice"] = fd.slice_findings(slice_runs, held_out_slice.name, facts["protocol"])
         write_json_atomic(tmp / "findings.json", json_finite(facts))
         text = report_text(sweep, runs, records, meta, facts, fit_pngs, study_pngs, notes)
         if notes:
             write_text_atomic(tmp / "NOTES.md", notes)
         write_text_atomic(tmp / "REPORT.md", text)
+        kept = _keep_the_rest(out, tmp)
+    if kept:
+        print(f"kept in {out} (not written by the report): {', '.join(kept)}")
     print(
         f"wrote {out / 'REPORT.md'} ({len(fit_pngs) + len(study_pngs)} plots) in {time.monotonic() - start:.0f} s"
     )
     return 0
+
+
+# what a report writes: a rerun replaces them all, so a plot of a form no longer fitted does not linger
+REPORT_OUTPUTS = ("REPORT.md", "runs.csv", "fit.json", "findings.json", "*.png")
+
+
+def _keep_the_rest(out: Path, tmp: Path) -> list[str]:
+    """Copy into the new report folder what the old one holds and a report never writes (hand-written notes,
+    pilots, run files, a held-out-slice CSV): replacing the folder must not lose them. Returns their names."""
+    if not out.is_dir():
+        return []
+    kept = []
+    for entry in sorted(out.iterdir()):
+        if (tmp / entry.name).exists() or (entry.is_file() and any(entry.match(g) for g in REPORT_OUTPUTS)):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, tmp / entry.name, symlinks=True)
+        else:
+            shutil.copy2(entry, tmp / entry.name, follow_symlinks=False)
+        kept.append(entry.name + ("/" if entry.is_dir() else ""))
+    return kept
+
+
+def _slice_runs(path: Path, runs: list[fd.Run]) -> list[fd.Run]:
+    """The sweep's runs with their pretraining losses replaced by those on a held-out slice (the CSV of
+    `study held-out-slice`, matched by run name); runs the CSV lacks are left out."""
+    try:
+        with open(path, newline="") as fh:
+            rows = {row["run"]: row for row in csv.DictReader(fh)}
+        by_name = {r.name: r for r in runs}
+        return [
+            replace(by_name[name], pt=float(row["slice_loss"]), pt0=float(row["slice_loss_base"]))
+            for name, row in rows.items()
+            if name in by_name
+        ]
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(
+            f"--held-out-slice {path}: not a CSV of `dist-forget study held-out-slice` ({exc}); write it with "
+            "that command"
+        ) from None
 
 
 def _identifiable(forms: tuple[str, ...], table: Any) -> tuple[str, ...]:
@@ -406,6 +457,8 @@ def _findings_text(facts: dict[str, Any]) -> list[str]:
     # reports written before the implied strength was computed render without it
     if facts.get("implied_injection_strength", {}).get("records"):
         lines += _implied_strength_text(facts["implied_injection_strength"], facts["protocol"])
+    if "held_out_slice" in facts:
+        lines += _slice_text(facts["held_out_slice"], facts["protocol"], p_text)
     for key, stated in verdicts["ft_not_hurt"].items():
         e = inj[key]
         lines.append(
@@ -434,6 +487,45 @@ def _findings_text(facts: dict[str, Any]) -> list[str]:
             lines += ["", f"**p = {float(key):g}** on {len(diffs)} runs: largest |loss − loss at p = 0| = "
                           f"{worst:.2e} nats/token."]  # fmt: skip
     return lines
+
+
+def _slice_text(sliced: dict[str, Any], proto: dict[str, Any], p_text: str) -> list[str]:
+    """Finding 3 again, with forgetting measured on a validation slice that no run injects or trains on."""
+    one = sliced["injection"].get(str(fd.HEADLINE_P), {"n_pairs": 0})
+    lines = [
+        f"**Finding 3 on a held-out slice** ([{sliced['source']}]({sliced['source']}), {sliced['n_runs']} runs: "
+        "each run's best model and its base model evaluated on validation sequences that no run injects or trains "
+        "on, by `dist-forget study held-out-slice`). Where the pretraining validation set comes from the injected "
+        "corpus, injection also trains on what forgetting is measured on; this slice does not."
+    ]
+    if sliced["undermined"]:
+        lines[0] += f" **Protocol not met** ({', '.join(proto['failed'])}): context, not a verdict."
+    if one["n_pairs"]:
+        lines[0] += (
+            f" {p_text} removes {pct(one['forgetting_removed_mean'])} of the forgetting on it on average "
+            f"({one['n_pairs']} pairs, range {pct(one['forgetting_removed_min'])} to "
+            f"{pct(one['forgetting_removed_max'])}): on this slice, finding 3 {sliced['verdict']}."
+        )
+    ps = [k for k in sliced["injection"] if sliced["injection"][k]["n_pairs"]]
+    head = " | ".join(f"F(p = {100 * float(k):g} %) | removed" for k in ps)
+    lines += ["", f"| domain | D | F(0) | {head} |", "|---|---|---|" + "---|---|" * len(ps)]
+    rows: dict[tuple[str, float], dict[str, Any]] = {}
+    for k in ps:
+        for pair in sliced["injection"][k]["pairs"]:
+            rows.setdefault((pair["domain"], pair["target_tokens"]), {"f0": pair["forgetting_p0"]})[k] = pair
+    for (domain, d), row in sorted(rows.items()):
+        cells = " | ".join(
+            f"{row[k]['forgetting']:+.4f} | {pct(row[k]['forgetting_removed'])}" if k in row else "– | –"
+            for k in ps
+        )
+        lines.append(f"| {domain} | {d:,.0f} | {row['f0']:+.4f} | {cells} |")
+    for size in sliced["implied_injection_strength"]["by_size"]:
+        if size["n_identified"]:
+            lines += ["", f"Implied on the slice at N = {size['model_params']:,.0f}: median B "
+                      f"{_strength(size['B_median'])} (range {_strength(size['B_min'])} to "
+                      f"{_strength(size['B_max'])}), median α {size['alpha_median']:.2f}; identified at "
+                      f"{size['n_identified']} of {size['n']} (domain, D)."]  # fmt: skip
+    return lines + [""]
 
 
 def _strength(b: float) -> str:

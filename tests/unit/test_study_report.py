@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dist_forget.errors import UserError
 from dist_forget.laws.fit import FitConfig
 from dist_forget.laws.pipeline import walk_runs
 from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
@@ -249,3 +251,46 @@ def test_report_shows_the_implied_strength_under_finding_3(tmp_path, injected):
     )
     legal = next(x for x in facts["records"] if x["domain"] == "legal")
     assert legal["B"] is None and legal["identified"] is False  # NaN is null in findings.json
+
+
+def test_report_keeps_what_it_does_not_write_and_reads_finding_3_on_a_held_out_slice(tmp_path, capsys):
+    """Replacing the report folder keeps hand-written files (a pilot, run files); a held-out-slice CSV puts
+    finding 3 measured on that slice beside the runs' own: here p = 1 % removes 120 % of the forgetting on
+    the injected corpus's validation set but half of it on the slice."""
+    cfg = SyntheticConfig(sizes=(1.06e8,), tokens=(1e5,), fractions=(0.0, 0.01, 0.05), domains=("german",),
+                          noise=0.0)  # fmt: skip
+    table = synthetic_runs(cfg)
+    sweep = make_sweep(tmp_path / "sweep", losses=(), best=(100,))
+    write_runs_csv(table, sweep / "runs.csv")
+    out = tmp_path / "out"
+    (out / "runs" / "a").mkdir(parents=True)
+    (out / "runs" / "a" / "summary.json").write_text("{}")
+    (out / "PILOT.md").write_text("a pilot, by hand\n")
+    names = {r.p: r.name for r in fd.runs_of(table)}
+    base, f0 = 2.5, 0.1
+    sliced = tmp_path / "code_slice.csv"
+    sliced.write_text(
+        "run,slice_loss,slice_loss_base\n"
+        + "".join(f"{names[p]},{base + f0 * r},{base}\n" for p, r in ((0.0, 1.0), (0.01, 0.5), (0.05, 0.25)))
+    )
+    assert report(sweep, out, bootstrap=0, held_out_slice=sliced) == 0
+    assert (out / "PILOT.md").read_text() == "a pilot, by hand\n" and (
+        out / "runs" / "a" / "summary.json"
+    ).is_file()
+    assert "kept in" in capsys.readouterr().out and (out / "code_slice.csv").read_text() == sliced.read_text()
+    facts = json.loads((out / "findings.json").read_text())["held_out_slice"]
+    assert facts["injection"]["0.01"]["forgetting_removed_mean"] == pytest.approx(0.5)
+    assert facts["injection"]["0.05"]["forgetting_removed_mean"] == pytest.approx(0.75)
+    assert facts["verdict"] == "holds" and facts["n_runs"] == 3
+    # r(1 %) = 0.5 and r(5 %) = 0.25 fix the law's B and α: (1 + B/100)^α = 2, (1 + B/20)^α = 4
+    b = facts["implied_injection_strength"]["records"][0]["B"]
+    assert math.log1p(b * 0.05) / math.log1p(b * 0.01) == pytest.approx(2.0)
+    text = (out / "REPORT.md").read_text()
+    assert "**Finding 3 on a held-out slice** ([code_slice.csv](code_slice.csv), 3 runs" in text
+    assert "| german | 100,000 | +0.1000 | +0.0500 | 50.00 % | +0.0250 | 75.00 % |" in text
+
+    sliced.write_text("name,loss\nx,1\n")
+    with pytest.raises(
+        UserError, match=r"--held-out-slice .*code_slice.csv: not a CSV of `dist-forget study"
+    ):
+        report(sweep, out, bootstrap=0, held_out_slice=sliced)
