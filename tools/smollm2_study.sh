@@ -18,4 +18,4 @@ $CLI sweep --config configs/sweep/smollm2.yaml
 #    report: forgetting by p per domain and the protocol checks (one size: no law fit)
 $CLI study held-out-slice --sweep work/sweeps/smollm2 --shards work/data-smollm2/shards/code \
   --out reports/smollm2/code_slice.csv --spread
-$CLI study report --sweep work/sweeps/smollm2 --out reports/smollm2
+$CLI study report --sweep work/sweeps/smollm2 --out reports/smollm2 --held-out-slice reports/smollm2/code_slice.csv
