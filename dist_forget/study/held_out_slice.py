@@ -25,7 +25,18 @@ from dist_forget.errors import UserError
 from dist_forget.io import write_text_atomic
 
 COLUMNS = ("run", "domain", "target_tokens", "inject_fraction", "anchor_decay", "seed", "best_step", "precision",
-           "slice_loss", "slice_loss_base", "slice_forgetting", "pt_forgetting")  # fmt: skip
+           "slice_loss", "slice_loss_base", "slice_forgetting", "pt_forgetting",
+           "slice_fingerprint", "sequences", "spread")  # fmt: skip
+
+
+def _earlier_rows(out: Path, settings: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Rows an earlier call wrote to `out` with the same slice, sequences and spread, by run name."""
+    try:
+        with open(out, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError:
+        return {}
+    return {r["run"]: r for r in rows if all(r.get(k) == v for k, v in settings.items())}
 
 
 def finished_runs(sweep: Path) -> list[Path]:
@@ -86,6 +97,9 @@ def held_out_slice(
 ) -> int:
     """Forgetting of every finished run of a sweep on a held-out slice it never trained on (CSV).
 
+    Rerun as the sweep grows: rows of --out measured with the same slice, sequences and spread are kept for
+    runs whose summary has not changed, so only new runs are evaluated.
+
     For each finetune run with summary.json and best/, the loss of its best model and of the model it started
     from (model.init_from, evaluated once per precision) on --sequences validation sequences of --shards;
     slice_forgetting = slice_loss - slice_loss_base, beside the run's own forgetting on its pretraining
@@ -106,7 +120,12 @@ def held_out_slice(
         raise UserError(
             f"--shards {shards}: no such folder; make it with `dist-forget data prepare-model --domains ...`"
         )
+    from dist_forget.data.manifest import read_manifest
+
     runs = finished_runs(sweep)
+    settings = {"slice_fingerprint": read_manifest(shards).fingerprint, "sequences": str(sequences),
+                "spread": str(spread)}  # fmt: skip
+    earlier = _earlier_rows(out, settings)  # a growing sweep: a finished run's best model does not change
     start, base_losses, rows = time.monotonic(), {}, []
     for i, run in enumerate(runs, 1):
         summary = json.loads((run / "summary.json").read_text())
@@ -116,6 +135,13 @@ def held_out_slice(
         base = resolve_init(
             str(config["model"]["init_from"]), config["model"].get("cache_dir") or "work/models"
         )
+        old = earlier.get(run.name)
+        same = (str(summary.get("steps")), str(summary.get("forgetting")), precision)
+        if old and (old["best_step"], old["pt_forgetting"], old["precision"]) == same:
+            rows.append(old)
+            base_losses.setdefault((base, precision), float(old["slice_loss_base"]))
+            print(f"[{i}/{len(runs)}] {run.name}: kept from {out}", flush=True)
+            continue
         if (base, precision) not in base_losses:
             base_losses[base, precision] = slice_loss(base, shards, sequences, micro_batch, precision, spread)
         loss = slice_loss(run / "best", shards, sequences, micro_batch, precision, spread)
@@ -129,6 +155,7 @@ def held_out_slice(
             "slice_loss_base": base_losses[base, precision],
             "slice_forgetting": loss - base_losses[base, precision],
             "pt_forgetting": summary.get("forgetting"),
+            **settings,
         }
         rows.append(row)
         print(f"[{i}/{len(runs)}] {run.name}: slice loss {loss:.4f} (base {row['slice_loss_base']:.4f}), "

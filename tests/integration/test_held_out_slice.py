@@ -28,6 +28,10 @@ def _finetune(tiny_data, base_model, out: Path, p: float) -> dict:  # noqa: ANN0
     return json.loads((out / "summary.json").read_text())
 
 
+def _read_summary(sweep: Path, name: str) -> dict:
+    return json.loads((sweep / "finetune" / name / "summary.json").read_text())
+
+
 def _rows(path: Path) -> dict[str, dict[str, str]]:
     with open(path) as fh:
         return {row["run"]: row for row in csv.DictReader(fh)}
@@ -38,6 +42,7 @@ def test_held_out_slice_gives_back_the_runs_own_losses_and_measures_another_slic
     base_model,
     one_thread,
     tmp_path: Path,  # noqa: ANN001
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     sweep = tmp_path / "sweep"
     summaries = {
@@ -62,6 +67,19 @@ def test_held_out_slice_gives_back_the_runs_own_losses_and_measures_another_slic
             summary["steps"]
         )
     assert rows["p0.5"]["slice_loss"] != rows["p0.0"]["slice_loss"]  # two models, two losses
+
+    # rerun as a sweep grows: a run measured before with the same settings is kept, a new one evaluated
+    before = own.read_text()
+    _finetune(tiny_data, base_model, sweep / "finetune" / "p0.25", 0.25)
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    said = capsys.readouterr().out
+    assert said.count("kept from") == 2 and "p0.25: slice loss" in said
+    again = _rows(own)
+    assert {k: again[k] for k in rows} == rows and own.read_text().startswith(before.splitlines()[0])
+    assert float(again["p0.25"]["slice_loss"]) == pytest.approx(
+        _read_summary(sweep, "p0.25")["pt_loss"], abs=1e-6
+    )
 
     # spread over the whole split: every sequence once when asked for all of them, so the same as the first n;
     # asked for fewer, another sample than the first ones
