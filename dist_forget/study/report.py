@@ -80,9 +80,8 @@ def report(
         fit_table, averaged = seed_means(table, str(runs_csv))
         meta |= {"seed_mean": True, "seed_mean_points": averaged}
     sizes = len({r.n for r in runs})
-    if (
-        sizes < MIN_SIZES_FOR_LAWS
-    ):  # a law in N fitted on fewer sizes than it has parameters in N says nothing
+    # a law in N fitted on fewer sizes than it has parameters in N says nothing
+    if sizes < MIN_SIZES_FOR_LAWS:
         print(f"laws: not fitted ({sizes} model size{'s' if sizes != 1 else ''}; "
               f"a law in N needs >= {MIN_SIZES_FOR_LAWS})", flush=True)  # fmt: skip
         forms = ()
@@ -137,6 +136,8 @@ def _keep_the_rest(out: Path, tmp: Path) -> list[str]:
 def _slice_runs(path: Path, runs: list[fd.Run]) -> list[fd.Run]:
     """The sweep's runs with their pretraining losses replaced by those on a held-out slice (the CSV of
     `study held-out-slice`, matched by run name); runs the CSV lacks are left out."""
+    if path.name in REPORT_OUTPUTS:
+        raise UserError(f"--held-out-slice {path}: the report writes a file of that name; rename the CSV")
     try:
         with open(path, newline="") as fh:
             rows = {row["run"]: row for row in csv.DictReader(fh)}

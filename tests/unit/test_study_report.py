@@ -294,3 +294,5 @@ def test_report_keeps_what_it_does_not_write_and_reads_finding_3_on_a_held_out_s
         UserError, match=r"--held-out-slice .*code_slice.csv: not a CSV of `dist-forget study"
     ):
         report(sweep, out, bootstrap=0, held_out_slice=sliced)
+    with pytest.raises(UserError, match="the report writes a file of that name"):  # it would replace runs.csv
+        report(sweep, out, bootstrap=0, held_out_slice=sliced.rename(tmp_path / "runs.csv"))
