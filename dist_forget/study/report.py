@@ -1,7 +1,7 @@
 """`dist-forget study report`: the study report of a finished sweep, written as one folder.
 
 REPORT.md (setup, held-out error per law form, the paper's findings checked with numbers, the seed noise
-floor, fitted parameters with intervals, plots, the runs table), runs.csv, fit.json and PNG plots. The
+floor, fitted parameters with intervals, plots, the runs table), runs.csv, fit.json and PNG plots (plots.py). The
 laws are fitted with the same code as `dist-forget fit` on every size but the largest and checked on the
 largest; the findings are paired comparisons from `findings.py`. The folder is replaced as a whole, except
 what a report never writes (REPORT_OUTPUTS): NOTES.md, a discussion written by hand and shown in REPORT.md
@@ -18,8 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir, write_json_atomic, write_text_atomic
 from dist_forget.laws.fit import FitConfig, check_identifiable
@@ -28,9 +26,9 @@ from dist_forget.laws.pipeline import fit_runs, runs_for, walk_runs
 from dist_forget.laws.report import plot_all, report_markdown
 from dist_forget.laws.table import read_runs, seed_means
 from dist_forget.numfmt import json_finite, num, pct
-from dist_forget.schema import METRICS_FILE, read_metrics
 from dist_forget.study import findings as fd
 from dist_forget.study import protocol
+from dist_forget.study.plots import plot_study
 
 STUDY_FORMS = ("finetune", "finetune-power", "chinchilla", "finetune-eff-data", "finetune-eff-params",
                "forgetting", "forgetting-anchored", "kalajdzievski")  # fmt: skip
@@ -575,94 +573,3 @@ def _implied_strength_text(implied: dict[str, Any], proto: dict[str, Any]) -> li
             lines.append(f"| {domain} | {d:,.0f}{seeds} | {num(x['ratio_p1'])} | {num(x['ratio_p2'])} | {b} | "
                          f"{num(x['alpha'], '.2f')} |")  # fmt: skip
     return lines + [""]
-
-
-# ---------------------------------------------------------------------------------------------- plots
-
-
-def plot_study(out: Path, runs: list[fd.Run], sweep: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    domains = sorted({r.domain for r in runs})
-    sizes = sorted({r.n for r in runs})
-    colors = dict(zip(sizes, plt.cm.viridis(np.linspace(0, 0.9, len(sizes)))))
-
-    fig, axes = plt.subplots(1, len(domains), figsize=(4.2 * len(domains), 3.8), squeeze=False)
-    for ax, domain in zip(axes[0], domains):
-        for n in sizes:
-            pts = sorted((r.d, r.forgetting) for r in runs
-                         if (r.domain, r.n, r.p, r.a, r.seed) == (domain, n, 0.0, 0.0, 0))  # fmt: skip
-            if pts:
-                ax.plot(*zip(*pts), "o-", color=colors[n], label=f"N = {n:,.0f}")
-        ax.set_xscale("log")
-        ax.set_xlabel("unique target tokens D")
-        ax.set_title(f"{domain}: forgetting at p = 0")
-    axes[0][0].set_ylabel("forgetting (nats/token)")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "study_forgetting_vs_D.png", dpi=90)
-    plt.close(fig)
-    written.append("study_forgetting_vs_D.png")
-
-    fig, axes = plt.subplots(1, len(domains), figsize=(4.2 * len(domains), 3.8), squeeze=False)
-    for ax, domain in zip(axes[0], domains):
-        for r in runs:
-            if r.domain != domain or r.seed != 0:
-                continue
-            marker = "o" if r.a == 0 else "^"
-            ax.scatter(
-                r.ft, r.forgetting, color=colors[r.n], marker=marker, s=12 + 120 * r.p + 4 * np.log1p(r.a)
-            )
-        ax.set_xlabel("best target loss (nats/token)")
-        ax.set_title(f"{domain}: forgetting vs target loss")
-    axes[0][0].set_ylabel("forgetting (nats/token)")
-    axes[0][0].scatter([], [], marker="o", color="gray", label="AdamW (size ~ p)")
-    axes[0][0].scatter([], [], marker="^", color="gray", label="Anchored AdamW, p = 0")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "study_forgetting_vs_target_loss.png", dpi=90)
-    plt.close(fig)
-    written.append("study_forgetting_vs_target_loss.png")
-
-    curves = _curves(sweep, runs)
-    if curves:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        for n, p, steps, ft, pt in curves.values():
-            style = "-" if p == 0 else "--"
-            axes[0].plot(steps, ft, style, color=colors[n], label=f"N = {n:,.0f}, p = {p:g}")
-            axes[1].plot(steps, pt, style, color=colors[n])
-        axes[0].set_title("target validation loss (U-curve)")
-        axes[1].set_title("English validation loss (forgetting)")
-        for ax in axes:
-            ax.set_xlabel("finetuning step")
-            ax.set_ylabel("nats/token")
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "study_curves.png", dpi=90)
-        plt.close(fig)
-        written.append("study_curves.png")
-    return written
-
-
-def _curves(
-    sweep: Path, runs: list[fd.Run]
-) -> dict[str, tuple[float, float, list[int], list[float], list[float]]]:
-    """Eval curves of the smallest D on the first domain, every size, p = 0 and the largest p."""
-    if not runs:
-        return {}
-    domain, d, p_max = min(r.domain for r in runs), min(r.d for r in runs), max(r.p for r in runs)
-    out = {}
-    for r in sorted(runs, key=lambda r: (r.p, r.n)):
-        if (r.domain, r.d, r.a, r.seed) != (domain, d, 0.0, 0) or r.p not in (0.0, p_max):
-            continue
-        path = sweep / "finetune" / r.name / METRICS_FILE
-        if not path.is_file():
-            continue
-        evals = read_metrics(path, "eval")
-        out[r.name] = (r.n, r.p, [e["step"] for e in evals], [e["ft_loss"] for e in evals],
-                       [e["pt_loss"] for e in evals])  # fmt: skip
-    return out

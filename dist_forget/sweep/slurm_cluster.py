@@ -36,6 +36,7 @@ from dist_forget.net import free_port
 PACKAGES = ("slurm-wlm", "munge")
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo", "srun")
+CRED_EXPIRE_S = 20  # a requeued job's hold on this cluster (see _write_config)
 STATE = "cluster.json"
 PARTITION = "debug"
 _INSTALL_LOCK = "dist-forget-slurm-install.lock"
@@ -140,7 +141,10 @@ class LocalSlurm:
             "SlurmUser=root",
             "AuthType=auth/munge",
             "CredType=cred/munge",
-            f"AuthInfo=socket={munge / 'munge.socket'}",
+            # cred_expire: also how long a requeued job waits before it may start again (120 s by default). A
+            # requeue that kills the job's batch shell revokes its credential on the node, and a restart before
+            # the credential expires is refused there ("already killed") and ends the job FAILED
+            f"AuthInfo=socket={munge / 'munge.socket'},cred_expire={CRED_EXPIRE_S}",
             f"StateSaveLocation={f / 'state'}",
             f"SlurmdSpoolDir={f / 'spool'}/%n",
             f"SlurmctldPidFile={f / 'slurmctld.pid'}",
