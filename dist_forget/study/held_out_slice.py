@@ -21,6 +21,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from dist_forget.data.manifest import read_manifest
 from dist_forget.errors import UserError
 from dist_forget.io import write_text_atomic
 
@@ -65,7 +66,6 @@ def slice_loss(
     document then yields all its documents, not the first few."""
     import torch
 
-    from dist_forget.data.manifest import read_manifest
     from dist_forget.data.mixture import validation_batches
     from dist_forget.data.tokenizer import file_sha256
     from dist_forget.engine.backend import causal_lm_loss_sum
@@ -120,8 +120,6 @@ def held_out_slice(
         raise UserError(
             f"--shards {shards}: no such folder; make it with `dist-forget data prepare-model --domains ...`"
         )
-    from dist_forget.data.manifest import read_manifest
-
     runs = finished_runs(sweep)
     settings = {"slice_fingerprint": read_manifest(shards).fingerprint, "sequences": str(sequences),
                 "spread": str(spread)}  # fmt: skip
