@@ -167,6 +167,9 @@ def injection_effect(runs: list[Run], p: float) -> dict[str, Any]:
         "forgetting_removed_mean": float(np.nanmean(removed)) if len(pairs) else float("nan"),
         "forgetting_removed_min": float(np.nanmin(removed)) if len(pairs) else float("nan"),
         "forgetting_removed_max": float(np.nanmax(removed)) if len(pairs) else float("nan"),
+        # more than all of it: the pretraining loss ended below the base model's, so the injected data also
+        # taught the distribution forgetting is measured on (the base model was not trained to its end on it)
+        "n_removed_above_all": int(np.sum(removed > 1)),
         "ft_change_mean": float(ft.mean()) if len(pairs) else float("nan"),
         "ft_change_max": float(ft.max()) if len(pairs) else float("nan"),
         "share_ft_not_worse": float(np.mean(ft <= 0)) if len(pairs) else float("nan"),

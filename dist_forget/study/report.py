@@ -448,6 +448,16 @@ def _findings_text(facts: dict[str, Any]) -> list[str]:
             f"{pct(one['forgetting_removed_mean'])} of the forgetting on average (range "
             f"{pct(one['forgetting_removed_min'])} to {pct(one['forgetting_removed_max'])})."
         )
+        # findings written before the count existed render without it
+        if above := one.get("n_removed_above_all", 0):
+            lines[-1] += (
+                f" In {above} of {one['n_pairs']} pairs it removes more than all of it: the pretraining validation "
+                "loss ends below the base model's, so the injected data also teaches the distribution forgetting "
+                "is measured on, and the share overstates what injection protects; "
+                + ("the held-out slice below measures forgetting without that."
+                   if "held_out_slice" in facts
+                   else "`dist-forget study held-out-slice` measures it on text no run injects or trains on.")
+            )  # fmt: skip
     for key, e in inj.items():
         if key != headline and e["n_pairs"]:
             lines.append(f"  At p = {float(key):g}: {pct(e['forgetting_removed_mean'])} removed on average "

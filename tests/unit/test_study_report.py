@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -170,6 +171,42 @@ def test_report_on_one_pretrained_size_gives_forgetting_by_p_and_says_why_no_law
     facts = json.loads((tmp_path / "out" / "findings.json").read_text())
     assert facts["injection"]["0.01"]["n_pairs"] == 2 and facts["injection"]["0.05"]["n_pairs"] == 2
     assert json.loads((tmp_path / "out" / "fit.json").read_text())["fits"] == []
+
+
+def test_finding_3_says_when_injection_removes_more_than_all_of_the_forgetting(tmp_path):
+    """A p = 1 % run whose pretraining loss ends below the base model's "removes" over 100 % of the forgetting:
+    the injected data taught the evaluated distribution. The report says so and where the slice is."""
+    cfg = SyntheticConfig(sizes=(1.06e8,), tokens=(1e5,), fractions=(0.0, 0.01, 0.05), domains=("german",),
+                          noise=0.0)  # fmt: skip
+    sweep = make_sweep(tmp_path / "sweep", losses=(), best=(100,))
+    write_runs_csv(synthetic_runs(cfg), sweep / "runs.csv")
+    with open(sweep / "runs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        if float(row["inject_fraction"]) == 0.01:
+            row["pt_loss"] = str(float(row["pt_loss_base"]) - 0.05)
+    with open(sweep / "runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert report(sweep, tmp_path / "out", bootstrap=0) == 0
+    injection = json.loads((tmp_path / "out" / "findings.json").read_text())["injection"]
+    assert injection["0.01"]["n_removed_above_all"] == 1 and injection["0.05"]["n_removed_above_all"] == 0
+    assert injection["0.01"]["forgetting_removed_mean"] > 1
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    assert (
+        "In 1 of 1 pairs it removes more than all of it: the pretraining validation loss ends below" in text
+    )
+    assert "`dist-forget study held-out-slice` measures it on text no run injects or trains on." in text
+
+    names = [r.name for r in fd.runs_of(read_runs(sweep / "runs.csv"))]
+    sliced = tmp_path / "code_slice.csv"
+    sliced.write_text("run,slice_loss,slice_loss_base\n" + "".join(f"{n},2.6,2.5\n" for n in names))
+    assert report(sweep, tmp_path / "out", bootstrap=0, held_out_slice=sliced) == 0
+    assert (
+        "the held-out slice below measures forgetting without that."
+        in (tmp_path / "out" / "REPORT.md").read_text()
+    )
 
 
 @pytest.mark.parametrize("alpha, b", [(0.3, 500.0), (0.6, 50.0)])
