@@ -41,15 +41,12 @@ def _earlier_rows(out: Path, settings: dict[str, str]) -> dict[str, dict[str, st
 
 
 def finished_runs(sweep: Path) -> list[Path]:
-    """The sweep's finetune run folders that finished (summary.json) and kept their best model (best/)."""
+    """The sweep's finetune run folders that finished (summary.json). A run copied from elsewhere may lack its
+    best model (best/): it is measured only if an earlier call kept its row."""
     root = sweep / "finetune"
     if not root.is_dir():
         raise UserError(f"{root}: no finetune runs; --sweep takes a sweep's out_dir (it holds finetune/)")
-    runs = [
-        d
-        for d in sorted(root.iterdir())
-        if (d / "summary.json").is_file() and (d / "best" / "config.json").is_file()
-    ]
+    runs = [d for d in sorted(root.iterdir()) if (d / "summary.json").is_file()]
     if not runs:
         raise UserError(
             f"{root}: no finished run with its best model (summary.json and best/); finish the sweep first"
@@ -140,6 +137,9 @@ def held_out_slice(
             base_losses.setdefault((base, precision), float(old["slice_loss_base"]))
             print(f"[{i}/{len(runs)}] {run.name}: kept from {out}", flush=True)
             continue
+        if not (run / "best" / "config.json").is_file():
+            print(f"[{i}/{len(runs)}] {run.name}: skipped, no best model (best/) and no row of it in {out}")
+            continue
         if (base, precision) not in base_losses:
             base_losses[base, precision] = slice_loss(base, shards, sequences, micro_batch, precision, spread)
         loss = slice_loss(run / "best", shards, sequences, micro_batch, precision, spread)
@@ -159,6 +159,11 @@ def held_out_slice(
         print(f"[{i}/{len(runs)}] {run.name}: slice loss {loss:.4f} (base {row['slice_loss_base']:.4f}), "
               f"forgetting {row['slice_forgetting']:+.4f} on the slice, {row['pt_forgetting']:+.4f} on its "
               f"pretraining set; {time.monotonic() - start:.0f} s", flush=True)  # fmt: skip
+    if not rows:
+        raise UserError(
+            f"{sweep / 'finetune'}: no finished run with its best model (summary.json and best/); finish the "
+            "sweep first"
+        )
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()

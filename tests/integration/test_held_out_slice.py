@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,15 @@ def test_held_out_slice_gives_back_the_runs_own_losses_and_measures_another_slic
     assert float(again["p0.25"]["slice_loss"]) == pytest.approx(
         _read_summary(sweep, "p0.25")["pt_loss"], abs=1e-6
     )
+
+    # runs copied to another machine without their best model (best/ is not committed): a run with a row
+    # keeps it, one without is skipped, never dropped from the CSV by mistake nor evaluated without a model
+    shutil.rmtree(sweep / "finetune" / "p0.25" / "best")
+    shutil.copytree(sweep / "finetune" / "p0.25", sweep / "finetune" / "p0.25-copy")
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    assert "p0.25-copy: skipped, no best model" in capsys.readouterr().out
+    assert _rows(own) == again
 
     # spread over the whole split: every sequence once when asked for all of them, so the same as the first n;
     # asked for fewer, another sample than the first ones
