@@ -181,7 +181,11 @@ class LocalPool:
 
 
 def _last_progress(point: Point) -> str:
-    """The run's latest progress line ("step 40/200 | loss ... | ETA ..."), from the tail of its log."""
+    """The run's latest progress line ("step 40/200 | loss ... | ETA ..."), from the tail of its log.
+
+    Only the current attempt's lines count: a resumed run's log still ends with the killed attempt's last
+    step (its ETA from before the kill) until the new attempt prints its first one.
+    """
     log = Path(point.out_dir) / LOG_NAME
     try:
         with open(log, "rb") as fh:
@@ -189,6 +193,9 @@ def _last_progress(point: Point) -> str:
             lines = fh.read().decode(errors="replace").splitlines()
     except OSError:
         return "starting"
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("=== ")]  # `start` heads each attempt
+    if starts:
+        lines = lines[starts[-1] + 1 :]
     steps = [ln for ln in lines if ln.startswith(("step ", "eval "))]
     return steps[-1].strip() if steps else "starting"
 

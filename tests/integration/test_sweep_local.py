@@ -293,3 +293,28 @@ def test_array_task_passes_the_time_limit_warning_to_its_run() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_heartbeat_shows_the_current_attempt_not_the_killed_one(tmp_path: Path) -> None:
+    """A resumed run's log still ends with its killed attempt's last step until the new attempt prints one:
+    the sweep's heartbeat must not relay that stale line (its step and ETA are from before the kill)."""
+    from dist_forget.sweep.grid import Point
+    from dist_forget.sweep.pool import LOG_NAME, LocalPool
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOG_NAME).write_text("\n=== 2026-01-01 00:00:00 earlier\nstep 20/1500 | loss 3.2 | ETA 19h59m\n")
+    script = (
+        "import pathlib, sys, time\n"
+        "time.sleep(1.0)\n"  # heartbeats before the new attempt's first step
+        "print('step 2/1500 | loss 3.1 | ETA 2h01m', flush=True)\n"
+        "time.sleep(1.0)\n"
+        "pathlib.Path(sys.argv[1], 'summary.json').write_text('{}')\n"
+    )
+    point = Point(name="p", stage="finetune", out_dir=str(out), argv=[sys.executable, "-c", script, str(out)])
+    said: list[str] = []
+    outcome = LocalPool([point], 1, dict(os.environ), say=said.append, poll_s=0.05, heartbeat_s=0.2).run()
+    assert outcome.finished == ["p"], said
+    beats = [s for s in said if s.startswith("  ... p: ")]
+    assert beats and not any("step 20/1500" in s for s in beats), beats
+    assert beats[0] == "  ... p: starting" and beats[-1] == "  ... p: step 2/1500 | loss 3.1 | ETA 2h01m"
