@@ -125,3 +125,40 @@ def test_every_test_the_fault_table_names_exists():
     assert len(named) >= 10, named
     for path, name in named:
         assert f"def {name}(" in (ROOT / path).read_text(), f"RELIABILITY.md names {path}::{name}"
+
+
+def _readme_bullet(report: str) -> str:
+    match = re.search(rf"^- `reports/{report}/`.*?(?=\n\n|\Z)", README.read_text(), flags=re.M | re.S)
+    assert match, f"README.md has no bullet for reports/{report}/"
+    return " ".join(match.group(0).split())
+
+
+def test_the_readme_states_the_smollm2_reports_figures():
+    """The README's SmolLM2 figures are the committed report's (findings.json, runs.csv, the sweep's grid):
+    a run landing or a regenerated report without the README following fails here."""
+    import csv
+    import json
+
+    from dist_forget.sweep.config import SweepConfig
+    from dist_forget.sweep.grid import expand
+
+    folder = ROOT / "reports" / "smollm2"
+    bullet = _readme_bullet("smollm2")
+    done, total = map(int, re.search(r"(\d+) of (?:its )?(\d+) runs", bullet).groups())
+    with open(folder / "runs.csv") as fh:
+        assert done == len(list(csv.DictReader(fh)))
+    assert total == len(expand(load_config(SweepConfig, ROOT / "configs" / "sweep" / "smollm2.yaml")))
+    # "p = 1 % removes 45 % ... and 11 % ... (27.87 % on average ...)": per p, each pair's share of the
+    # forgetting removed on the held-out slice in the report's pair order, then their mean when several
+    injection = json.loads((folder / "findings.json").read_text())["held_out_slice"]["injection"]
+    assert injection
+    for block in injection.values():
+        p = f"{100 * block['p']:g} %"
+        said = re.search(rf"p = {p} removes (.*?)(?=p = |$)", bullet)
+        assert said, f"the README's smollm2 bullet says nothing about p = {p}"
+        stated = re.findall(r"(\d+(?:\.(\d+))?) %", said.group(1))
+        shares = [pair["forgetting_removed"] for pair in block["pairs"]]
+        shares += [block["forgetting_removed_mean"]] if len(shares) > 1 else []
+        assert len(stated) == len(shares), (said.group(0), shares)
+        for (number, decimals), share in zip(stated, shares):
+            assert number == f"{100 * share:.{len(decimals)}f}", (said.group(0), shares)
