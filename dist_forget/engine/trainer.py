@@ -221,7 +221,13 @@ def train(cfg: RunConfig, mode: Literal["pretrain", "finetune"], resume: str = "
         backend.init_distributed()
         try:
             with ExitStack() as cleanup:
-                return _run(cfg, mode, resume, backend, cleanup, preempt, choice)
+                summary = _run(cfg, mode, resume, backend, cleanup, preempt, choice)
+            # destroy_process_group (in close) is meant to be called by all ranks together: a rank that shut
+            # gloo down while rank 0 still wrote the summary and closed the tracker has aborted (SIGABRT) on
+            # exit, and the launcher then reported a finished run as failed. Only a finished run waits here:
+            # a failed or preempted one may have a peer that never arrives.
+            backend.barrier()
+            return summary
         except Exception as exc:  # a stalled or dead peer: one line naming it (engine/peers.py)
             if backend.world_size > 1 and is_collective_error(exc):
                 raise peer_lost(exc, backend.rank, backend.world_size, cfg.parallel.timeout_s) from None
