@@ -150,7 +150,8 @@ def test_the_readme_states_the_smollm2_reports_figures():
     assert total == len(expand(load_config(SweepConfig, ROOT / "configs" / "sweep" / "smollm2.yaml")))
     # "p = 1 % removes 45 % ... and 11 % ... (27.87 % on average ...)": per p, each pair's share of the
     # forgetting removed on the held-out slice in the report's pair order, then their mean when several
-    injection = json.loads((folder / "findings.json").read_text())["held_out_slice"]["injection"]
+    sliced = json.loads((folder / "findings.json").read_text())["held_out_slice"]
+    injection = sliced["injection"]
     assert injection
     for block in injection.values():
         p = f"{100 * block['p']:g} %"
@@ -162,3 +163,8 @@ def test_the_readme_states_the_smollm2_reports_figures():
         assert len(stated) == len(shares), (said.group(0), shares)
         for (number, decimals), share in zip(stated, shares):
             assert number == f"{100 * share:.{len(decimals)}f}", (said.group(0), shares)
+    # "Legal's implied B is 25": the B the slice's p = 1 % and 5 % pair implies, per domain where identified
+    for domain, b in re.findall(r"(\w+)'s implied B is (\d+)", bullet):
+        records = sliced["implied_injection_strength"]["records"]
+        (record,) = [r for r in records if r["domain"] == domain.lower() and r["identified"]]
+        assert b == f"{record['B']:.0f}", (domain, record)
