@@ -48,10 +48,14 @@ def finished_runs(sweep: Path) -> list[Path]:
         raise UserError(f"{root}: no finetune runs; --sweep takes a sweep's out_dir (it holds finetune/)")
     runs = [d for d in sorted(root.iterdir()) if (d / "summary.json").is_file()]
     if not runs:
-        raise UserError(
-            f"{root}: no finished run with its best model (summary.json and best/); finish the sweep first"
-        )
+        raise _nothing_to_measure(root)
     return runs
+
+
+def _nothing_to_measure(root: Path) -> UserError:
+    return UserError(
+        f"{root}: no finished run with its best model (summary.json and best/); finish the sweep first"
+    )
 
 
 def slice_loss(
@@ -160,10 +164,7 @@ def held_out_slice(
               f"forgetting {row['slice_forgetting']:+.4f} on the slice, {row['pt_forgetting']:+.4f} on its "
               f"pretraining set; {time.monotonic() - start:.0f} s", flush=True)  # fmt: skip
     if not rows:
-        raise UserError(
-            f"{sweep / 'finetune'}: no finished run with its best model (summary.json and best/); finish the "
-            "sweep first"
-        )
+        raise _nothing_to_measure(sweep / "finetune")
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -25,6 +25,7 @@ from dist_forget.sweep.grid import Point
 
 LOCK_NAME = ".sweep.lock"
 LOG_NAME = "sweep.log"
+ATTEMPT_HEADER = "=== "  # heads each attempt's output in the log: `=== <time> <command>`
 
 
 def try_lock(point: Point) -> IO[str] | None:
@@ -44,7 +45,7 @@ def start(point: Point, env: dict[str, str], lock: IO[str]) -> subprocess.Popen[
     out = Path(point.out_dir)
     write_json_atomic(out / "sweep_point.json", point.to_dict())
     with open(out / LOG_NAME, "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(point.argv)}\n".encode())
+        log.write(f"\n{ATTEMPT_HEADER}{time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(point.argv)}\n".encode())
         log.flush()
         return subprocess.Popen(
             point.argv, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(lock.fileno(),)
@@ -193,7 +194,7 @@ def _last_progress(point: Point) -> str:
             lines = fh.read().decode(errors="replace").splitlines()
     except OSError:
         return "starting"
-    starts = [i for i, ln in enumerate(lines) if ln.startswith("=== ")]  # `start` heads each attempt
+    starts = [i for i, ln in enumerate(lines) if ln.startswith(ATTEMPT_HEADER)]
     if starts:
         lines = lines[starts[-1] + 1 :]
     steps = [ln for ln in lines if ln.startswith(("step ", "eval "))]
