@@ -12,13 +12,10 @@ CLI="$PY -m dist_forget.cli"
 #    (Python source, part of SmolLM2's own pretraining) as the slice no run injects or trains on
 $CLI data prepare-model --out work/data-smollm2
 $CLI data prepare-model --out work/data-smollm2 --domains code
-# 2. the finetunes, one at a time on both cores. On a machine without them, the finished runs committed in
-#    reports/smollm2/runs/ are copied in first: their summary.json makes the sweep skip them, and their slice
-#    rows are kept in code_slice.csv (their best models are not committed, so the slice is not measured again)
-for done in reports/smollm2/runs/*/; do
-  run=work/sweeps/smollm2/finetune/$(basename "$done")
-  [[ -e $run ]] || { mkdir -p "$run" && cp "$done"* "$run"/; }
-done
+# 2. the finetunes, one at a time on both cores. On a machine without them, the sweep first restores the
+#    finished runs committed in reports/smollm2/runs/ (its keep_runs): their summary.json makes it skip them,
+#    and their slice rows are kept in code_slice.csv (their best models are not committed, so the slice is
+#    not measured again)
 $CLI sweep --config configs/sweep/smollm2.yaml
 # 3. forgetting on that held-out slice (the English validation set is the injected corpus), then the study
 #    report: forgetting by p per domain and the protocol checks (one size: no law fit)

@@ -16,6 +16,7 @@ from dist_forget.redact import redact_uri
 from dist_forget.sweep.collect import fit_metrics, run_fit, sync_fallbacks, write_runs_table
 from dist_forget.sweep.config import SweepConfig
 from dist_forget.sweep.grid import Point, expand, sweep_dir
+from dist_forget.sweep.keep import keep, restore
 from dist_forget.sweep.pool import LocalPool, Outcome
 from dist_forget.tracking import Tracker, TrackingConfig
 from dist_forget.tracking.config import PARENT_ENV, ROOT_ENV, relative, resolve
@@ -72,14 +73,19 @@ def sweep(
     if backend == "slurm":
         return _slurm(cfg, config, overrides, points, root, submit, wait, tracking_server)
     root.mkdir(parents=True, exist_ok=True)
+    _restore_kept(cfg, points)
     parent = _parent_tracker(cfg, root, config, points)
     env = _child_env(cfg, parent)
+
+    def on_event(outcome: Outcome, running: int) -> None:
+        _progress(parent, outcome, running)
+        _keep_finished(cfg, points)
+
     try:
         outcome = Outcome(already=[p.name for p in points if p.done()])
         if not collect_only:
             parallel = cfg.max_parallel or max(1, (os.cpu_count() or 1) // cfg.threads_per_run)
-            pool = LocalPool(points, parallel, env, on_event=lambda o, running: _progress(parent, o, running))
-            outcome = pool.run()
+            outcome = LocalPool(points, parallel, env, on_event=on_event).run()
         ok = _collect(cfg, points, root, parent, outcome)
     except KeyboardInterrupt:
         parent.finish("KILLED")
@@ -136,6 +142,7 @@ def _slurm(
     if not tracking_server:
         _refuse_shared_sqlite(cfg, root)
     root.mkdir(parents=True, exist_ok=True)
+    _restore_kept(cfg, points)  # before submitting: what was kept is not run again
     server = _start_tracking_server(cfg, root) if tracking_server else None
     try:
         if server is not None:
@@ -289,7 +296,21 @@ def _log_fit(parent: Tracker, fit_dir: Path, n_runs: int) -> None:
             parent.log_artifact(path, "fit")
 
 
+def _restore_kept(cfg: SweepConfig, points: list[Point]) -> None:
+    if cfg.keep_runs:
+        restored = restore(points, Path(cfg.keep_runs))
+        if restored:
+            print(f"restored {len(restored)} finished runs from {cfg.keep_runs}")
+
+
+def _keep_finished(cfg: SweepConfig, points: list[Point]) -> None:
+    if cfg.keep_runs:
+        for name in keep(points, Path(cfg.keep_runs)):
+            print(f"kept   {name} in {cfg.keep_runs}")
+
+
 def _collect(cfg: SweepConfig, points: list[Point], root: Path, parent: Tracker, outcome: Outcome) -> bool:
+    _keep_finished(cfg, points)  # also what a SLURM task or an earlier sweep finished
     if cfg.tracking.enabled:
         sync_fallbacks(points)
     for name, why in outcome.failed.items():

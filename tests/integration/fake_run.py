@@ -36,11 +36,18 @@ def main(argv: list[str]) -> int:
     time.sleep(600 if slow else float(os.environ.get("FAKE_RUN_SECONDS", "0.2")))
     if os.environ.get("FAKE_FAIL") == kv["name"]:
         return 1
+    # a metrics log and, for a pretraining run, an exported model folder (what a finetune starts from)
+    (out / "metrics.jsonl").write_text(
+        "".join(json.dumps({"kind": "train", "step": s}) + "\n" for s in range(3))
+    )
     if stage == "pretrain":
         n = shape_of(kv["model.size"]).non_embedding_params()
         summary = {"model_params": n, "steps": int(kv["schedule.steps"]), "pt_loss": 3.0 + 40 * n**-0.3}
+        write_json_atomic(out / "model" / "config.json", {"size": kv["model.size"], "pid": os.getpid()})
     else:
         base = json.loads((Path(kv["model.init_from"]) / "summary.json").read_text())  # must exist first
+        model = Path(kv["model.init_from"]) / "model" / "config.json"
+        (out / "init_model.json").write_text(model.read_text() if model.is_file() else "")
         n, d = base["model_params"], int(kv["data.target_tokens"])
         p, a = float(kv["data.inject_fraction"]), float(kv["optim.anchor_decay"])
         forgetting = 2.0 * d**0.1 * n**-0.2 / (1 + 100 * p + 10 * a)

@@ -4,6 +4,7 @@ scripts and MLflow nesting; the runner is command-agnostic, so this is the machi
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import re
@@ -318,3 +319,37 @@ def test_heartbeat_shows_the_current_attempt_not_the_killed_one(tmp_path: Path) 
     beats = [s for s in said if s.startswith("  ... p: ")]
     assert beats and not any("step 20/1500" in s for s in beats), beats
     assert beats[0] == "  ... p: starting" and beats[-1] == "  ... p: step 2/1500 | loss 3.1 | ETA 2h01m"
+
+
+def test_kept_runs_let_a_sweep_go_on_in_an_empty_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study moved to a machine without its sweep folder: the runs kept in `keep_runs` are restored and
+    skipped, and the finetune that had not finished runs from the kept pretrained model."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("FAKE_RUN_SECONDS", "0")
+    kept = tmp_path / "kept"
+    config = str(write_sweep(tmp_path, keep_runs=str(kept)))
+    assert cli_main(["sweep", "--config", config]) == 0
+    sweep = tmp_path / "sweep"
+    names = {p.name for p in kept.iterdir()}
+    assert names == {"pretrain-cpu-0.03m", "pretrain-cpu-0.1m"} | {
+        p.name for p in (sweep / "finetune").iterdir()
+    }
+    run = sweep / "finetune" / "cpu-0.1m_code_D1000_p0.01_a0_s0"
+    with gzip.open(kept / run.name / "metrics.jsonl.gz", "rt") as fh:
+        assert fh.read() == (run / "metrics.jsonl").read_text()
+    assert (kept / "pretrain-cpu-0.1m" / "model" / "config.json").is_file()
+    assert not (kept / run.name / "model").exists()  # a finetune's model is not kept
+    model_used = (run / "init_model.json").read_text()
+    runs_before = (sweep / "runs.csv").read_text()
+
+    # the new machine: no sweep folder, and one finetune that had not finished before the move
+    shutil.rmtree(sweep)
+    shutil.rmtree(kept / run.name)
+    assert cli_main(["sweep", "--config", config]) == 0
+    assert attempts(tmp_path) == {run.name: 1}  # the pretraining runs were not redone
+    assert (run / "init_model.json").read_text() == model_used  # the kept pretrained model, restored
+    assert (sweep / "finetune" / "cpu-0.03m_code_D1000_p0_a0_s0" / "metrics.jsonl").is_file()
+    assert (sweep / "runs.csv").read_text() == runs_before
+    assert (kept / run.name / "summary.json").is_file()  # kept again as it landed
