@@ -45,7 +45,7 @@ demo: install
 # report in reports/micro/.
 study: data
 	$(BIN)/dist-forget sweep --config configs/sweep/micro.yaml
-	$(BIN)/dist-forget study report --sweep work/sweeps/micro --out reports/micro
+	$(BIN)/dist-forget study report --sweep work/sweeps/micro --out reports/micro --seed-mean
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all
