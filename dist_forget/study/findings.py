@@ -144,6 +144,14 @@ def trend(runs: list[Run], along: str, decreasing: bool, p: float = 0.0) -> dict
     }
 
 
+def local_exponents(points: dict[float, float]) -> dict[tuple[float, float], float]:
+    """d ln y / d ln N between neighbouring sizes of one series {N: y}; a step with y <= 0 at either end has
+    no logarithm and is left out."""
+    sizes = sorted(points)
+    return {(a, b): math.log(points[b] / points[a]) / math.log(b / a)
+            for a, b in zip(sizes, sizes[1:]) if points[a] > 0 and points[b] > 0}  # fmt: skip
+
+
 def injection_effect(runs: list[Run], p: float) -> dict[str, Any]:
     """Runs at injection p against the same run at p = 0: the share of forgetting removed,
     1 - F(p)/F(0), and the relative change of the target loss, ft(p)/ft(0) - 1."""

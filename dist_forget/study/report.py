@@ -284,6 +284,8 @@ def report_text(
             "each form describes these runs, not whether the paper's laws extrapolate."
         )
     lines += _ladder_walk_text(facts.get("ladder_walk", {}))
+    lines += _walk_by_form_text(facts.get("ladder_walk", {}))
+    lines += _local_exponent_text(facts["forgetting_vs_size"])
     lines += ["", "## The paper's findings, checked", ""]
     lines += _findings_text(facts)
     if notes:
@@ -363,6 +365,52 @@ def _ladder_walk_text(walk: dict[str, Any]) -> list[str]:
         else:
             lines += ["", f"{at}: {num(goal['ratio_to_floor'], '.2f')}× the floor — goal ≤ {walk['goal_ratio']:g}× "
                       f"{'reached' if goal['reached'] else 'not reached'}."]  # fmt: skip
+    return lines
+
+
+def _walk_by_form_text(walk: dict[str, Any]) -> list[str]:
+    """Every form's held-out MRE per domain at each rung of the ladder walk: how a form's error moves as its
+    fit sees one more size, which the best-form summary above hides."""
+    records = walk.get("records") or []
+    if not records:
+        return []
+    sizes = sorted({r["model_params"] for r in records})
+    domains = sorted({r["domain"] for r in records})
+    mre = {(r["law"], r["form"], r["domain"], r["model_params"]): r["mre"] for r in records}
+    lines = [
+        "",
+        "Every form, per domain (held-out MRE at each held-out size; – where it was not fitted there):",
+    ]
+    for law in dict.fromkeys(r["law"] for r in records):
+        lines += ["", f"| {law} form | domain | " + " | ".join(f"{n:,.0f}" for n in sizes) + " |",
+                  "|---|---|" + "---|" * len(sizes)]  # fmt: skip
+        for form in dict.fromkeys(r["form"] for r in records if r["law"] == law):
+            lines += [f"| {form} | {domain} | " + " | ".join(pct(mre.get((law, form, domain, n))) for n in sizes)
+                      + " |" for domain in domains]  # fmt: skip
+    return lines
+
+
+def _local_exponent_text(trend: dict[str, Any]) -> list[str]:
+    """Forgetting's local exponent in N between neighbouring sizes of each p = 0 series: a power law has one
+    exponent at every rung, so how it moves along the ladder says how far a law fitted below extrapolates."""
+    rows, steps = [], []
+    for s in trend.get("series", []):
+        exps = fd.local_exponents({float(n): f for n, f in s["points"].items()})
+        if exps:
+            rows.append((s["domain"], s["fixed"], exps))
+            steps += [step for step in exps if step not in steps]
+    if not rows:
+        return []
+    steps.sort()
+    lines = ["", "## Forgetting's local exponent in N", "",
+             "d ln F / d ln N between neighbouring sizes at p = 0, per domain and D (negative: forgetting shrinks "
+             "with N; a power law in N has the same exponent at every step).", "",
+             "| domain | D | " + " | ".join(f"{a:,.0f} → {b:,.0f}" for a, b in steps) + " |",
+             "|---|---|" + "---|" * len(steps)]  # fmt: skip
+    for domain, d, exps in rows:
+        lines.append(
+            f"| {domain} | {d:,.0f} | " + " | ".join(num(exps.get(st), "+.2f") for st in steps) + " |"
+        )
     return lines
 
 
