@@ -40,9 +40,10 @@ test: install
 demo: install
 	$(BIN)/dist-forget demo
 
-# The micro study on the paper's protocol (125 min from a fresh clone on 2 cores, install and data included;
-# resumable) and its committed
-# report in reports/micro/.
+# The micro study on the paper's protocol and its committed report in reports/micro/: resumable, and on a
+# machine without work/sweeps/micro it restores the finished runs kept in reports/micro/runs/ first. Its 4
+# smaller sizes took 125 min from a fresh clone on 2 cores; cpu-1m adds ~50 min of pretraining on one core
+# and 31 finetunes at about half the 318k size's tokens/s, with more steps to their bottom.
 study: data
 	$(BIN)/dist-forget sweep --config configs/sweep/micro.yaml
 	$(BIN)/dist-forget study report --sweep work/sweeps/micro --out reports/micro --seed-mean
