@@ -14,7 +14,7 @@ from dist_forget.laws.pipeline import fit_runs, walk_runs
 from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
 from dist_forget.laws.table import Runs, seed_means, write_runs_csv
 from dist_forget.study import findings as fd
-from dist_forget.study.report import _ladder_walk_text
+from dist_forget.study.law_sections import ladder_walk_text
 
 SIZES = (1e5, 3e5, 1e6, 3e6)
 TRUTH = SyntheticConfig()  # the law the tables below are drawn from
@@ -148,7 +148,7 @@ def test_ladder_summary_picks_the_best_mean_form_and_states_the_floor_then_rende
     assert ft["best_form"] == "finetune" and ft["mre"] == pytest.approx(0.03)
     assert ft["floor"] == pytest.approx(floor) and ft["ratio_to_floor"] == pytest.approx(0.03 / floor)
     assert out["goal"]["finetune"]["reached"] is False  # 0.03 / 0.0142 > 1.5
-    text = "\n".join(_ladder_walk_text(out))
+    text = "\n".join(ladder_walk_text(out))
     assert "## Held-out error as the fit sees more sizes" in text
     assert (
         f"| 3,000,000 | 100,000, 300,000, 1,000,000 | finetune | 3.00 % | {100 * floor:.2f} % | {0.03 / floor:.2f} |"
@@ -158,7 +158,7 @@ def test_ladder_summary_picks_the_best_mean_form_and_states_the_floor_then_rende
     # no seeds at the held-out size: the floor and the goal are not measured, and the report says so
     unseeded = fd.ladder_summary(walk, [])
     assert unseeded["goal"]["finetune"]["reached"] is None
-    assert "no seed floor measured at this size" in "\n".join(_ladder_walk_text(unseeded))
+    assert "no seed floor measured at this size" in "\n".join(ladder_walk_text(unseeded))
 
 
 def test_study_report_seed_mean_fits_the_means_and_walks_against_the_floor_at_the_top(tmp_path):

@@ -17,7 +17,8 @@ from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
 from dist_forget.laws.table import read_runs, write_runs_csv
 from dist_forget.numfmt import json_finite, pct
 from dist_forget.study import findings as fd
-from dist_forget.study.report import _findings_text, _heldout_rows, _ladder_walk_text, _slice_runs, report
+from dist_forget.study.law_sections import heldout_rows, ladder_walk_text
+from dist_forget.study.report import _findings_text, _slice_runs, report
 from tests.unit.test_study_protocol import make_sweep
 
 
@@ -166,9 +167,9 @@ def test_committed_reports_render_from_their_findings(name):
     assert json.dumps(json_finite(recomputed), indent=2) + "\n" == committed
     text = (folder / "REPORT.md").read_text()
     assert "\n".join(_findings_text(facts)) in text
-    assert "\n".join(_ladder_walk_text(facts["ladder_walk"])) in text
+    assert "\n".join(ladder_walk_text(facts["ladder_walk"])) in text
     if fits:  # one model size (smollm2) fits no law, and its report has no held-out table
-        assert "\n".join(_heldout_rows(fits, facts["heldout"])) in text
+        assert "\n".join(heldout_rows(fits, facts["heldout"])) in text
         for law, best in facts["heldout"]["best"].items():
             assert f"- {law}: best form **{best['form']}**" in text
 
