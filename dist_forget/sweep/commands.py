@@ -74,12 +74,15 @@ def sweep(
         return _slurm(cfg, config, overrides, points, root, submit, wait, tracking_server)
     root.mkdir(parents=True, exist_ok=True)
     _restore_kept(cfg, points)
+    _keep_finished(cfg, points)  # what an earlier, killed sweep finished and did not keep
     parent = _parent_tracker(cfg, root, config, points)
     env = _child_env(cfg, parent)
+    by_name = {p.name: p for p in points}
 
     def on_event(outcome: Outcome, running: int) -> None:
         _progress(parent, outcome, running)
-        _keep_finished(cfg, points)
+        if outcome.finished:  # the run that just ended (already kept when this event is a start)
+            _keep_finished(cfg, [by_name[outcome.finished[-1]]])
 
     try:
         outcome = Outcome(already=[p.name for p in points if p.done()])
