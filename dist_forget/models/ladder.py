@@ -40,6 +40,7 @@ LADDER: dict[str, ModelShape] = {
     "cpu-0.01m": ModelShape(hidden=16, layers=3, heads=2, ffn=64),
     "cpu-0.015m": ModelShape(hidden=32, layers=1, heads=2, ffn=96),
     "cpu-0.03m": ModelShape(hidden=32, layers=2, heads=2, ffn=96),
+    "cpu-0.05m": ModelShape(hidden=32, layers=4, heads=2, ffn=96),
     "cpu-0.1m": ModelShape(hidden=48, layers=3, heads=3, ffn=128),
     "cpu-0.3m": ModelShape(hidden=80, layers=4, heads=5, ffn=224),
     "cpu-1m": ModelShape(hidden=128, layers=5, heads=4, ffn=352),
