@@ -432,8 +432,8 @@ def quickstart_lines() -> list[str]:
 
 # Quickstart lines that are not run here, and why (their `--help` runs in a new shell instead).
 QUICKSTART_NOT_RUN = {
-    "dist-forget demo": "make demo, 21 min; its sweep is the pipeline's sweep line at test sizes, its end screen's "
-    "commands run in tests/integration/test_end_screens.py",
+    "dist-forget demo": "make demo, about 10 min; its sweep is the pipeline's sweep line at test sizes, "
+    "its end screen's commands run in tests/integration/test_end_screens.py",
 }
 
 
