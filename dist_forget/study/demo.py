@@ -27,6 +27,9 @@ DEMO_DOMAINS = ["english", "legal"]  # the pretraining mix and the demo's target
 # the paper's E undetermined (its 95 % interval reaches 0 with D spanning 3x or 9x), while A, alpha and beta
 # of the power law are pinned. A fit.json without it (an older sweep) falls back to the paper's form.
 FT_FORMS = ("finetune-power", "finetune")
+# The committed demo runs, which the README's figures quote. Runs repeat bit for bit on one machine, not
+# across CPUs (other math kernels), so the end screen says which of the two a user is looking at.
+COMMITTED_RUNS = Path("reports/demo/runs.csv")
 
 
 def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.0, bootstrap: int = 200) -> int:
@@ -63,8 +66,30 @@ def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.0, b
             f"the demo sweep failed; see the run logs under {root} and rerun `make demo` to resume"
         )
     code = summarize(root, max_forgetting)
+    print(against_committed(root / "runs.csv"))
     print(f"\ndemo done in {(time.monotonic() - started) / 60:.1f} min.\n{end_screen(cfg, root)}")
     return code
+
+
+def against_committed(runs_csv: Path, committed: Path = COMMITTED_RUNS) -> str:
+    """One line: do these runs repeat the committed ones (the README's figures) bit for bit, or how far
+    they are from them."""
+    if not committed.is_file():
+        return f"\n  {committed} is not here: no committed runs to compare with"
+    ref = {r["name"]: r for r in _read_csv(committed)}
+    shared = [r for r in _read_csv(runs_csv) if r["name"] in ref]
+    if not shared:
+        return f"\n  none of these runs is in {committed} (another grid): nothing to compare"
+    keys = ("ft_loss", "pt_loss", "steps")
+    differ = [r for r in shared if any(float(r[k]) != float(ref[r["name"]][k]) for k in keys)]
+    if not differ:
+        return f"\n  all {len(shared)} runs repeat {committed} (the README's figures) bit for bit"
+    worst = max(abs(float(r[k]) / float(ref[r["name"]][k]) - 1.0) for r in differ for k in keys[:2])
+    return (
+        f"\n  {len(differ)} of {len(shared)} runs differ from {committed} (the README's figures), losses by up "
+        f"to {100 * worst:.2g} %: runs repeat bit for bit on one machine, not across CPUs (README, Reports: "
+        "how far the demo's figures move with another CPU's kernels)"
+    )
 
 
 def end_screen(cfg: Any, root: Path) -> str:

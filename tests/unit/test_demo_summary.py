@@ -81,3 +81,31 @@ def test_runs_that_cannot_answer_say_why_and_print_no_plan(tmp_path, capsys, for
     out = capsys.readouterr().out
     assert f"These runs cannot answer the paper's questions ({reason})" in out
     assert "smallest p with forgetting" not in out
+
+
+def test_the_demo_says_whether_its_runs_repeat_the_committed_ones(tmp_path):
+    """The README quotes the committed demo runs; a user's `make demo` says whether it repeated them bit for
+    bit, or by how much another machine's runs differ, instead of leaving two sets of figures unexplained."""
+    from dist_forget.study.demo import against_committed
+
+    def write(path, rows):
+        path.write_text(
+            "name,ft_loss,pt_loss,steps\n" + "".join(f"{n},{f!r},{p!r},{s}\n" for n, f, p, s in rows)
+        )
+        return path
+
+    rows = [("a", 3.4419, 6.3697, 925.0), ("b", 3.8475, 5.2482, 175.0)]
+    committed = write(tmp_path / "committed.csv", rows)
+    same = against_committed(write(tmp_path / "same.csv", rows), committed)
+    assert "all 2 runs repeat" in same and "bit for bit" in same
+    moved = against_committed(
+        write(tmp_path / "moved.csv", [rows[0], ("b", 3.8475, 5.2482 * 1.01, 175.0)]), committed
+    )
+    assert "1 of 2 runs differ" in moved and "up to 1 %" in moved and "not across CPUs" in moved
+    later = against_committed(
+        write(tmp_path / "later.csv", [rows[0], ("b", 3.8475, 5.2482, 200.0)]), committed
+    )
+    assert "1 of 2 runs differ" in later  # the same losses at another best step are another run
+    other = against_committed(write(tmp_path / "other.csv", [("c", 1.0, 2.0, 5.0)]), committed)
+    assert "nothing to compare" in other
+    assert "not here" in against_committed(committed, tmp_path / "missing.csv")
