@@ -23,7 +23,7 @@ from dist_forget.errors import UserError
 
 DEMO_DATA = Path("work/data")
 DEMO_DOMAINS = ["english", "legal"]  # the pretraining mix and the demo's target
-# The demo's finetune law is the E-free power law: its runs (loss 3.2-4.1 nats, far above any floor) leave
+# The demo's finetune law is the E-free power law: its runs (loss 3.4-4.1 nats, far above any floor) leave
 # the paper's E undetermined (its 95 % interval reaches 0 with D spanning 3x or 9x), while A, alpha and beta
 # of the power law are pinned. A fit.json without it (an older sweep) falls back to the paper's form.
 FT_FORMS = ("finetune-power", "finetune")
