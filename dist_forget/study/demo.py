@@ -66,7 +66,7 @@ def demo(config: str = "configs/sweep/demo.yaml", max_forgetting: float = 0.0, b
             f"the demo sweep failed; see the run logs under {root} and rerun `make demo` to resume"
         )
     code = summarize(root, max_forgetting)
-    print(against_committed(root / "runs.csv"))
+    print(f"\n  {against_committed(root / 'runs.csv')}")
     print(f"\ndemo done in {(time.monotonic() - started) / 60:.1f} min.\n{end_screen(cfg, root)}")
     return code
 
@@ -75,18 +75,18 @@ def against_committed(runs_csv: Path, committed: Path = COMMITTED_RUNS) -> str:
     """One line: do these runs repeat the committed ones (the README's figures) bit for bit, or how far
     they are from them."""
     if not committed.is_file():
-        return f"\n  {committed} is not here: no committed runs to compare with"
+        return f"{committed} is not here: no committed runs to compare with"
     ref = {r["name"]: r for r in _read_csv(committed)}
     shared = [r for r in _read_csv(runs_csv) if r["name"] in ref]
     if not shared:
-        return f"\n  none of these runs is in {committed} (another grid): nothing to compare"
-    keys = ("ft_loss", "pt_loss", "steps")
-    differ = [r for r in shared if any(float(r[k]) != float(ref[r["name"]][k]) for k in keys)]
+        return f"none of these runs is in {committed} (another grid): nothing to compare"
+    losses = ("ft_loss", "pt_loss")
+    differ = [r for r in shared if any(float(r[k]) != float(ref[r["name"]][k]) for k in (*losses, "steps"))]
     if not differ:
-        return f"\n  all {len(shared)} runs repeat {committed} (the README's figures) bit for bit"
-    worst = max(abs(float(r[k]) / float(ref[r["name"]][k]) - 1.0) for r in differ for k in keys[:2])
+        return f"all {len(shared)} runs repeat {committed} (the README's figures) bit for bit"
+    worst = max(abs(float(r[k]) / float(ref[r["name"]][k]) - 1.0) for r in differ for k in losses)
     return (
-        f"\n  {len(differ)} of {len(shared)} runs differ from {committed} (the README's figures), losses by up "
+        f"{len(differ)} of {len(shared)} runs differ from {committed} (the README's figures), losses by up "
         f"to {100 * worst:.2g} %: runs repeat bit for bit on one machine, not across CPUs (README, Reports: "
         "how far the demo's figures move with another CPU's kernels)"
     )
