@@ -1,9 +1,13 @@
-"""Keep OpenBLAS single-threaded while fitting.
+"""Keep OpenBLAS single-threaded while fitting, and say which CPU kernels it runs.
 
 L-BFGS-B calls BLAS on vectors of a few numbers; with OpenBLAS's thread pool on a busy 2-core machine
 each call waits for idle threads to wake, which measured 25x slower (4 ms instead of 0.17 ms per
 iteration). The pool size can only be set through the library itself, so we find the OpenBLAS copies
 numpy and scipy loaded (/proc/self/maps) and call their `*_set_num_threads`; elsewhere this is a no-op.
+
+OpenBLAS also picks its kernels by CPU at load time (`OPENBLAS_CORETYPE` overrides): two AMD EPYCs with
+AVX-512 measured here ran SkylakeX and Haswell kernels. A fit's last digits move with them, and so does the
+whole optimum where the data leave it flat, so fit.json records `kernels()`.
 """
 
 from __future__ import annotations
@@ -33,13 +37,25 @@ def _openblas_libs() -> tuple[ctypes.CDLL, ...]:
     return tuple(libs)
 
 
-def _function(lib: ctypes.CDLL, verb: str) -> ctypes._CFuncPtr | None:
+def _function(lib: ctypes.CDLL, verb: str, noun: str = "num_threads") -> ctypes._CFuncPtr | None:
     for prefix in _PREFIXES:
         for suffix in _SUFFIXES:
-            fn = getattr(lib, f"{prefix}_{verb}_num_threads{suffix}", None)
+            fn = getattr(lib, f"{prefix}_{verb}_{noun}{suffix}", None)
             if fn is not None:
                 return fn
     return None
+
+
+def kernels() -> list[str]:
+    """The kernels each loaded OpenBLAS copy chose for this CPU ('Haswell', 'SkylakeX', ...), sorted;
+    empty where numpy and scipy use another BLAS."""
+    names = set()
+    for lib in _openblas_libs():
+        corename = _function(lib, "get", "corename")
+        if corename is not None:
+            corename.restype = ctypes.c_char_p
+            names.add((corename() or b"?").decode(errors="replace").strip())
+    return sorted(names)
 
 
 @contextmanager

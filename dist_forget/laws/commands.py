@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 
 from dist_forget.errors import UserError
+from dist_forget.laws._blas import kernels
 from dist_forget.laws.diagnostics import format_warnings
 from dist_forget.laws.fit import FitConfig
 from dist_forget.laws.forms import DEFAULT_FORMS, FORMS
@@ -94,6 +95,7 @@ def fit(
         "holdout": holdout,
         "seed": seed,
         "forms": list(forms),
+        "blas_kernels": kernels(),
     }
     if averaged is not None:  # absent otherwise: fits written before the switch stay byte-identical
         meta |= {"seed_mean": True, "seed_mean_points": averaged}

@@ -49,6 +49,9 @@ def report_markdown(records: list[dict[str, Any]], meta: dict[str, Any], pngs: l
         f"{meta.get('holdout')}. Errors are relative errors of the loss (MRE = mean, max = largest).",
         "",
     ]
+    if meta.get("blas_kernels"):  # fits written before it was recorded say nothing
+        lines += [f"Fitted on OpenBLAS's {', '.join(meta['blas_kernels'])} kernels: a fit repeats bit for bit "
+                  "where OpenBLAS picks the same (OPENBLAS_CORETYPE sets them).", ""]  # fmt: skip
     if meta.get("seed_mean"):
         counts = ", ".join(f"{d} {c['points_averaged']} from {c['runs_averaged']} runs"
                            for d, c in meta["seed_mean_points"].items())  # fmt: skip

@@ -13,7 +13,8 @@ A finding answers the paper's question only when the runs follow the paper's pro
 
 `check` reads the sweep folder (pretrain/*/ and finetune/*/ with summary.json, report.json,
 run_config.json) and returns the `protocol` block of findings.json; `UNDERMINES` says which findings a
-failed check leaves without a verdict.
+failed check leaves without a verdict. The block also says where the runs ran (`machines`): a run repeats
+bit for bit on one machine, not across CPUs, so a table of runs is only one measurement if it names one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dist_forget.machine import describe
 from dist_forget.schema import METRICS_FILE, read_metrics
 
 
@@ -115,6 +117,20 @@ def finetunes(sweep: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def machines(sweep: Path) -> list[dict[str, Any]]:
+    """One row per machine the sweep's runs ran on (report.json's fingerprint, as `machine.describe` words
+    it): how many runs, and their wall time summed in seconds (pretraining and finetuning; a run paused by
+    a signal counts its pause). Most runs first, then by name."""
+    rows: dict[str, dict[str, Any]] = {}
+    for stage in ("pretrain", "finetune"):
+        for _run, _summary, rep, _cfg in run_files(sweep, stage):
+            name = describe(rep["machine"]) if rep.get("machine") else "not recorded"
+            row = rows.setdefault(name, {"machine": name, "runs": 0, "wall_s": 0.0})
+            row["runs"] += 1
+            row["wall_s"] += float(rep.get("wall_s", 0.0))
+    return sorted(rows.values(), key=lambda r: (-r["runs"], r["machine"]))
+
+
 def check(sweep: Path, spec: ProtocolSpec = ProtocolSpec()) -> dict[str, Any]:
     """The `protocol` block of findings.json: the measured quantities, each check's result, and `met`."""
     rungs, runs = ladder(sweep), finetunes(sweep)
@@ -149,6 +165,7 @@ def check(sweep: Path, spec: ProtocolSpec = ProtocolSpec()) -> dict[str, Any]:
         "runs_not_past_bottom": [r["run"] for r, ok in zip(runs, past_bottom) if not ok],
         "injected_at_best": injected,
         "eval_sequences": min((r["eval_sequences"] for r in runs), default=0),
+        "machines": machines(sweep),
         "thresholds": asdict(spec),
         "checks": checks,
         "met": not failed,

@@ -20,6 +20,7 @@ from typing import Any
 
 from dist_forget.errors import UserError
 from dist_forget.io import atomic_dir, write_json_atomic, write_text_atomic
+from dist_forget.laws._blas import kernels
 from dist_forget.laws.fit import FitConfig, check_identifiable
 from dist_forget.laws.forms import get_form
 from dist_forget.laws.pipeline import fit_runs, runs_for, walk_runs
@@ -78,7 +79,7 @@ def report(
     cfg = FitConfig(bootstrap=bootstrap, seed=seed, workers=workers)
     # the runs table is copied beside the report below: its name, not a path of this machine
     meta = {"source": "runs.csv", "n_runs": len(table), "delta": cfg.delta, "loss": cfg.loss,
-            "bootstrap": bootstrap, "holdout": "largest", "seed": seed}  # fmt: skip
+            "bootstrap": bootstrap, "holdout": "largest", "seed": seed, "blas_kernels": kernels()}  # fmt: skip
     fit_table = table
     if seed_mean:
         fit_table, averaged = seed_means(table, str(runs_csv))
@@ -213,6 +214,20 @@ def _finetune_setup(sweep: Path, runs: list[fd.Run]) -> str:
     )
 
 
+def _machines_text(proto: dict[str, Any]) -> list[str]:
+    rows = proto.get("machines")
+    if not rows:  # a report of runs from before the protocol block said where they ran
+        return []
+    where = "; ".join(f"{r['machine']}: {r['runs']} runs, {r['wall_s'] / 3600:.1f} h" for r in rows)
+    if len(rows) == 1 and rows[0]["machine"] != "not recorded":
+        why = "A run repeats bit for bit on one such machine, not across CPUs: these are that machine's figures."
+    else:
+        why = ("A run repeats bit for bit on one machine, not across CPUs: runs made on different machines (or "
+               "not saying where) differ by that spread as well.")  # fmt: skip
+    return [f"Where the runs ran (each run's report.json; run wall time summed, pretraining included): {where}. "
+            f"{why}", ""]  # fmt: skip
+
+
 def _trend_rows(trend: dict[str, Any], along: str) -> list[str]:
     # a series' points are keyed by a number in memory and by its text in findings.json
     points = [{float(x): f for x, f in s["points"].items()} for s in trend["series"]]
@@ -256,6 +271,7 @@ def report_text(
         "",
         _finetune_setup(sweep, runs),
         "",
+        *_machines_text(facts["protocol"]),
         *_protocol_text(facts["protocol"]),
         *heldout_head(runs, records, largest, facts["heldout"]),
     ]

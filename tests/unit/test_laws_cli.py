@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -194,3 +199,17 @@ def test_the_fitter_does_not_import_torch():
 
     code = "import sys, dist_forget.laws.commands, dist_forget.laws.report; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or "avx2" not in Path("/proc/cpuinfo").read_text(),
+                    reason="OpenBLAS's Haswell kernels need an x86-64 CPU with AVX2")  # fmt: skip
+def test_fit_json_says_which_openblas_kernels_fitted_it(table, tmp_path):
+    """A fit's bits follow the kernels OpenBLAS picked for the CPU: fit.json and REPORT.md name them, and
+    OPENBLAS_CORETYPE, read when OpenBLAS loads, is what they say."""
+    out = tmp_path / "fit"
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
+    argv = [sys.executable, "-m", "dist_forget.cli", "fit", "--runs", str(table), "--out", str(out),
+            "--bootstrap", "0", "--no-plots"]  # fmt: skip
+    subprocess.run(argv, env=env, check=True, capture_output=True)
+    assert json.loads((out / "fit.json").read_text())["meta"]["blas_kernels"] == ["Haswell"]
+    assert "Fitted on OpenBLAS's Haswell kernels" in (out / "REPORT.md").read_text()

@@ -96,3 +96,24 @@ def test_a_sweep_of_a_pretrained_model_has_no_ladder_to_check(tmp_path):
     assert out["met"] is True and out["failed"] == []
     assert out["not_applicable"] == ["forgetting_vs_size", "laws"]
     assert protocol.check(make_sweep(tmp_path / "b", losses=(), injected=2))["failed"] == ["injection_acts"]
+
+
+def test_the_block_says_where_the_runs_ran_and_how_long_they_took(tmp_path):
+    """Runs repeat bit for bit on one machine, not across CPUs: the block groups runs by their report.json
+    fingerprint and sums their wall time; a run without one is counted as not recorded."""
+    root = make_sweep(tmp_path)
+    epyc = {"cpu_model": "AMD EPYC", "aten_cpu_capability": "AVX512", "threads": 1, "torch": "2.13.0+cpu"}
+    intel = epyc | {"cpu_model": "Intel Xeon", "aten_cpu_capability": "AVX2"}
+    reports = sorted(root.glob("*/*/report.json"))
+    for i, rep in enumerate(reports[:-1]):
+        data = json.loads(rep.read_text())
+        data |= {"machine": intel if i == 0 else epyc, "wall_s": 10.0 * (i + 1)}
+        rep.write_text(json.dumps(data))
+    rows = protocol.check(root)["machines"]
+    n = len(reports)
+    assert rows == [
+        {"machine": "AMD EPYC, AVX512 kernels, 1 thread, torch 2.13.0+cpu", "runs": n - 2,
+         "wall_s": sum(10.0 * (i + 1) for i in range(1, n - 1))},
+        {"machine": "Intel Xeon, AVX2 kernels, 1 thread, torch 2.13.0+cpu", "runs": 1, "wall_s": 10.0},
+        {"machine": "not recorded", "runs": 1, "wall_s": 0.0},
+    ]  # fmt: skip
