@@ -9,6 +9,7 @@ state holds.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 from pathlib import Path
@@ -156,6 +157,12 @@ def main() -> None:
 
     for stage in args.stages:
         run_stage(stage)
+    # The engines are garbage in reference cycles; collected now, while the interpreter is whole, their
+    # gloo work objects go with them. Left to interpreter shutdown, a gloo thread still holding one can
+    # abort the rank after its results are written ("terminate called without an active exception": 4 of
+    # 11 runs of 3 ranks on 2 busy cores, 0 of 8 with this collection). The CLI collects before it exits
+    # too (cli._before_exit).
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 
