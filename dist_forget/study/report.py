@@ -330,6 +330,15 @@ def _protocol_text(proto: dict[str, Any]) -> list[str]:
         "|---|---|---|---|",
         f"| ladder trained | tokens per total parameter {tpp or '–'} | ≥ {th['min_tokens_per_param']:g} | "
         f"{mark[c['ladder_trained']]} |",
+        *(  # protocol blocks written before this check have no row for it
+            [
+                f"| ladder on fresh tokens | passes over the unique pretraining tokens "
+                f"{', '.join(f'{v:.2f}' for v in proto['pretrain_epochs'].values()) or '–'} | "
+                f"≤ {th['max_pretrain_epochs']:g} | {mark[c['ladder_fresh']]} |"
+            ]
+            if "ladder_fresh" in c
+            else []
+        ),  # fmt: skip
         f"| ladder ordered | English val loss by N {losses or '–'} | falls by > {th['min_ladder_gap']:g} nats "
         f"at every rung | {mark[c['ladder_ordered']]} |",
         f"| U-curve bottom reached | best eval before the last in {pct(proto['share_best_before_last'])} of "

@@ -29,14 +29,14 @@ def _eval_curve(folder: Path, best: int, last: int, rise: float) -> None:
 
 
 def make_sweep(root: Path, losses=(4.5, 4.3, 4.0), tokens_per_param=20.0, best=(100, 200), last=300,
-               injected=25, eval_sequences=128, rise=0.05) -> Path:  # fmt: skip
+               injected=25, eval_sequences=128, rise=0.05, unique_tokens=10**8) -> Path:  # fmt: skip
     shards = root / "shards"
     shards.mkdir(parents=True)
     (shards / "manifest.json").write_text(json.dumps({"seq_len": SEQ_LEN}))
     for i, loss in enumerate(losses):
         n, total = 10_000 * 3**i, 40_000 * 3**i
         sequences = int(tokens_per_param * total / SEQ_LEN) + 1
-        _write(root / "pretrain" / f"size{i}", {"model_params": n, "pt_loss": loss},
+        _write(root / "pretrain" / f"size{i}", {"model_params": n, "pt_loss": loss, "target_tokens": unique_tokens},
                {"sequences": sequences, "total_params": total, "step": sequences // 16},
                {"data": {"target": str(shards)}})  # fmt: skip
     for i, b in enumerate(best):
@@ -54,6 +54,7 @@ def test_a_sweep_on_the_protocol_meets_it(tmp_path):
     assert out["met"] is True and out["failed"] == [] and out["undermined"] == []
     assert out["pretrain_loss_by_size"] == {"10000": 4.5, "30000": 4.3, "90000": 4.0}
     assert all(x >= 20 for x in out["pretrain_tokens_per_param"].values())
+    assert out["pretrain_epochs"] == pytest.approx({"10000": 0.008, "30000": 0.024, "90000": 0.072}, rel=0.01)
     assert out["share_best_before_last"] == 1.0 and out["share_past_bottom"] == 1.0
     assert out["injected_at_best"]["0.01"] == {"min": 25, "mean": 25.0, "runs": 2}
     assert out["eval_sequences"] == 128
@@ -63,6 +64,7 @@ def test_a_sweep_on_the_protocol_meets_it(tmp_path):
     "change, failed",
     [
         ({"tokens_per_param": 3.8}, "ladder_trained"),
+        ({"unique_tokens": 5_000_000}, "ladder_fresh"),  # the largest rung reads its 7.2M tokens 1.44 times
         ({"losses": (5.95, 5.67, 5.50, 5.54)}, "ladder_ordered"),  # the old micro ladder: not ordered
         ({"losses": (4.5, 4.49, 4.0)}, "ladder_ordered"),  # a gap inside eval noise
         ({"best": (100, 300)}, "u_curve_bottom"),  # one run's best is its last evaluation

@@ -99,6 +99,10 @@ def test_report_on_runs_from_known_laws_states_the_findings(tmp_path):
     assert all(f["holdout"]["mre"] < 0.01 for f in fits)  # noise is 0.1 %: the held-out size is predicted
     facts = json.loads((out / "findings.json").read_text())
     assert facts["protocol"]["met"] is True and "## Protocol (checked in the run data)" in text
+    assert (
+        "| ladder on fresh tokens | passes over the unique pretraining tokens 0.01, 0.02, 0.07 | ≤ 1 | met |"
+        in text
+    )
     removed = facts["injection"]["0.01"]["forgetting_removed_mean"]
     assert removed == pytest.approx(1 - 11**-0.4, abs=0.02)  # 1 - (1 + B p)^-alpha
     assert (out / "runs.csv").read_text() == (sweep / "runs.csv").read_text()
