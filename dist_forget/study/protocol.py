@@ -34,7 +34,7 @@ from dist_forget.schema import METRICS_FILE, read_metrics
 @dataclass(frozen=True)
 class ProtocolSpec:
     min_tokens_per_param: float = 20.0  # pretraining tokens per total (embedding included) parameter
-    # passes over the unique pretraining tokens: cpu-0.3m pretrained on 1.18 passes forgot 9-31 % more at
+    # passes over the unique pretraining tokens: cpu-0.3m pretrained on 1.18 passes forgot 4-31 % more at
     # D = 45k, p = 0 than on fresh tokens (reports/micro/pilots), and the paper's ladder reads each once
     max_pretrain_epochs: float = 1.0
     min_ladder_gap: float = 0.02  # nats/token between rungs; an eval mean over >= 128 x 128 tokens is ~0.01
