@@ -88,7 +88,7 @@ def ladder(sweep: Path) -> list[dict[str, Any]]:
             "size": run.name, "model_params": float(summary.get("model_params", 0)), "total_params": total,
             "tokens": tokens, "tokens_per_param": tokens / total if total else math.nan,
             "epochs": tokens / unique if unique else math.nan,
-            "steps": rep.get("step"), "pt_loss": float(summary.get("pt_loss", math.nan)),
+            "steps": rep.get("step"), "pt_loss": float(summary.get("pt_loss", math.nan)), **_where(rep),
         })  # fmt: skip
     return sorted(rows, key=lambda r: r["model_params"])
 
@@ -120,22 +120,25 @@ def finetunes(sweep: Path) -> list[dict[str, Any]]:
         rows.append({
             "run": run.name, "inject_fraction": p, "best_step": best, "last_step": int(rep.get("step", best)),
             "rise_after_best": rise_after_best(run), "injected_at_best": int(injected),
-            "eval_sequences": int(cfg.get("train", {}).get("eval_sequences", 0)),
+            "eval_sequences": int(cfg.get("train", {}).get("eval_sequences", 0)), **_where(rep),
         })  # fmt: skip
     return rows
 
 
-def machines(sweep: Path) -> list[dict[str, Any]]:
-    """One row per machine the sweep's runs ran on (report.json's fingerprint, as `machine.describe` words
-    it): how many runs, and their wall time summed in seconds (pretraining and finetuning; a run paused by
-    a signal counts its pause). Most runs first, then by name."""
+def _where(rep: dict[str, Any]) -> dict[str, Any]:
+    """Where a run ran (report.json's fingerprint, as `machine.describe` words it) and its wall time (s)."""
+    machine = describe(rep["machine"]) if rep.get("machine") else "not recorded"
+    return {"machine": machine, "wall_s": float(rep.get("wall_s", 0.0))}
+
+
+def machines(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per machine the runs (rows of `ladder` and `finetunes`) ran on: how many, and their wall time
+    summed in seconds (a run paused by a signal counts its pause). Most runs first, then by name."""
     rows: dict[str, dict[str, Any]] = {}
-    for stage in ("pretrain", "finetune"):
-        for _run, _summary, rep, _cfg in run_files(sweep, stage):
-            name = describe(rep["machine"]) if rep.get("machine") else "not recorded"
-            row = rows.setdefault(name, {"machine": name, "runs": 0, "wall_s": 0.0})
-            row["runs"] += 1
-            row["wall_s"] += float(rep.get("wall_s", 0.0))
+    for run in runs:
+        row = rows.setdefault(run["machine"], {"machine": run["machine"], "runs": 0, "wall_s": 0.0})
+        row["runs"] += 1
+        row["wall_s"] += run["wall_s"]
     return sorted(rows.values(), key=lambda r: (-r["runs"], r["machine"]))
 
 
@@ -176,7 +179,7 @@ def check(sweep: Path, spec: ProtocolSpec = ProtocolSpec()) -> dict[str, Any]:
         "runs_not_past_bottom": [r["run"] for r, ok in zip(runs, past_bottom) if not ok],
         "injected_at_best": injected,
         "eval_sequences": min((r["eval_sequences"] for r in runs), default=0),
-        "machines": machines(sweep),
+        "machines": machines(rungs + runs),
         "thresholds": asdict(spec),
         "checks": checks,
         "met": not failed,
