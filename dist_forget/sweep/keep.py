@@ -5,13 +5,16 @@ report and a resumed sweep need from a finished run is small: its summary, repor
 for a pretraining run its exported model (the finetunes start from it). `keep` copies those into
 `<keep_runs>/<point name>/` as each run lands, so they can be committed; `restore` copies them back into an
 empty sweep folder, where their summary.json makes the sweep skip them and the finetunes still to run start
-from the very pretrained weights the kept ones did.
+from the very pretrained weights the kept ones did. A kept run is restored only where it was made by the
+command the sweep would run today: after the sweep YAML changes (another data mix, another lr), an old
+result must not stand in for the new configuration.
 """
 
 from __future__ import annotations
 
 import filecmp
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -29,8 +32,13 @@ def kept_dir(point: Point, into: Path) -> Path:
 
 
 def is_kept(point: Point, into: Path) -> bool:
-    kept = kept_dir(point, into) / SUMMARY_FILE
-    return kept.is_file() and point.done() and filecmp.cmp(kept, point.summary, shallow=False)
+    kept = kept_dir(point, into)
+    return (
+        (kept / SUMMARY_FILE).is_file()
+        and point.done()
+        and filecmp.cmp(kept / SUMMARY_FILE, point.summary, shallow=False)
+        and made_by(kept, point)  # the same figures from another command are still another run
+    )
 
 
 def keep(points: list[Point], into: Path) -> list[str]:
@@ -53,17 +61,37 @@ def keep(points: list[Point], into: Path) -> list[str]:
     return kept
 
 
-def restore(points: list[Point], into: Path) -> list[str]:
-    """Copy kept runs back into the sweep folder where that run has not finished; returns their names.
+def made_by(kept: Path, point: Point) -> bool:
+    """Whether the kept run was made by the command `point` runs, wherever its checkout was.
 
-    The summary goes in last, so a restore cut short leaves an unfinished run that the sweep reruns. A kept
-    sweep_point.json is not restored: it records the command of another checkout, and the sweep would
-    report every restored run as "finished with another command".
+    The recorded command names the interpreter and the sweep folder of the machine that ran it: the
+    interpreter is left out and that folder is read as this sweep's before the two are compared.
     """
-    restored = []
+    try:
+        recorded = json.loads((kept / "sweep_point.json").read_text())
+        argv, out_dir = recorded["argv"], recorded["out_dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # no record of its command: it cannot be told apart from another configuration's run
+    there, here = str(Path(out_dir).parents[1]), str(Path(point.out_dir).parents[1])
+    return [arg.replace(there, here) for arg in argv[1:]] == point.argv[1:]
+
+
+def restore(points: list[Point], into: Path) -> tuple[list[str], list[str]]:
+    """Copy kept runs back into the sweep folder where that run has not finished.
+
+    Returns the names restored and the names refused: kept runs made with another command (`made_by`),
+    which the sweep runs again and whose kept folder the new result then replaces. The summary goes in
+    last, so a restore cut short leaves an unfinished run that the sweep reruns. A kept sweep_point.json is
+    not restored: it records the command of another checkout, and the sweep would report every restored
+    run as "finished with another command".
+    """
+    restored, refused = [], []
     for point in points:
         kept = kept_dir(point, into)
         if point.done() or not (kept / SUMMARY_FILE).is_file():
+            continue
+        if not made_by(kept, point):
+            refused.append(point.name)
             continue
         run = Path(point.out_dir)
         run.mkdir(parents=True, exist_ok=True)
@@ -82,4 +110,4 @@ def restore(points: list[Point], into: Path) -> list[str]:
         with atomic_path(point.summary) as tmp:
             shutil.copyfile(kept / SUMMARY_FILE, tmp)
         restored.append(point.name)
-    return restored
+    return restored, refused

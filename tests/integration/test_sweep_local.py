@@ -353,3 +353,32 @@ def test_kept_runs_let_a_sweep_go_on_in_an_empty_folder(
     assert (sweep / "finetune" / "cpu-0.03m_code_D1000_p0_a0_s0" / "metrics.jsonl").is_file()
     assert (sweep / "runs.csv").read_text() == runs_before
     assert (kept / run.name / "summary.json").is_file()  # kept again as it landed
+
+
+def test_kept_runs_are_restored_only_under_the_command_that_made_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Kept runs follow the study to another checkout (another sweep folder), but once the sweep YAML changes
+    a finetune's command, the old result is not restored in its place: that run is made again and its
+    kept folder replaced, while the pretraining runs, whose command did not change, are restored."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("FAKE_RUN_SECONDS", "0")
+    kept = tmp_path / "kept"
+    assert cli_main(["sweep", "--config", str(write_sweep(tmp_path, keep_runs=str(kept)))]) == 0
+    finetunes = {p.name for p in (tmp_path / "sweep" / "finetune").iterdir()}
+
+    moved = write_sweep(tmp_path, keep_runs=str(kept), out_dir=str(tmp_path / "elsewhere"))
+    capsys.readouterr()
+    assert cli_main(["sweep", "--config", str(moved)]) == 0
+    assert attempts(tmp_path, "elsewhere") == {}  # every run restored: same commands, another folder
+    assert "not restored" not in capsys.readouterr().out
+
+    finetune = {"config": str(tmp_path / "cfg.yaml"), "domains": {"code": "shards/code"},
+                "overrides": ["optim.lr=1.0e-4"]}  # fmt: skip
+    changed = write_sweep(tmp_path, keep_runs=str(kept), out_dir=str(tmp_path / "changed"), finetune=finetune)
+    assert cli_main(["sweep", "--config", str(changed)]) == 0
+    out = capsys.readouterr().out
+    assert f"not restored: {len(finetunes)} runs in {kept} were made with another command" in out
+    assert attempts(tmp_path, "changed") == {name: 1 for name in finetunes}
+    point = json.loads((kept / sorted(finetunes)[0] / "sweep_point.json").read_text())
+    assert "optim.lr=1.0e-4" in point["argv"]  # the kept folder now holds the new command's result

@@ -88,3 +88,66 @@ def test_missing_package_names_the_package(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="no-such-package-dist-forget"):
         corpora.build_domain("ghost", tmp_path, log=lambda s: None)
     assert not Path(tmp_path / "corpora" / "ghost" / "source.json").exists()
+
+
+def test_dictd_entries_reads_each_entry_once_without_the_header():
+    entries = [
+        "00-database-short\n   A Dictionary",
+        "Aback \\A*back\\, adv.\n   Backward.",
+        'Abbey \\Ab"bey\\, n.\n   A monast\u00e8re.',
+    ]
+    data = "\n\n".join(entries).encode()
+    spans, at = [], 0
+    for entry in entries:
+        spans.append((at, len(entry.encode())))
+        at += len(entry.encode()) + 2
+
+    def b64(n: int) -> str:
+        digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        return digits[n] if n < 64 else b64(n // 64) + digits[n % 64]
+
+    index = [
+        ("00-database-short", *spans[0]),
+        ("abbey", *spans[2]),
+        ("aback", *spans[1]),
+        ("abbatial", *spans[2]),
+    ]
+    text = "\n".join(f"{head}\t{b64(start)}\t{b64(size)}" for head, start, size in index)
+    assert extract.dictd_number("Kj") == 10 * 64 + 35
+    assert list(extract.dictd_entries(text, data)) == entries[1:]  # file order, the shared entry once
+
+
+def test_a_mix_that_extends_english_keeps_its_tokenizer(tmp_path, monkeypatch):
+    """english-xl is tokenized with the tokenizer trained on english: preparing it after the default domains
+    neither retrains the tokenizer nor changes english's shards (every figure made before stays valid)."""
+    from dist_forget.data.commands import prepare
+    from dist_forget.data.manifest import read_manifest
+
+    data = Path(__file__).parents[1] / "data"
+
+    def lines(name: str):
+        return lambda roots: (json.loads(line)["text"] for line in (data / name).read_text().splitlines())
+
+    def more_english(roots):
+        yield from lines("english.jsonl")(roots)
+        yield from lines("code.jsonl")(roots)  # stands in for the dictionary
+
+    sources = {
+        "english": corpora.Domain("english", "pretrain", "e", "PD", (), lines("english.jsonl")),
+        "code": corpora.Domain("code", "target", "c", "PSF", (), lines("code.jsonl")),
+        "english-xl": corpora.Domain(
+            "english-xl", "pretrain", "x", "PD", (), more_english, tokenizer_from="english"
+        ),
+    }
+    monkeypatch.setattr(corpora, "SOURCES", sources)
+    monkeypatch.setattr(corpora, "DEFAULT_DOMAINS", ("english", "code"))
+    out = tmp_path / "data"
+    assert prepare(out, vocab_size=300, seq_len=32) == 0
+    tokenizer = (out / "tokenizer" / "tokenizer.json").read_bytes()
+    english = read_manifest(out / "shards" / "english")
+    assert prepare(out, ["english-xl"], vocab_size=300, seq_len=32) == 0
+    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == tokenizer
+    assert read_manifest(out / "shards" / "english") == english
+    xl = read_manifest(out / "shards" / "english-xl")
+    assert xl.tokenizer_sha256 == english.tokenizer_sha256
+    assert xl.splits["train"].tokens > english.splits["train"].tokens
