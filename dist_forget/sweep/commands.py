@@ -16,7 +16,7 @@ from dist_forget.redact import redact_uri
 from dist_forget.sweep.collect import fit_metrics, run_fit, sync_fallbacks, write_runs_table
 from dist_forget.sweep.config import SweepConfig
 from dist_forget.sweep.grid import Point, expand, sweep_dir
-from dist_forget.sweep.keep import keep, restore
+from dist_forget.sweep.keep import changed_command, keep, restore
 from dist_forget.sweep.pool import LocalPool, Outcome
 from dist_forget.tracking import Tracker, TrackingConfig
 from dist_forget.tracking.config import PARENT_ENV, ROOT_ENV, relative, resolve
@@ -62,12 +62,20 @@ def sweep(
         cfg.max_parallel = max_parallel
     points = expand(cfg)
     root = sweep_dir(cfg)
+    changed = {p.name for p in changed_command(points)}
     if dry_run:
         for p in points:
-            state = "done" if p.done() else "todo"
+            state = "changed" if p.name in changed else "done" if p.done() else "todo"
             print(f"{state} {p.name}: {' '.join(p.argv)}")
         print(f"{len(points)} runs ({sum(p.done() for p in points)} finished) under {root}")
         return 0
+    if changed:
+        # a study must never report one configuration's results under another's
+        raise UserError(
+            f"sweep: {len(changed)} finished runs under {root} were made with another command than this "
+            f"sweep YAML's (e.g. {min(changed)}, see its sweep_point.json); delete those run folders to run "
+            f"them again, or set out_dir to a new folder"
+        )
     if backend != "slurm" and (submit or wait or tracking_server):
         raise UserError("--submit, --wait and --tracking-server go with --backend slurm")
     if backend == "slurm":

@@ -76,6 +76,16 @@ def made_by(kept: Path, point: Point) -> bool:
     return [arg.replace(there, here) for arg in argv[1:]] == point.argv[1:]
 
 
+def changed_command(points: list[Point]) -> list[Point]:
+    """The finished points of the sweep folder whose recorded command is not the one the sweep runs today
+    (the sweep YAML was edited since): their results belong to another configuration."""
+    return [
+        p
+        for p in points
+        if p.done() and (Path(p.out_dir) / "sweep_point.json").is_file() and not made_by(Path(p.out_dir), p)
+    ]
+
+
 def restore(points: list[Point], into: Path) -> tuple[list[str], list[str]]:
     """Copy kept runs back into the sweep folder where that run has not finished.
 

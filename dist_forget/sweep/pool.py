@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import signal
 import subprocess
 import time
@@ -52,14 +51,6 @@ def start(point: Point, env: dict[str, str], lock: IO[str]) -> subprocess.Popen[
         )
 
 
-def changed_command(point: Point) -> bool:
-    """A finished point whose recorded command differs from today's (the sweep YAML was edited)."""
-    try:
-        return json.loads((Path(point.out_dir) / "sweep_point.json").read_text())["argv"] != point.argv
-    except (OSError, ValueError, KeyError):
-        return False
-
-
 @dataclass
 class Outcome:
     finished: list[str] = field(default_factory=list)  # ran to completion in this invocation
@@ -97,8 +88,6 @@ class LocalPool:
         for p in self.points:
             if p.done():
                 outcome.already.append(p.name)
-                if changed_command(p):
-                    self.say(f"note: {p.name} finished with another command; delete {p.out_dir} to redo it")
             else:
                 pending.append(p)
         total = len(self.points)

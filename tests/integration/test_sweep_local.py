@@ -382,3 +382,27 @@ def test_kept_runs_are_restored_only_under_the_command_that_made_them(
     assert attempts(tmp_path, "changed") == {name: 1 for name in finetunes}
     point = json.loads((kept / sorted(finetunes)[0] / "sweep_point.json").read_text())
     assert "optim.lr=1.0e-4" in point["argv"]  # the kept folder now holds the new command's result
+
+
+def test_a_sweep_refuses_a_folder_whose_runs_another_command_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Editing a finished sweep's YAML (another lr) and running it on the same folder would report the old
+    results under the new configuration: the sweep stops with one line naming a run and the fix, runs
+    nothing, and --dry-run marks those runs as changed."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("FAKE_RUN_SECONDS", "0")
+    assert cli_main(["sweep", "--config", str(write_sweep(tmp_path))]) == 0
+    before = attempts(tmp_path)
+    finetune = {"config": str(tmp_path / "cfg.yaml"), "domains": {"code": "shards/code"},
+                "overrides": ["optim.lr=1.0e-4"]}  # fmt: skip
+    edited = str(write_sweep(tmp_path, finetune=finetune))
+    capsys.readouterr()
+    assert cli_main(["sweep", "--config", edited]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "8 finished runs under" in err and "made with another command" in err
+    assert "cpu-0.03m_code_D100000_p0.01_a0_s0" in err  # the first of them by name
+    assert attempts(tmp_path) == before
+    assert cli_main(["sweep", "--config", edited, "--dry-run"]) == 0
+    states = [line.split()[0] for line in capsys.readouterr().out.splitlines()[:-1]]
+    assert states.count("changed") == 8 and states.count("done") == 2  # the pretraining runs did not change
