@@ -226,7 +226,7 @@ SOURCES: dict[str, Domain] = {
             "english-xl",
             "pretrain",
             "the English mix plus the GCIDE dictionary (Webster's 1913 with literary citations, and WordNet): "
-            "34M tokens, for ladders whose largest model reads more than the English mix holds",
+            "40M tokens, for ladders whose largest model reads more than the English mix holds",
             "public domain (texts), GPL-2+ (GCIDE); packages vary",
             (*_ENGLISH_PACKAGES, _deb("dict-gcide", "GPL-2+")),
             _english_xl,
