@@ -154,8 +154,9 @@ class SweepConfig:
     name: str = ""  # the sweep's name: its folder and MLflow parent run
     out_dir: str = ""  # the sweep folder (runs, runs.csv, fit/); default work/sweeps/<name>
     # a folder to commit with the study (e.g. reports/micro/runs): each finished run's small outputs are
-    # copied there as it lands, and copied back into an empty sweep folder before any run starts
-    # (sweep/keep.py), so a study can go on on another machine; "" = none
+    # copied there as it lands, and copied back into an empty sweep folder before any run starts when the
+    # sweep still runs the command that made them (sweep/keep.py), so a study can go on on another machine;
+    # "" = none
     keep_runs: str = ""
     # what starts a run; default: this Python's `-m dist_forget.cli`
     command: list[str] = field(default_factory=list)
