@@ -92,8 +92,8 @@ def restore(points: list[Point], into: Path) -> tuple[list[str], list[str]]:
     Returns the names restored and the names refused: kept runs made with another command (`made_by`),
     which the sweep runs again and whose kept folder the new result then replaces. The summary goes in
     last, so a restore cut short leaves an unfinished run that the sweep reruns. A kept sweep_point.json is
-    not restored: it records the command of another checkout, and the sweep would report every restored
-    run as "finished with another command".
+    not copied back: `made_by` has compared it already, and a run folder's own one records only a command
+    started there.
     """
     restored, refused = [], []
     for point in points:
