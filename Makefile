@@ -42,9 +42,8 @@ demo: install
 
 # The micro study on the paper's protocol and its committed report in reports/micro/: resumable, and on a
 # machine without work/sweeps/micro it restores the finished runs kept in reports/micro/runs/ first (those
-# made by today's commands). On the English mix its 4 smaller sizes took 125 min from a fresh clone on 2
-# cores; cpu-1m adds ~50 min of pretraining on one core and 31 finetunes at about half the 318k size's
-# tokens/s, with more steps to their bottom (its first 95 runs summed 10.7 h, 7.6 h of it cpu-1m's 18).
+# made by today's commands). Its first 95 runs (the ladder, whose cpu-1m pretraining takes 33 min of one
+# core, and every grid at D <= 45k) took 2 h 40 min on 2 cores, a 16-minute pause included.
 study: data
 	$(BIN)/dist-forget data prepare --out $(DATA) --domains english-xl
 	$(BIN)/dist-forget sweep --config configs/sweep/micro.yaml
