@@ -194,7 +194,8 @@ def closed_loop(
     closed_loop.json (fractions, sequences) into --out when given.
 
     Args:
-        runs: the micro study's runs.csv (reports/micro/runs.csv): p = 0, 1 % and 5 % at every point
+        runs: the runs.csv of the micro study the adaptive sweep ran beside, p = 0, 1 % and 5 % at every
+            point (for reports/adaptive: reports/micro/pilots/english-19m-4-sizes/runs.csv)
         adaptive: a `study adaptive` result (reports/adaptive/adaptive.json): points, budgets, the plan's p
         out: folder for closed_loop.json
         kappa: the plant's drift exponent (F = c·t^κ at p = 0); the micro runs measure 0.4-1.2, and 0.5-0.6

@@ -77,7 +77,8 @@ def run_files(sweep: Path, stage: str) -> list[tuple[Path, dict[str, Any], dict[
 
 
 def ladder(sweep: Path) -> list[dict[str, Any]]:
-    """One row per pretrained size, smallest N first: N, total params, tokens, tokens/param, val loss."""
+    """One row per pretrained size, smallest N first: its data (shard folder's domain), N, total params,
+    tokens, tokens/param, passes over the unique tokens, val loss."""
     rows = []
     for run, summary, rep, cfg in run_files(sweep, "pretrain"):
         manifest = read_json(Path(cfg.get("data", {}).get("target", "")) / "manifest.json")
@@ -85,7 +86,8 @@ def ladder(sweep: Path) -> list[dict[str, Any]]:
         total = int(rep.get("total_params", 0))
         unique = int(summary.get("target_tokens") or 0)  # the unique tokens the run's stream draws from
         rows.append({
-            "size": run.name, "model_params": float(summary.get("model_params", 0)), "total_params": total,
+            "size": run.name, "data": manifest.get("domain", "?"), "unique_tokens": unique,
+            "model_params": float(summary.get("model_params", 0)), "total_params": total,
             "tokens": tokens, "tokens_per_param": tokens / total if total else math.nan,
             "epochs": tokens / unique if unique else math.nan,
             "steps": rep.get("step"), "pt_loss": float(summary.get("pt_loss", math.nan)), **_where(rep),

@@ -179,6 +179,13 @@ def _identifiable(forms: tuple[str, ...], table: Any) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------- text
 
 
+def _ladder_data(ladder: list[dict[str, Any]]) -> str:
+    """What the ladder pretrained on: its shard folders' domains and unique training tokens."""
+    data = sorted({(r["data"], r["unique_tokens"]) for r in ladder})
+    what = "; ".join(f"`{name}`, {unique:,} unique training tokens" for name, unique in data)
+    return f"Pretrained ladder (from scratch on {what}):"
+
+
 def _ladder_rows(sweep: Path) -> list[str]:
     rows = ["| size | N (non-embedding) | total params | pretraining tokens | steps | English val loss |",
             "|---|---|---|---|---|---|"]  # fmt: skip
@@ -264,7 +271,7 @@ def report_text(
         "## Setup",
         "",
         *(
-            ["Pretrained ladder (English public-domain mix, from scratch):", "", *_ladder_rows(sweep)]
+            [_ladder_data(protocol.ladder(sweep)), "", *_ladder_rows(sweep)]
             if protocol.ladder(sweep)
             else ["No pretraining ladder: the finetunes start from a pretrained model (model.init_from)."]
         ),

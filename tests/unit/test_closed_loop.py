@@ -1,5 +1,6 @@
 """`study closed-loop`: the first-order forgetting plant, its calibration, and the replay of the measured
-adaptive sweeps (reports/adaptive and its first_rule) on the micro study's runs (reports/micro)."""
+adaptive sweeps (reports/adaptive and its first_rule) on the runs of the micro study they ran beside
+(its 4-size ladder on the English mix, reports/micro/pilots/english-19m-4-sizes)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def test_replay_of_the_measured_sweeps():
     """On the committed reports: the plant predicts the p = 1 % runs it was not fitted on, and reproduces
     both measured sweeps under the rule each ran: the first rule (reports/adaptive/first_rule) and the
     shipped rule (reports/adaptive), which held the budget where the first rule did not."""
-    runs = REPORTS / "micro" / "runs.csv"
+    runs = REPORTS / "micro" / "pilots" / "english-19m-4-sizes" / "runs.csv"
     first = compare(runs, REPORTS / "adaptive" / "first_rule" / "adaptive.json")
     shipped = compare(runs, REPORTS / "adaptive" / "adaptive.json")
     assert first["check"]["points"] >= 24 and first["check"]["mean_abs_error"] < 0.2

@@ -32,7 +32,7 @@ def make_sweep(root: Path, losses=(4.5, 4.3, 4.0), tokens_per_param=20.0, best=(
                injected=25, eval_sequences=128, rise=0.05, unique_tokens=10**8) -> Path:  # fmt: skip
     shards = root / "shards"
     shards.mkdir(parents=True)
-    (shards / "manifest.json").write_text(json.dumps({"seq_len": SEQ_LEN}))
+    (shards / "manifest.json").write_text(json.dumps({"seq_len": SEQ_LEN, "domain": "english-xl"}))
     for i, loss in enumerate(losses):
         n, total = 10_000 * 3**i, 40_000 * 3**i
         sequences = int(tokens_per_param * total / SEQ_LEN) + 1

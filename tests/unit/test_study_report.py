@@ -99,6 +99,8 @@ def test_report_on_runs_from_known_laws_states_the_findings(tmp_path):
     assert all(f["holdout"]["mre"] < 0.01 for f in fits)  # noise is 0.1 %: the held-out size is predicted
     facts = json.loads((out / "findings.json").read_text())
     assert facts["protocol"]["met"] is True and "## Protocol (checked in the run data)" in text
+    # the ladder's data is named where the report says what was pretrained
+    assert "Pretrained ladder (from scratch on `english-xl`, 100,000,000 unique training tokens):" in text
     assert (
         "| ladder on fresh tokens | passes over the unique pretraining tokens 0.01, 0.02, 0.07 | ≤ 1 | met |"
         in text
