@@ -42,8 +42,8 @@ demo: install
 
 # The micro study on the paper's protocol and its committed report in reports/micro/: resumable, and on a
 # machine without work/sweeps/micro it restores the finished runs kept in reports/micro/runs/ first (those
-# made by today's commands). Its first 95 runs (the ladder, whose cpu-1m pretraining takes 33 min of one
-# core, and every grid at D <= 45k) took 2 h 40 min on 2 cores, a 16-minute pause included.
+# made by today's commands). Its 140 runs take 7.4 h of run time, about 3.7 h on 2 cores (cpu-1m's
+# pretraining alone 33 min of one core); the report about 1 min.
 study: data
 	$(BIN)/dist-forget data prepare --out $(DATA) --domains english-xl
 	$(BIN)/dist-forget sweep --config configs/sweep/micro.yaml

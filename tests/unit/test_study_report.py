@@ -15,7 +15,7 @@ from dist_forget.laws.fit import FitConfig
 from dist_forget.laws.forms import get_form
 from dist_forget.laws.pipeline import walk_runs
 from dist_forget.laws.synthetic import SyntheticConfig, synthetic_runs
-from dist_forget.laws.table import read_runs, write_runs_csv
+from dist_forget.laws.table import read_runs, seed_means, write_runs_csv
 from dist_forget.numfmt import json_finite, pct
 from dist_forget.study import findings as fd
 from dist_forget.study.law_sections import heldout_rows, ladder_walk_text
@@ -190,8 +190,11 @@ def test_the_ladder_walk_repeats_where_its_fits_are_determined(name):
     are only checked to exist."""
     folder = Path(__file__).resolve().parents[2] / "reports" / name
     committed = json.loads((folder / "findings.json").read_text())["ladder_walk"]["records"]
-    forms = json.loads((folder / "fit.json").read_text())["meta"]["forms"]
-    walk = walk_runs(read_runs(folder / "runs.csv"), forms, FitConfig(bootstrap=0))
+    meta = json.loads((folder / "fit.json").read_text())["meta"]
+    table = read_runs(folder / "runs.csv")
+    if meta.get("seed_mean"):  # `study report --seed-mean` walked the ladder on each point's seed mean
+        table, _ = seed_means(table, "runs.csv")
+    walk = walk_runs(table, meta["forms"], FitConfig(bootstrap=0))
     key = ("domain", "form", "k")
     assert [[r[k] for k in key] for r in walk] == [[r[k] for k in key] for r in committed]
     determined = [
