@@ -179,17 +179,15 @@ def _identifiable(forms: tuple[str, ...], table: Any) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------- text
 
 
-def _ladder_data(ladder: list[dict[str, Any]]) -> str:
-    """What the ladder pretrained on: its shard folders' domains and unique training tokens."""
+def _ladder_text(ladder: list[dict[str, Any]]) -> list[str]:
+    """The pretrained ladder: what it pretrained on (shard folders' domains, unique training tokens), then
+    one table row per size."""
     data = sorted({(r["data"], r["unique_tokens"]) for r in ladder})
     what = "; ".join(f"`{name}`, {unique:,} unique training tokens" for name, unique in data)
-    return f"Pretrained ladder (from scratch on {what}):"
-
-
-def _ladder_rows(sweep: Path) -> list[str]:
-    rows = ["| size | N (non-embedding) | total params | pretraining tokens | steps | English val loss |",
+    rows = [f"Pretrained ladder (from scratch on {what}):", "",
+            "| size | N (non-embedding) | total params | pretraining tokens | steps | English val loss |",
             "|---|---|---|---|---|---|"]  # fmt: skip
-    for r in protocol.ladder(sweep):
+    for r in ladder:
         rows.append(f"| {r['size']} | {r['model_params']:,.0f} | {r['total_params']:,} | {r['tokens']:,} | "
                     f"{r['steps'] or '?'} | {num(r['pt_loss'])} |")  # fmt: skip
     return rows
@@ -260,6 +258,7 @@ def report_text(
 ) -> str:
     noise = facts["noise_floor"]
     largest = max(r.n for r in runs)
+    ladder = protocol.ladder(sweep)
     lines = [
         f"# Study report: {sweep.name}",
         "",
@@ -271,8 +270,8 @@ def report_text(
         "## Setup",
         "",
         *(
-            [_ladder_data(protocol.ladder(sweep)), "", *_ladder_rows(sweep)]
-            if protocol.ladder(sweep)
+            _ladder_text(ladder)
+            if ladder
             else ["No pretraining ladder: the finetunes start from a pretrained model (model.init_from)."]
         ),
         "",
